@@ -1,0 +1,3 @@
+from seismag.cli import main
+
+raise SystemExit(main())

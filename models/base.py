@@ -1,0 +1,85 @@
+"""The PyTorch side of the model contract, shared by all six magnitude models.
+
+Every model is called as ``model(waveform, log_amp)``:
+
+* ``waveform``: (B, C, N) float32, already normalised per window by
+  :func:`seismag.models.preprocess.normalise` (C = len(card.component_order), N = card.in_samples);
+* ``log_amp``: (B, 1) float32, log10 of the scale that normalisation divided out.
+
+Per-window normalisation erases absolute amplitude, the main magnitude cue (REFERENCE section 2).
+The one mechanism that gives it back: ``log_amp`` is broadcast along time as an extra input channel,
+so each architecture's first layer sees C + 1 channels. It exports as a plain second ONNX input.
+
+Outputs are in label space (``magnitude + card.label_offset``): (B, N) for series models, (B,)
+for scalar models. :meth:`MagnitudeModel.to_magnitude` shifts them back.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import nn
+
+from seismag.models.card import CardError, ModelCard
+
+
+class MagnitudeModel(nn.Module):
+    """Base class: checks the inputs, appends the amplitude channel, calls :meth:`body`."""
+
+    card: ModelCard | None = None
+
+    def __init__(self, in_channels: int = 3, in_samples: int = 3001) -> None:
+        super().__init__()
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+        if not isinstance(in_samples, int) or in_samples < 16:
+            raise ValueError(f"in_samples must be an int >= 16, got {in_samples!r}")
+        self.in_channels = in_channels
+        self.in_samples = in_samples
+
+    @property
+    def body_channels(self) -> int:
+        """Channels the architecture's first layer sees: the components plus ``log_amp``."""
+        return self.in_channels + 1
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """Architecture-specific forward on (B, C + 1, N); returns (B, N) or (B,)."""
+        raise NotImplementedError
+
+    def forward(self, waveform: torch.Tensor, log_amp: torch.Tensor) -> torch.Tensor:
+        name = type(self).__name__
+        expected = (self.in_channels, self.in_samples)
+        if waveform.dim() != 3 or tuple(waveform.shape[1:]) != expected:
+            raise ValueError(
+                f"{name} expects waveform of shape (batch, {expected[0]}, {expected[1]}), "
+                f"got {tuple(waveform.shape)}"
+            )
+        if log_amp.dim() != 2 or log_amp.shape[1] != 1 or log_amp.shape[0] != waveform.shape[0]:
+            raise ValueError(
+                f"{name} expects log_amp of shape ({waveform.shape[0]}, 1), "
+                f"got {tuple(log_amp.shape)}"
+            )
+        amp = log_amp.to(waveform.dtype).unsqueeze(-1).expand(-1, -1, waveform.shape[-1])
+        return self.body(torch.cat([waveform, amp], dim=1))
+
+    def to_magnitude(self, output: torch.Tensor) -> torch.Tensor:
+        offset = self.card.label_offset if self.card is not None else 0.0
+        return output - offset
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_from_card(card: ModelCard, **overrides) -> MagnitudeModel:
+    module_name, _, class_name = card.architecture.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise CardError(f"{card.name}: cannot import architecture {card.architecture!r}") from exc
+    kwargs = {"in_channels": card.in_channels, "in_samples": card.in_samples, **card.kwargs}
+    kwargs.update(overrides)
+    model = cls(**kwargs)
+    model.card = card
+    return model

@@ -1,0 +1,142 @@
+"""Model cards: the one contract per model that training, export and serving all read.
+
+A card is a TOML file in ``models/cards/``. It states what a model eats (samples, rate,
+component order, normalisation, units), what it returns (a per-sample series or a scalar) and how
+a scalar magnitude is derived from a series. Reading a card needs no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+OutputKind = Literal["series", "scalar"]
+Normalisation = Literal["peak", "std"]
+Aggregation = Literal["mean_after_onset", "median_after_onset"]
+
+_OUTPUT_KINDS = ("series", "scalar")
+_NORMALISATIONS = ("peak", "std")
+_AGGREGATIONS = ("mean_after_onset", "median_after_onset")
+
+
+class CardError(ValueError):
+    """A model card is missing, malformed or names something that does not exist."""
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """The seeds' training recipe for a model; `seismag train` starts from these."""
+
+    optimizer: str = "adamw"
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    gradient_clip: float = 1.0
+    """Max gradient norm; 0 disables clipping."""
+    warmup_epochs: int = 0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    early_stopping_patience: int = 10
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    version: str
+    description: str
+    citation: str
+    architecture: str
+    """``module:Class`` of the PyTorch implementation, imported only when a model is built."""
+    output: OutputKind
+    in_samples: int
+    sampling_rate: float = 100.0
+    component_order: str = "ZNE"
+    units: str = "m/s"
+    """Physical units the input is expected in (instrument response removed)."""
+    normalisation: Normalisation = "peak"
+    """Per-window scale: ``peak`` = max |x| over all components, ``std`` = std over all."""
+    label_offset: float = 0.0
+    """Training target is ``magnitude + label_offset`` (AMAG's +1); outputs are shifted back."""
+    scalar_from_series: Aggregation | None = None
+    """How a series model's scalar is derived: aggregated over samples after the P onset only."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments of the architecture."""
+    training: TrainingDefaults = field(default_factory=TrainingDefaults)
+    seed_parameter_estimate: str | None = None
+    """The seeds' parameter-count estimate, kept for the docs' comparison table."""
+
+    def __post_init__(self) -> None:
+        if self.output not in _OUTPUT_KINDS:
+            raise CardError(
+                f"{self.name}: output must be one of {_OUTPUT_KINDS}, got {self.output!r}"
+            )
+        if self.normalisation not in _NORMALISATIONS:
+            raise CardError(
+                f"{self.name}: normalisation must be one of {_NORMALISATIONS}, "
+                f"got {self.normalisation!r}"
+            )
+        if self.output == "series" and self.scalar_from_series not in _AGGREGATIONS:
+            raise CardError(
+                f"{self.name}: a series model needs scalar_from_series in {_AGGREGATIONS}"
+            )
+        if self.output == "scalar" and self.scalar_from_series is not None:
+            raise CardError(f"{self.name}: a scalar model takes no scalar_from_series")
+        if self.in_samples < 16:
+            raise CardError(f"{self.name}: in_samples must be >= 16, got {self.in_samples}")
+        if self.sampling_rate <= 0:
+            raise CardError(f"{self.name}: sampling_rate must be positive")
+        if ":" not in self.architecture:
+            raise CardError(f"{self.name}: architecture must be 'module:Class'")
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.component_order)
+
+    @property
+    def window_seconds(self) -> float:
+        return self.in_samples / self.sampling_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise CardError(f"unknown card fields: {sorted(unknown)}")
+        training = data.pop("training", {}) or {}
+        try:
+            return cls(training=TrainingDefaults(**training), **data)
+        except TypeError as exc:  # missing required field or bad training key
+            raise CardError(f"bad model card {data.get('name', '?')!r}: {exc}") from exc
+
+
+def _card_files() -> dict[str, Any]:
+    folder = resources.files("seismag.models") / "cards"
+    return {p.name: p for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def load_cards() -> dict[str, ModelCard]:
+    """All shipped cards, keyed by model name, in a stable order."""
+    cards: dict[str, ModelCard] = {}
+    for fname, path in sorted(_card_files().items()):
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise CardError(f"{fname}: {exc}") from exc
+        card = ModelCard.from_dict(data)
+        cards[card.name] = card
+    return cards
+
+
+def get_card(name: str) -> ModelCard:
+    cards = load_cards()
+    try:
+        return cards[name]
+    except KeyError:
+        raise CardError(f"unknown model {name!r}; known models: {', '.join(cards)}") from None
