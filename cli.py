@@ -27,6 +27,43 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from seismag.export.pipeline import export_model
+    except ImportError as exc:
+        print(f"seismag: error: export needs the 'export' extra ({exc})", file=sys.stderr)
+        return 2
+    from seismag.export.tensorrt import TensorRTUnavailable
+    from seismag.models.weights import WeightsError
+
+    if args.all == (args.model is not None or args.weights is not None):
+        print("seismag: error: name one MODEL (or --weights FILE) or pass --all", file=sys.stderr)
+        return 2
+    if args.all and args.weights:
+        print("seismag: error: --weights takes one model, not --all", file=sys.stderr)
+        return 2
+    names: list[str | None] = list(load_cards()) if args.all else [args.model]
+    try:
+        for name in names:
+            export_model(
+                name,
+                args.out,
+                to=args.to,
+                weights=args.weights,
+                opset=args.opset,
+                int8=args.int8,
+                precisions=tuple(args.precision),
+                parity=not args.no_parity,
+            )
+    except (WeightsError, TensorRTUnavailable, ValueError) as exc:
+        print(f"seismag: error: {exc}", file=sys.stderr)
+        return 2 if not isinstance(exc, TensorRTUnavailable) else 3
+    except RuntimeError as exc:  # parity or checker failure: the file must not be trusted
+        print(f"seismag: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seismag", description="Deep-learning earthquake magnitude models: export and serve."
@@ -37,6 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the magnitude models and their cards")
     p.add_argument("--json", action="store_true", help="print the full cards as JSON")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX (parity-checked), TensorRT or a Triton repository",
+        description="Export to ONNX (opset 17+, dynamic batch, card in the metadata), verify "
+        "parity against PyTorch, and optionally quantise to int8, build TensorRT engines or "
+        "write a Triton model repository.",
+    )
+    p.add_argument("model", nargs="?", help="model name (see `seismag models`)")
+    p.add_argument("--all", action="store_true", help="export every shipped model")
+    p.add_argument("--weights", help="safetensors weights (default: the shipped ones, if any)")
+    p.add_argument("--to", choices=["onnx", "triton", "tensorrt"], default="onnx")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--int8", action="store_true", help="also write an int8 dynamic-quantised copy")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        choices=["fp32", "fp16"],
+        default=["fp32", "fp16"],
+        help="TensorRT engine precisions",
+    )
+    p.add_argument("--no-parity", action="store_true", help="skip the ONNX vs PyTorch check")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

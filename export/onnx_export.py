@@ -1,0 +1,179 @@
+"""PyTorch magnitude model -> a checked, optimised ONNX file that carries its card.
+
+The exported graph takes the card's two inputs, ``waveform`` (batch, C, N) and ``log_amp``
+(batch, 1), and returns ``magnitude``: (batch, N) or (batch,) in magnitude units, the card's
+``label_offset`` already removed, so an Open Inference Protocol client needs no seismag code to read
+it. The batch axis is dynamic. Each Mamba selective scan becomes one ``seismag::SelectiveScan``
+node whose model-local function (standard ops) makes the file run in any ONNX runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from seismag import __version__
+from seismag.export.scan_function import DOMAIN, OP_TYPE, selective_scan_function
+from seismag.models.base import MagnitudeModel
+from seismag.models.card import ModelCard
+
+INPUT_NAMES = ("waveform", "log_amp")
+OUTPUT_NAME = "magnitude"
+DEFAULT_OPSET = 17
+CARD_KEY = "seismag.card"
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported or the exported file failed its checks."""
+
+
+class _MagnitudeOutput(nn.Module):
+    """Adds the card's label transform to the graph, so the file outputs magnitudes."""
+
+    def __init__(self, model: MagnitudeModel) -> None:
+        super().__init__()
+        self.model = model
+        self.offset = float(model.card.label_offset)
+
+    def forward(self, waveform: torch.Tensor, log_amp: torch.Tensor) -> torch.Tensor:
+        out = self.model(waveform, log_amp)
+        return out - self.offset if self.offset else out
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    seconds: float
+    size_bytes: int
+    n_nodes: int
+    custom_nodes: int
+
+
+def example_inputs(card: ModelCard, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random but realistic-looking model inputs: noise with a P-like burst, normalised."""
+    from seismag.models.preprocess import model_inputs
+
+    rng = np.random.default_rng(seed)
+    raw = rng.normal(size=(batch, card.in_channels, card.in_samples))
+    onset = card.in_samples // 3
+    raw[..., onset:] *= 1.0 + 20.0 * rng.random((batch, 1, 1))
+    scale = 10.0 ** rng.uniform(-8, -3, size=(batch, 1, 1))  # m/s: micro-events to strong motion
+    return model_inputs(raw * scale, card)
+
+
+@contextmanager
+def _quiet_tracer():
+    # The shape checks in MagnitudeModel.forward and torch's LSTM emit TracerWarnings about
+    # Python values being constants; those are the static sizes the card fixes, which is intended.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        yield
+
+
+def _attach_scan_functions(proto: onnx.ModelProto, opset: int) -> int:
+    nodes = [n for n in proto.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
+    if not nodes:
+        return 0
+    chunks = {a.i for n in nodes for a in n.attribute if a.name == "chunk"}
+    if len(chunks) != 1:
+        raise ExportError(f"SelectiveScan nodes disagree on their chunk size: {sorted(chunks)}")
+    proto.functions.append(selective_scan_function("chunked", chunk=chunks.pop(), opset=opset))
+    if not any(op.domain == DOMAIN for op in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+    return len(nodes)
+
+
+def export_onnx(
+    model: MagnitudeModel,
+    path: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    weights: str = "untrained (random initialisation)",
+    optimize: bool = True,
+) -> ExportResult:
+    """Export ``model`` (built from its card) to ``path``; returns what was written."""
+    if model.card is None:
+        raise ExportError("the model has no card; build it with seismag.models.build_model")
+    if opset < DEFAULT_OPSET:
+        raise ExportError(f"opset {opset} is too old; seismag exports opset {DEFAULT_OPSET}+")
+    card = model.card
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    was_training = model.training
+    # The wrapper itself must be in eval mode too: torch.onnx.export restores the wrapper's own
+    # mode afterwards, recursively, which would leave the caller's model in training mode.
+    wrapper = _MagnitudeOutput(model).eval()
+    args = tuple(torch.from_numpy(a) for a in example_inputs(card, batch=2))
+    axes = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
+    tmp = path.with_suffix(".tmp.onnx")
+    try:
+        # Not under no_grad: nn.MultiheadAttention would take its fused inference fast path,
+        # which has no ONNX export.
+        with _quiet_tracer():
+            torch.onnx.export(
+                wrapper,
+                args,
+                str(tmp),
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        proto = onnx.load(str(tmp))
+    finally:
+        tmp.unlink(missing_ok=True)
+        model.train(was_training)
+
+    custom = _attach_scan_functions(proto, opset)
+    if optimize:
+        import onnxscript.optimizer
+
+        # inline=False keeps each scan one node, so a registered native kernel can replace it.
+        proto = onnxscript.optimizer.optimize(proto, inline=False)
+    meta = {
+        CARD_KEY: json.dumps(card.to_dict()),
+        "seismag.version": __version__,
+        "seismag.weights": weights,
+        "seismag.output": f"{OUTPUT_NAME}: magnitude units, label_offset removed",
+    }
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "seismag"
+    proto.producer_version = __version__
+    proto.doc_string = f"{card.name} {card.version}: {card.description}"
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{card.name}: the exported graph fails onnx.checker: {exc}") from exc
+    onnx.save(proto, str(path))
+    return ExportResult(
+        path=path,
+        seconds=time.perf_counter() - t0,
+        size_bytes=path.stat().st_size,
+        n_nodes=len(proto.graph.node),
+        custom_nodes=custom,
+    )
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The card embedded in an exported ONNX file (reads only the metadata)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if CARD_KEY not in meta:
+        raise ExportError(f"{path}: no seismag card in the ONNX metadata")
+    return ModelCard.from_dict(json.loads(meta[CARD_KEY]))
