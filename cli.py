@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from seismag import __version__
 from seismag.models.card import CardError, load_cards
+from seismag.serving.client_cli import CliError, add_client_commands
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -64,6 +65,47 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from seismag.serving.server import serve_forever
+    except ImportError as exc:
+        print(f"seismag: error: serving needs grpcio and onnxruntime ({exc})", file=sys.stderr)
+        return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("seismag: error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_client_ca and not args.tls_cert:
+        print("seismag: error: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
+        return 2
+    tokens = None
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                tokens = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        except OSError as exc:
+            print(f"seismag: error: cannot read --token-file: {exc}", file=sys.stderr)
+            return 2
+        if not tokens:
+            print(f"seismag: error: {args.token_file} holds no tokens", file=sys.stderr)
+            return 2
+    host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
+    return serve_forever(
+        args.models,
+        args.default,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        grace=args.grace,
+        address=f"{host}:{args.port}",
+        max_message_mb=args.max_message_mb,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        tokens=tokens,
+        metrics_port=args.metrics_port,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seismag", description="Deep-learning earthquake magnitude models: export and serve."
@@ -98,6 +140,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX vs PyTorch check")
     p.set_defaults(func=_cmd_export)
+
+    add_client_commands(sub)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve magnitude models over gRPC (MagnitudeService, KServe v2, health, reflection)",
+        description="Serve exported ONNX models over gRPC until SIGTERM/SIGINT, then drain. "
+        "Without --models the model shipped in the package is served.",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        metavar="PATH",
+        help=".onnx files or folders of them (default: the embedded default model)",
+    )
+    p.add_argument("--default", metavar="NAME", help="model for requests naming none")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 = all)")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (0 = any free port)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per model")
+    p.add_argument("--max-batch", type=int, default=64, help="dynamic batcher's largest batch")
+    p.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        default=2.0,
+        help="how long the batcher waits to fill a batch",
+    )
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
+    p.add_argument(
+        "--tls-client-ca", metavar="FILE", help="CA for client certificates (mutual TLS)"
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="bearer tokens, one a line; every RPC but health then needs one",
+    )
+    p.add_argument("--max-message-mb", type=float, default=64, help="largest message in MiB")
+    p.add_argument(
+        "--grace", type=float, default=10.0, help="seconds in-flight RPCs get after SIGTERM"
+    )
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
@@ -105,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except CardError as exc:
+    except (CardError, CliError) as exc:
         print(f"seismag: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `seismag models | head` is not an error

@@ -1,0 +1,282 @@
+"""Dynamic batching: many small requests -> few model runs, Triton-style.
+
+One worker thread owns the model call. Submissions (``k`` windows each) wait in a bounded queue;
+the worker takes the oldest, then keeps collecting until it has ``max_batch`` rows or
+``max_queue_delay_ms`` has passed since that oldest submission arrived, and runs them as one
+batch. A submission larger than ``max_batch`` is split across batches and its future resolves
+when its last rows are done. Model errors go to the futures of the rows in the failing batch.
+
+Metrics hook: pass ``on_batch(model_name, batch_rows, queue_ms, compute_ms)`` (or set the
+``on_batch`` attribute later). It is called in the worker thread after every model run;
+``queue_ms`` is how long the oldest row of the batch waited before the run started. Exceptions
+from the hook are logged and swallowed: metrics must never fail a request. ``stats()`` returns
+cumulative counters for a cheap snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from seismag.serving.errors import NotReady, Overloaded
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+OnBatch = Callable[[str, int, float, float], None]
+
+
+@dataclass(frozen=True)
+class BatcherStats:
+    """Cumulative counters since the batcher started (a snapshot)."""
+
+    batches: int
+    rows: int
+    errors: int
+    queued_rows: int
+    queue_ms_total: float
+    compute_ms_total: float
+    max_batch_rows: int
+
+
+class _Job:
+    """One submission: its inputs, its future, and how far the worker has got through it."""
+
+    __slots__ = (
+        "compute_ms",
+        "done_rows",
+        "future",
+        "log_amp",
+        "out",
+        "started",
+        "t_submit",
+        "waveform",
+    )
+
+    def __init__(self, waveform: np.ndarray, log_amp: np.ndarray, future: Future) -> None:
+        self.waveform = waveform
+        self.log_amp = log_amp
+        self.future = future
+        self.t_submit = time.perf_counter()
+        self.started = 0  # rows handed to a batch so far
+        self.done_rows = 0  # rows whose output is back
+        self.out: np.ndarray | None = None
+        self.compute_ms = 0.0
+
+    @property
+    def rows(self) -> int:
+        return self.waveform.shape[0]
+
+
+class DynamicBatcher:
+    """Groups queued submissions into model batches in one worker thread.
+
+    ``run_fn(waveform (B, C, N), log_amp (B, 1)) -> (B, ...)`` is the model call. ``max_queue``
+    bounds the number of rows waiting (memory): a submission that does not fit raises
+    :class:`Overloaded` at once rather than queueing without limit.
+    """
+
+    def __init__(
+        self,
+        run_fn: RunFn,
+        *,
+        max_batch: int,
+        max_queue_delay_ms: float,
+        max_queue: int,
+        name: str = "",
+        on_batch: OnBatch | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        if not max_queue_delay_ms >= 0:
+            raise ValueError(f"max_queue_delay_ms must be >= 0, got {max_queue_delay_ms}")
+        self.run_fn = run_fn
+        self.max_batch = int(max_batch)
+        self.max_queue_delay_ms = float(max_queue_delay_ms)
+        self.max_queue = int(max_queue)
+        self.name = name
+        self.on_batch = on_batch
+        self._jobs: deque[_Job] = deque()
+        self._queued_rows = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._batches = 0
+        self._rows = 0
+        self._errors = 0
+        self._queue_ms = 0.0
+        self._compute_ms = 0.0
+        self._max_rows = 0
+        self._thread = threading.Thread(
+            target=self._work, name=f"batcher-{name or id(self)}", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, waveform: np.ndarray, log_amp: np.ndarray) -> Future:
+        """Queue ``k`` rows; the future resolves to ``(rows_out, {"queue": ms, "compute": ms})``.
+
+        ``queue`` is the time the rows spent waiting (end-to-end minus compute), ``compute`` the
+        model time of the batch(es) that carried them.
+        """
+        if waveform.ndim < 1 or waveform.shape[0] != log_amp.shape[0]:
+            raise ValueError(
+                f"waveform and log_amp disagree on the batch size: {waveform.shape} vs "
+                f"{log_amp.shape}"
+            )
+        future: Future = Future()
+        k = waveform.shape[0]
+        if k == 0:
+            future.set_running_or_notify_cancel()
+            future.set_result((np.zeros((0,)), {"queue": 0.0, "compute": 0.0}))
+            return future
+        with self._cond:
+            if self._closed:
+                raise NotReady(f"model {self.name!r} is shutting down")
+            if self._queued_rows + k > self.max_queue:
+                raise Overloaded(
+                    f"model {self.name!r}: queue full ({self._queued_rows} windows waiting, "
+                    f"{k} more asked, limit {self.max_queue})"
+                )
+            self._jobs.append(_Job(waveform, log_amp, future))
+            self._queued_rows += k
+            self._cond.notify()
+        return future
+
+    def stats(self) -> BatcherStats:
+        with self._cond:
+            return BatcherStats(
+                self._batches,
+                self._rows,
+                self._errors,
+                self._queued_rows,
+                self._queue_ms,
+                self._compute_ms,
+                self._max_rows,
+            )
+
+    def close(self, *, drain: bool = True, timeout: float | None = 10.0) -> None:
+        """Stop taking work; run what is queued (``drain``) or fail it with NotReady."""
+        with self._cond:
+            if self._closed and not self._thread.is_alive():
+                return
+            self._closed = True
+            if not drain:
+                while self._jobs:
+                    job = self._jobs.popleft()
+                    self._queued_rows -= job.rows - job.started
+                    if not job.future.cancel() and not job.future.done():
+                        job.future.set_exception(NotReady(f"model {self.name!r} shut down"))
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -- worker ---------------------------------------------------------------------------
+
+    def _collect(self) -> list[tuple[_Job, int, int]] | None:
+        """Wait for work and take up to ``max_batch`` rows: [(job, first_row, n_rows)]."""
+        with self._cond:
+            while not self._jobs:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            deadline = self._jobs[0].t_submit + self.max_queue_delay_ms / 1e3
+            while self._queued_rows < self.max_batch and not self._closed:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            taken: list[tuple[_Job, int, int]] = []
+            room = self.max_batch
+            while self._jobs and room > 0:
+                job = self._jobs[0]
+                if job.started > 0 and job.future.done():
+                    self._jobs.popleft()  # an earlier part failed: skip the rest
+                    self._queued_rows -= job.rows - job.started
+                    continue
+                if job.started == 0 and not job.future.set_running_or_notify_cancel():
+                    self._jobs.popleft()  # cancelled by the caller before it ran
+                    self._queued_rows -= job.rows
+                    continue
+                n = min(room, job.rows - job.started)
+                taken.append((job, job.started, n))
+                job.started += n
+                room -= n
+                self._queued_rows -= n
+                if job.started == job.rows:
+                    self._jobs.popleft()
+            return taken
+
+    def _work(self) -> None:
+        while True:
+            taken = self._collect()
+            if taken is None:
+                return
+            if taken:
+                self._run(taken)
+
+    def _run(self, taken: list[tuple[_Job, int, int]]) -> None:
+        t0 = time.perf_counter()
+        rows = sum(n for _, _, n in taken)
+        queue_ms = (t0 - min(job.t_submit for job, _, _ in taken)) * 1e3
+        try:
+            if len(taken) == 1:
+                job, first, n = taken[0]
+                wave = job.waveform[first : first + n]
+                amp = job.log_amp[first : first + n]
+            else:
+                wave = np.concatenate([j.waveform[f : f + n] for j, f, n in taken])
+                amp = np.concatenate([j.log_amp[f : f + n] for j, f, n in taken])
+            out = np.asarray(self.run_fn(wave, amp))
+            if out.shape[:1] != (rows,):
+                raise RuntimeError(f"model returned {out.shape[:1]} rows for a batch of {rows}")
+        except BaseException as exc:
+            compute_ms = (time.perf_counter() - t0) * 1e3
+            with self._cond:
+                self._errors += 1
+            for job, _, _ in taken:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            self._account(rows, queue_ms, compute_ms)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        compute_ms = (time.perf_counter() - t0) * 1e3
+        self._account(rows, queue_ms, compute_ms)
+        at = 0
+        t_end = time.perf_counter()
+        for job, first, n in taken:
+            if job.future.done():  # an earlier part of this job failed
+                at += n
+                continue
+            if job.out is None:
+                job.out = np.empty((job.rows, *out.shape[1:]), dtype=out.dtype)
+            job.out[first : first + n] = out[at : at + n]
+            at += n
+            job.done_rows += n
+            job.compute_ms += compute_ms
+            if job.done_rows == job.rows:
+                total_ms = (t_end - job.t_submit) * 1e3
+                timings = {"queue": max(total_ms - job.compute_ms, 0.0), "compute": job.compute_ms}
+                job.future.set_result((job.out, timings))
+
+    def _account(self, rows: int, queue_ms: float, compute_ms: float) -> None:
+        with self._cond:
+            self._batches += 1
+            self._rows += rows
+            self._queue_ms += queue_ms
+            self._compute_ms += compute_ms
+            self._max_rows = max(self._max_rows, rows)
+        hook = self.on_batch
+        if hook is not None:
+            try:
+                hook(self.name, rows, queue_ms, compute_ms)
+            except Exception:
+                log.exception("on_batch hook failed (ignored)")

@@ -1,0 +1,236 @@
+"""A Python client for the seismag server that speaks ObsPy: Streams in, Traces out.
+
+    from seismag.serving.client import SeismagClient
+    with SeismagClient("127.0.0.1:8500") as client:
+        for r in client.predict(obspy.read("event.mseed")):
+            print(r.station_id, r.magnitude)
+            r.series  # the evolving magnitude as an ObsPy Trace
+
+Failures arrive as :class:`grpc.RpcError` with the server's status code and message.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from obspy import Stream, Trace, UTCDateTime
+
+from seismag.serving.v1 import seismag_pb2 as pb
+from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:8500"
+
+
+@dataclass
+class Prediction:
+    """One station's result; ``series`` is an ObsPy Trace of the evolving magnitude."""
+
+    network: str
+    station: str
+    location: str
+    magnitude: float
+    derivation: str
+    series: Trace
+    onset: UTCDateTime | None
+    onset_source: str
+    model: str
+    model_version: str
+    missing_components: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def station_id(self) -> str:
+        return f"{self.network}.{self.station}.{self.location}"
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the keys ``magnitude`` and ``series`` are what machines read."""
+        return {
+            "station": self.station_id,
+            "magnitude": self.magnitude,
+            "series": {
+                "start": str(self.series.stats.starttime),
+                "interval_s": self.series.stats.delta,
+                "values": [float(v) for v in self.series.data],
+            },
+            "onset": str(self.onset) if self.onset is not None else None,
+            "onset_source": self.onset_source,
+            "derivation": self.derivation,
+            "model": self.model,
+            "model_version": self.model_version,
+            "missing_components": self.missing_components,
+            "timings_ms": self.timings_ms,
+        }
+
+
+def _timings(t: pb.Timings) -> dict[str, float]:
+    return {
+        "preprocess": t.preprocess_ms,
+        "queue": t.queue_ms,
+        "compute": t.compute_ms,
+        "total": t.total_ms,
+    }
+
+
+def _onset(value: float, present: bool) -> UTCDateTime | None:
+    return UTCDateTime(value) if present and not math.isnan(value) else None
+
+
+def _prediction(m: pb.StationMagnitude) -> Prediction:
+    series = Trace(
+        np.asarray(m.series.values, dtype=np.float64),
+        header={
+            "network": m.network,
+            "station": m.station,
+            "location": m.location,
+            "channel": "MAG",
+            "starttime": UTCDateTime(m.series.start),
+            "delta": m.series.interval or 1.0,
+        },
+    )
+    return Prediction(
+        m.network,
+        m.station,
+        m.location,
+        m.magnitude,
+        m.derivation,
+        series,
+        _onset(m.onset, m.has_onset),
+        m.onset_source,
+        m.model,
+        m.model_version,
+        list(m.missing_components),
+        _timings(m.timings),
+    )
+
+
+def stream_to_miniseed(stream: Stream, reclen: int = 512) -> bytes:
+    """Serialise a Stream as miniSEED records (float32 samples keep the client's precision)."""
+    st = stream.copy()
+    for tr in st:
+        if tr.data.dtype not in (np.int32, np.float32, np.float64):
+            tr.data = tr.data.astype(np.float32)
+    buf = io.BytesIO()
+    st.write(buf, format="MSEED", reclen=reclen)
+    return buf.getvalue()
+
+
+def raw_trace(tr: Trace) -> pb.RawTrace:
+    return pb.RawTrace(
+        network=tr.stats.network,
+        station=tr.stats.station,
+        location=tr.stats.location,
+        channel=tr.stats.channel,
+        sampling_rate=tr.stats.sampling_rate,
+        starttime=tr.stats.starttime.timestamp,
+        samples=np.asarray(tr.data, dtype=np.float32).tolist(),
+    )
+
+
+def _picks(p_picks: dict[str, UTCDateTime] | None) -> list[pb.PPick]:
+    picks = p_picks or {}
+    return [pb.PPick(station_id=k, time=UTCDateTime(v).timestamp) for k, v in picks.items()]
+
+
+class SeismagClient:
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        token: str | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        timeout: float | None = 30.0,
+        max_message_mb: int = 64,
+    ) -> None:
+        options = [
+            ("grpc.max_send_message_length", max_message_mb << 20),
+            ("grpc.max_receive_message_length", max_message_mb << 20),
+        ]
+        if tls_ca or tls_cert:
+            read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+            creds = grpc.ssl_channel_credentials(read(tls_ca), read(tls_key), read(tls_cert))
+            self._channel = grpc.secure_channel(address, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = pb_grpc.MagnitudeServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+
+    def __enter__(self) -> SeismagClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def predict(
+        self,
+        data: Stream | bytes | str | Path,
+        *,
+        model: str = "",
+        stationxml: bytes | str | Path | None = None,
+        p_picks: dict[str, UTCDateTime] | None = None,
+        series_interval: float = 1.0,
+        raw: bool = False,
+    ) -> list[Prediction]:
+        """Magnitudes for every station in ``data`` (a Stream, miniSEED bytes or a file path).
+
+        ``raw=True`` sends a Stream as plain arrays instead of miniSEED.
+        """
+        request = pb.PredictRequest(
+            model=model, series_interval=series_interval, p_picks=_picks(p_picks)
+        )
+        if isinstance(data, (str, Path)):
+            data = Path(data).read_bytes()
+        if isinstance(data, bytes):
+            request.miniseed = data
+        elif raw:
+            request.raw.traces.extend(raw_trace(tr) for tr in data)
+        else:
+            request.miniseed = stream_to_miniseed(data)
+        if stationxml is not None:
+            request.stationxml = (
+                Path(stationxml).read_bytes() if isinstance(stationxml, (str, Path)) else stationxml
+            )
+        response = self._stub.Predict(request, timeout=self.timeout, metadata=self._metadata)
+        return [_prediction(m) for m in response.results]
+
+    def stream(
+        self,
+        packets: Iterable[Stream | bytes],
+        *,
+        model: str = "",
+        hop: float = 0.0,
+        stationxml: bytes | None = None,
+        p_picks: dict[str, UTCDateTime] | None = None,
+    ) -> Iterator[pb.StreamUpdate]:
+        """Send packets (Streams or miniSEED bytes) as they come; yield magnitude updates."""
+
+        def requests() -> Iterator[pb.StreamRequest]:
+            yield pb.StreamRequest(
+                config=pb.StreamConfig(model=model, hop_seconds=hop, stationxml=stationxml or b"")
+            )
+            for pick in _picks(p_picks):
+                yield pb.StreamRequest(pick=pick)
+            for packet in packets:
+                if isinstance(packet, bytes):
+                    yield pb.StreamRequest(miniseed=packet)
+                else:
+                    for tr in packet:
+                        yield pb.StreamRequest(raw_chunk=raw_trace(tr))
+
+        yield from self._stub.StreamPredict(requests(), metadata=self._metadata)
+
+    def models(self) -> pb.ListModelsResponse:
+        return self._stub.ListModels(
+            pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+        )

@@ -1,0 +1,275 @@
+"""Client subcommands of the `seismag` command: predict, stream and plot against a server."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from functools import wraps
+from pathlib import Path
+
+DEFAULT_ADDRESS = (
+    "127.0.0.1:8500"  # also seismag.serving.client's; kept here so the CLI starts fast
+)
+
+
+class CliError(Exception):
+    """A user-facing problem: printed as `seismag: error: ...` with exit status 2."""
+
+
+def _server_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A gRPC failure becomes a one-line CLI error naming the status, not a traceback."""
+
+    @wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        import grpc
+
+        try:
+            return fn(args)
+        except grpc.RpcError as exc:
+            code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            raise CliError(f"server {args.server} answered {code}: {details}") from None
+
+    return wrapper
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=DEFAULT_ADDRESS, help="HOST:PORT of a seismag server")
+    p.add_argument("--model", default="", help="model name (default: the server's default)")
+    p.add_argument("--token-file", help="file holding a bearer token")
+    p.add_argument("--tls-ca", help="CA certificate to verify the server (enables TLS)")
+    p.add_argument("--tls-cert", help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", help="client key (mutual TLS)")
+    p.add_argument("--timeout", type=float, default=60.0, help="deadline per request, seconds")
+
+
+def _client(args: argparse.Namespace):
+    from seismag.serving.client import SeismagClient
+
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    return SeismagClient(
+        args.server,
+        token=token,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        timeout=args.timeout,
+    )
+
+
+def _read(path: str):
+    from obspy import read
+
+    if not Path(path).is_file():
+        raise CliError(f"no such file: {path}")
+    try:
+        return read(path)
+    except Exception as exc:  # ObsPy raises TypeError/ValueError/... for unknown formats
+        raise CliError(f"{path}: not a waveform file ObsPy can read ({exc})") from exc
+
+
+def _picks(values: list[str] | None) -> dict:
+    from obspy import UTCDateTime
+
+    picks = {}
+    for item in values or []:
+        station, sep, when = item.partition("=")
+        if not sep:
+            raise CliError(f"--pick takes NET.STA[.LOC]=TIME, got {item!r}")
+        try:
+            picks[station] = UTCDateTime(when)
+        except Exception as exc:
+            raise CliError(f"--pick {item!r}: bad time ({exc})") from exc
+    return picks
+
+
+def _predict(args: argparse.Namespace, path: str):
+    stationxml = Path(args.stationxml).read_bytes() if args.stationxml else None
+    with _client(args) as client:
+        return client.predict(
+            _read(path),
+            model=args.model,
+            stationxml=stationxml,
+            p_picks=_picks(args.pick),
+            series_interval=args.interval,
+        )
+
+
+@_server_errors
+def cmd_predict(args: argparse.Namespace) -> int:
+    everything = []
+    for path in args.files:
+        results = _predict(args, path)
+        if args.json:
+            everything += [{"file": path, **r.to_dict()} for r in results]
+            continue
+        for r in results:
+            onset = f"P at {r.onset} ({r.onset_source})" if r.onset else "no onset used"
+            print(
+                f"{r.station_id:<16} M {r.magnitude:5.2f}  {r.model} {r.model_version}  {onset}\n"
+                f"{'':<16} {r.derivation}; series of {len(r.series.data)} values every "
+                f"{r.series.stats.delta:g} s from {r.series.stats.starttime}; "
+                f"{r.timings_ms.get('total', 0):.1f} ms on the server"
+            )
+    if args.json:
+        json.dump(everything, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return 0
+
+
+def replay_records(path: str, speed: float, reclen: int = 512) -> Iterator[bytes]:
+    """A file's data as miniSEED records in time order, released at ``speed`` x real time."""
+    from obspy import read
+
+    st = _read(path)
+    for tr in st:
+        tr.data = tr.data.astype("float32")
+    buf = io.BytesIO()
+    st.write(buf, format="MSEED", reclen=reclen)
+    raw = buf.getvalue()
+    records = []
+    for offset in range(0, len(raw), reclen):
+        rec = raw[offset : offset + reclen]
+        end = read(io.BytesIO(rec), format="MSEED")[0].stats.endtime
+        records.append((end, rec))
+    records.sort(key=lambda r: r[0])
+    if not records:
+        return
+    t0, wall0 = records[0][0], time.monotonic()
+    for end, rec in records:
+        if speed > 0:
+            # A record can only be sent once its last sample exists in the live feed.
+            delay = (end - t0) / speed - (time.monotonic() - wall0)
+            if delay > 0:
+                time.sleep(delay)
+        yield rec
+
+
+def seedlink_packets(server: str, selectors: list[str]) -> Iterator:
+    """Forward a SeedLink feed (ObsPy's client) as Streams, one trace at a time."""
+    from obspy import Stream
+    from obspy.clients.seedlink.easyseedlink import EasySeedLinkClient
+
+    packets: queue.Queue = queue.Queue(maxsize=10000)
+
+    class Forwarder(EasySeedLinkClient):
+        def on_data(self, trace) -> None:
+            packets.put(Stream([trace]))
+
+    client = Forwarder(server)
+    for sel in selectors:
+        net_sta, _, channels = sel.partition(":")
+        net, _, sta = net_sta.partition(".")
+        client.select_stream(net, sta, channels or "???")
+    threading.Thread(target=client.run, daemon=True).start()
+    while True:
+        yield packets.get()
+
+
+@_server_errors
+def cmd_stream(args: argparse.Namespace) -> int:
+    if bool(args.file) == bool(args.seedlink):
+        raise CliError("give a FILE to replay or --seedlink HOST:PORT, not both")
+    if args.seedlink:
+        if not args.select:
+            raise CliError("--seedlink needs at least one --select NET.STA[:CHANNELS]")
+        packets = seedlink_packets(args.seedlink, args.select)
+    else:
+        _read(args.file)  # fail early and clearly on a bad file
+        packets = replay_records(args.file, args.speed)
+    picks = _picks(args.pick)
+    with _client(args) as client:
+        for u in client.stream(packets, model=args.model, hop=args.hop, p_picks=picks):
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "station": f"{u.network}.{u.station}.{u.location}",
+                            "time": u.time,
+                            "magnitude": u.magnitude,
+                            "onset": u.onset if u.has_onset else None,
+                            "lag_s": u.lag_seconds,
+                        }
+                    ),
+                    flush=True,
+                )
+            else:
+                from obspy import UTCDateTime
+
+                print(
+                    f"{UTCDateTime(u.time)}  {u.network}.{u.station}.{u.location:<3} "
+                    f"M {u.magnitude:5.2f}  lag {u.lag_seconds:6.2f} s",
+                    flush=True,
+                )
+    return 0
+
+
+@_server_errors
+def cmd_plot(args: argparse.Namespace) -> int:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise CliError("plot needs matplotlib: pip install 'seismag[plot]'") from exc
+    stream = _read(args.file)
+    results = _predict(args, args.file)
+    fig, axes = plt.subplots(
+        len(results) * 2, 1, figsize=(10, 4 * len(results)), sharex=True, squeeze=False
+    )
+    for k, r in enumerate(results):
+        wave_ax, mag_ax = axes[2 * k, 0], axes[2 * k + 1, 0]
+        st = stream.select(network=r.network, station=r.station, location=r.location)
+        for tr in st:
+            wave_ax.plot(tr.times("matplotlib"), tr.data, lw=0.6, label=tr.stats.channel)
+        wave_ax.set_title(f"{r.station_id}: M {r.magnitude:.2f} ({r.model} {r.model_version})")
+        wave_ax.legend(loc="upper right", fontsize="small")
+        mag_ax.step(r.series.times("matplotlib"), r.series.data, where="post", color="C3")
+        mag_ax.set_ylabel("magnitude")
+        for ax in (wave_ax, mag_ax):
+            if r.onset is not None:
+                ax.axvline(r.onset.matplotlib_date, color="k", ls="--", lw=0.8)
+    axes[-1, 0].xaxis_date()
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def add_client_commands(sub) -> None:
+    p = sub.add_parser("predict", help="magnitudes for waveform files from a running server")
+    p.add_argument("files", nargs="+", help="miniSEED (or any ObsPy-readable) files")
+    _connection_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--pick", action="append", help="P pick NET.STA[.LOC]=TIME (repeatable)")
+    p.add_argument("--stationxml", help="StationXML to remove the instrument response")
+    p.add_argument("--interval", type=float, default=1.0, help="magnitude series spacing, s")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("stream", help="replay a file or forward SeedLink into StreamPredict")
+    p.add_argument("file", nargs="?", help="file to replay as 512-byte miniSEED records")
+    _connection_args(p)
+    p.add_argument("--speed", type=float, default=1.0, help="replay speed (1 = real time, 0 = max)")
+    p.add_argument("--hop", type=float, default=0.0, help="seconds between updates (0 = server's)")
+    p.add_argument("--seedlink", help="SeedLink server HOST:PORT to forward instead of a file")
+    p.add_argument("--select", action="append", help="SeedLink stream NET.STA[:CHANNELS]")
+    p.add_argument("--pick", action="append", help="P pick NET.STA[.LOC]=TIME (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON object per update")
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("plot", help="PNG of the waveform with the evolving magnitude")
+    p.add_argument("file")
+    _connection_args(p)
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--pick", action="append", help="P pick NET.STA[.LOC]=TIME (repeatable)")
+    p.add_argument("--stationxml", help="StationXML to remove the instrument response")
+    p.add_argument("--interval", type=float, default=1.0, help="magnitude series spacing, s")
+    p.set_defaults(func=cmd_plot)

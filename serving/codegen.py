@@ -1,0 +1,124 @@
+"""Regenerate the Python gRPC modules from ``protos/``: ``python -m seismag.serving.codegen``.
+
+The generated files are committed so that a runtime install needs no protoc; this script is the
+only way they should change. It runs ``grpc_tools.protoc`` with ``-I protos`` (the .proto files
+live under ``protos/seismag/serving/...``), so the generated imports read
+``from seismag.serving.v1 import seismag_pb2`` and work from the installed package.
+
+One post-processing step: the Open Inference Protocol module registers its ``inference.*``
+messages in a private descriptor pool instead of protobuf's default one. tritonclient (and any
+other KServe client) registers the same symbols under another file name in the default pool, and
+protobuf refuses duplicate symbols, so without this a process that imports both - our tests, a
+benchmark, a proxy - would crash at import. The wire format is unaffected.
+
+``--check`` regenerates into a temporary folder and fails if the committed files differ (for CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import shutil
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository root, which is the ``seismag`` package."""
+PROTOS = ROOT / "protos"
+PACKAGES = ("v1", "oip")
+"""Sub-packages of ``seismag.serving`` that hold generated code, one per proto folder."""
+
+_OIP_PB2 = "grpc_service_pb2.py"
+_DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+_PRIVATE_POOL = (
+    "# seismag codegen: a private pool, so tritonclient's copy of these symbols can coexist.\n"
+    "_POOL = _descriptor_pool.DescriptorPool()\n"
+    "DESCRIPTOR = _POOL.AddSerializedFile("
+)
+
+_INIT = '''"""Generated gRPC code for {what}.
+
+Do not edit: regenerate with ``python -m seismag.serving.codegen``.
+"""
+'''
+_WHAT = {
+    "v1": "the seismag MagnitudeService (protos/seismag/serving/v1)",
+    "oip": "the Open Inference Protocol, KServe v2 (protos/seismag/serving/oip)",
+}
+
+
+def _proto_files() -> list[Path]:
+    files = sorted(PROTOS.rglob("*.proto"))
+    if not files:
+        raise SystemExit(f"codegen: no .proto files under {PROTOS}")
+    return files
+
+
+def generate(out: Path) -> None:
+    """Run protoc for every proto file and write the finished modules to ``out/<package>/``."""
+    from grpc_tools import protoc  # dev-only dependency, hence imported here
+
+    include = str(resources.files("grpc_tools") / "_proto")  # google/protobuf/*.proto
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [
+            "grpc_tools.protoc",
+            f"-I{PROTOS}",
+            f"-I{include}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            *(str(p.relative_to(PROTOS)) for p in _proto_files()),
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit("codegen: protoc failed (see the messages above)")
+        for pkg in PACKAGES:
+            src = Path(tmp) / "seismag" / "serving" / pkg
+            dst = out / pkg
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in sorted(src.iterdir()):
+                if f.suffix in (".py", ".pyi"):
+                    shutil.copyfile(f, dst / f.name)
+            (dst / "__init__.py").write_text(_INIT.format(what=_WHAT[pkg]), encoding="utf-8")
+    oip = out / "oip" / _OIP_PB2
+    text = oip.read_text(encoding="utf-8")
+    if _DEFAULT_POOL not in text:
+        raise SystemExit(f"codegen: {oip} no longer has the expected descriptor-pool line")
+    oip.write_text(text.replace(_DEFAULT_POOL, _PRIVATE_POOL, 1), encoding="utf-8")
+
+
+def _differences(generated: Path, committed: Path) -> list[str]:
+    diffs = []
+    for pkg in PACKAGES:
+        for f in sorted((generated / pkg).iterdir()):
+            target = committed / pkg / f.name
+            if not target.exists() or not filecmp.cmp(f, target, shallow=False):
+                diffs.append(str(target.relative_to(ROOT)))
+    return diffs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m seismag.serving.codegen", description=__doc__)
+    parser.add_argument(
+        "--check", action="store_true", help="fail if the committed modules are out of date"
+    )
+    args = parser.parse_args(argv)
+    serving = ROOT / "serving"
+    if args.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            generate(Path(tmp))
+            stale = _differences(Path(tmp), serving)
+        if stale:
+            print("codegen: out of date: " + ", ".join(stale), file=sys.stderr)
+            return 1
+        print("codegen: generated modules are up to date")
+        return 0
+    generate(serving)
+    for pkg in PACKAGES:
+        print(f"codegen: wrote {serving / pkg}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

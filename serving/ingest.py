@@ -1,0 +1,182 @@
+"""Client bytes and arrays -> ObsPy objects, with every failure turned into InvalidInput.
+
+A request must never crash the server: ObsPy raises many exception types (and only *warns* about a
+truncated last record), so each reader here catches all of them and says what was wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from obspy import Inventory, Stream, Trace, UTCDateTime, read, read_inventory
+
+from seismag.serving.errors import InvalidInput
+
+MAX_SAMPLING_RATE = 10_000.0
+"""Hz. Above any seismometer's rate; a larger value is a unit mix-up (e.g. a period in us)."""
+
+PRE_FILTER_LOW = (0.01, 0.02)
+"""Hz. The deconvolution's low cosine taper: below the corner of broadband sensors' useful band
+but above the drift that inverting a short-period response would blow up."""
+
+
+def _check_finite(stream: Stream) -> None:
+    for tr in stream:
+        if tr.stats.npts == 0:
+            raise InvalidInput(f"{tr.id}: trace holds no samples")
+        rate = tr.stats.sampling_rate
+        if not np.isfinite(rate) or not 0 < rate <= MAX_SAMPLING_RATE:
+            raise InvalidInput(
+                f"{tr.id}: impossible sampling rate {rate} Hz (0 < rate <= {MAX_SAMPLING_RATE:g})"
+            )
+        if not np.all(np.isfinite(np.asarray(tr.data, dtype=np.float64))):
+            raise InvalidInput(f"{tr.id}: contains NaN or Inf samples")
+
+
+def read_miniseed(data: bytes) -> Stream:
+    """miniSEED bytes -> Stream; empty, corrupt or truncated data raise InvalidInput.
+
+    ObsPy only warns when the last record is cut short and returns what it could parse; serving a
+    magnitude from silently shortened data would be wrong, so that warning is an error here.
+    """
+    if not data:
+        raise InvalidInput("the miniSEED payload is empty")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            stream = read(io.BytesIO(bytes(data)), format="MSEED")
+        except Exception as exc:
+            raise InvalidInput(
+                f"the payload ({len(data)} bytes) is not valid miniSEED: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+    for w in caught:
+        if "mseed" in w.category.__name__.lower() or "mseed" in str(w.message).lower():
+            raise InvalidInput(
+                f"the miniSEED payload ({len(data)} bytes) is truncated or corrupt: {w.message}"
+            )
+    if len(stream) == 0:
+        raise InvalidInput(f"the miniSEED payload ({len(data)} bytes) holds no traces")
+    _check_finite(stream)
+    return stream
+
+
+def read_stationxml(data: bytes) -> Inventory:
+    """StationXML bytes -> Inventory (for response removal); InvalidInput on any failure."""
+    if not data:
+        raise InvalidInput("the StationXML payload is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            inventory = read_inventory(io.BytesIO(bytes(data)), format="STATIONXML")
+    except Exception as exc:
+        raise InvalidInput(
+            f"the payload ({len(data)} bytes) is not valid StationXML: {type(exc).__name__}: {exc}"
+        ) from None
+    if not inventory.networks:
+        raise InvalidInput("the StationXML holds no networks")
+    return inventory
+
+
+def trace_from_array(
+    network: str,
+    station: str,
+    location: str,
+    channel: str,
+    sampling_rate: float,
+    starttime: UTCDateTime,
+    samples: np.ndarray,
+) -> Trace:
+    """A raw-sample chunk from a client -> a checked Trace (float64 copy of the samples)."""
+    sid = f"{network}.{station}.{location}.{channel}"
+    if not station or not channel:
+        raise InvalidInput(f"{sid}: station and channel codes are required")
+    rate = float(sampling_rate)
+    if not np.isfinite(rate) or not 0 < rate <= MAX_SAMPLING_RATE:
+        raise InvalidInput(
+            f"{sid}: impossible sampling rate {sampling_rate} Hz (0 < rate <= "
+            f"{MAX_SAMPLING_RATE:g})"
+        )
+    try:
+        data = np.array(samples, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{sid}: samples are not numeric: {exc}") from None
+    if data.size == 0:
+        raise InvalidInput(f"{sid}: no samples")
+    if not np.all(np.isfinite(data)):
+        raise InvalidInput(f"{sid}: contains NaN or Inf samples")
+    header = {
+        "network": network,
+        "station": station,
+        "location": location,
+        "channel": channel,
+        "sampling_rate": rate,
+        "starttime": UTCDateTime(starttime),
+    }
+    return Trace(data=data, header=header)
+
+
+def pre_filter(sampling_rate: float) -> tuple[float, float, float, float]:
+    """Deconvolution band: flat from 0.02 Hz to 80 % of Nyquist, cosine tapers outside."""
+    nyquist = sampling_rate / 2.0
+    return (*PRE_FILTER_LOW, 0.8 * nyquist, 0.9 * nyquist)
+
+
+def _response(tr: Trace, inventory: Inventory):
+    try:
+        return inventory.get_response(tr.id, tr.stats.starttime)
+    except Exception:
+        raise InvalidInput(
+            f"{tr.id}: the inventory has no response for this channel at {tr.stats.starttime}"
+        ) from None
+
+
+def remove_response(stream: Stream, inventory: Inventory) -> Stream:
+    """A copy of ``stream`` deconvolved to ground velocity in m/s (the cards' units).
+
+    Full deconvolution is a frequency-domain filter over the whole trace: it is *not* causal. Use
+    :func:`remove_sensitivity` where a sample may only depend on earlier samples (live feeds).
+    """
+    out = stream.copy()
+    for tr in out:
+        _response(tr, inventory)  # a clear error when the channel is missing
+        try:
+            tr.data = tr.data.astype(np.float64)
+            tr.remove_response(
+                inventory=inventory,
+                output="VEL",
+                pre_filt=pre_filter(tr.stats.sampling_rate),
+                zero_mean=True,
+                taper=True,
+            )
+        except InvalidInput:
+            raise
+        except Exception as exc:
+            raise InvalidInput(f"{tr.id}: response removal failed: {exc}") from None
+        if not np.all(np.isfinite(tr.data)):
+            raise InvalidInput(f"{tr.id}: response removal produced NaN or Inf")
+    return out
+
+
+def remove_sensitivity(stream: Stream, inventory: Inventory) -> Stream:
+    """A copy of ``stream`` divided by each channel's overall sensitivity (counts -> m/s).
+
+    A flat gain is exact in the sensor's passband and, unlike deconvolution, causal, so it is what
+    a live feed can use. The channel's input units must be velocity.
+    """
+    out = stream.copy()
+    for tr in out:
+        response = _response(tr, inventory)
+        sens = response.instrument_sensitivity
+        units = (getattr(sens, "input_units", "") or "").upper() if sens else ""
+        if sens is None or not sens.value:
+            raise InvalidInput(f"{tr.id}: the inventory gives no overall sensitivity")
+        if units not in ("M/S", "M/SEC"):
+            raise InvalidInput(
+                f"{tr.id}: input units are {units or 'unknown'}, not velocity (M/S); a flat "
+                "sensitivity cannot convert them"
+            )
+        tr.data = tr.data.astype(np.float64) / float(sens.value)
+    return out

@@ -1,0 +1,146 @@
+"""Open Inference Protocol (KServe v2 gRPC) servicer: the protocol Triton speaks.
+
+It exposes the raw model - tensors in, tensors out, no miniSEED, no preprocessing - so existing
+KServe/Triton clients, ``perf_analyzer`` and load balancers that probe ServerReady work against
+seismag unchanged. Tensors travel as ``raw_input_contents`` (little-endian bytes, the fast path)
+or as typed ``contents.fp32_contents``; replies always use ``raw_output_contents``.
+
+(The module is not named ``oip.py`` because ``seismag.serving.oip`` is the generated package.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+
+from seismag import __version__
+from seismag.serving.errors import InvalidInput, ModelNotFound, NotReady
+from seismag.serving.oip import grpc_service_pb2 as pb
+from seismag.serving.oip import grpc_service_pb2_grpc as pb_grpc
+from seismag.serving.rpc import check_deadline, rpc
+
+PLATFORM = "onnxruntime_onnx"
+_LE_FP32 = np.dtype("<f4")
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """KServe v2 endpoints over a ``ModelRegistry``; readiness comes from the server."""
+
+    def __init__(self, registry, is_ready: Callable[[], bool]) -> None:
+        self._registry = registry
+        self._is_ready = is_ready
+
+    def _runtime(self, name: str, version: str):
+        runtime = self._registry.get(name)
+        if version and version != str(runtime.version):
+            raise ModelNotFound(
+                f"model {runtime.name!r} has version {runtime.version!r}, not {version!r}"
+            )
+        return runtime
+
+    @rpc
+    def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @rpc
+    def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self._is_ready())
+
+    @rpc
+    def ModelReady(self, request, context):
+        # Like Triton: an unknown model (or version) is "not ready", not an error.
+        try:
+            self._runtime(request.name, request.version)
+        except ModelNotFound:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=self._is_ready())
+
+    @rpc
+    def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name="seismag", version=__version__, extensions=[])
+
+    @rpc
+    def ModelMetadata(self, request, context):
+        rt = self._runtime(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=rt.name,
+            versions=[str(rt.version)],
+            platform=PLATFORM,
+            inputs=[_tensor_meta(s) for s in rt.input_specs()],
+            outputs=[_tensor_meta(s) for s in rt.output_specs()],
+        )
+
+    @rpc
+    def ModelInfer(self, request, context):
+        if not self._is_ready():
+            raise NotReady("server is not ready (warming up or draining)")
+        rt = self._runtime(request.model_name, request.model_version)
+        inputs = _decode_inputs(request)
+        check_deadline(context)
+        outputs = rt.infer_raw(inputs)
+        wanted = [o.name for o in request.outputs] or list(outputs)
+        unknown = [n for n in wanted if n not in outputs]
+        if unknown:
+            raise InvalidInput(f"unknown output(s) {unknown}; the model has {sorted(outputs)}")
+        reply = pb.ModelInferResponse(
+            model_name=rt.name, model_version=str(rt.version), id=request.id
+        )
+        for name in wanted:
+            arr = np.ascontiguousarray(outputs[name], dtype=_LE_FP32)
+            reply.outputs.add(name=name, datatype="FP32", shape=list(arr.shape))
+            reply.raw_output_contents.append(arr.tobytes())
+        return reply
+
+
+def _tensor_meta(spec) -> pb.ModelMetadataResponse.TensorMetadata:
+    name, datatype, shape = spec
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=name, datatype=datatype, shape=[int(d) for d in shape]
+    )
+
+
+def _decode_inputs(request) -> dict[str, np.ndarray]:
+    """Request tensors as float32 arrays, checked against their declared shapes."""
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; "
+            "send one per input, in order"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        if tensor.datatype != "FP32":
+            raise InvalidInput(
+                f"input {tensor.name!r}: datatype must be FP32, got {tensor.datatype!r}"
+            )
+        shape = tuple(int(d) for d in tensor.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidInput(f"input {tensor.name!r}: negative dimension in shape {list(shape)}")
+        count = int(np.prod(shape, dtype=np.int64))
+        if raw:
+            if len(raw[i]) != count * 4:
+                raise InvalidInput(
+                    f"input {tensor.name!r}: {len(raw[i])} bytes, shape {list(shape)} FP32 "
+                    f"needs {count * 4}"
+                )
+            flat = np.frombuffer(raw[i], dtype=_LE_FP32)
+        else:
+            flat = np.asarray(tensor.contents.fp32_contents, dtype=np.float32)
+            if flat.size != count:
+                raise InvalidInput(
+                    f"input {tensor.name!r}: {flat.size} fp32_contents, shape {list(shape)} "
+                    f"needs {count}"
+                )
+        if tensor.name in arrays:
+            raise InvalidInput(f"input {tensor.name!r} given twice")
+        arrays[tensor.name] = flat.astype(np.float32, copy=False).reshape(shape)
+    return arrays
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name

@@ -1,0 +1,371 @@
+"""A recorded stream -> one magnitude and a causal evolving series per station.
+
+The series answers "what would a live system have said at time t?": the value at t comes from the
+window that ends at t (left-padded while the record is shorter than a window) and from an onset
+known by t, so truncating the record at t never changes the values up to t. :class:`StationTrack`
+holds that logic once; :func:`predict` and :class:`~seismag.serving.stream_session.StreamSession`
+both drive it, which is why a replayed stream reproduces ``predict`` exactly.
+
+Rules (constants below):
+
+* a value needs ``MIN_DATA_SECONDS`` of data; a series card's value also needs a P onset at least
+  ``MIN_AFTER_ONSET_SECONDS`` before t (the client's pick for that station, else the STA/LTA pick
+  of :mod:`.onset`), and is the card's aggregate of the output after the onset (after the window
+  start once the onset has left the window);
+* evaluation times are every ``series_interval`` after the station's first sample, counted in
+  samples, plus the last sample. The series starts at the first time a value exists, so it has no
+  gaps; its last point is at the data end, which may follow the previous one by less than
+  ``series_interval`` when the record is not a whole number of intervals long;
+* missing components (``missing="zeros"``) are zero-filled and reported; STA/LTA then runs on the
+  first present component in card order (Z when there is one).
+
+With an inventory, ``response="full"`` deconvolves each trace over the whole record, which is a
+non-causal filter (the model windows stay causal); ``response="sensitivity"`` divides by the flat
+gain, which is causal and matches what ``StreamSession`` does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from obspy import Inventory, Stream, UTCDateTime
+
+from seismag.models.aggregate import series_to_scalar
+from seismag.models.card import ModelCard
+from seismag.models.preprocess import PreprocessError, last_window, model_inputs, stream_to_array
+from seismag.serving.errors import InvalidInput, Overloaded
+from seismag.serving.ingest import remove_response, remove_sensitivity
+from seismag.serving.onset import OnsetPicker
+from seismag.serving.results import StationResult
+from seismag.serving.runtime import ModelRegistry
+
+MIN_DATA_SECONDS = 1.0
+"""Less than this is mostly padding: the model would be reading the left-pad, not the data."""
+MIN_AFTER_ONSET_SECONDS = 2.0
+"""Aggregating a series over fewer post-P samples is dominated by the onset's transient."""
+MAX_WINDOWS = 4096
+"""Windows per request (~150 MB of float32 inputs at 3 x 3001); more is Overloaded."""
+
+_AGG_WORDS = {"mean_after_onset": "mean", "median_after_onset": "median"}
+
+
+def station_id(network: str, station: str, location: str) -> str:
+    return f"{network}.{station}.{location}"
+
+
+def find_pick(
+    picks: Mapping[str, UTCDateTime] | None, network: str, station: str, location: str
+) -> UTCDateTime | None:
+    """A station's pick under "NET.STA.LOC" or, for any location, "NET.STA"."""
+    if not picks:
+        return None
+    for key in (station_id(network, station, location), f"{network}.{station}"):
+        if key in picks:
+            return UTCDateTime(picks[key])
+    return None
+
+
+@dataclass
+class Evaluation:
+    """One due model input: the normalised window ending at sample ``index``, and its onset."""
+
+    index: int
+    """Absolute sample index of t (sample 0 = the station's first sample)."""
+    time: UTCDateTime
+    waveform: np.ndarray  # (C, N) float32
+    log_amp: np.ndarray  # (1,) float32
+    onset: int | None
+    """Absolute sample index of the onset used (series cards), else None."""
+    onset_in_window: int
+    source: str
+    preprocess_ms: float = 0.0
+
+
+class StationTrack:
+    """One station's data at the card's rate, arriving in order; decides and builds evaluations.
+
+    ``extend`` appends samples (any chunking), ``evaluate`` gives the model input for "now" (the
+    last sample) or None when no value may exist yet. Only the last ``in_samples`` are kept.
+    """
+
+    def __init__(
+        self,
+        card: ModelCard,
+        start: UTCDateTime,
+        *,
+        missing: tuple[str, ...] = (),
+        pick: UTCDateTime | None = None,
+    ) -> None:
+        self.card = card
+        self.start = UTCDateTime(start)
+        self.rate = card.sampling_rate
+        self.missing = tuple(missing)
+        present = [i for i, c in enumerate(card.component_order) if c not in self.missing]
+        self.pick_row = present[0] if present else 0
+        self.picker = OnsetPicker(self.rate, refractory=card.in_samples)
+        self.pick: int | None = None
+        self.set_pick(pick)
+        self.n = 0
+        self._ring = np.zeros((card.in_channels, 0))
+        self.min_data = int(np.ceil(MIN_DATA_SECONDS * self.rate))
+        self.min_after = int(np.ceil(MIN_AFTER_ONSET_SECONDS * self.rate))
+
+    def set_pick(self, pick: UTCDateTime | None) -> None:
+        self.pick = None if pick is None else round((UTCDateTime(pick) - self.start) * self.rate)
+
+    def time_of(self, index: int) -> UTCDateTime:
+        return self.start + index / self.rate
+
+    def extend(self, chunk: np.ndarray) -> None:
+        if chunk.shape[-1] == 0:
+            return
+        self.picker.feed(chunk[self.pick_row])
+        ring = np.concatenate([self._ring, chunk], axis=1)
+        self._ring = ring[:, -self.card.in_samples :]
+        self.n += chunk.shape[-1]
+
+    def onset(self) -> tuple[int | None, str]:
+        """The onset usable now (at least MIN_AFTER_ONSET before the last sample) and its source."""
+        latest = self.n - 1 - self.min_after
+        if self.pick is not None:
+            return (self.pick if self.pick <= latest else None), "request"
+        return self.picker.onset_at(latest), "sta_lta"
+
+    def evaluate(self) -> Evaluation | None:
+        if self.n < self.min_data:
+            return None
+        t0 = time.perf_counter()
+        i = self.n - 1
+        onset, source = None, "none"
+        in_window = 0
+        if self.card.output == "series":
+            onset, source = self.onset()
+            if onset is None:
+                return None
+            in_window = max(0, onset - (i + 1 - self.card.in_samples))
+        window = last_window(self._ring, self.card.in_samples)
+        x, log_amp = model_inputs(window, self.card)
+        ms = (time.perf_counter() - t0) * 1e3
+        return Evaluation(i, self.time_of(i), x, log_amp, onset, in_window, source, ms)
+
+    def no_value_reason(self) -> str:
+        """Why ``evaluate`` gave nothing at the end of the data, for the error message."""
+        seconds = self.n / self.rate
+        if self.n < self.min_data:
+            return f"only {seconds:.2f} s of data; at least {MIN_DATA_SECONDS:g} s is needed"
+        if self.pick is not None:
+            return (
+                f"the P pick at {self.time_of(self.pick)} leaves less than "
+                f"{MIN_AFTER_ONSET_SECONDS:g} s of data after it "
+                f"(data end {self.time_of(self.n - 1)})"
+            )
+        picked = self.picker.onset_at(self.n - 1)
+        if picked is not None:
+            return (
+                f"the STA/LTA onset at {self.time_of(picked)} leaves less than "
+                f"{MIN_AFTER_ONSET_SECONDS:g} s of data after it"
+            )
+        return (
+            f"no P onset: none was sent and STA/LTA found none in {seconds:.1f} s of data "
+            "(it needs 10 s of noise before the onset); send a P pick for this station"
+        )
+
+
+def output_value(card: ModelCard, row: np.ndarray, ev: Evaluation) -> float:
+    """The magnitude for one evaluation from the model's output row (magnitude units already)."""
+    if card.output == "scalar":
+        return float(np.asarray(row).reshape(-1)[0])
+    return float(series_to_scalar(row, ev.onset_in_window, card.scalar_from_series))
+
+
+def derivation(card: ModelCard, source: str) -> str:
+    if card.output == "scalar":
+        return (
+            f"{card.name} output for the {card.window_seconds:g} s window ending at the data end "
+            "(one magnitude per window)"
+        )
+    word = _AGG_WORDS.get(card.scalar_from_series or "", card.scalar_from_series)
+    where = "the client's P pick" if source == "request" else "the STA/LTA P onset"
+    return (
+        f"{word} of {card.name}'s per-sample magnitude after {where}, in the "
+        f"{card.window_seconds:g} s window ending at the data end"
+    )
+
+
+def grid(n: int, step: int) -> list[int]:
+    """Evaluation sample indices: every ``step`` samples from the first sample, plus the last."""
+    points = list(range(step - 1, n, step))
+    if not points or points[-1] != n - 1:
+        points.append(n - 1)
+    return points
+
+
+def interval_samples(series_interval: float, rate: float) -> int:
+    if not np.isfinite(series_interval) or series_interval <= 0:
+        raise InvalidInput(f"series_interval must be a positive number, got {series_interval}")
+    return max(round(series_interval * rate), 1)
+
+
+def _group(stream: Stream) -> dict[tuple[str, str, str], Stream]:
+    groups: dict[tuple[str, str, str], Stream] = {}
+    for tr in stream:
+        key = (tr.stats.network, tr.stats.station, tr.stats.location)
+        groups.setdefault(key, Stream()).append(tr)
+    return groups
+
+
+def _check_stream(stream: Stream) -> None:
+    if stream is None or len(stream) == 0:
+        raise InvalidInput("the request holds no traces")
+    for tr in stream:
+        if tr.stats.npts == 0:
+            raise InvalidInput(f"{tr.id}: trace holds no samples")
+        if not np.all(np.isfinite(np.asarray(tr.data, dtype=np.float64))):
+            raise InvalidInput(f"{tr.id}: contains NaN or Inf samples")
+
+
+@dataclass
+class _StationWork:
+    key: tuple[str, str, str]
+    track: StationTrack
+    evals: list[Evaluation]
+    preprocess_ms: float
+
+
+def _prepare_station(
+    key: tuple[str, str, str],
+    st: Stream,
+    card: ModelCard,
+    step: int,
+    *,
+    inventory: Inventory | None,
+    response: str,
+    pick: UTCDateTime | None,
+    missing: str,
+) -> _StationWork:
+    t0 = time.perf_counter()
+    sid = station_id(*key)
+    if inventory is not None:
+        st = (
+            remove_response(st, inventory)
+            if response == "full"
+            else (remove_sensitivity(st, inventory))
+        )
+    try:
+        arr = stream_to_array(st, card, missing=missing)
+    except PreprocessError as exc:
+        raise InvalidInput(f"{sid}: {exc}") from None
+    track = StationTrack(card, arr.starttime, missing=arr.missing, pick=pick)
+    n = arr.data.shape[1]
+    if n < track.min_data:
+        raise InvalidInput(
+            f"{sid}: only {n / card.sampling_rate:.2f} s of data; at least "
+            f"{MIN_DATA_SECONDS:g} s is needed"
+        )
+    evals: list[Evaluation] = []
+    done = 0
+    for i in grid(n, step):
+        track.extend(arr.data[:, done : i + 1])
+        done = i + 1
+        ev = track.evaluate()
+        if ev is not None:
+            evals.append(ev)
+    if not evals:
+        raise InvalidInput(f"{sid}: no magnitude: {track.no_value_reason()}")
+    return _StationWork(key, track, evals, (time.perf_counter() - t0) * 1e3)
+
+
+def predict(
+    registry: ModelRegistry,
+    stream: Stream,
+    *,
+    model: str = "",
+    inventory: Inventory | None = None,
+    p_picks: Mapping[str, UTCDateTime] | None = None,
+    series_interval: float = 1.0,
+    missing: str = "zeros",
+    response: str = "full",
+    timeout: float | None = None,
+) -> list[StationResult]:
+    """One :class:`StationResult` per (network, station, location) in ``stream``.
+
+    All windows of all stations go to the model in one batched call. Raises InvalidInput naming
+    the station when any station cannot give a magnitude, Overloaded beyond ``MAX_WINDOWS``.
+    """
+    t_start = time.perf_counter()
+    runtime = registry.get(model)
+    card = runtime.card
+    if missing not in ("zeros", "error"):
+        raise InvalidInput(f"missing must be 'zeros' or 'error', got {missing!r}")
+    if response not in ("full", "sensitivity"):
+        raise InvalidInput(f"response must be 'full' or 'sensitivity', got {response!r}")
+    step = interval_samples(series_interval, card.sampling_rate)
+    _check_stream(stream)
+    groups = _group(stream)
+    if p_picks:
+        known = {station_id(*k) for k in groups} | {f"{k[0]}.{k[1]}" for k in groups}
+        unknown = sorted(set(p_picks) - known)
+        if unknown:
+            raise InvalidInput(
+                f"P picks for {unknown} match no station in the request "
+                f"(stations: {sorted(station_id(*k) for k in groups)})"
+            )
+    work = [
+        _prepare_station(
+            key,
+            st,
+            card,
+            step,
+            inventory=inventory,
+            response=response,
+            pick=find_pick(p_picks, *key),
+            missing=missing,
+        )
+        for key, st in groups.items()
+    ]
+    n_windows = sum(len(w.evals) for w in work)
+    if n_windows > MAX_WINDOWS:
+        raise Overloaded(
+            f"the request needs {n_windows} model windows (limit {MAX_WINDOWS}); use a larger "
+            "series_interval or send less data"
+        )
+    waveform = np.stack([ev.waveform for w in work for ev in w.evals])
+    log_amp = np.stack([ev.log_amp for w in work for ev in w.evals])
+    rows, timings = runtime.infer(waveform, log_amp, timeout)
+    total_ms = (time.perf_counter() - t_start) * 1e3
+    results = []
+    at = 0
+    for w in work:
+        values = np.array(
+            [output_value(card, rows[at + j], ev) for j, ev in enumerate(w.evals)],
+            dtype=np.float64,
+        )
+        at += len(w.evals)
+        last = w.evals[-1]
+        results.append(
+            StationResult(
+                network=w.key[0],
+                station=w.key[1],
+                location=w.key[2],
+                magnitude=float(values[-1]),
+                derivation=derivation(card, last.source),
+                series_start=w.evals[0].time,
+                series_interval=step / card.sampling_rate,
+                series=values,
+                onset=None if last.onset is None else w.track.time_of(last.onset),
+                onset_source=last.source,
+                model=runtime.name,
+                model_version=runtime.version,
+                missing_components=w.track.missing,
+                timings_ms={
+                    "preprocess": w.preprocess_ms,
+                    "queue": timings["queue"],
+                    "compute": timings["compute"],
+                    "total": total_ms,
+                },
+            )
+        )
+    return results

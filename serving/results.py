@@ -1,0 +1,49 @@
+"""What one prediction returns per station, independent of the wire format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from obspy import UTCDateTime
+
+
+@dataclass
+class StationResult:
+    network: str
+    station: str
+    location: str
+    magnitude: float
+    """The last value of the evolving series: the estimate with all data up to the end."""
+    derivation: str
+    """How the scalar was obtained, e.g. 'mean of the per-sample output after the P onset'."""
+    series_start: UTCDateTime
+    """Time of the first series value; value k is at series_start + k * series_interval."""
+    series_interval: float
+    series: np.ndarray
+    """Causal evolving magnitude: value at time t uses data up to t only."""
+    onset: UTCDateTime | None
+    onset_source: str
+    """'request' (client's P pick), 'sta_lta' (picked on the data), or 'none' (scalar model)."""
+    model: str
+    model_version: str
+    missing_components: tuple[str, ...] = ()
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    """'preprocess', 'queue', 'compute', 'total'."""
+
+
+@dataclass
+class StationUpdate:
+    """One StreamPredict update: a new point of a station's evolving series."""
+
+    network: str
+    station: str
+    location: str
+    time: UTCDateTime
+    """End time of the window the model saw (data time)."""
+    magnitude: float
+    onset: UTCDateTime | None
+    model: str
+    lag_s: float
+    """Wall-clock now minus the data time, at the moment the update was produced."""
+    timings_ms: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,407 @@
+"""Exported ONNX models in ONNX Runtime, each behind a dynamic batcher, and a registry of them.
+
+Torch-free: a model is an exported file (see :mod:`seismag.export.onnx_export`) whose metadata
+carries its card, so serving needs nothing but the file. Inputs are ``waveform`` (B, C, N) and
+``log_amp`` (B, 1), float32; the output ``magnitude`` is (B, N) for series cards and (B,) for
+scalar cards, already in magnitude units.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from seismag.models.card import CardError, ModelCard
+from seismag.serving.batcher import BatcherStats, DynamicBatcher, OnBatch
+from seismag.serving.errors import InvalidInput, ModelNotFound
+
+log = logging.getLogger(__name__)
+
+CARD_KEY = "seismag.card"
+WEIGHTS_KEY = "seismag.weights"
+INPUT_NAMES = ("waveform", "log_amp")
+OUTPUT_NAME = "magnitude"
+DEFAULT_MAX_QUEUE = 8192
+"""Windows that may wait per model: a 1 h request at 1 s steps is 3600, and 8192 windows of
+3 x 3001 float32 are ~300 MB, the memory we accept to hold in a queue."""
+
+_PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model file is missing, not ONNX, has no seismag card, or ONNX Runtime rejects it."""
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelLoadError(f"model file {path} does not exist")
+    if not path.is_file():
+        raise ModelLoadError(f"model path {path} is not a file")
+
+
+def _card_from_session(session: ort.InferenceSession, path: Path) -> tuple[ModelCard, str]:
+    meta = session.get_modelmeta().custom_metadata_map
+    if CARD_KEY not in meta:
+        raise ModelLoadError(
+            f"{path}: no seismag card in the ONNX metadata (key {CARD_KEY!r}); export the model "
+            "with `seismag export`"
+        )
+    try:
+        card = ModelCard.from_dict(json.loads(meta[CARD_KEY]))
+    except (json.JSONDecodeError, CardError, TypeError) as exc:
+        raise ModelLoadError(f"{path}: the embedded model card is unreadable: {exc}") from exc
+    return card, meta.get(WEIGHTS_KEY, "unknown")
+
+
+def _plain_options(threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(int(threads), 1)
+    opts.inter_op_num_threads = 1  # one graph at a time; the batcher provides the concurrency
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
+
+
+def _session(path: Path, threads: int, providers: list[str]) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), _plain_options(threads), providers=providers)
+    except Exception as exc:  # ORT raises its own Fail / InvalidProtobuf / RuntimeException
+        raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+
+
+def read_card_from_onnx(path: str | Path) -> ModelCard:
+    """The card embedded in an exported file, read through ONNX Runtime (no onnx, no torch)."""
+    path = Path(path)
+    _check_file(path)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # metadata only
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+    return _card_from_session(session, path)[0]
+
+
+def resolve_providers(requested: list[str] | None) -> list[str]:
+    """Requested providers that this onnxruntime build has, in order, CPU always last.
+
+    Accepts ORT names or the short forms cpu / cuda / tensorrt. Unavailable ones are skipped with a
+    log line, so a GPU config still starts on a CPU-only host.
+    """
+    available = ort.get_available_providers()
+    chosen: list[str] = []
+    for name in requested or []:
+        full = _PROVIDER_ALIASES.get(name.lower(), name)
+        if full not in available:
+            log.warning("execution provider %s is not available here (have %s)", full, available)
+        elif full not in chosen:
+            chosen.append(full)
+    if "CPUExecutionProvider" in chosen:
+        chosen.remove("CPUExecutionProvider")
+    return [*chosen, "CPUExecutionProvider"]
+
+
+def _fused_scan_session(path: Path, threads: int) -> ort.InferenceSession | None:
+    """A session with the fused SelectiveScan kernel when that is possible here, else None.
+
+    :mod:`seismag.export.fused_scan` is optional (numba, onnxruntime-extensions, onnx); any
+    failure falls back to the plain session, whose standard-op function computes the same scan.
+    """
+    try:
+        from seismag.export import fused_scan
+    except Exception:  # not installed, or onnx missing in a runtime-only install
+        return None
+    try:
+        available = fused_scan.kernel_available()
+        ok = available[0] if isinstance(available, tuple) else bool(available)
+        if not ok:
+            return None
+        import onnx
+
+        proto = onnx.load(str(path))
+        has_scan = any(
+            n.domain == fused_scan.DOMAIN and n.op_type == fused_scan.OP_TYPE
+            for n in proto.graph.node
+        )
+        if not has_scan:
+            return None
+        return fused_scan.fused_session(proto, threads=threads)
+    except Exception as exc:
+        log.warning("%s: fused SelectiveScan kernel unusable, plain session instead: %s", path, exc)
+        return None
+
+
+class ModelRuntime:
+    """One exported model: an ONNX Runtime session behind a :class:`DynamicBatcher`."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        threads: int = 1,
+        max_batch: int = 64,
+        max_queue_delay_ms: float = 2.0,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        providers: list[str] | None = None,
+        on_batch: OnBatch | None = None,
+        fused_kernel: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        _check_file(self.path)
+        self.providers = resolve_providers(providers)
+        session = None
+        if fused_kernel and self.providers == ["CPUExecutionProvider"]:
+            session = _fused_scan_session(self.path, threads)
+        self.kernel = "fused-scan" if session is not None else "onnxruntime"
+        if session is None:
+            session = _session(self.path, threads, self.providers)
+        self._session = session
+        self.card, self.weights = _card_from_session(session, self.path)
+        self.name = self.card.name
+        self.version = self.card.version
+        names = [i.name for i in session.get_inputs()]
+        if sorted(names) != sorted(INPUT_NAMES):
+            raise ModelLoadError(f"{self.path}: inputs {names}, expected {list(INPUT_NAMES)}")
+        self._output = session.get_outputs()[0].name
+        self.batcher = DynamicBatcher(
+            self._run,
+            max_batch=max_batch,
+            max_queue_delay_ms=max_queue_delay_ms,
+            max_queue=max_queue,
+            name=self.name,
+            on_batch=on_batch,
+        )
+
+    def __repr__(self) -> str:
+        return f"ModelRuntime({self.name} {self.version}, {self.path}, {self.kernel})"
+
+    def _run(self, waveform: np.ndarray, log_amp: np.ndarray) -> np.ndarray:
+        feeds = {"waveform": waveform, "log_amp": log_amp}
+        return self._session.run([self._output], feeds)[0]
+
+    # -- the seismag path (inputs come from our own preprocessing) ------------------------
+
+    def _check(self, waveform: np.ndarray, log_amp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c, n = self.card.in_channels, self.card.in_samples
+        if waveform.ndim != 3 or waveform.shape[1:] != (c, n):
+            raise InvalidInput(
+                f"{self.name}: waveform must be (batch, {c}, {n}), got {waveform.shape}"
+            )
+        if log_amp.shape != (waveform.shape[0], 1):
+            raise InvalidInput(
+                f"{self.name}: log_amp must be ({waveform.shape[0]}, 1), got {log_amp.shape}"
+            )
+        return (
+            np.ascontiguousarray(waveform, dtype=np.float32),
+            np.ascontiguousarray(log_amp, dtype=np.float32),
+        )
+
+    def submit(self, waveform: np.ndarray, log_amp: np.ndarray) -> Future:
+        """Non-blocking :meth:`infer`: a future of ``(rows, {"queue": ms, "compute": ms})``."""
+        return self.batcher.submit(*self._check(waveform, log_amp))
+
+    def infer(
+        self, waveform: np.ndarray, log_amp: np.ndarray, timeout: float | None = None
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Run ``k`` normalised windows through the batcher; the ``k`` output rows and timings.
+
+        Raises the builtin ``TimeoutError`` when ``timeout`` seconds pass first (the gRPC layer
+        maps it to DEADLINE_EXCEEDED); the queued rows are cancelled if they have not started.
+        """
+        future = self.submit(waveform, log_amp)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise TimeoutError(f"{self.name}: no result within {timeout} s") from None
+
+    # -- Open Inference Protocol ----------------------------------------------------------
+
+    def input_specs(self) -> list[tuple[str, str, list[int]]]:
+        c, n = self.card.in_channels, self.card.in_samples
+        return [("waveform", "FP32", [-1, c, n]), ("log_amp", "FP32", [-1, 1])]
+
+    def output_specs(self) -> list[tuple[str, str, list[int]]]:
+        shape = [-1, self.card.in_samples] if self.card.output == "series" else [-1]
+        return [(OUTPUT_NAME, "FP32", shape)]
+
+    def infer_raw(
+        self, inputs: dict[str, np.ndarray], timeout: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Raw tensors in, raw tensors out (OIP ModelInfer), checked, through the batcher."""
+        names = set(inputs)
+        expected = set(INPUT_NAMES)
+        if names != expected:
+            raise InvalidInput(
+                f"{self.name}: inputs must be exactly {sorted(expected)}; got {sorted(names)}"
+                + (f" (missing {sorted(expected - names)})" if expected - names else "")
+                + (f" (unknown {sorted(names - expected)})" if names - expected else "")
+            )
+        specs = {name: shape for name, _, shape in self.input_specs()}
+        arrays = {}
+        for name in INPUT_NAMES:
+            a = np.asarray(inputs[name])
+            if a.dtype != np.float32:
+                raise InvalidInput(f"{self.name}: input {name!r} must be FP32, got {a.dtype}")
+            want = specs[name]
+            if a.ndim != len(want) or any(
+                w != -1 and w != s for w, s in zip(want, a.shape, strict=True)
+            ):
+                raise InvalidInput(
+                    f"{self.name}: input {name!r} must have shape {want} (-1 = batch), "
+                    f"got {list(a.shape)}"
+                )
+            if a.shape[0] < 1:
+                raise InvalidInput(f"{self.name}: input {name!r} has an empty batch")
+            if not np.all(np.isfinite(a)):
+                raise InvalidInput(f"{self.name}: input {name!r} contains NaN or Inf")
+            arrays[name] = a
+        if arrays["waveform"].shape[0] != arrays["log_amp"].shape[0]:
+            raise InvalidInput(
+                f"{self.name}: waveform and log_amp batch sizes differ "
+                f"({arrays['waveform'].shape[0]} vs {arrays['log_amp'].shape[0]})"
+            )
+        rows, _ = self.infer(arrays["waveform"], arrays["log_amp"], timeout)
+        return {OUTPUT_NAME: np.asarray(rows, dtype=np.float32)}
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def example_inputs(self, batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Deterministic normalised noise windows, for warm-up and health checks."""
+        from seismag.models.preprocess import model_inputs
+
+        rng = np.random.default_rng(0)
+        raw = rng.normal(size=(batch, self.card.in_channels, self.card.in_samples)) * 1e-6
+        return model_inputs(raw, self.card)
+
+    def warm_up(self) -> None:
+        """One inference, so the first request does not pay ORT's lazy initialisation."""
+        out, _ = self.infer(*self.example_inputs(1))
+        if not np.all(np.isfinite(out)):
+            raise ModelLoadError(f"{self.path}: warm-up produced non-finite output")
+
+    def stats(self) -> BatcherStats:
+        return self.batcher.stats()
+
+    def close(self) -> None:
+        self.batcher.close(drain=True)
+
+
+class ModelRegistry:
+    """The models a server hosts, by card name, with one default for requests naming none."""
+
+    def __init__(self, runtimes: list[ModelRuntime], default: str | None = None) -> None:
+        if not runtimes:
+            raise ModelLoadError("no models to serve")
+        self._models: dict[str, ModelRuntime] = {}
+        for rt in runtimes:
+            if rt.name in self._models:
+                raise ModelLoadError(
+                    f"model {rt.name} is loaded twice ({self._models[rt.name].path} and {rt.path})"
+                )
+            self._models[rt.name] = rt
+        if default is not None and default not in self._models:
+            raise ModelLoadError(
+                f"default model {default!r} is not among the loaded models: {self.names()}"
+            )
+        self.default_name = default or runtimes[0].name
+
+    @classmethod
+    def from_paths(
+        cls,
+        paths: list[str | Path],
+        default: str | None = None,
+        *,
+        threads: int = 1,
+        max_batch: int = 64,
+        max_queue_delay_ms: float = 2.0,
+        providers: list[str] | None = None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        on_batch: OnBatch | None = None,
+    ) -> ModelRegistry:
+        """Load every ``.onnx`` file named or found directly inside a named directory."""
+        files: list[Path] = []
+        for p in map(Path, paths):
+            if p.is_dir():
+                found = sorted(p.glob("*.onnx"))
+                if not found:
+                    raise ModelLoadError(f"directory {p} holds no .onnx files")
+                files.extend(found)
+            else:
+                _check_file(p)
+                files.append(p)
+        if not files:
+            raise ModelLoadError("no model paths given")
+        runtimes: list[ModelRuntime] = []
+        try:
+            for f in files:
+                runtimes.append(
+                    ModelRuntime(
+                        f,
+                        threads=threads,
+                        max_batch=max_batch,
+                        max_queue_delay_ms=max_queue_delay_ms,
+                        max_queue=max_queue,
+                        providers=providers,
+                        on_batch=on_batch,
+                    )
+                )
+            return cls(runtimes, default)
+        except BaseException:
+            for rt in runtimes:
+                rt.close()
+            raise
+
+    def get(self, name: str = "") -> ModelRuntime:
+        """The model called ``name`` ("" = the default)."""
+        key = name or self.default_name
+        try:
+            return self._models[key]
+        except KeyError:
+            raise ModelNotFound(
+                f"unknown model {name!r}; this server has: {', '.join(self.names())}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def __iter__(self):
+        return iter(self._models.values())
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def set_on_batch(self, hook: Callable[[str, int, float, float], None] | None) -> None:
+        """Install the metrics hook on every model's batcher (see :mod:`.batcher`)."""
+        for rt in self._models.values():
+            rt.batcher.on_batch = hook
+
+    def warm_up(self) -> None:
+        for rt in self._models.values():
+            rt.warm_up()
+
+    def close(self) -> None:
+        for rt in self._models.values():
+            rt.close()
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package (``serving/default_model/PhaseNetMag.onnx``)."""
+    from importlib import resources
+
+    path = Path(str(resources.files("seismag.serving") / "default_model" / "PhaseNetMag.onnx"))
+    if not path.is_file():
+        raise ModelLoadError(f"the packaged default model {path} is missing from this install")
+    return path

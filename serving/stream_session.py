@@ -1,0 +1,568 @@
+"""Live magnitudes from a packet feed: per-station buffers, hop-based evaluation, coalescing.
+
+Design (why it reproduces :func:`~seismag.serving.predict.predict`):
+
+* Each channel is buffered at its native rate as a float64 numpy array on its own sample grid
+  (NaN = not received yet). Packets may come in any order and overlap; the first value received
+  for a sample wins. A hole is waited for until the channel has ``GAP_WAIT_SECONDS`` of data
+  beyond it, then filled by linear interpolation, as ``stream_to_array`` does.
+* A station starts once all the card's components hold ``START_WAIT_SECONDS`` of data (so a
+  reordered early packet is not lost), or once one of them spans
+  ``card.window_seconds`` without the others (the rest are then zero-filled and reported missing
+  in the session's ``missing`` map; they are ignored if they show up later), or at ``finish()``.
+  Its sample 0 is then the latest first sample of its components, as in ``stream_to_array``.
+* Samples are moved, in order, into a :class:`~seismag.serving.predict.StationTrack` at the card's
+  rate, the object ``predict`` uses. Channels at the card's rate are copied sample for sample (so
+  a replay gives bit-identical windows); other rates go through ``stream_to_array`` on the new span
+  plus ``RESAMPLE_CONTEXT_SECONDS`` of context, which is close but not identical to resampling the
+  whole record.
+* Evaluation is driven by DATA time: every ``hop`` seconds of samples after sample 0 (the same
+  grid as ``predict(series_interval=hop)``), so a replay at any speed evaluates the same windows,
+  and ``finish()`` adds the last sample as ``predict`` does.
+* Coalescing (default): at most one window per station is in the model; a window that falls due
+  meanwhile waits in one slot, and a newer one replaces it. Under load a station therefore skips
+  points rather than falling behind; every value delivered still equals ``predict``'s value at
+  that time. ``coalesce=False`` submits every window (bounded by the model's queue).
+* With an inventory, packets are divided by the channel sensitivity (causal; see
+  :func:`~seismag.serving.ingest.remove_sensitivity`).
+
+Results: ``on_update(update)`` if given (called in the model's worker thread; keep it short),
+otherwise a queue read with :meth:`StreamSession.updates` (blocking iterator, ends after
+``finish()`` has delivered everything, or at ``close()``) or :meth:`StreamSession.next_update`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass, field
+
+import numpy as np
+from obspy import Inventory, Stream, Trace, UTCDateTime
+
+from seismag.models.preprocess import COMPONENT_ALIASES, PreprocessError, stream_to_array
+from seismag.serving.errors import InvalidInput, NotReady, Overloaded, ServingError
+from seismag.serving.ingest import MAX_SAMPLING_RATE, remove_sensitivity
+from seismag.serving.predict import (
+    Evaluation,
+    StationTrack,
+    find_pick,
+    interval_samples,
+    output_value,
+    station_id,
+)
+from seismag.serving.results import StationUpdate
+from seismag.serving.runtime import ModelRegistry
+
+GAP_WAIT_SECONDS = 10.0
+"""How long a hole may wait for a late packet before it is interpolated (SeedLink reordering is
+well under this)."""
+START_WAIT_SECONDS = 5.0
+"""Data each component must hold before a station starts (its sample 0 is then fixed), so that a
+reordered packet from before the first one received still counts."""
+RESAMPLE_CONTEXT_SECONDS = 2.0
+"""Samples before a new span that off-rate channels keep for the resampler's edge."""
+MAX_UPDATES_WAITING = 100_000
+"""Unread updates in the queue; past this the consumer is not keeping up and add() refuses."""
+
+_END = object()
+
+
+class _Channel:
+    """One channel's samples on its own grid.
+
+    Positions are integers relative to the first packet's start (``anchor``): accumulating float
+    start times over hours of packets would drift by whole samples.
+    """
+
+    __slots__ = ("anchor", "buf", "code", "offset", "rate")
+
+    def __init__(self, code: str, rate: float, t0: float) -> None:
+        self.code = code
+        self.rate = rate
+        self.anchor = t0
+        self.offset = 0  # grid index of buf[0] relative to the anchor
+        self.buf = np.zeros(0)
+
+    @property
+    def t0(self) -> float:
+        """POSIX time of ``buf[0]``."""
+        return self.anchor + self.offset / self.rate
+
+    def index(self, t: float) -> int:
+        return round((t - self.anchor) * self.rate) - self.offset
+
+    def write(self, start: float, data: np.ndarray, floor: float | None) -> None:
+        off = self.index(start)
+        if floor is not None:  # samples before what was already consumed are too late
+            skip = max(self.index(floor) - off, 0)
+            data, off = data[skip:], off + skip
+        if data.size == 0:
+            return
+        if off < 0:
+            self.buf = np.concatenate([np.full(-off, np.nan), self.buf])
+            self.offset += off
+            off = 0
+        end = off + data.size
+        if end > self.buf.size:
+            self.buf = np.concatenate([self.buf, np.full(end - self.buf.size, np.nan)])
+        seg = self.buf[off:end]
+        empty = np.isnan(seg)
+        seg[empty] = data[empty]
+
+    def contiguous_end(self, start: int, *, fill_all: bool) -> int:
+        """First index >= start without data, after interpolating holes that waited enough."""
+        buf = self.buf
+        while True:
+            holes = np.flatnonzero(np.isnan(buf[start:]))
+            if holes.size == 0:
+                return buf.size
+            h = start + int(holes[0])
+            after = np.flatnonzero(~np.isnan(buf[h:]))
+            if after.size == 0 or h == 0:
+                return h
+            resume = h + int(after[0])
+            last_valid = buf.size - 1 - int(np.flatnonzero(~np.isnan(buf[::-1]))[0])
+            if not fill_all and (last_valid - h) / self.rate < GAP_WAIT_SECONDS:
+                return h
+            buf[h:resume] = np.interp(np.arange(h, resume), [h - 1, resume], buf[[h - 1, resume]])
+            start = resume
+
+    def span_seconds(self) -> float:
+        return self.buf.size / self.rate
+
+    def drop_before(self, index: int) -> None:
+        if index > 0:
+            index = min(index, self.buf.size)
+            self.buf = self.buf[index:]
+            self.offset += index
+
+
+@dataclass
+class _Station:
+    key: tuple[str, str, str]
+    channels: dict[str, _Channel] = field(default_factory=dict)
+    track: StationTrack | None = None
+    next_eval: int = 0
+    last_eval: int = -1
+    inflight: int = 0
+    slot: Evaluation | None = None
+    futures: set = field(default_factory=set)
+
+    @property
+    def sid(self) -> str:
+        return station_id(*self.key)
+
+
+@dataclass
+class SessionStats:
+    stations: int = 0
+    packets: int = 0
+    late_samples: int = 0
+    evaluations: int = 0
+    submitted: int = 0
+    coalesced: int = 0
+    updates: int = 0
+    dropped_updates: int = 0
+
+
+class StreamSession:
+    """One client's live stream: ``add()`` packets, read :class:`StationUpdate` objects.
+
+    Thread model: one thread calls ``add``/``set_pick``/``finish``/``close`` (the gRPC reader),
+    another reads ``updates()``; model results arrive on the batcher's worker thread.
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        model: str = "",
+        hop: float = 1.0,
+        inventory: Inventory | None = None,
+        max_pending: int = 10000,
+        on_update: Callable[[StationUpdate], None] | None = None,
+        coalesce: bool = True,
+        max_buffer_seconds: float = 300.0,
+    ) -> None:
+        self.runtime = registry.get(model)
+        self.card = self.runtime.card
+        self.step = interval_samples(hop, self.card.sampling_rate)
+        self.hop = self.step / self.card.sampling_rate
+        self.inventory = inventory
+        self.max_pending = max_pending
+        self.on_update = on_update
+        self.coalesce = coalesce
+        self.max_buffer_seconds = max(max_buffer_seconds, 2 * self.card.window_seconds + 30.0)
+        self.stats = SessionStats()
+        self.missing: dict[str, tuple[str, ...]] = {}
+        """Station id -> components zero-filled for it (set when the station starts)."""
+        self._stations: dict[tuple[str, str, str], _Station] = {}
+        self._picks: dict[str, UTCDateTime] = {}
+        self._lock = threading.RLock()
+        self._queue: queue.Queue = queue.Queue()
+        self._closed = False
+        self._finishing = False
+        self._ended = False
+        self._error: BaseException | None = None
+
+    # -- input ----------------------------------------------------------------------------
+
+    def set_pick(self, station_key: str, time: UTCDateTime) -> None:
+        """A client's P pick for "NET.STA.LOC" (or "NET.STA"): used instead of STA/LTA."""
+        with self._lock:
+            self._picks[station_key] = UTCDateTime(time)
+            for st in self._stations.values():
+                if st.track is not None:
+                    pick = find_pick(self._picks, *st.key)
+                    if pick is not None:
+                        st.track.set_pick(pick)
+
+    def add(self, stream: Stream | Trace) -> None:
+        """Ingest packets (any stations, any order); evaluates whatever fell due.
+
+        Raises InvalidInput for bad packets, Overloaded when too many stations, a stalled
+        station's backlog or unread updates exceed the bounds, NotReady after close/finish.
+        """
+        traces = [stream] if isinstance(stream, Trace) else list(stream)
+        with self._lock:
+            self._check_open()
+            if self.stats.dropped_updates:
+                raise Overloaded(
+                    f"{self.stats.dropped_updates} updates were dropped: the client is not "
+                    "reading them fast enough"
+                )
+            if self.inventory is not None and traces:
+                traces = list(remove_sensitivity(Stream(traces), self.inventory))
+            touched: dict[tuple[str, str, str], _Station] = {}
+            for tr in traces:
+                st = self._ingest(tr)
+                if st is not None:
+                    touched[st.key] = st
+            self.stats.packets += len(traces)
+            for st in touched.values():
+                self._advance(st, final=False)
+
+    def _ingest(self, tr: Trace) -> _Station | None:
+        comp = COMPONENT_ALIASES.get(tr.stats.channel[-1:].upper(), "")
+        if comp not in self.card.component_order:
+            return None  # not a component this model reads (pressure, strain, ...)
+        rate = float(tr.stats.sampling_rate)
+        if not np.isfinite(rate) or not 0 < rate <= MAX_SAMPLING_RATE:
+            raise InvalidInput(f"{tr.id}: impossible sampling rate {rate} Hz")
+        data = np.asarray(tr.data, dtype=np.float64)
+        if data.size == 0:
+            return None
+        if not np.all(np.isfinite(data)):
+            raise InvalidInput(f"{tr.id}: contains NaN or Inf samples")
+        key = (tr.stats.network, tr.stats.station, tr.stats.location)
+        st = self._stations.get(key)
+        if st is None:
+            if len(self._stations) >= self.max_pending:
+                raise Overloaded(
+                    f"this stream already tracks {len(self._stations)} stations "
+                    f"(limit {self.max_pending}); {station_id(*key)} refused"
+                )
+            st = self._stations[key] = _Station(key)
+            self.stats.stations = len(self._stations)
+        start = float(tr.stats.starttime.timestamp)
+        ch = st.channels.get(comp)
+        if ch is None:
+            if st.track is not None:
+                return st  # started without this component: it stays zero-filled
+            ch = st.channels[comp] = _Channel(tr.stats.channel, rate, start)
+        elif ch.code != tr.stats.channel:
+            return st  # a second channel for the same component (e.g. BHZ next to HHZ)
+        elif abs(ch.rate - rate) > 1e-6 * rate:
+            raise InvalidInput(
+                f"{tr.id}: sampling rate changed from {ch.rate} to {rate} Hz within the stream"
+            )
+        floor = None
+        if st.track is not None:
+            floor = st.track.start.timestamp + st.track.n / self.card.sampling_rate
+            before = ch.index(floor) - ch.index(start)
+            if before > 0:
+                self.stats.late_samples += min(before, data.size)
+        ch.write(start, data, floor)
+        if ch.span_seconds() > self.max_buffer_seconds:
+            raise Overloaded(
+                f"{st.sid}: {ch.span_seconds():.0f} s of {ch.code} buffered (limit "
+                f"{self.max_buffer_seconds:.0f} s): another component of this station stalled"
+            )
+        return st
+
+    # -- assembly and evaluation ----------------------------------------------------------
+
+    def _start(self, st: _Station, final: bool) -> bool:
+        if st.track is not None:
+            return True
+        have = [c for c in self.card.component_order if c in st.channels]
+        if not have:
+            return False
+        # Out-of-order packets from before the first one received must still be able to
+        # land: start only once every component holds START_WAIT_SECONDS.
+        spans = [ch.span_seconds() for ch in st.channels.values()]
+        complete = len(have) == self.card.in_channels and min(spans) >= START_WAIT_SECONDS
+        settled = max(ch.span_seconds() for ch in st.channels.values()) >= self.card.window_seconds
+        if not (complete or settled or final):
+            return False
+        first = max(ch.t0 for ch in st.channels.values())
+        missing = tuple(c for c in self.card.component_order if c not in st.channels)
+        st.track = StationTrack(
+            self.card,
+            UTCDateTime(first),
+            missing=missing,
+            pick=find_pick(self._picks, *st.key),
+        )
+        st.next_eval = self.step - 1
+        self.missing[st.sid] = missing
+        return True
+
+    def _available(self, st: _Station, final: bool) -> int:
+        """How many new card-rate samples all present components can supply now."""
+        track = st.track
+        rate = self.card.sampling_rate
+        t_next = track.start.timestamp + track.n / rate
+        avail = None
+        for ch in st.channels.values():
+            i = max(ch.index(t_next), 0)
+            end = ch.contiguous_end(i, fill_all=final)
+            if end <= i:
+                return 0
+            # Samples of the card's grid up to this channel's last contiguous sample; the
+            # tolerance absorbs float time error (well under 1e-3 sample), not real offsets.
+            t_end = ch.t0 + (end - 1) / ch.rate
+            k = int(np.floor((t_end - t_next) * rate + 1e-3)) + 1
+            avail = k if avail is None else min(avail, k)
+        return max(avail or 0, 0)
+
+    def _take(self, st: _Station, k: int) -> np.ndarray:
+        """The next ``k`` card-rate samples (C, k) in card order; consumes them from the buffers."""
+        track = st.track
+        rate = self.card.sampling_rate
+        t_next = track.start.timestamp + track.n / rate
+        out = np.zeros((self.card.in_channels, k))
+        off_rate = [c for c, ch in st.channels.items() if abs(ch.rate - rate) > 1e-6 * rate]
+        resampled = self._resample(st, off_rate, t_next, k) if off_rate else {}
+        for row, comp in enumerate(self.card.component_order):
+            ch = st.channels.get(comp)
+            if ch is None:
+                continue
+            if comp in resampled:
+                out[row] = resampled[comp]
+                continue
+            i = ch.index(t_next)
+            out[row] = ch.buf[i : i + k]
+        t_done = t_next + k / rate
+        for ch in st.channels.values():
+            # Keep the last consumed sample: it is the left end of any hole's interpolation.
+            keep = RESAMPLE_CONTEXT_SECONDS if ch.rate != rate else 0.0
+            ch.drop_before(ch.index(t_done - keep) - 1)
+        return out
+
+    def _resample(
+        self, st: _Station, comps: list[str], t_next: float, k: int
+    ) -> dict[str, np.ndarray]:
+        rate = self.card.sampling_rate
+        traces = []
+        for comp in comps:
+            ch = st.channels[comp]
+            i0 = max(ch.index(t_next - RESAMPLE_CONTEXT_SECONDS), 0)
+            i1 = min(ch.index(t_next + (k - 1) / rate) + 1, ch.buf.size)
+            seg = ch.buf[i0:i1]
+            header = {"network": st.key[0], "station": st.key[1], "location": st.key[2]}
+            header |= {"channel": ch.code, "sampling_rate": ch.rate}
+            header["starttime"] = UTCDateTime(ch.t0 + i0 / ch.rate)
+            traces.append(Trace(np.nan_to_num(seg), header=header))
+        try:
+            arr = stream_to_array(Stream(traces), self.card, missing="zeros")
+        except PreprocessError as exc:
+            raise InvalidInput(f"{st.sid}: {exc}") from None
+        out = {}
+        for comp in comps:
+            row = arr.data[self.card.component_order.index(comp)]
+            i = round((t_next - arr.starttime.timestamp) * rate)
+            seg = row[max(i, 0) : max(i, 0) + k]
+            out[comp] = np.pad(seg, (0, k - seg.size), mode="edge") if seg.size else np.zeros(k)
+        return out
+
+    def _advance(self, st: _Station, final: bool) -> None:
+        """Move available samples into the track, evaluating at every grid point crossed."""
+        if not self._start(st, final):
+            return
+        track = st.track
+        while True:
+            k = self._available(st, final)
+            if k <= 0:
+                break
+            to_grid = st.next_eval - track.n + 1
+            take = min(k, to_grid)
+            track.extend(self._take(st, take))
+            if track.n - 1 == st.next_eval:
+                self._due(st)
+                st.next_eval += self.step
+        if final and track.n > 0 and st.last_eval < track.n - 1:
+            self._due(st)
+
+    def _due(self, st: _Station) -> None:
+        st.last_eval = st.track.n - 1
+        ev = st.track.evaluate()
+        if ev is None:
+            return
+        self.stats.evaluations += 1
+        if self.coalesce and st.inflight:
+            if st.slot is not None:
+                self.stats.coalesced += 1
+            st.slot = ev
+            return
+        self._submit(st, ev)
+
+    def _submit(self, st: _Station, ev: Evaluation) -> None:
+        t_due = time.perf_counter()
+        future = self.runtime.submit(ev.waveform[None], ev.log_amp[None])
+        st.inflight += 1
+        st.futures.add(future)
+        self.stats.submitted += 1
+        future.add_done_callback(lambda f: self._done(st, ev, f, t_due))
+
+    def _done(self, st: _Station, ev: Evaluation, future: Future, t_due: float) -> None:
+        update = None
+        with self._lock:
+            st.futures.discard(future)
+            st.inflight -= 1
+            if self._closed:
+                return
+            try:
+                rows, timings = future.result()
+                value = output_value(self.card, rows[0], ev)
+                track = st.track
+                update = StationUpdate(
+                    network=st.key[0],
+                    station=st.key[1],
+                    location=st.key[2],
+                    time=ev.time,
+                    magnitude=value,
+                    onset=None if ev.onset is None else track.time_of(ev.onset),
+                    model=self.runtime.name,
+                    lag_s=time.time() - ev.time.timestamp,
+                    timings_ms={
+                        "preprocess": ev.preprocess_ms,
+                        "queue": timings["queue"],
+                        "compute": timings["compute"],
+                        "total": (time.perf_counter() - t_due) * 1e3 + ev.preprocess_ms,
+                    },
+                )
+                self.stats.updates += 1
+                if st.slot is not None:
+                    nxt, st.slot = st.slot, None
+                    self._submit(st, nxt)
+            except CancelledError:
+                pass
+            except BaseException as exc:
+                self._fail(exc)
+            if update is not None:
+                self._deliver(update)
+            self._maybe_end()
+
+    def _deliver(self, update: StationUpdate) -> None:
+        if self.on_update is not None:
+            self.on_update(update)  # in order: called under the session lock
+        elif self._queue.qsize() >= MAX_UPDATES_WAITING:
+            self.stats.dropped_updates += 1
+        else:
+            self._queue.put(update)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+            self._queue.put(exc)
+
+    def _pending(self) -> bool:
+        return any(st.inflight or st.slot is not None for st in self._stations.values())
+
+    def _maybe_end(self) -> None:
+        if self._finishing and not self._ended and not self._pending():
+            self._ended = True
+            self._queue.put(_END)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NotReady("the stream session is closed")
+        if self._finishing:
+            raise NotReady("the stream session is finishing; no more packets")
+
+    # -- output and lifecycle ---------------------------------------------------------------
+
+    def finish(self) -> None:
+        """No more packets: evaluate what is left (the data end included), then end updates()."""
+        with self._lock:
+            if self._closed or self._finishing:
+                return
+            self._finishing = True
+            for st in self._stations.values():
+                try:
+                    self._advance(st, final=True)
+                except ServingError as exc:
+                    self._fail(exc)
+            self._maybe_end()
+
+    def next_update(self, timeout: float | None = None) -> StationUpdate | None:
+        """The next update; None on timeout or once the session has ended (see ``done``).
+
+        Raises the error that broke the session (e.g. a model failure) once, in order.
+        """
+        if self.done:
+            return None
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is _END:
+            self._queue.put(_END)  # keep the end visible to every later call
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    @property
+    def done(self) -> bool:
+        """The iterator has nothing more to give: ended or closed, and the queue drained."""
+        if self._closed:
+            return True
+        if not self._ended:
+            return False
+        with self._queue.mutex:
+            return all(x is _END for x in self._queue.queue)
+
+    def updates(self, poll: float = 0.5) -> Iterator[StationUpdate]:
+        """Blocking iterator over updates; ends after ``finish()``'s last update or ``close()``."""
+        while not self.done:
+            update = self.next_update(timeout=poll)
+            if update is not None:
+                yield update
+
+    def close(self) -> None:
+        """Drop all state at once: cancel queued windows, free buffers, end the iterator."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for st in self._stations.values():
+                for f in list(st.futures):
+                    f.cancel()
+            self._stations.clear()
+            self._picks.clear()
+            self._queue.put(_END)
+
+    @property
+    def n_stations(self) -> int:
+        return len(self._stations)
+
+    def __enter__(self) -> StreamSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

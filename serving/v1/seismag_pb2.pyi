@@ -1,0 +1,205 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RawTrace(_message.Message):
+    __slots__ = ("network", "station", "location", "channel", "sampling_rate", "starttime", "samples")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    STATION_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_RATE_FIELD_NUMBER: _ClassVar[int]
+    STARTTIME_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    station: str
+    location: str
+    channel: str
+    sampling_rate: float
+    starttime: float
+    samples: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., channel: _Optional[str] = ..., sampling_rate: _Optional[float] = ..., starttime: _Optional[float] = ..., samples: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class RawTraces(_message.Message):
+    __slots__ = ("traces",)
+    TRACES_FIELD_NUMBER: _ClassVar[int]
+    traces: _containers.RepeatedCompositeFieldContainer[RawTrace]
+    def __init__(self, traces: _Optional[_Iterable[_Union[RawTrace, _Mapping]]] = ...) -> None: ...
+
+class PPick(_message.Message):
+    __slots__ = ("station_id", "time")
+    STATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    station_id: str
+    time: float
+    def __init__(self, station_id: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
+
+class PredictRequest(_message.Message):
+    __slots__ = ("miniseed", "raw", "stationxml", "p_picks", "model", "series_interval")
+    MINISEED_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    STATIONXML_FIELD_NUMBER: _ClassVar[int]
+    P_PICKS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SERIES_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    miniseed: bytes
+    raw: RawTraces
+    stationxml: bytes
+    p_picks: _containers.RepeatedCompositeFieldContainer[PPick]
+    model: str
+    series_interval: float
+    def __init__(self, miniseed: _Optional[bytes] = ..., raw: _Optional[_Union[RawTraces, _Mapping]] = ..., stationxml: _Optional[bytes] = ..., p_picks: _Optional[_Iterable[_Union[PPick, _Mapping]]] = ..., model: _Optional[str] = ..., series_interval: _Optional[float] = ...) -> None: ...
+
+class Timings(_message.Message):
+    __slots__ = ("preprocess_ms", "queue_ms", "compute_ms", "total_ms")
+    PREPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    preprocess_ms: float
+    queue_ms: float
+    compute_ms: float
+    total_ms: float
+    def __init__(self, preprocess_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class MagnitudeSeries(_message.Message):
+    __slots__ = ("start", "interval", "values")
+    START_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    start: float
+    interval: float
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, start: _Optional[float] = ..., interval: _Optional[float] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class StationMagnitude(_message.Message):
+    __slots__ = ("network", "station", "location", "magnitude", "derivation", "series", "onset", "has_onset", "onset_source", "model", "model_version", "missing_components", "timings")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    STATION_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    MAGNITUDE_FIELD_NUMBER: _ClassVar[int]
+    DERIVATION_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    ONSET_FIELD_NUMBER: _ClassVar[int]
+    HAS_ONSET_FIELD_NUMBER: _ClassVar[int]
+    ONSET_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MISSING_COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    station: str
+    location: str
+    magnitude: float
+    derivation: str
+    series: MagnitudeSeries
+    onset: float
+    has_onset: bool
+    onset_source: str
+    model: str
+    model_version: str
+    missing_components: _containers.RepeatedScalarFieldContainer[str]
+    timings: Timings
+    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., magnitude: _Optional[float] = ..., derivation: _Optional[str] = ..., series: _Optional[_Union[MagnitudeSeries, _Mapping]] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., onset_source: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., missing_components: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+
+class PredictResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[StationMagnitude]
+    def __init__(self, results: _Optional[_Iterable[_Union[StationMagnitude, _Mapping]]] = ...) -> None: ...
+
+class StreamConfig(_message.Message):
+    __slots__ = ("model", "hop_seconds", "stationxml")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    HOP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STATIONXML_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    hop_seconds: float
+    stationxml: bytes
+    def __init__(self, model: _Optional[str] = ..., hop_seconds: _Optional[float] = ..., stationxml: _Optional[bytes] = ...) -> None: ...
+
+class StreamRequest(_message.Message):
+    __slots__ = ("config", "miniseed", "raw_chunk", "pick")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    MINISEED_FIELD_NUMBER: _ClassVar[int]
+    RAW_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    PICK_FIELD_NUMBER: _ClassVar[int]
+    config: StreamConfig
+    miniseed: bytes
+    raw_chunk: RawTrace
+    pick: PPick
+    def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., miniseed: _Optional[bytes] = ..., raw_chunk: _Optional[_Union[RawTrace, _Mapping]] = ..., pick: _Optional[_Union[PPick, _Mapping]] = ...) -> None: ...
+
+class StreamUpdate(_message.Message):
+    __slots__ = ("network", "station", "location", "time", "magnitude", "onset", "has_onset", "model", "lag_seconds", "timings")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    STATION_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    MAGNITUDE_FIELD_NUMBER: _ClassVar[int]
+    ONSET_FIELD_NUMBER: _ClassVar[int]
+    HAS_ONSET_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    station: str
+    location: str
+    time: float
+    magnitude: float
+    onset: float
+    has_onset: bool
+    model: str
+    lag_seconds: float
+    timings: Timings
+    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., time: _Optional[float] = ..., magnitude: _Optional[float] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., model: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TensorSpec(_message.Message):
+    __slots__ = ("name", "datatype", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATATYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    datatype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "version", "card_json", "weights", "is_default", "inputs", "outputs")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CARD_JSON_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    card_json: str
+    weights: str
+    is_default: bool
+    inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., card_json: _Optional[str] = ..., weights: _Optional[str] = ..., is_default: _Optional[bool] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "default_model")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    default_model: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...

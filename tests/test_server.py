@@ -1,0 +1,550 @@
+"""The gRPC server end to end: a real server on a loopback port, real ONNX Runtime, real clients.
+
+One registry (the embedded default model) is shared by every server in this module; servers with
+special settings (auth, TLS, small limits, no warm-up) are cheap next to loading the model.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import obspy
+import onnxruntime as ort
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from obspy import Stream
+
+from seismag.serving.runtime import ModelRegistry, default_model_path
+from seismag.serving.server import build_server
+from seismag.serving.v1 import seismag_pb2 as pb
+from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _pick_time(st: Stream) -> float:
+    """A P pick for obspy.read()'s RJOB record (STA/LTA finds none: too little noise before P)."""
+    return (st[0].stats.starttime + 5.0).timestamp
+
+
+def _miniseed(st: Stream) -> bytes:
+    buf = io.BytesIO()
+    st.write(buf, format="MSEED")
+    return buf.getvalue()
+
+
+def _raw(tr, samples=None) -> pb.RawTrace:
+    return pb.RawTrace(
+        network=tr.stats.network,
+        station=tr.stats.station,
+        location=tr.stats.location,
+        channel=tr.stats.channel,
+        sampling_rate=tr.stats.sampling_rate,
+        starttime=tr.stats.starttime.timestamp,
+        samples=np.asarray(tr.data if samples is None else samples, dtype=np.float32).tolist(),
+    )
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture(scope="module")
+def registry():
+    reg = ModelRegistry.from_paths([default_model_path()], max_queue_delay_ms=2.0)
+    yield reg
+    reg.close()
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    srv = build_server(registry, address="127.0.0.1:0", metrics_port=0).start()
+    yield srv
+    srv.stop(1)
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    ch = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield ch
+    ch.close()
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    return pb_grpc.MagnitudeServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def rjob() -> Stream:
+    return obspy.read()
+
+
+def _predict_request(st: Stream, **kw) -> pb.PredictRequest:
+    picks = [pb.PPick(station_id="BW.RJOB", time=_pick_time(st))]
+    return pb.PredictRequest(miniseed=_miniseed(st), p_picks=picks, **kw)
+
+
+# -- MagnitudeService -----------------------------------------------------------------------------
+
+
+def test_predict_miniseed(stub, registry, rjob):
+    reply = stub.Predict(_predict_request(rjob), timeout=30)
+    assert len(reply.results) == 1
+    r = reply.results[0]
+    assert (r.network, r.station, r.location) == ("BW", "RJOB", "")
+    assert math.isfinite(r.magnitude)
+    assert len(r.series.values) > 0 and r.series.interval == pytest.approx(1.0)
+    assert r.series.values[-1] == pytest.approx(r.magnitude, abs=1e-5)
+    assert r.model == registry.default_name and r.model_version
+    assert r.has_onset and r.onset_source == "request"
+    assert r.onset == pytest.approx(_pick_time(rjob), abs=0.01)
+    assert r.timings.total_ms > 0 and r.timings.compute_ms > 0
+
+
+def test_predict_raw_traces_matches_miniseed(stub, rjob):
+    picks = [pb.PPick(station_id="BW.RJOB.", time=_pick_time(rjob))]
+    request = pb.PredictRequest(raw=pb.RawTraces(traces=[_raw(tr) for tr in rjob]), p_picks=picks)
+    raw = stub.Predict(request, timeout=30).results
+    mseed = stub.Predict(_predict_request(rjob), timeout=30).results
+    assert len(raw) == 1
+    assert raw[0].magnitude == pytest.approx(mseed[0].magnitude, abs=1e-3)
+    assert len(raw[0].series.values) == len(mseed[0].series.values)
+
+
+def test_unknown_model_is_not_found(stub, rjob):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(_predict_request(rjob, model="NoSuchModel"), timeout=30)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "NoSuchModel" in err.value.details()
+
+
+def test_corrupt_miniseed_is_invalid_and_server_keeps_serving(stub, rjob):
+    good = _miniseed(rjob)
+    for bad in (b"this is not miniseed at all" * 40, good[: len(good) // 3 + 7]):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(pb.PredictRequest(miniseed=bad), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "miniSEED" in err.value.details()
+    assert len(stub.Predict(_predict_request(rjob), timeout=30).results) == 1
+
+
+def test_nan_samples_are_invalid(stub, rjob):
+    data = np.asarray(rjob[0].data, dtype=np.float32).copy()
+    data[100] = np.nan
+    traces = [_raw(rjob[0], data), _raw(rjob[1]), _raw(rjob[2])]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(pb.PredictRequest(raw=pb.RawTraces(traces=traces)), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "NaN" in err.value.details()
+
+
+def test_no_input_is_invalid(stub):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(pb.PredictRequest(), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_oversized_message_is_resource_exhausted(registry):
+    srv = build_server(registry, address="127.0.0.1:0", max_message_mb=1).start(warm_up=False)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = pb_grpc.MagnitudeServiceStub(ch)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Predict(pb.PredictRequest(miniseed=b"\0" * (2 << 20)), timeout=30)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        srv.stop(0)
+
+
+def test_list_and_get_models(stub, registry):
+    reply = stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    assert [m.name for m in reply.models] == registry.names()
+    assert reply.default_model == registry.default_name
+    info = stub.GetModel(pb.GetModelRequest(name=""), timeout=10)
+    assert info.is_default and info.name == registry.default_name
+    card = json.loads(info.card_json)
+    assert card["name"] == info.name and card["in_samples"] == 3001
+    assert info.weights
+    assert [(t.name, t.datatype, list(t.shape)) for t in info.inputs] == [
+        ("waveform", "FP32", [-1, 3, 3001]),
+        ("log_amp", "FP32", [-1, 1]),
+    ]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetModel(pb.GetModelRequest(name="nope"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- health and reflection ------------------------------------------------------------------------
+
+
+def _health(ch, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(ch)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+
+def test_health_gated_on_warm_up(registry, rjob):
+    srv = build_server(registry, address="127.0.0.1:0").start(warm_up=False)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            for service in ("", "seismag.v1.MagnitudeService", "inference.GRPCInferenceService"):
+                assert _health(ch, service) == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.MagnitudeServiceStub(ch).Predict(_predict_request(rjob), timeout=30)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            srv.warm_up()
+            for service in ("", "seismag.v1.MagnitudeService", "inference.GRPCInferenceService"):
+                assert _health(ch, service) == health_pb2.HealthCheckResponse.SERVING
+            srv.drain()
+            assert _health(ch) == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        srv.stop(0)
+
+
+def test_reflection_lists_services(channel):
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    db = ProtoReflectionDescriptorDatabase(channel)
+    services = set(db.get_services())
+    assert {
+        "seismag.v1.MagnitudeService",
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
+    pool = DescriptorPool(db)
+    predict = pool.FindServiceByName("seismag.v1.MagnitudeService").FindMethodByName("Predict")
+    assert predict.input_type.full_name == "seismag.v1.PredictRequest"
+    infer = pool.FindServiceByName("inference.GRPCInferenceService").FindMethodByName("ModelInfer")
+    assert infer.output_type.full_name == "inference.ModelInferResponse"
+
+
+# -- Open Inference Protocol ----------------------------------------------------------------------
+
+
+def test_open_inference_protocol_with_tritonclient(server, registry):
+    import tritonclient.grpc as tc
+
+    client = tc.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    name = registry.default_name
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(name) and not client.is_model_ready("NoSuchModel")
+    assert client.get_server_metadata().name == "seismag"
+    meta = client.get_model_metadata(name)
+    assert meta.platform == "onnxruntime_onnx"
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
+        ("waveform", "FP32", [-1, 3, 3001]),
+        ("log_amp", "FP32", [-1, 1]),
+    ]
+    assert [(t.name, list(t.shape)) for t in meta.outputs] == [("magnitude", [-1, 3001])]
+
+    rng = np.random.default_rng(3)
+    waveform = rng.normal(size=(2, 3, 3001)).astype(np.float32)
+    log_amp = np.array([[-6.0], [-4.5]], dtype=np.float32)
+    inputs = [tc.InferInput("waveform", list(waveform.shape), "FP32"),
+              tc.InferInput("log_amp", list(log_amp.shape), "FP32")]  # fmt: skip
+    inputs[0].set_data_from_numpy(waveform)
+    inputs[1].set_data_from_numpy(log_amp)
+    result = client.infer(name, inputs, outputs=[tc.InferRequestedOutput("magnitude")])
+    got = result.as_numpy("magnitude")
+
+    session = ort.InferenceSession(str(default_model_path()), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"waveform": waveform, "log_amp": log_amp})[0]
+    assert got.shape == want.shape == (2, 3001)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+    bad = [tc.InferInput("waveform", [1, 3, 100], "FP32"), inputs[1]]
+    bad[0].set_data_from_numpy(np.zeros((1, 3, 100), np.float32))
+    with pytest.raises(tc.InferenceServerException) as err:
+        client.infer(name, bad)
+    assert "StatusCode.INVALID_ARGUMENT" in str(err.value.status())
+    with pytest.raises(tc.InferenceServerException):
+        client.get_model_metadata("NoSuchModel")
+    client.close()
+
+
+# -- security -------------------------------------------------------------------------------------
+
+
+def test_bearer_token_auth(registry):
+    srv = build_server(registry, address="127.0.0.1:0", tokens=["s3cret"]).start(warm_up=False)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = pb_grpc.MagnitudeServiceStub(ch)
+            for metadata in ((), (("authorization", "Bearer wrong"),)):
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.ListModels(pb.ListModelsRequest(), timeout=10, metadata=metadata)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as err:  # streaming RPCs are guarded too
+                list(stub.StreamPredict(iter([pb.StreamRequest()]), timeout=10))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            ok = (("authorization", "Bearer s3cret"),)
+            assert stub.ListModels(pb.ListModelsRequest(), timeout=10, metadata=ok).models
+            assert _health(ch) == health_pb2.HealthCheckResponse.NOT_SERVING  # no token needed
+    finally:
+        srv.stop(0)
+
+
+def _cert(subject: str, issuer_key, issuer_name, *, ca: bool, san: bool):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name or name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if san:
+        import ipaddress
+
+        alt = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+    cert = builder.sign(issuer_key or key, hashes.SHA256())
+    return key, cert
+
+
+def _pem(key, cert) -> tuple[bytes, bytes]:
+    from cryptography.hazmat.primitives import serialization
+
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def pki():
+    ca_key, ca_cert = _cert("seismag test CA", None, None, ca=True, san=False)
+    srv_key, srv_cert = _cert("localhost", ca_key, ca_cert.subject, ca=False, san=True)
+    cli_key, cli_cert = _cert("client", ca_key, ca_cert.subject, ca=False, san=False)
+    return {
+        "ca": _pem(ca_key, ca_cert)[1],
+        "server": _pem(srv_key, srv_cert),
+        "client": _pem(cli_key, cli_cert),
+    }
+
+
+def _secure_list_models(port: int, creds) -> pb.ListModelsResponse:
+    with grpc.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+        return pb_grpc.MagnitudeServiceStub(ch).ListModels(pb.ListModelsRequest(), timeout=10)
+
+
+def test_tls(registry, pki):
+    key, cert = pki["server"]
+    srv = build_server(registry, address="127.0.0.1:0", tls_cert=cert, tls_key=key)
+    srv.start(warm_up=False)
+    try:
+        assert _secure_list_models(srv.port, grpc.ssl_channel_credentials(pki["ca"])).models
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch, pytest.raises(grpc.RpcError):
+            pb_grpc.MagnitudeServiceStub(ch).ListModels(pb.ListModelsRequest(), timeout=5)
+    finally:
+        srv.stop(0)
+
+
+def test_mutual_tls(registry, pki, tmp_path):
+    key, cert = pki["server"]
+    paths = {}
+    for label, data in (("key", key), ("cert", cert), ("ca", pki["ca"])):
+        paths[label] = tmp_path / f"{label}.pem"
+        paths[label].write_bytes(data)
+    srv = build_server(
+        registry,
+        address="127.0.0.1:0",
+        tls_cert=paths["cert"],
+        tls_key=paths["key"],
+        tls_client_ca=paths["ca"],
+    ).start(warm_up=False)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            _secure_list_models(srv.port, grpc.ssl_channel_credentials(pki["ca"]))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        cli_key, cli_cert = pki["client"]
+        creds = grpc.ssl_channel_credentials(pki["ca"], cli_key, cli_cert)
+        assert _secure_list_models(srv.port, creds).models
+    finally:
+        srv.stop(0)
+
+
+# -- StreamPredict --------------------------------------------------------------------------------
+
+
+def _stations(n: int) -> list[Stream]:
+    base = obspy.read()
+    out = []
+    for i in range(n):
+        st = base.copy()
+        for tr in st:
+            tr.stats.station = f"S{i:03d}"
+        out.append(st)
+    return out
+
+
+def _chunked_requests(stations: list[Stream], seconds: int, hop: float):
+    """Config, one P pick per station, then 1 s raw chunks interleaved across stations."""
+    yield pb.StreamRequest(config=pb.StreamConfig(hop_seconds=hop))
+    for st in stations:
+        sid = f"{st[0].stats.network}.{st[0].stats.station}"
+        yield pb.StreamRequest(pick=pb.PPick(station_id=sid, time=_pick_time(st)))
+    for k in range(seconds):
+        for st in stations:
+            for tr in st:
+                n = int(tr.stats.sampling_rate)
+                chunk = tr.data[k * n : (k + 1) * n]
+                raw = _raw(tr, chunk)
+                raw.starttime = (tr.stats.starttime + k).timestamp
+                yield pb.StreamRequest(raw_chunk=raw)
+
+
+def test_stream_predict_fifty_stations(stub, server):
+    stations = _stations(50)
+    updates = list(stub.StreamPredict(_chunked_requests(stations, 30, hop=1.0), timeout=50))
+    per_station: dict[str, list[pb.StreamUpdate]] = {}
+    for u in updates:
+        per_station.setdefault(u.station, []).append(u)
+    assert set(per_station) == {st[0].stats.station for st in stations}
+    for ups in per_station.values():
+        assert all(math.isfinite(u.magnitude) and u.has_onset for u in ups)
+        times = [u.time for u in ups]
+        assert times == sorted(times)
+    # Identical data at every station gives identical magnitudes at the data end.
+    finals = {round(ups[-1].magnitude, 4) for ups in per_station.values()}
+    assert len(finals) == 1
+    assert _wait_for(lambda: server.open_streams == 0, 5)
+
+
+def test_stream_bad_packet_is_invalid_argument(stub):
+    st = obspy.read()
+    data = np.asarray(st[0].data[:100], dtype=np.float32).copy()
+    data[5] = np.inf
+
+    def requests():
+        yield pb.StreamRequest(raw_chunk=_raw(st[0], st[0].data[:100]))
+        yield pb.StreamRequest(raw_chunk=_raw(st[0], data))
+
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.StreamPredict(requests(), timeout=20))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "packet 2" in err.value.details() and "NaN or Inf" in err.value.details()
+
+
+def test_cancelled_stream_leaves_nothing_open(stub, server):
+    stations = _stations(5)
+    release = threading.Event()
+
+    def requests():
+        yield from _chunked_requests(stations, 12, hop=1.0)
+        release.wait(20)  # keep the stream open, as a live feed would
+
+    call = stub.StreamPredict(requests(), timeout=30)
+    first = next(call)
+    assert first.station.startswith("S")
+    assert server.open_streams == 1
+    assert server.metrics.lag_stations()
+    call.cancel()
+    release.set()
+    assert _wait_for(lambda: server.open_streams == 0, 5)
+    assert server.metrics.registry.get_sample_value("seismag_open_streams") == 0
+    assert server.metrics.lag_stations() == set()
+    assert "seismag_station_lag_seconds{" not in _scrape(server)
+    readers = lambda: [t for t in threading.enumerate() if t.name == "seismag-stream-reader"]  # noqa: E731
+    assert _wait_for(lambda: not readers(), 5), readers()
+
+
+def _scrape(server) -> str:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    return urllib.request.urlopen(url, timeout=5).read().decode()
+
+
+def test_metrics_endpoint(server, stub, registry, rjob):
+    stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    stub.Predict(_predict_request(rjob), timeout=30)
+    with pytest.raises(grpc.RpcError):
+        stub.GetModel(pb.GetModelRequest(name="nope"), timeout=10)
+    text = _scrape(server)
+    assert 'seismag_requests_total{code="OK",method="MagnitudeService/ListModels"}' in text
+    assert (
+        'seismag_request_failures_total{code="NOT_FOUND",method="MagnitudeService/GetModel"}'
+        in text
+    )
+    assert "seismag_models_loaded 1.0" in text
+    name = registry.default_name
+    for family in (
+        "seismag_batch_size",
+        "seismag_queue_duration_ms",
+        "seismag_compute_duration_ms",
+    ):
+        assert server.metrics.registry.get_sample_value(f"{family}_count", {"model": name}) > 0
+    assert "seismag_open_streams 0.0" in text
+
+
+# -- graceful shutdown ----------------------------------------------------------------------------
+
+
+def test_sigterm_drains_and_exits_zero(rjob):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "seismag", "serve", "--port", "0", "--grace", "5"]
+    proc = subprocess.Popen(cmd, cwd=REPO.parent, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    port = None
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            m = re.search(r"serving on [\d.]+:(\d+)", line)
+            port = int(m.group(1)) if m else port
+            if "health SERVING" in line:
+                break
+        assert port, "".join(lines)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            watch = health_pb2_grpc.HealthStub(ch).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=30
+            )
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            stub = pb_grpc.MagnitudeServiceStub(ch)
+            in_flight = stub.Predict.future(_predict_request(rjob), timeout=30)
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert len(in_flight.result().results) == 1  # finished within the grace period
+            statuses = [u.status for u in watch]  # the server ends open watches when draining
+            assert statuses[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+        _, rest = proc.communicate(timeout=10)
+        assert proc.returncode == 0, "".join(lines) + rest
+        assert "draining" in rest and "UNTRAINED" in "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -1,0 +1,551 @@
+"""Serving core without gRPC: model registry, dynamic batcher, ingest, causal predict, streams."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+from obspy import Stream, Trace, UTCDateTime, read, read_inventory
+from obspy.signal.trigger import recursive_sta_lta
+from scipy.signal import butter, sosfilt, sosfilt_zi
+
+from seismag.serving import ingest
+from seismag.serving.batcher import DynamicBatcher
+from seismag.serving.errors import InvalidInput, ModelNotFound, NotReady, Overloaded
+from seismag.serving.onset import OnsetPicker
+from seismag.serving.predict import predict
+from seismag.serving.runtime import (
+    ModelLoadError,
+    ModelRegistry,
+    ModelRuntime,
+    default_model_path,
+    read_card_from_onnx,
+)
+from seismag.serving.stream_session import StreamSession
+
+SCALAR_MODEL = "ViTMag"
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """The shipped default model plus a freshly exported scalar model, in one folder."""
+    torch = pytest.importorskip("torch")
+    from seismag.export.onnx_export import export_onnx
+    from seismag.models import build_model
+
+    folder = tmp_path_factory.mktemp("models")
+    shutil.copy(default_model_path(), folder / "PhaseNetMag.onnx")
+    torch.manual_seed(0)
+    export_onnx(build_model(SCALAR_MODEL).eval(), folder / f"{SCALAR_MODEL}.onnx")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def registry(model_dir):
+    reg = ModelRegistry.from_paths([model_dir], default="PhaseNetMag", max_queue_delay_ms=1.0)
+    reg.warm_up()
+    yield reg
+    reg.close()
+
+
+def rjob() -> Stream:
+    return read()  # ObsPy's example: BW.RJOB, 3 x 30 s at 100 Hz, P at about 4.8 s
+
+
+RJOB_P = UTCDateTime(2009, 8, 24, 0, 20, 7, 800000)
+
+
+def three_stations() -> Stream:
+    st = Stream()
+    for code in ("RJOB", "RJOC", "RJOD"):
+        copy = rjob()
+        for tr in copy:
+            tr.stats.station = code
+        st += copy
+    return st
+
+
+def synthetic(seconds: float = 40.0, onset: float = 15.0, seed: int = 1, rate=100.0) -> Stream:
+    """Noise with a P-like burst at ``onset`` s: STA/LTA picks it (it has 10 s of noise first)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    envelope = np.where(t >= onset, 30.0 * np.exp(-(t - onset) / 8.0), 0.0)
+    start = UTCDateTime(2024, 1, 1, 0, 0, 0)
+    st = Stream()
+    for comp in "ZNE":
+        data = 1e-7 * (rng.normal(size=n) * (1.0 + envelope) + 3.0)
+        header = {"network": "XX", "station": "SYN", "channel": f"HH{comp}"}
+        st.append(Trace(data, header={**header, "sampling_rate": rate, "starttime": start}))
+    return st
+
+
+def to_mseed(st: Stream, reclen: int | None = None) -> bytes:
+    buf = io.BytesIO()
+    kw = {"reclen": reclen} if reclen else {}
+    st.write(buf, format="MSEED", **kw)
+    return buf.getvalue()
+
+
+# -- registry and runtime --------------------------------------------------------------------------
+
+
+def test_registry_from_directory_default_and_unknown(registry):
+    assert sorted(registry.names()) == sorted(["PhaseNetMag", SCALAR_MODEL])
+    assert registry.default_name == "PhaseNetMag"
+    assert registry.get().name == "PhaseNetMag"
+    assert registry.get(SCALAR_MODEL).card.output == "scalar"
+    with pytest.raises(ModelNotFound, match="PhaseNetMag"):
+        registry.get("NoSuchModel")
+
+
+def test_registry_from_file_and_default_model_file():
+    path = default_model_path()
+    assert path.name == "PhaseNetMag.onnx" and path.is_file()
+    reg = ModelRegistry.from_paths([path])
+    try:
+        rt = reg.get("")
+        assert rt.name == "PhaseNetMag" and rt.version == rt.card.version
+        assert rt.weights  # provenance string from the metadata
+        assert read_card_from_onnx(path) == rt.card
+        assert rt.input_specs() == [
+            ("waveform", "FP32", [-1, 3, 3001]),
+            ("log_amp", "FP32", [-1, 1]),
+        ]
+        assert rt.output_specs() == [("magnitude", "FP32", [-1, 3001])]
+    finally:
+        reg.close()
+
+
+def test_load_errors_name_the_file(tmp_path, model_dir):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        ModelRegistry.from_paths([tmp_path / "missing.onnx"])
+    bad = tmp_path / "corrupt.onnx"
+    bad.write_bytes(b"this is not a protobuf" * 10)
+    with pytest.raises(ModelLoadError, match=r"corrupt\.onnx"):
+        ModelRegistry.from_paths([bad])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match=r"no \.onnx"):
+        ModelRegistry.from_paths([empty])
+    with pytest.raises(ModelLoadError, match="default model"):
+        ModelRegistry.from_paths([model_dir / "PhaseNetMag.onnx"], default=SCALAR_MODEL)
+
+
+def test_onnx_without_card_is_a_load_error(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("waveform", TensorProto.FLOAT, [None, 3, 4])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 3, 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["waveform"], ["out"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "nocard.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelLoadError, match="no seismag card"):
+        read_card_from_onnx(path)
+    with pytest.raises(ModelLoadError, match=r"nocard\.onnx"):
+        ModelRuntime(path)
+
+
+def test_infer_and_infer_raw(registry):
+    rt = registry.get()
+    wave, amp = rt.example_inputs(3)
+    rows, timings = rt.infer(wave, amp)
+    assert rows.shape == (3, 3001) and set(timings) == {"queue", "compute"}
+    out = rt.infer_raw({"waveform": wave, "log_amp": amp})
+    np.testing.assert_allclose(out["magnitude"], rows, atol=1e-6)
+    scalar = registry.get(SCALAR_MODEL)
+    assert scalar.infer_raw({"waveform": wave, "log_amp": amp})["magnitude"].shape == (3,)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda w, a: {"waveform": w}, "missing"),
+        (lambda w, a: {"waveform": w, "log_amp": a, "x": a}, "unknown"),
+        (lambda w, a: {"waveform": w.astype(np.float64), "log_amp": a}, "FP32"),
+        (lambda w, a: {"waveform": w[:, :2], "log_amp": a}, "shape"),
+        (lambda w, a: {"waveform": w, "log_amp": a[:1]}, "batch"),
+        (lambda w, a: {"waveform": np.full_like(w, np.nan), "log_amp": a}, "NaN"),
+    ],
+)
+def test_infer_raw_rejects_bad_tensors(registry, change, message):
+    wave, amp = registry.get().example_inputs(2)
+    with pytest.raises(InvalidInput, match=message):
+        registry.get().infer_raw(change(wave, amp))
+
+
+# -- batcher ---------------------------------------------------------------------------------------
+
+
+class _Recorder:
+    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.batches: list[int] = []
+        self.delay = delay
+        self.gate = gate
+
+    def __call__(self, wave: np.ndarray, amp: np.ndarray) -> np.ndarray:
+        if self.gate is not None:
+            self.gate.wait(5)
+        if self.delay:
+            time.sleep(self.delay)
+        self.batches.append(wave.shape[0])
+        return wave[:, 0, 0] * 2.0
+
+
+def _rows(k: int, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    wave = np.zeros((k, 1, 2), np.float32)
+    wave[:, 0, 0] = np.arange(first, first + k)
+    return wave, np.zeros((k, 1), np.float32)
+
+
+def test_batcher_groups_concurrent_submissions():
+    rec = _Recorder()
+    hook: list[tuple] = []
+    b = DynamicBatcher(
+        rec,
+        max_batch=64,
+        max_queue_delay_ms=150,
+        max_queue=100,
+        name="m",
+        on_batch=lambda *a: hook.append(a),
+    )
+    futures = []
+    threads = [
+        threading.Thread(target=lambda i=i: futures.append((i, b.submit(*_rows(1, i)))))
+        for i in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, f in futures:
+        rows, timings = f.result(5)
+        assert rows.tolist() == [2.0 * i]
+        assert timings["queue"] >= 0 and timings["compute"] >= 0
+    b.close()
+    assert rec.batches == [6]
+    assert hook[0][:2] == ("m", 6)
+    assert b.stats().batches == 1 and b.stats().rows == 6
+
+
+def test_batcher_splits_and_respects_max_batch():
+    rec = _Recorder()
+    b = DynamicBatcher(rec, max_batch=4, max_queue_delay_ms=1, max_queue=100)
+    rows, _ = b.submit(*_rows(10)).result(5)
+    b.close()
+    assert rows.tolist() == [2.0 * i for i in range(10)]
+    assert rec.batches == [4, 4, 2]
+
+
+def test_batcher_delay_bound_and_full_batch_goes_at_once():
+    rec = _Recorder()
+    b = DynamicBatcher(rec, max_batch=4, max_queue_delay_ms=60, max_queue=100)
+    t0 = time.perf_counter()
+    _, timings = b.submit(*_rows(1)).result(5)
+    waited = time.perf_counter() - t0
+    assert 0.05 <= waited < 1.0 and timings["queue"] >= 50
+    slow = DynamicBatcher(rec, max_batch=4, max_queue_delay_ms=5000, max_queue=100)
+    t0 = time.perf_counter()
+    slow.submit(*_rows(4)).result(5)
+    assert time.perf_counter() - t0 < 1.0  # a full batch does not wait for the delay
+    b.close()
+    slow.close()
+
+
+def test_batcher_overload_errors_and_close():
+    gate = threading.Event()
+    b = DynamicBatcher(_Recorder(gate=gate), max_batch=2, max_queue_delay_ms=0, max_queue=4)
+    first = b.submit(*_rows(2))  # taken by the worker, which blocks on the gate
+    time.sleep(0.05)
+    queued = b.submit(*_rows(4))
+    with pytest.raises(Overloaded, match="queue full"):
+        b.submit(*_rows(1))
+    b.close(drain=False, timeout=0.1)
+    assert queued.cancelled()
+    gate.set()
+    assert first.result(5)[0].shape == (2,)
+    with pytest.raises(NotReady):
+        b.submit(*_rows(1))
+
+    def boom(wave, amp):
+        raise RuntimeError("model exploded")
+
+    failing = DynamicBatcher(boom, max_batch=2, max_queue_delay_ms=0, max_queue=10)
+    with pytest.raises(RuntimeError, match="exploded"):
+        failing.submit(*_rows(3)).result(5)
+    assert failing.submit(*_rows(1)).exception(5) is not None  # the worker survives
+    failing.close()
+
+
+# -- ingest ----------------------------------------------------------------------------------------
+
+
+def test_read_miniseed_roundtrip_and_bad_bytes():
+    data = to_mseed(rjob(), reclen=512)
+    st = ingest.read_miniseed(data)
+    assert len(st) == 3 and st[0].stats.npts == 3000
+    for bad, message in [
+        (b"", "empty"),
+        (data[:100], "not valid miniSEED"),
+        (data[:700], "truncated"),
+        (b"\x00" * 4096, "not valid miniSEED"),
+        (np.random.default_rng(0).bytes(4096), "not valid miniSEED"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            ingest.read_miniseed(bad)
+
+
+def test_trace_from_array_validates():
+    t0 = UTCDateTime(2024, 1, 1)
+    tr = ingest.trace_from_array("XX", "A", "", "HHZ", 100.0, t0, np.arange(10))
+    assert tr.id == "XX.A..HHZ" and tr.stats.npts == 10 and tr.data.dtype == np.float64
+    for rate in (0.0, -1.0, np.nan, np.inf, 20000.0):
+        with pytest.raises(InvalidInput, match="sampling rate"):
+            ingest.trace_from_array("XX", "A", "", "HHZ", rate, t0, np.arange(10))
+    with pytest.raises(InvalidInput, match="NaN"):
+        ingest.trace_from_array("XX", "A", "", "HHZ", 100.0, t0, np.array([1.0, np.nan]))
+    with pytest.raises(InvalidInput, match="no samples"):
+        ingest.trace_from_array("XX", "A", "", "HHZ", 100.0, t0, np.array([]))
+
+
+def test_stationxml_and_response_removal():
+    buf = io.BytesIO()
+    read_inventory().write(buf, format="STATIONXML")
+    inv = ingest.read_stationxml(buf.getvalue())
+    vel = ingest.remove_response(rjob(), inv)
+    assert np.abs(vel[0].data).max() < 1e-3  # counts (~1e3) -> m/s (~1e-6)
+    flat = ingest.remove_sensitivity(rjob(), inv)
+    np.testing.assert_allclose(flat[0].data, rjob()[0].data / 2.5168e9, rtol=1e-3)
+    with pytest.raises(InvalidInput, match="StationXML"):
+        ingest.read_stationxml(b"<xml>nope</xml>")
+    other = rjob()
+    for tr in other:
+        tr.stats.station = "NOPE"
+    with pytest.raises(InvalidInput, match=r"BW\.NOPE\.\.EH"):
+        ingest.remove_response(other, inv)
+
+
+# -- onset -----------------------------------------------------------------------------------------
+
+
+def test_picker_matches_obspy_and_is_chunk_independent():
+    z = synthetic()[0].data
+    whole = OnsetPicker(100.0)
+    cft = whole.feed(z)
+    sos = butter(2, 1.0, btype="highpass", fs=100.0, output="sos")
+    filtered = sosfilt(sos, z, zi=sosfilt_zi(sos) * z[0])[0]
+    ref = recursive_sta_lta(filtered, 50, 1000)
+    np.testing.assert_allclose(cft[1000:], ref[1000:], rtol=1e-9)
+    assert whole.accepted and abs(whole.accepted[0] - 1500) < 50
+    chunked = OnsetPicker(100.0)
+    parts = [chunked.feed(z[i : i + 57]) for i in range(0, z.size, 57)]
+    assert np.array_equal(np.concatenate(parts), cft)
+    assert chunked.accepted == whole.accepted
+
+
+# -- predict ---------------------------------------------------------------------------------------
+
+
+def test_predict_one_result_per_station_with_request_picks(registry):
+    picks = {"BW.RJOB": RJOB_P, "BW.RJOC.": RJOB_P, "BW.RJOD": RJOB_P}
+    results = predict(registry, three_stations(), p_picks=picks)
+    assert [r.station for r in results] == ["RJOB", "RJOC", "RJOD"]
+    for r in results:
+        assert r.onset_source == "request" and abs(r.onset - RJOB_P) < 0.011
+        assert r.model == "PhaseNetMag" and r.series_interval == 1.0
+        assert np.all(np.isfinite(r.series)) and r.magnitude == r.series[-1]
+        # first value: the first 1 s grid point at least 2 s after the pick
+        assert r.series_start == UTCDateTime(2009, 8, 24, 0, 20, 9, 990000)
+        assert r.series_start + (len(r.series) - 1) * r.series_interval == rjob()[0].stats.endtime
+        assert {"preprocess", "queue", "compute", "total"} <= set(r.timings_ms)
+        assert "after the client's P pick" in r.derivation
+    np.testing.assert_allclose(results[1].series, results[0].series, atol=1e-6)
+
+
+def test_predict_series_is_causal(registry):
+    picks = {"BW.RJOB": RJOB_P}
+    full = predict(registry, rjob(), p_picks=picks)[0]
+    cut_at = full.series_start + 9 * full.series_interval  # a grid point
+    short = predict(registry, rjob().slice(endtime=cut_at), p_picks=picks)[0]
+    assert short.series_start == full.series_start
+    assert len(short.series) == 10
+    np.testing.assert_allclose(short.series, full.series[:10], atol=1e-5)
+
+
+def test_predict_final_value_alone_matches_series_end(registry):
+    picks = {"BW.RJOB": RJOB_P}
+    series = predict(registry, rjob(), p_picks=picks)[0]
+    single = predict(registry, rjob(), p_picks=picks, series_interval=30.0)[0]
+    assert len(single.series) == 1
+    assert single.magnitude == pytest.approx(series.magnitude, abs=1e-5)
+
+
+def test_predict_picks_onset_with_sta_lta(registry):
+    r = predict(registry, synthetic())[0]
+    assert r.onset_source == "sta_lta" and abs(r.onset - UTCDateTime(2024, 1, 1, 0, 0, 15)) < 0.5
+    assert r.series_start >= r.onset + 2.0
+
+
+def test_predict_errors_name_the_station(registry):
+    # RJOB's P is 4.8 s in: STA/LTA needs 10 s of noise first, so without a pick there is none.
+    with pytest.raises(InvalidInput, match=r"BW\.RJOB\..*no P onset"):
+        predict(registry, rjob())
+    with pytest.raises(InvalidInput, match="match no station"):
+        predict(registry, rjob(), p_picks={"XX.NONE": RJOB_P})
+    with pytest.raises(InvalidInput, match="less than 2 s"):
+        predict(registry, rjob(), p_picks={"BW.RJOB": rjob()[0].stats.endtime - 1})
+    nan = rjob()
+    nan[1].data[100] = np.nan
+    with pytest.raises(InvalidInput, match="NaN"):
+        predict(registry, nan, p_picks={"BW.RJOB": RJOB_P})
+    with pytest.raises(InvalidInput, match=r"only 0\.50 s"):
+        predict(registry, rjob().slice(endtime=rjob()[0].stats.starttime + 0.495))
+    with pytest.raises(InvalidInput, match="no traces"):
+        predict(registry, Stream())
+    with pytest.raises(InvalidInput, match="series_interval"):
+        predict(registry, rjob(), series_interval=0.0)
+    with pytest.raises(ModelNotFound):
+        predict(registry, rjob(), model="Nope")
+
+
+def test_single_component_is_zero_filled_and_reported(registry):
+    z_only = rjob().select(component="Z")
+    r = predict(registry, z_only, p_picks={"BW.RJOB": RJOB_P})[0]
+    assert r.missing_components == ("N", "E")
+    with pytest.raises(InvalidInput, match="missing components"):
+        predict(registry, z_only, p_picks={"BW.RJOB": RJOB_P}, missing="error")
+
+
+def test_scalar_model_series_starts_after_one_second(registry):
+    r = predict(registry, rjob(), model=SCALAR_MODEL)[0]
+    assert r.onset_source == "none" and r.onset is None
+    assert len(r.series) == 30 and r.series_start == rjob()[0].stats.starttime + 0.99
+
+
+# -- stream session --------------------------------------------------------------------------------
+
+
+def records(st: Stream) -> list[Stream]:
+    """The stream as a SeedLink client sees it: 512-byte records, channels interleaved in time."""
+    data = to_mseed(st, reclen=512)
+    recs = [ingest.read_miniseed(data[i : i + 512]) for i in range(0, len(data), 512)]
+    return sorted(recs, key=lambda r: (r[0].stats.endtime, r[0].stats.channel))
+
+
+def replay(registry, st: Stream, **kw) -> tuple[list, StreamSession]:
+    session = StreamSession(registry, **kw)
+    for rec in records(st):
+        session.add(rec)
+    session.finish()
+    updates = list(session.updates(poll=0.1))
+    return updates, session
+
+
+def _assert_matches(updates, result, end: UTCDateTime, *, all_points: bool) -> None:
+    """Updates carry predict's values at predict's times: the interval grid, then the data end."""
+    n = len(result.series)
+    times = [result.series_start + k * result.series_interval for k in range(n - 1)] + [end]
+    expected = {round(t.timestamp, 3): v for t, v in zip(times, result.series, strict=True)}
+    got = {round(u.time.timestamp, 3): u.magnitude for u in updates}
+    assert len(got) == len(updates)  # one update per time
+    assert set(got) <= set(expected)
+    if all_points:
+        assert len(got) == len(expected)
+    for t, value in got.items():
+        assert value == pytest.approx(expected[t], abs=1e-5)
+
+
+def test_stream_replay_equals_predict_sta_lta(registry):
+    st = synthetic()
+    updates, session = replay(registry, st, hop=1.0, coalesce=False)
+    expected = predict(registry, synthetic(), series_interval=1.0)[0]
+    _assert_matches(updates, expected, st[0].stats.endtime, all_points=True)
+    assert updates[-1].onset == expected.onset and updates[-1].lag_s > 0
+    assert session.done and session.stats.late_samples == 0
+
+
+def test_stream_replay_equals_predict_with_client_pick(registry):
+    session = StreamSession(registry, hop=2.0, coalesce=False)
+    session.set_pick("BW.RJOB", RJOB_P)
+    for rec in records(rjob()):
+        session.add(rec)
+    session.finish()
+    updates = list(session.updates(poll=0.1))
+    expected = predict(registry, rjob(), p_picks={"BW.RJOB": RJOB_P}, series_interval=2.0)[0]
+    _assert_matches(updates, expected, rjob()[0].stats.endtime, all_points=True)
+
+
+def test_stream_out_of_order_packets(registry):
+    recs = records(synthetic())
+    rng = np.random.default_rng(3)
+    for i in range(0, len(recs) - 4, 4):  # shuffle within small groups, as a network would
+        block = recs[i : i + 4]
+        rng.shuffle(block)
+        recs[i : i + 4] = block
+    session = StreamSession(registry, hop=1.0, coalesce=False)
+    for rec in recs:
+        session.add(rec)
+    session.finish()
+    updates = list(session.updates(poll=0.1))
+    end = synthetic()[0].stats.endtime
+    _assert_matches(updates, predict(registry, synthetic())[0], end, all_points=True)
+
+
+def test_stream_coalesces_under_load(model_dir):
+    slow = ModelRegistry.from_paths([model_dir / "PhaseNetMag.onnx"], max_queue_delay_ms=300.0)
+    try:
+        updates, session = replay(slow, synthetic(), hop=1.0)
+        assert session.stats.coalesced > 0
+        assert session.stats.submitted < session.stats.evaluations
+        assert slow.get().stats().rows == session.stats.submitted
+        end = synthetic()[0].stats.endtime
+        _assert_matches(updates, predict(slow, synthetic())[0], end, all_points=False)
+        assert updates[-1].time == synthetic()[0].stats.endtime  # the newest always arrives
+    finally:
+        slow.close()
+
+
+def test_stream_close_frees_state_and_limits(registry):
+    session = StreamSession(registry, hop=1.0, max_pending=1)
+    recs = records(rjob())
+    session.add(recs[0])
+    assert session.n_stations == 1
+    other = recs[1].copy()
+    other[0].stats.station = "OTHER"
+    with pytest.raises(Overloaded, match="limit 1"):
+        session.add(other)
+    seen = []
+    reader = threading.Thread(target=lambda: seen.extend(session.updates(poll=5.0)))
+    reader.start()
+    session.close()
+    reader.join(2)
+    assert not reader.is_alive() and seen == []  # close() unblocks the iterator
+    assert session.n_stations == 0 and session.done
+    with pytest.raises(NotReady):
+        session.add(recs[1])
+
+
+def test_stream_callback_and_rejects_bad_packets(registry):
+    got = []
+    session = StreamSession(registry, hop=5.0, on_update=got.append)
+    session.set_pick("BW.RJOB.", RJOB_P)
+    bad = rjob()[:1]
+    bad[0].data[5] = np.inf
+    with pytest.raises(InvalidInput, match="NaN or Inf"):
+        session.add(bad)
+    session.add(rjob())
+    session.finish()
+    deadline = time.time() + 5
+    while not session.done and time.time() < deadline:
+        time.sleep(0.01)
+    assert got and got[-1].time == rjob()[0].stats.endtime
+    session.close()
