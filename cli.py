@@ -8,8 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from seismag import __version__
+from seismag.benchmarks.cli import add_bench_commands
 from seismag.models.card import CardError, load_cards
 from seismag.serving.client_cli import CliError, add_client_commands
+from seismag.training.cli import add_training_commands
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     add_client_commands(sub)
+    add_training_commands(sub)
+    add_bench_commands(sub)
 
     p = sub.add_parser(
         "serve",

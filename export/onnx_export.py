@@ -24,12 +24,9 @@ from torch import nn
 from seismag import __version__
 from seismag.export.scan_function import DOMAIN, OP_TYPE, selective_scan_function
 from seismag.models.base import MagnitudeModel
-from seismag.models.card import ModelCard
+from seismag.models.card import CARD_KEY, INPUT_NAMES, OUTPUT_NAME, WEIGHTS_KEY, ModelCard
 
-INPUT_NAMES = ("waveform", "log_amp")
-OUTPUT_NAME = "magnitude"
 DEFAULT_OPSET = 17
-CARD_KEY = "seismag.card"
 
 
 class ExportError(RuntimeError):
@@ -147,7 +144,7 @@ def export_onnx(
     meta = {
         CARD_KEY: json.dumps(card.to_dict()),
         "seismag.version": __version__,
-        "seismag.weights": weights,
+        WEIGHTS_KEY: weights,
         "seismag.output": f"{OUTPUT_NAME}: magnitude units, label_offset removed",
     }
     del proto.metadata_props[:]

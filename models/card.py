@@ -22,6 +22,14 @@ _NORMALISATIONS = ("peak", "std")
 _AGGREGATIONS = ("mean_after_onset", "median_after_onset")
 
 
+# The exported model's interface and the metadata keys every artifact carries (ONNX files and
+# safetensors weights): defined once here, read by export, serving and training.
+INPUT_NAMES = ("waveform", "log_amp")
+OUTPUT_NAME = "magnitude"
+CARD_KEY = "seismag.card"
+WEIGHTS_KEY = "seismag.weights"
+
+
 class CardError(ValueError):
     """A model card is missing, malformed or names something that does not exist."""
 
@@ -58,6 +66,10 @@ class ModelCard:
     """Physical units the input is expected in (instrument response removed)."""
     normalisation: Normalisation = "peak"
     """Per-window scale: ``peak`` = max |x| over all components, ``std`` = std over all."""
+    highpass_hz: float = 0.0
+    """Causal high-pass corner applied to each window before scaling; 0 = none."""
+    use_amplitude: bool = True
+    """False zeroes ``log_amp`` (the amplitude ablation); the weights' card records it."""
     label_offset: float = 0.0
     """Training target is ``magnitude + label_offset`` (AMAG's +1); outputs are shifted back."""
     scalar_from_series: Aggregation | None = None
@@ -88,8 +100,18 @@ class ModelCard:
             raise CardError(f"{self.name}: in_samples must be >= 16, got {self.in_samples}")
         if self.sampling_rate <= 0:
             raise CardError(f"{self.name}: sampling_rate must be positive")
+        if not 0 <= self.highpass_hz < self.sampling_rate / 2:
+            raise CardError(f"{self.name}: highpass_hz must be in [0, Nyquist)")
         if ":" not in self.architecture:
             raise CardError(f"{self.name}: architecture must be 'module:Class'")
+
+    def input_contract(self) -> dict[str, Any]:
+        """Everything that decides what the model's inputs mean: weights are only valid with it."""
+        names = (
+            "in_samples", "sampling_rate", "component_order", "units", "normalisation",
+            "highpass_hz", "use_amplitude", "label_offset", "output",
+        )  # fmt: skip
+        return {n: getattr(self, n) for n in names}
 
     @property
     def in_channels(self) -> int:

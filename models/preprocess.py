@@ -13,6 +13,7 @@ Two layers, both torch-free:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -30,12 +31,27 @@ class PreprocessError(ValueError):
     """The waveform cannot be brought to the model's layout (the message says why)."""
 
 
-def normalise(window: np.ndarray, method: str = "peak") -> tuple[np.ndarray, np.ndarray]:
-    """Demean each channel and divide by one per-window scale shared by all channels.
+@lru_cache(maxsize=16)
+def _highpass_sos(corner_hz: float, sampling_rate: float) -> np.ndarray:
+    from scipy.signal import butter
+
+    return butter(2, corner_hz, btype="highpass", fs=sampling_rate, output="sos")
+
+
+def normalise(
+    window: np.ndarray,
+    method: str = "peak",
+    *,
+    highpass_hz: float = 0.0,
+    sampling_rate: float = 100.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Demean each channel, optionally high-pass, and divide by one scale shared by all channels.
 
     ``window`` is (..., C, N). Returns ``(x, log_amp)`` as float32, ``x`` with the same shape and
     ``log_amp`` of shape (..., 1). One scale for all channels keeps the Z/horizontal amplitude
-    ratio (P vs S energy); a per-channel scale would erase it.
+    ratio (P vs S energy); a per-channel scale would erase it. The high-pass (2-pole Butterworth)
+    is causal and runs on the window alone, so a window ending at t still uses data up to t only;
+    it keeps ocean microseisms (0.1-0.5 Hz) from setting the scale of small events.
     """
     w = np.asarray(window, dtype=np.float64)
     if w.ndim < 2:
@@ -43,6 +59,10 @@ def normalise(window: np.ndarray, method: str = "peak") -> tuple[np.ndarray, np.
     if not np.all(np.isfinite(w)):
         raise PreprocessError("window contains NaN or Inf samples")
     w = w - w.mean(axis=-1, keepdims=True)
+    if highpass_hz > 0:
+        from scipy.signal import sosfilt
+
+        w = sosfilt(_highpass_sos(float(highpass_hz), float(sampling_rate)), w, axis=-1)
     if method == "peak":
         scale = np.abs(w).max(axis=(-2, -1))
     elif method == "std":
@@ -63,7 +83,12 @@ def model_inputs(window: np.ndarray, card: ModelCard) -> tuple[np.ndarray, np.nd
             f"{card.name} needs windows of {expected[0]} components x {expected[1]} samples, "
             f"got {w.shape}"
         )
-    return normalise(w, card.normalisation)
+    x, log_amp = normalise(
+        w, card.normalisation, highpass_hz=card.highpass_hz, sampling_rate=card.sampling_rate
+    )
+    if not card.use_amplitude:
+        log_amp = np.zeros_like(log_amp)
+    return x, log_amp
 
 
 @dataclass(frozen=True)
@@ -99,21 +124,12 @@ def stream_to_array(stream, card: ModelCard, *, missing: str = "error") -> Stati
     ids = {(tr.stats.network, tr.stats.station, tr.stats.location) for tr in stream}
     if len(ids) != 1:
         raise PreprocessError(f"stream_to_array takes one station, got {sorted(ids)}")
-    st = stream.copy()
-    for tr in st:
+    for tr in stream:
         if tr.stats.sampling_rate <= 0 or not np.isfinite(tr.stats.sampling_rate):
             raise PreprocessError(f"{tr.id}: impossible sampling rate {tr.stats.sampling_rate}")
         if not np.all(np.isfinite(tr.data.astype(np.float64))):
             raise PreprocessError(f"{tr.id}: contains NaN or Inf samples")
-        tr.data = tr.data.astype(np.float64)
-        # Relabel aliases to the canonical component so merge() groups them.
-        comp = _component(tr.stats.channel)
-        if comp:
-            tr.stats.channel = tr.stats.channel[:-1] + comp
-    try:
-        st.merge(method=1, fill_value="interpolate")
-    except Exception as exc:  # ObsPy raises plain Exception for incompatible traces
-        raise PreprocessError(f"cannot merge traces: {exc}") from exc
+    st = _clean_or_merged(stream)
 
     by_comp: dict[str, object] = {}
     for tr in st:
@@ -130,8 +146,11 @@ def stream_to_array(stream, card: ModelCard, *, missing: str = "error") -> Stati
         raise PreprocessError(f"missing components {''.join(absent)} (have {''.join(by_comp)})")
 
     rate = card.sampling_rate
-    for tr in by_comp.values():
+    for comp, tr in list(by_comp.items()):
         if abs(tr.stats.sampling_rate - rate) > 1e-6 * rate:
+            if not st.copied:  # resample() works in place: never on the caller's trace
+                tr = by_comp[comp] = tr.copy()
+                tr.data = tr.data.astype(np.float64)
             if tr.stats.sampling_rate > rate:
                 # Anti-alias before decimating; ObsPy's resample filters in the frequency domain.
                 tr.resample(rate, no_filter=False)
@@ -152,6 +171,40 @@ def stream_to_array(stream, card: ModelCard, *, missing: str = "error") -> Stati
         data[i, : len(seg)] = seg
     net, sta, loc = next(iter(ids))
     return StationArray(net, sta, loc, data, start, rate, card.component_order, absent)
+
+
+class _Traces(list):
+    """The traces stream_to_array works on; ``copied`` says whether they are its own copies."""
+
+    copied = False
+
+
+def _clean_or_merged(stream) -> _Traces:
+    """The caller's traces as they are when nothing needs merging, else merged float64 copies.
+
+    A station's record as a client sends it is one trace per component almost always. Copying
+    and merging it anyway (ObsPy deep-copies every header) took more time than the model run, and
+    merging a single trace is the identity, so the copy is only made when two traces share a
+    component (overlaps, gaps, repeated records, or aliases such as N next to 1).
+    """
+    comps = [_component(tr.stats.channel) for tr in stream]
+    named = [c for c in comps if c]
+    if len(named) == len(set(named)):
+        return _Traces(stream)
+    st = stream.copy()
+    for tr in st:
+        tr.data = tr.data.astype(np.float64)
+        # Relabel aliases to the canonical component so merge() groups them.
+        comp = _component(tr.stats.channel)
+        if comp:
+            tr.stats.channel = tr.stats.channel[:-1] + comp
+    try:
+        st.merge(method=1, fill_value="interpolate")
+    except Exception as exc:  # ObsPy raises plain Exception for incompatible traces
+        raise PreprocessError(f"cannot merge traces: {exc}") from exc
+    merged = _Traces(st)
+    merged.copied = True
+    return merged
 
 
 def last_window(data: np.ndarray, n_samples: int) -> np.ndarray:

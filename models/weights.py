@@ -10,9 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from seismag.models.card import ModelCard
-
-CARD_KEY = "seismag.card"
+from seismag.models.card import CARD_KEY, ModelCard
 
 
 class WeightsError(ValueError):
@@ -55,6 +53,11 @@ def load_weights(model, path: str | Path) -> None:
     stored = read_card(path)
     if model.card is not None and stored.name != model.card.name:
         raise WeightsError(f"{path} holds weights for {stored.name}, not {model.card.name}")
+    if model.card is not None and stored.input_contract() != model.card.input_contract():
+        # Same architecture, other preprocessing: the weights would load and silently mislead.
+        theirs, ours = stored.input_contract(), model.card.input_contract()
+        diff = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}
+        raise WeightsError(f"{path} was trained with other inputs (file, model): {diff}")
     try:
         state = load_file(str(path))
         model.load_state_dict(state, strict=True)

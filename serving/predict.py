@@ -35,12 +35,13 @@ from obspy import Inventory, Stream, UTCDateTime
 
 from seismag.models.aggregate import series_to_scalar
 from seismag.models.card import ModelCard
-from seismag.models.preprocess import PreprocessError, last_window, model_inputs, stream_to_array
+from seismag.models.preprocess import PreprocessError, model_inputs, stream_to_array
+from seismag.serving.batcher import Ticket
 from seismag.serving.errors import InvalidInput, Overloaded
 from seismag.serving.ingest import remove_response, remove_sensitivity
 from seismag.serving.onset import OnsetPicker
 from seismag.serving.results import StationResult
-from seismag.serving.runtime import ModelRegistry
+from seismag.serving.runtime import ModelRegistry, ModelRuntime
 
 MIN_DATA_SECONDS = 1.0
 """Less than this is mostly padding: the model would be reading the left-pad, not the data."""
@@ -75,8 +76,10 @@ class Evaluation:
     index: int
     """Absolute sample index of t (sample 0 = the station's first sample)."""
     time: UTCDateTime
-    waveform: np.ndarray  # (C, N) float32
-    log_amp: np.ndarray  # (1,) float32
+    waveform: np.ndarray
+    """(C, N) float32 model input; with ``evaluate(normalise=False)`` the raw (C, N) float64
+    window, which :func:`~seismag.models.preprocess.model_inputs` turns into the same input."""
+    log_amp: np.ndarray | None  # (1,) float32; None for a raw window
     onset: int | None
     """Absolute sample index of the onset used (series cards), else None."""
     onset_in_window: int
@@ -107,14 +110,29 @@ class StationTrack:
         self.pick_row = present[0] if present else 0
         self.picker = OnsetPicker(self.rate, refractory=card.in_samples)
         self.pick: int | None = None
-        self.set_pick(pick)
         self.n = 0
-        self._ring = np.zeros((card.in_channels, 0))
+        self.set_pick(pick)
+        # The window is buf[:, end - in_samples : end]: the last in_samples samples, left-padded
+        # with the first sample's value while the record is shorter (exactly last_window() of
+        # all the data so far). buf holds two windows, so appending moves only the new samples
+        # and the window slides back to the front once per in_samples samples.
+        self._buf = np.zeros((card.in_channels, 2 * card.in_samples))
+        self._end = card.in_samples
         self.min_data = int(np.ceil(MIN_DATA_SECONDS * self.rate))
         self.min_after = int(np.ceil(MIN_AFTER_ONSET_SECONDS * self.rate))
 
     def set_pick(self, pick: UTCDateTime | None) -> None:
-        self.pick = None if pick is None else round((UTCDateTime(pick) - self.start) * self.rate)
+        """Use the client's P pick from now on instead of STA/LTA.
+
+        STA/LTA is only run while there is no pick (with one, its result is never read), so a
+        pick cannot be withdrawn once data went by without it.
+        """
+        if pick is None:
+            if self.pick is not None and self.picker.n != self.n:
+                raise ValueError("a P pick cannot be withdrawn: STA/LTA has not seen the data")
+            self.pick = None
+            return
+        self.pick = round((UTCDateTime(pick) - self.start) * self.rate)
 
     def time_of(self, index: int) -> UTCDateTime:
         return self.start + index / self.rate
@@ -122,10 +140,26 @@ class StationTrack:
     def extend(self, chunk: np.ndarray) -> None:
         if chunk.shape[-1] == 0:
             return
-        self.picker.feed(chunk[self.pick_row])
-        ring = np.concatenate([self._ring, chunk], axis=1)
-        self._ring = ring[:, -self.card.in_samples :]
-        self.n += chunk.shape[-1]
+        if self.pick is None:  # with a pick, STA/LTA's answer would never be read
+            self.picker.feed(chunk[self.pick_row])
+        buf, k, n = self._buf, chunk.shape[-1], self.card.in_samples
+        if self.n == 0:
+            buf[:, :n] = chunk[:, :1]  # edge padding, as last_window pads a short record
+        if k >= n:
+            buf[:, :n] = chunk[:, -n:]
+            self._end = n
+        else:
+            if self._end + k > buf.shape[1]:
+                buf[:, : n - k] = buf[:, self._end - n + k : self._end]
+                self._end = n - k
+            buf[:, self._end : self._end + k] = chunk
+            self._end += k
+        self.n += k
+
+    @property
+    def _window(self) -> np.ndarray:
+        """The current (C, in_samples) window (a view)."""
+        return self._buf[:, self._end - self.card.in_samples : self._end]
 
     def onset(self) -> tuple[int | None, str]:
         """The onset usable now (at least MIN_AFTER_ONSET before the last sample) and its source."""
@@ -134,7 +168,9 @@ class StationTrack:
             return (self.pick if self.pick <= latest else None), "request"
         return self.picker.onset_at(latest), "sta_lta"
 
-    def evaluate(self) -> Evaluation | None:
+    def evaluate(self, *, normalise: bool = True) -> Evaluation | None:
+        """The model input for the last sample, or None; ``normalise=False`` leaves the window
+        raw (a copy) so that a caller can normalise many windows in one call."""
         if self.n < self.min_data:
             return None
         t0 = time.perf_counter()
@@ -146,8 +182,11 @@ class StationTrack:
             if onset is None:
                 return None
             in_window = max(0, onset - (i + 1 - self.card.in_samples))
-        window = last_window(self._ring, self.card.in_samples)
-        x, log_amp = model_inputs(window, self.card)
+        window = self._window
+        if normalise:
+            x, log_amp = model_inputs(window, self.card)
+        else:
+            x, log_amp = np.array(window, dtype=np.float64), None
         ms = (time.perf_counter() - t0) * 1e3
         return Evaluation(i, self.time_of(i), x, log_amp, onset, in_window, source, ms)
 
@@ -289,14 +328,47 @@ def predict(
     missing: str = "zeros",
     response: str = "full",
     timeout: float | None = None,
+    started: float | None = None,
 ) -> list[StationResult]:
     """One :class:`StationResult` per (network, station, location) in ``stream``.
 
     All windows of all stations go to the model in one batched call. Raises InvalidInput naming
     the station when any station cannot give a magnitude, Overloaded beyond ``MAX_WINDOWS``.
+    ``started`` (a ``time.perf_counter()`` value) is when the request arrived, so that the
+    reported total includes decoding it.
     """
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() if started is None else started
     runtime = registry.get(model)
+    # Announce the submission now: the batcher then knows nothing else is coming when this is
+    # the only request in flight, and runs it without waiting for companions.
+    with runtime.expect() as ticket:
+        return _predict(
+            runtime,
+            stream,
+            inventory=inventory,
+            p_picks=p_picks,
+            series_interval=series_interval,
+            missing=missing,
+            response=response,
+            timeout=timeout,
+            t_start=t_start,
+            ticket=ticket,
+        )
+
+
+def _predict(
+    runtime: ModelRuntime,
+    stream: Stream,
+    *,
+    inventory: Inventory | None,
+    p_picks: Mapping[str, UTCDateTime] | None,
+    series_interval: float,
+    missing: str,
+    response: str,
+    timeout: float | None,
+    t_start: float,
+    ticket: Ticket,
+) -> list[StationResult]:
     card = runtime.card
     if missing not in ("zeros", "error"):
         raise InvalidInput(f"missing must be 'zeros' or 'error', got {missing!r}")
@@ -334,7 +406,7 @@ def predict(
         )
     waveform = np.stack([ev.waveform for w in work for ev in w.evals])
     log_amp = np.stack([ev.log_amp for w in work for ev in w.evals])
-    rows, timings = runtime.infer(waveform, log_amp, timeout)
+    rows, timings = runtime.infer(waveform, log_amp, timeout, ticket=ticket)
     total_ms = (time.perf_counter() - t_start) * 1e3
     results = []
     at = 0

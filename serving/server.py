@@ -163,6 +163,7 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
 
     @rpc
     def Predict(self, request, context):
+        started = time.perf_counter()
         self._server.require_ready()
         check_deadline(context)
         kind = request.WhichOneof("input")
@@ -183,6 +184,7 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
             p_picks=picks or None,
             series_interval=interval,
             timeout=check_deadline(context),
+            started=started,
         )
         return pb.PredictResponse(results=[station_magnitude(r) for r in results])
 
@@ -588,7 +590,16 @@ class _StreamCall:
             if kind == "miniseed":
                 self.session.add(ingest.read_miniseed(req.miniseed))
             else:
-                self.session.add(raw_trace(req.raw_chunk))
+                t = req.raw_chunk  # fast path: straight into the station's buffer, no Trace
+                self.session.add_raw(
+                    t.network,
+                    t.station,
+                    t.location,
+                    t.channel,
+                    t.sampling_rate,
+                    t.starttime,
+                    t.samples,
+                )
         except InvalidInput as exc:
             raise InvalidInput(f"packet {self.packets}: {exc}") from None
 

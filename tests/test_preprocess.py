@@ -124,3 +124,21 @@ def test_series_aggregates_after_onset_only():
     with pytest.raises(ValueError, match="P onset is needed"):
         to_magnitude(series, card)
     assert to_magnitude(np.array([3.0]), get_card("ViTMag"))[0] == 3.0
+
+
+def test_highpass_is_causal_and_removes_microseisms():
+    t = np.arange(3001) / 100.0
+    microseism = np.sin(2 * np.pi * 0.2 * t) * 1e-5
+    quake = np.zeros_like(t)
+    quake[2000:] = np.sin(2 * np.pi * 5.0 * t[2000:]) * 1e-6
+    w = np.stack([microseism + quake] * 3)
+    _, raw_amp = normalise(w)
+    _, amp = normalise(w, highpass_hz=1.0, sampling_rate=100.0)
+    assert raw_amp[0] > -5.1  # the microseism sets the unfiltered scale
+    assert amp[0] < -5.5  # filtered, the 5 Hz quake (1e-6) does
+    # Causal: changing the data after sample 2500 does not change the output before it.
+    w2 = w.copy()
+    w2[:, 2500:] *= 3.0
+    x_a, _ = normalise(w[..., :2500], highpass_hz=1.0)
+    x_b, _ = normalise(w2[..., :2500], highpass_hz=1.0)
+    np.testing.assert_array_equal(x_a, x_b)

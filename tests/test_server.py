@@ -543,7 +543,7 @@ def test_sigterm_drains_and_exits_zero(rjob):
             assert statuses[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
         _, rest = proc.communicate(timeout=10)
         assert proc.returncode == 0, "".join(lines) + rest
-        assert "draining" in rest and "UNTRAINED" in "".join(lines)
+        assert "draining" in rest and "model PhaseNetMag" in "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -500,6 +500,70 @@ def test_stream_out_of_order_packets(registry):
     _assert_matches(updates, predict(registry, synthetic())[0], end, all_points=True)
 
 
+def _raw_chunks(st: Stream, seconds: float = 1.3) -> list[tuple]:
+    """RawTrace-like packets (float32 samples): reordered in small groups, one resent twice."""
+    chunks = []
+    for tr in st:
+        per = round(seconds * tr.stats.sampling_rate)
+        for i in range(0, tr.stats.npts, per):
+            start = (tr.stats.starttime + i / tr.stats.sampling_rate).timestamp
+            data = np.asarray(tr.data[i : i + per], dtype=np.float32)
+            s = tr.stats
+            chunks.append((s.network, s.station, s.location, s.channel, 100.0, start, data))
+    chunks.sort(key=lambda c: (c[5], c[3]))
+    rng = np.random.default_rng(5)
+    for i in range(0, len(chunks) - 6, 6):
+        block = chunks[i : i + 6]
+        rng.shuffle(block)
+        chunks[i : i + 6] = block
+    chunks.insert(40, chunks[20])  # a repeated (overlapping) packet
+    return chunks
+
+
+def test_stream_raw_fast_path_equals_trace_path(registry):
+    """add_raw (StreamPredict raw chunks, no ObsPy) gives add(Trace)'s updates exactly."""
+    results, late = [], []
+    for fast in (False, True):
+        session = StreamSession(registry, hop=1.0, coalesce=False)
+        for net, sta, loc, cha, rate, start, data in _raw_chunks(synthetic()):
+            if fast:
+                session.add_raw(net, sta, loc, cha, rate, start, data.tolist())
+            else:
+                t0 = UTCDateTime(start)
+                session.add(ingest.trace_from_array(net, sta, loc, cha, rate, t0, data))
+        session.finish()
+        results.append(sorted((u.time.timestamp, u.magnitude) for u in session.updates(0.1)))
+        late.append(session.stats.late_samples)  # the resent packet's samples
+    assert late[0] == late[1] > 0
+    assert len(results[0]) == len(results[1]) > 20
+    for (t_a, m_a), (t_b, m_b) in zip(*results, strict=True):
+        assert t_a == t_b and m_a == pytest.approx(m_b, abs=1e-6)
+    bad = StreamSession(registry)
+    with pytest.raises(InvalidInput, match="NaN"):
+        bad.add_raw("XX", "SYN", "", "HHZ", 100.0, 0.0, [0.0, float("nan")])
+    with pytest.raises(InvalidInput, match="sampling rate"):
+        bad.add_raw("XX", "SYN", "", "HHZ", -1.0, 0.0, [0.0])
+    with pytest.raises(InvalidInput, match="starttime"):
+        bad.add_raw("XX", "SYN", "", "HHZ", 100.0, float("inf"), [0.0])
+
+
+def test_batched_raw_windows_normalise_like_single_ones(registry):
+    """submit_raw normalises a whole batch in one call: row for row model_inputs' numbers."""
+    from seismag.models.preprocess import model_inputs
+
+    rt = registry.get("PhaseNetMag")
+    rng = np.random.default_rng(2)
+    raw = rng.normal(size=(5, rt.card.in_channels, rt.card.in_samples)) * 1e-6
+    x, amp = model_inputs(raw, rt.card)
+    for i in range(len(raw)):
+        xi, ai = model_inputs(raw[i], rt.card)
+        assert np.array_equal(x[i], xi) and np.array_equal(amp[i], ai)
+    rows, timings = rt.submit_raw(raw).result(10)
+    expected, _ = rt.infer(x, amp)
+    np.testing.assert_allclose(rows, expected, atol=1e-6)
+    assert timings["prepare"] >= 0
+
+
 def test_stream_coalesces_under_load(model_dir):
     slow = ModelRegistry.from_paths([model_dir / "PhaseNetMag.onnx"], max_queue_delay_ms=300.0)
     try:

@@ -1,0 +1,1 @@
+"""Training data: synthetic seismograms, SeisBench-format datasets and magnitude labels."""

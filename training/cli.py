@@ -1,0 +1,190 @@
+"""``seismag train``, ``seismag evaluate`` and ``seismag synth``: the training-side subcommands.
+
+Kept out of the top-level ``cli.py`` so that module stays torch-free; ``cli.py`` calls
+:func:`add_training_commands` on its subparsers. Each handler turns the expected failures
+(missing data, unknown model, weights of another model) into one ``seismag: error:`` line and a
+non-zero exit; heavy imports happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _error(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"seismag: error: {message}", file=sys.stderr)
+    return code
+
+
+def _known_model(name: str, *, allow_baseline: bool = False) -> str | None:
+    """An error message for an unknown model name, or None."""
+    from seismag.models.card import load_cards
+
+    names = list(load_cards())
+    if name in names or (allow_baseline and name == "baseline"):
+        return None
+    extra = ", baseline" if allow_baseline else ""
+    return f"unknown model {name!r}; known models: {', '.join(names)}{extra}"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    if (msg := _known_model(args.model)) is not None:
+        return _error(msg)
+    if not Path(args.data).is_dir():
+        return _error(f"data directory not found: {args.data}")
+    try:
+        from seismag.training.train import TrainingError, train
+    except ImportError as exc:
+        return _error(f"training needs the 'torch' extra, tqdm and pandas ({exc})")
+    out = args.out or f"runs/{args.model}"
+    try:
+        best = train(
+            args.model,
+            args.data,
+            out,
+            epochs=args.epochs,
+            max_minutes=args.max_minutes,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            device=args.device,
+            seed=args.seed,
+            resume=args.resume,
+            limit_train=args.limit_train,
+            threads=args.threads,
+            progress=not args.quiet,
+            card_overrides={"use_amplitude": False} if args.no_amplitude else None,
+        )
+    except (TrainingError, ValueError, FileNotFoundError, KeyError) as exc:
+        return _error(str(exc), EXIT_FAILED)
+    print(best)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if (msg := _known_model(args.model, allow_baseline=True)) is not None:
+        return _error(msg)
+    if not Path(args.data).is_dir():
+        return _error(f"data directory not found: {args.data}")
+    if args.model != "baseline" and args.weights is None and args.onnx is None:
+        return _error(f"evaluating {args.model} needs --weights FILE or --onnx FILE")
+    try:
+        from seismag.training.evaluate import EvaluationError, evaluate
+    except ImportError as exc:
+        return _error(f"evaluation needs pandas, matplotlib and the model extras ({exc})")
+    out = args.out or f"runs/{args.model}/eval_{args.split}"
+    ks = tuple(args.seconds_after_p) if args.seconds_after_p else None
+    try:
+        results = evaluate(
+            args.model,
+            args.data,
+            args.weights,
+            split=args.split,
+            out_dir=out,
+            batch_size=args.batch_size,
+            onnx=args.onnx,
+            device=args.device,
+            baseline=not args.no_baseline,
+            limit=args.limit,
+            progress=not args.quiet,
+            **({"seconds_after_p": ks} if ks else {}),
+        )
+    except (EvaluationError, ValueError, FileNotFoundError, KeyError) as exc:
+        return _error(str(exc), EXIT_FAILED)
+    if args.json:
+        json.dump(results, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        from seismag.training.evaluate import markdown_table
+
+        sys.stdout.write(markdown_table(results))
+        print(f"\nwritten to {out}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    if args.events < 1:
+        return _error("--events must be at least 1")
+    try:
+        from seismag.training.synthetic import generate_dataset
+    except ImportError as exc:
+        return _error(f"the synthetic generator needs its extras ({exc})")
+    try:
+        path = generate_dataset(args.out, args.events, seed=args.seed)
+    except (ValueError, OSError) as exc:
+        return _error(str(exc), EXIT_FAILED)
+    print(path)
+    return 0
+
+
+def _device_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--device", default=default, help=f"cpu, cuda, cuda:N or auto (default {default})"
+    )
+
+
+def add_training_commands(sub) -> None:
+    """Register ``train``, ``evaluate`` and ``synth`` on the top-level subparsers."""
+    p = sub.add_parser(
+        "train",
+        help="train a magnitude model from its card's recipe (resumable)",
+        description="Train MODEL on a SeisBench-format dataset (event-based train/dev split). "
+        "Best weights go to OUT/MODEL.safetensors, checkpoints to OUT/checkpoint/.",
+    )
+    p.add_argument("model", help="model name (see `seismag models`)")
+    p.add_argument("--data", required=True, help="dataset folder (metadata + waveforms)")
+    p.add_argument("--out", help="output folder (default runs/MODEL)")
+    p.add_argument("--epochs", type=int, help="total epochs (default 100; early stopping)")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget, stops after an epoch")
+    p.add_argument("--batch-size", type=int, help="default: the card's")
+    p.add_argument("--lr", type=float, help="learning rate (default: the card's)")
+    _device_arg(p, "auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit-train", type=int, help="train on a seeded subset of N traces")
+    p.add_argument(
+        "--no-amplitude",
+        action="store_true",
+        help="ablation: zero the log-amplitude input (recorded in the weights' card)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model (or the ML baseline) per waveform, full window and k s after P",
+        description="Evaluate MODEL on a split: one magnitude per waveform, for the full window "
+        "and windows ending k seconds after P, next to a local-magnitude baseline on the same "
+        "windows. Use MODEL 'baseline' for the baseline alone.",
+    )
+    p.add_argument("model", help="model name, or 'baseline'")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--weights", help="safetensors weights of MODEL")
+    p.add_argument("--onnx", help="an exported ONNX file of MODEL (run through ONNX Runtime)")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.add_argument("--out", help="output folder (default runs/MODEL/eval_SPLIT)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--seconds-after-p", type=float, nargs="+", help="curve points (default 1 2 3 5 10 20)"
+    )
+    p.add_argument("--limit", type=int, help="only the first N traces of the split")
+    p.add_argument("--no-baseline", action="store_true", help="skip the ML baseline")
+    _device_arg(p, "cpu")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "synth",
+        help="generate a synthetic SeisBench-format dataset (Boore 2003 stochastic method)",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--events", type=int, required=True, help="number of events")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_synth)

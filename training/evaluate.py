@@ -1,0 +1,511 @@
+"""ONE evaluator for every model, per waveform, on the windows a live feed would see.
+
+For each trace of a split it cuts the full-information window (ending 25 s after P, or at the
+trace end) and one window ending k seconds after P for each k of the curve
+(:mod:`seismag.training.windows`). Each window gives ONE magnitude:
+
+* scalar models: the model output, minus the card's ``label_offset``;
+* series models: :func:`seismag.models.aggregate.to_magnitude` with the P onset inside the window,
+  i.e. the aggregate of the series *after* P. Averaging the whole window (zeros before P) or
+  scoring the flattened (waveform x timestep) arrays are the seeds' two mistakes; neither exists
+  here, and :func:`waveform_metrics` refuses anything but one value per waveform.
+
+Metrics (MSE, RMSE, MAE, R2, bias) count waveforms. The classic local magnitude
+(:mod:`seismag.training.baseline`) is computed on the very same windows, so the comparison is fair.
+A PyTorch model (safetensors weights) or an exported ONNX file (what serving runs) can be scored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from seismag.models.aggregate import to_magnitude
+from seismag.models.card import ModelCard, get_card
+from seismag.training.baseline import local_magnitude
+from seismag.training.windows import (
+    DEFAULT_SECONDS_AFTER_P,
+    FULL_AFTER_P_SECONDS,
+    evaluation_end,
+    make_batch,
+)
+
+BASELINE = "baseline"
+"""Model name that evaluates the ML baseline alone."""
+
+Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(waveform (B, C, N), log_amp (B, 1)) -> model output in label space."""
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot run as asked (missing data, wrong weights, empty split...)."""
+
+
+def waveform_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float | int | None]:
+    """MSE, RMSE, MAE, R2 and bias over waveforms: n is the number of waveforms.
+
+    Takes 1-D arrays only: a (waveform, timestep) array here would be the flattened evaluation.
+    """
+    t = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(y_pred, dtype=np.float64)
+    if t.ndim != 1 or p.shape != t.shape:
+        raise ValueError(
+            f"metrics take one value per waveform: 1-D arrays of equal length, got "
+            f"{t.shape} and {p.shape}"
+        )
+    keep = np.isfinite(t) & np.isfinite(p)
+    t, p = t[keep], p[keep]
+    n = int(t.size)
+    if n == 0:
+        return {"n": 0, "mse": None, "rmse": None, "mae": None, "r2": None, "bias": None}
+    err = p - t
+    mse = float(np.mean(err**2))
+    ss_tot = float(np.sum((t - t.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(err**2)) / ss_tot if n > 1 and ss_tot > 0 else None
+    return {
+        "n": n,
+        "mse": mse,
+        "rmse": math.sqrt(mse),
+        "mae": float(np.mean(np.abs(err))),
+        "r2": r2,
+        "bias": float(np.mean(err)),
+    }
+
+
+def window_magnitudes(output: np.ndarray, card: ModelCard, onset: np.ndarray) -> np.ndarray:
+    """Model output (label space) -> one magnitude per window, aggregated after P for series."""
+    return np.asarray(to_magnitude(output, card, onset), dtype=np.float64).reshape(-1)
+
+
+def torch_predictor(model, device: str = "cpu", batch_size: int = 64) -> Predictor:
+    """Wrap a PyTorch model (put in eval mode) as a numpy predictor."""
+    import torch
+
+    model.eval()
+    model.to(device)
+
+    def predict(waveform: np.ndarray, log_amp: np.ndarray) -> np.ndarray:
+        outs = []
+        with torch.no_grad():
+            for i in range(0, len(waveform), batch_size):
+                w = torch.from_numpy(np.ascontiguousarray(waveform[i : i + batch_size]))
+                a = torch.from_numpy(np.ascontiguousarray(log_amp[i : i + batch_size]))
+                outs.append(model(w.to(device), a.to(device)).float().cpu().numpy())
+        return np.concatenate(outs)
+
+    return predict
+
+
+def onnx_predictor(path: str | Path, card: ModelCard, threads: int = 1) -> Predictor:
+    """An exported ONNX file as a predictor.
+
+    The exported graph already subtracts ``label_offset`` (serving wants magnitudes); it is added
+    back here so that :func:`window_magnitudes` stays the one place that removes it.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(int(threads), 1)
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types
+        raise EvaluationError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+
+    def predict(waveform: np.ndarray, log_amp: np.ndarray) -> np.ndarray:
+        (out,) = session.run(
+            ["magnitude"],
+            {"waveform": waveform.astype(np.float32), "log_amp": log_amp.astype(np.float32)},
+        )
+        return np.asarray(out) + card.label_offset
+
+    return predict
+
+
+def _onnx_card(path: Path) -> ModelCard:
+    from seismag.serving.runtime import ModelLoadError, read_card_from_onnx
+
+    try:
+        return read_card_from_onnx(path)
+    except ModelLoadError as exc:
+        raise EvaluationError(str(exc)) from exc
+
+
+def load_predictor(
+    model_name: str,
+    weights: str | Path | None,
+    onnx: str | Path | None,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> tuple[ModelCard, Predictor, str]:
+    """The card, a predictor and a description of the source, with the file checked against the
+    model named (weights for another model are an error, not a silent mismatch)."""
+    card = get_card(model_name)
+    if onnx is not None:
+        path = Path(onnx)
+        if not path.is_file():
+            raise EvaluationError(f"ONNX file not found: {path}")
+        stored = _onnx_card(path)
+        if stored.name != card.name:
+            raise EvaluationError(f"{path} is an export of {stored.name}, not {card.name}")
+        return stored, onnx_predictor(path, stored), str(path)
+    if weights is None:
+        raise EvaluationError(f"{model_name}: give --weights (safetensors) or --onnx")
+    from seismag.models import build_model
+    from seismag.models.weights import WeightsError, load_weights, read_card
+
+    path = Path(weights)
+    if not path.is_file():
+        raise EvaluationError(f"weights file not found: {path}")
+    try:
+        stored = read_card(path)
+    except WeightsError as exc:
+        raise EvaluationError(str(exc)) from exc
+    if stored.name != card.name:
+        raise EvaluationError(f"{path} holds weights for {stored.name}, not {card.name}")
+    card = stored  # the card the weights were trained with (e.g. the amplitude ablation)
+    model = build_model(card)
+    try:
+        load_weights(model, path)
+    except WeightsError as exc:
+        raise EvaluationError(str(exc)) from exc
+    return card, torch_predictor(model, device, batch_size), str(path)
+
+
+def _window_label(k: float | None) -> str:
+    return "full" if k is None else f"{k:g}s"
+
+
+def _collect(
+    split_ds,
+    card: ModelCard,
+    predictor: Predictor | None,
+    ks: Sequence[float | None],
+    *,
+    batch_size: int,
+    with_baseline: bool,
+    progress: bool,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per window kind: arrays over traces of predicted / baseline magnitudes (NaN = no window)."""
+    meta = split_ds.metadata
+    n_traces = len(split_ds)
+    p_all = meta["trace_p_arrival_sample"].to_numpy(dtype=np.float64)
+    s_all = (
+        meta["trace_s_arrival_sample"].to_numpy(dtype=np.float64)
+        if "trace_s_arrival_sample" in meta
+        else np.full(n_traces, np.nan)
+    )
+    mags = meta["source_magnitude"].to_numpy(dtype=np.float64)
+    out = {
+        _window_label(k): {
+            "pred": np.full(n_traces, np.nan),
+            "ml": np.full(n_traces, np.nan),
+            "s_observed": np.zeros(n_traces, dtype=bool),
+        }
+        for k in ks
+    }
+    n = card.in_samples
+    fs = card.sampling_rate
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_traces, desc="evaluate", unit="trace", disable=not progress)
+    except ImportError:  # tqdm is optional for evaluation
+        bar = None
+    for start in range(0, n_traces, batch_size):
+        idx = range(start, min(start + batch_size, n_traces))
+        traces = {i: np.asarray(split_ds.get_waveform(i)) for i in idx}
+        for k in ks:
+            rows, ends = [], []
+            for i in idx:
+                if not (np.isfinite(p_all[i]) and np.isfinite(mags[i])):
+                    continue
+                end = evaluation_end(p_all[i], traces[i].shape[-1], card, k)
+                if end is not None:
+                    rows.append(i)
+                    ends.append(end)
+            if not rows:
+                continue
+            ends_a = np.asarray(ends, dtype=np.int64)
+            batch = make_batch([traces[i] for i in rows], p_all[rows], mags[rows], ends_a, card)
+            slot = out[_window_label(k)]
+            if predictor is not None:
+                outputs = predictor(batch.waveform, batch.log_amp)
+                slot["pred"][rows] = window_magnitudes(outputs, card, batch.onset)
+            if with_baseline:
+                window_start = ends_a - n
+                s_win = s_all[rows] - window_start
+                for j, i in enumerate(rows):
+                    lm = local_magnitude(
+                        batch.raw[j],
+                        int(batch.onset[j]),
+                        float(s_win[j]),
+                        sampling_rate=fs,
+                        component_order=card.component_order,
+                    )
+                    slot["ml"][i] = lm.ml
+                    slot["s_observed"][i] = lm.s_observed
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def evaluate(
+    model_name: str,
+    data_dir: str | Path,
+    weights: str | Path | None = None,
+    *,
+    split: str = "test",
+    seconds_after_p: Sequence[float] = DEFAULT_SECONDS_AFTER_P,
+    out_dir: str | Path | None = None,
+    batch_size: int = 64,
+    onnx: str | Path | None = None,
+    device: str = "cpu",
+    baseline: bool = True,
+    limit: int | None = None,
+    progress: bool = False,
+) -> dict:
+    """Score one model (or ``"baseline"`` alone) on a split, per waveform; see the module doc.
+
+    Returns the results dict; with ``out_dir`` also writes ``results.json``, ``results.md``,
+    ``predictions.csv``, ``scatter.png`` and ``mae_vs_time.png`` there.
+    """
+    from seismag.training.dataset import WaveformDataset
+
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise EvaluationError(f"data directory not found: {data_dir}")
+    only_baseline = model_name == BASELINE
+    if only_baseline:
+        card = get_card("PhaseNetMag")  # only its window geometry (30 s, 100 Hz, ZNE) is used
+        predictor, source = None, "Hutton & Boore (1987) ML on simulated Wood-Anderson"
+    else:
+        card, predictor, source = load_predictor(
+            model_name, weights, onnx, device=device, batch_size=batch_size
+        )
+    ds = WaveformDataset(data_dir, component_order=card.component_order)
+    if ds.sampling_rate is None:
+        raise EvaluationError(
+            f"{data_dir} mixes sampling rates; resample it to {card.sampling_rate} Hz"
+        )
+    if abs(float(ds.sampling_rate) - card.sampling_rate) > 1e-6:
+        raise EvaluationError(
+            f"{data_dir} is sampled at {ds.sampling_rate} Hz, {card.name} needs "
+            f"{card.sampling_rate} Hz"
+        )
+    sub = ds.split(split)
+    if limit is not None:
+        sub = _head(sub, limit)
+    if len(sub) == 0:
+        raise EvaluationError(f"split {split!r} of {data_dir} holds no traces")
+    ks: list[float | None] = [None, *[float(k) for k in seconds_after_p]]
+    got = _collect(
+        sub,
+        card,
+        predictor,
+        ks,
+        batch_size=batch_size,
+        with_baseline=baseline or only_baseline,
+        progress=progress,
+    )
+    mags = sub.metadata["source_magnitude"].to_numpy(dtype=np.float64)
+    key = "ml" if only_baseline else "pred"
+    results: dict = {
+        "model": "baseline_ML" if only_baseline else card.name,
+        "source": source,
+        "data": str(data_dir),
+        "split": split,
+        "n_waveforms": len(sub),
+        "n_events": int(sub.metadata["source_id"].nunique())
+        if "source_id" in sub.metadata
+        else None,
+        "windows": {
+            "full": f"ends {FULL_AFTER_P_SECONDS:g} s after P or at the trace end",
+            "seconds_after_p": [float(k) for k in seconds_after_p],
+            "samples": card.in_samples,
+            "sampling_rate": card.sampling_rate,
+        },
+        "metrics": {
+            _window_label(k): waveform_metrics(mags, got[_window_label(k)][key]) for k in ks
+        },
+    }
+    s_observed = {_window_label(k): float(np.mean(got[_window_label(k)]["s_observed"])) for k in ks}
+    method = "ML, Hutton & Boore (1987), Wood-Anderson from velocity, S-P distance"
+    if only_baseline:
+        results["method"] = method
+        results["s_observed_fraction"] = s_observed
+    elif baseline:
+        results["baseline"] = {
+            "method": method,
+            "metrics": {
+                _window_label(k): waveform_metrics(mags, got[_window_label(k)]["ml"]) for k in ks
+            },
+            "s_observed_fraction": s_observed,
+        }
+    if out_dir is not None:
+        results["files"] = _write_outputs(Path(out_dir), results, sub, got, ks, only_baseline)
+    return _json_safe(results)
+
+
+def _head(split_ds, limit: int):
+    """The first ``limit`` traces of a split (the dataset API has no slicing, so wrap it)."""
+
+    class _Head:
+        def __init__(self, inner, k: int) -> None:
+            self._inner = inner
+            self._k = min(int(k), len(inner))
+            self.metadata = inner.metadata.iloc[: self._k]
+            self.sampling_rate = inner.sampling_rate
+
+        def __len__(self) -> int:
+            return self._k
+
+        def get_waveform(self, i: int) -> np.ndarray:
+            return self._inner.get_waveform(i)
+
+    return _Head(split_ds, limit)
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return (
+        "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+    )
+
+
+def markdown_table(results: dict) -> str:
+    """The results as a Markdown table: one row per window, model and baseline side by side."""
+    base = results.get("baseline", {}).get("metrics") if "baseline" in results else None
+    head = "| window | n | MAE | RMSE | R2 | bias |"
+    sep = "|---|---|---|---|---|---|"
+    if base:
+        head += " ML MAE | ML RMSE | ML bias |"
+        sep += "---|---|---|"
+    lines = [
+        f"# {results['model']} on {results['split']} ({results['n_waveforms']} waveforms)",
+        "",
+        f"Source: {results['source']}. Metrics per waveform; series models aggregated after P.",
+        "",
+        head,
+        sep,
+    ]
+    for name, m in results["metrics"].items():
+        label = "full" if name == "full" else f"{name} after P"
+        row = (
+            f"| {label} | {m['n']} | {_fmt(m['mae'])} | {_fmt(m['rmse'])} | {_fmt(m['r2'])} "
+            f"| {_fmt(m['bias'])} |"
+        )
+        if base:
+            b = base[name]
+            row += f" {_fmt(b['mae'])} | {_fmt(b['rmse'])} | {_fmt(b['bias'])} |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def _write_outputs(out: Path, results: dict, sub, got, ks, only_baseline: bool) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    meta = sub.metadata.reset_index(drop=True)
+    cols = [
+        c
+        for c in (
+            "source_id",
+            "station_code",
+            "source_magnitude",
+            "path_ep_distance_km",
+            "trace_snr_db",
+        )
+        if c in meta
+    ]
+    table = meta[cols].copy()
+    for k in ks:
+        label = _window_label(k)
+        if not only_baseline:
+            table[f"pred_{label}"] = got[label]["pred"]
+        if "baseline" in results or only_baseline:
+            table[f"ml_{label}"] = got[label]["ml"]
+    files = {
+        "json": out / "results.json",
+        "markdown": out / "results.md",
+        "predictions": out / "predictions.csv",
+        "scatter": out / "scatter.png",
+        "mae_vs_time": out / "mae_vs_time.png",
+    }
+    table.to_csv(files["predictions"], index=False)
+    files["markdown"].write_text(markdown_table(results), encoding="utf-8")
+    _plot(results, table, files, only_baseline)
+    names = {k: str(v) for k, v in files.items()}
+    files["json"].write_text(
+        json.dumps(_json_safe({**results, "files": names}), indent=2), encoding="utf-8"
+    )
+    return names
+
+
+def _plot(results: dict, table, files: dict[str, Path], only_baseline: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    true = table["source_magnitude"].to_numpy(dtype=np.float64)
+    panels = [] if only_baseline else [(results["model"], table["pred_full"].to_numpy())]
+    if "ml_full" in table:
+        panels.append(("ML baseline", table["ml_full"].to_numpy()))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), squeeze=False)
+    values = np.concatenate([true, *(np.asarray(p, dtype=np.float64) for _, p in panels)])
+    finite = values[np.isfinite(values)]
+    lo, hi = (finite.min() - 0.3, finite.max() + 0.3) if finite.size else (0.0, 1.0)
+    for ax, (name, pred) in zip(axes[0], panels, strict=True):
+        ax.scatter(true, pred, s=8, alpha=0.6)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel("catalogue magnitude")
+        ax.set_ylabel("predicted magnitude (full window)")
+        ax.set_title(name)
+    fig.tight_layout()
+    fig.savefig(files["scatter"], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    ks = results["windows"]["seconds_after_p"]
+
+    def curve(metrics: dict) -> list[float]:
+        return [
+            np.nan if metrics[f"{k:g}s"]["mae"] is None else metrics[f"{k:g}s"]["mae"] for k in ks
+        ]
+
+    label = "ML baseline" if only_baseline else results["model"]
+    ax.plot(ks, curve(results["metrics"]), "o-", label=label)
+    full = results["metrics"]["full"]["mae"]
+    if full is not None:
+        ax.axhline(full, color="C0", ls=":", lw=1, label=f"{label}, full window")
+    if not only_baseline and "baseline" in results:
+        ax.plot(ks, curve(results["baseline"]["metrics"]), "s--", color="C1", label="ML baseline")
+        bfull = results["baseline"]["metrics"]["full"]["mae"]
+        if bfull is not None:
+            ax.axhline(bfull, color="C1", ls=":", lw=1, label="ML baseline, full window")
+    ax.set_xlabel("seconds after P (window ends)")
+    ax.set_ylabel("MAE per waveform (magnitude units)")
+    ax.set_title(f"{results['split']} split, n = {results['n_waveforms']}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(files["mae_vs_time"], dpi=110)
+    plt.close(fig)

@@ -1,0 +1,458 @@
+"""Train one magnitude model from its card's recipe, resumably, without pickle.
+
+The recipe is the card's :class:`~seismag.models.card.TrainingDefaults`: Adam or AdamW, learning
+rate, batch size, weight decay, gradient clipping (0 = off), a linear warm-up over the first
+``warmup_epochs`` (per step), then ReduceLROnPlateau on the dev loss, and early stopping on the dev
+per-waveform MAE. Loss is MSE in label space: over the samples for series models (label zero
+before P, magnitude + offset after), per waveform for scalar models (the catalogue magnitude
++ offset, never a window mean of the series label).
+
+Examples are windows ending at a drawn time (:mod:`seismag.training.windows`), normalised by the
+one preprocessing path (:func:`seismag.models.preprocess.model_inputs`). Splits are the dataset's
+event-based ``split`` column, so no event is in both train and test.
+
+Memory: a split is held in RAM (``load_all``) when it fits in ``cache_gb`` (default 2 GB, about
+27,000 traces of 3 x 6000 float32); otherwise traces are read on the fly with ``get_waveform``
+each batch (slower, constant memory). Dev windows are fixed (drawn once) so dev numbers compare
+across epochs.
+
+Checkpoints (``<out>/checkpoint/``, rewritten after every epoch): ``model.safetensors`` (via
+:func:`~seismag.models.weights.save_weights`, card included), ``optimizer.safetensors`` (optimizer
+state tensors) and ``state.json`` (epoch, scheduler, early-stopping counters, history, optimizer
+scalars). The best weights go to ``<out>/<model>.safetensors``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from seismag.models.card import ModelCard, get_card
+from seismag.training.evaluate import window_magnitudes
+from seismag.training.windows import make_batch, onset_sample, training_ends
+
+DEFAULT_EPOCHS = 100
+DEV_EPOCH = 2**31 - 1
+"""The (seed, epoch) stream the fixed dev windows are drawn from."""
+CHECKPOINT_FORMAT = 1
+MIN_IMPROVEMENT = 1e-4
+"""Dev MAE must drop by this much to count as an improvement for early stopping."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or resume as asked (the message says why)."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> CUDA when available, else CPU; an explicit CUDA request on a CPU host fails."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device {device!r} asked for, but CUDA is not available here")
+    return device
+
+
+@dataclass
+class SplitTraces:
+    """The usable traces of one split: metadata columns plus the waveforms (cached or lazy)."""
+
+    dataset: object
+    rows: np.ndarray  # positions in ``dataset``
+    p_samples: np.ndarray
+    magnitudes: np.ndarray
+    lengths: np.ndarray
+    cache: np.ndarray | None = None  # (len(rows), C, N) when held in RAM
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def traces(self, positions: np.ndarray) -> list[np.ndarray]:
+        if self.cache is not None:
+            return [self.cache[j] for j in positions]
+        return [np.asarray(self.dataset.get_waveform(int(self.rows[j]))) for j in positions]
+
+
+def load_split(
+    dataset,
+    name: str,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    cache_gb: float = 2.0,
+) -> SplitTraces:
+    """One split's traces that have a P pick and a magnitude; ``limit`` keeps a seeded subset.
+
+    When the traces fit in ``cache_gb`` they are read once into RAM (the whole split through the
+    dataset's ``load_all``, one read per HDF5 bucket; a subset trace by trace); otherwise they
+    stay on disk and every batch reads its traces with ``get_waveform``.
+    """
+    sub = dataset.split(name)
+    meta = sub.metadata
+    p = meta["trace_p_arrival_sample"].to_numpy(dtype=np.float64)
+    mag = meta["source_magnitude"].to_numpy(dtype=np.float64)
+    rows = np.flatnonzero(np.isfinite(p) & np.isfinite(mag) & (p >= 0))
+    subset = limit is not None and limit < len(rows)
+    if subset:
+        rng = np.random.default_rng([int(seed), 0x11A1])
+        rows = np.sort(rng.choice(rows, size=int(limit), replace=False))
+    if len(rows) == 0:
+        empty = np.zeros(0)
+        return SplitTraces(sub, rows, empty, empty, np.zeros(0, dtype=np.int64))
+    first = np.asarray(sub.get_waveform(int(rows[0])))
+    size_gb = len(rows) * first.size * 4 / 1e9
+    cache = None
+    if size_gb <= cache_gb:
+        if subset:
+            cache = np.stack([np.asarray(sub.get_waveform(int(i)), np.float32) for i in rows])
+        else:
+            sub.load_all()
+        lengths = np.array([sub.get_waveform(int(i)).shape[-1] for i in rows], dtype=np.int64)
+    elif "trace_npts" in meta:
+        lengths = meta["trace_npts"].to_numpy(dtype=np.int64)[rows]
+    else:  # streamed, length unknown until read: assume the first trace's, clip when cut
+        lengths = np.full(len(rows), first.shape[-1], dtype=np.int64)
+    keep = onset_sample(p[rows]) < lengths  # P must lie inside the trace
+    return SplitTraces(
+        dataset=sub,
+        rows=rows[keep],
+        p_samples=p[rows][keep],
+        magnitudes=mag[rows][keep],
+        lengths=lengths[keep],
+        cache=None if cache is None else cache[keep],
+    )
+
+
+def _batches(split: SplitTraces, order: np.ndarray, ends: np.ndarray, card: ModelCard, size: int):
+    for i in range(0, len(order), size):
+        pos = order[i : i + size]
+        traces = split.traces(pos)
+        # On-the-fly traces can be shorter than the metadata said: never cut past the data.
+        e = np.array(
+            [min(int(ends[j]), t.shape[-1]) for j, t in zip(pos, traces, strict=True)],
+            dtype=np.int64,
+        )
+        yield make_batch(traces, split.p_samples[pos], split.magnitudes[pos], e, card)
+
+
+# --- optimizer / scheduler state without pickle --------------------------------------------------
+
+
+def _save_optimizer(optimizer, path: Path) -> dict:
+    """Tensors of the optimizer state to safetensors; returns the JSON-able remainder."""
+    import torch
+    from safetensors.torch import save_file
+
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, float | int | bool | None]] = {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    save_file(tensors, str(path))
+    return {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(optimizer, path: Path, rest: dict, device: str) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path), device="cpu")
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, values in rest.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(values)
+    groups = []
+    for g in rest["param_groups"]:
+        g = dict(g)
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    for st in optimizer.state.values():  # load_state_dict casts to the params' device
+        for key, value in st.items():
+            if hasattr(value, "to") and key != "step":
+                st[key] = value.to(device)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a resumed run needs."""
+
+    epoch: int = 0  # epochs completed
+    global_step: int = 0
+    best_dev_mae: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: str | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, state: TrainState, config: dict):
+    from seismag.models.weights import save_weights
+
+    ckpt.mkdir(parents=True, exist_ok=True)
+    save_weights(model, ckpt / "model.safetensors.tmp", extra={"epoch": str(state.epoch)})
+    os.replace(ckpt / "model.safetensors.tmp", ckpt / "model.safetensors")
+    opt_rest = _save_optimizer(optimizer, ckpt / "optimizer.safetensors.tmp")
+    os.replace(ckpt / "optimizer.safetensors.tmp", ckpt / "optimizer.safetensors")
+    doc = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.card.name,
+        "config": config,
+        "state": state.__dict__,
+        "optimizer": opt_rest,
+        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "optimizer"},
+    }
+    # state.json is written last: it is the marker that the files above form one checkpoint.
+    _atomic_write_text(ckpt / "state.json", json.dumps(doc, indent=1))
+
+
+def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, device: str) -> TrainState:
+    from seismag.models.weights import WeightsError, load_weights
+
+    state_file = ckpt / "state.json"
+    if not state_file.is_file():
+        raise TrainingError(f"nothing to resume: {state_file} does not exist")
+    doc = json.loads(state_file.read_text(encoding="utf-8"))
+    if doc.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{state_file}: unknown checkpoint format {doc.get('format')!r}")
+    if doc.get("model") != model.card.name:
+        raise TrainingError(f"{ckpt} is a checkpoint of {doc.get('model')}, not {model.card.name}")
+    try:
+        load_weights(model, ckpt / "model.safetensors")
+    except WeightsError as exc:
+        raise TrainingError(str(exc)) from exc
+    model.to(device)
+    _load_optimizer(optimizer, ckpt / "optimizer.safetensors", doc["optimizer"], device)
+    scheduler.load_state_dict(doc["scheduler"])
+    return TrainState(**doc["state"])
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def _dev_pass(model, dev: SplitTraces, ends, card, batch_size, device) -> tuple[float, float]:
+    """(dev loss in label space, dev MAE per waveform in magnitude units)."""
+    import torch
+
+    model.eval()
+    losses, weights, abs_err = [], [], []
+    with torch.no_grad():
+        for b in _batches(dev, np.arange(len(dev)), ends, card, batch_size):
+            w = torch.from_numpy(b.waveform).to(device)
+            a = torch.from_numpy(b.log_amp).to(device)
+            y = torch.from_numpy(b.target).to(device)
+            out = model(w, a)
+            losses.append(float(torch.nn.functional.mse_loss(out, y)))
+            weights.append(len(b.onset))
+            mags = window_magnitudes(out.float().cpu().numpy(), card, b.onset)
+            abs_err.append(np.abs(mags - b.magnitude))
+    if not losses:
+        return math.nan, math.nan
+    return float(np.average(losses, weights=weights)), float(np.concatenate(abs_err).mean())
+
+
+def train(
+    model_name: str,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    max_minutes: float | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    resume: bool = False,
+    limit_train: int | None = None,
+    limit_dev: int | None = None,
+    threads: int | None = None,
+    cache_gb: float = 2.0,
+    progress: bool = True,
+    card_overrides: dict | None = None,
+) -> Path:
+    """Train ``model_name`` on ``data_dir``; returns the path of the best weights.
+
+    ``epochs`` is the total number of epochs (a resumed run continues up to it; default
+    ``DEFAULT_EPOCHS``, early stopping usually ends sooner). ``max_minutes`` is a wall-clock
+    budget: training stops after the epoch at which the next one would overrun it.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from seismag.models import build_model
+    from seismag.models.weights import save_weights
+    from seismag.training.dataset import WaveformDataset
+
+    card = dataclasses.replace(get_card(model_name), **(card_overrides or {}))
+    recipe = card.training
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not data_dir.exists():
+        raise TrainingError(f"data directory not found: {data_dir}")
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    total_epochs = DEFAULT_EPOCHS if epochs is None else int(epochs)
+    bs = int(batch_size or recipe.batch_size)
+    base_lr = float(lr or recipe.learning_rate)
+
+    ds = WaveformDataset(data_dir, component_order=card.component_order)
+    if ds.sampling_rate is None:
+        raise TrainingError(
+            f"{data_dir} mixes sampling rates; resample it to {card.sampling_rate} Hz"
+        )
+    if abs(float(ds.sampling_rate) - card.sampling_rate) > 1e-6:
+        raise TrainingError(
+            f"{data_dir} is sampled at {ds.sampling_rate} Hz; {card.name} needs "
+            f"{card.sampling_rate} Hz"
+        )
+    train_set = load_split(ds, "train", limit=limit_train, seed=seed, cache_gb=cache_gb)
+    dev_set = load_split(ds, "dev", limit=limit_dev, seed=seed, cache_gb=cache_gb)
+    if len(train_set) == 0:
+        raise TrainingError(f"{data_dir}: the train split holds no usable trace")
+    if len(dev_set) == 0:
+        raise TrainingError(f"{data_dir}: the dev split holds no usable trace")
+    dev_ends = training_ends(dev_set.p_samples, dev_set.lengths, card, seed=seed, epoch=DEV_EPOCH)
+
+    model = build_model(card).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_name = recipe.optimizer.lower()
+    if opt_name == "adam":
+        optimizer = torch.optim.Adam(params, lr=base_lr, weight_decay=recipe.weight_decay)
+    elif opt_name == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=base_lr, weight_decay=recipe.weight_decay)
+    else:
+        raise TrainingError(f"{card.name}: unknown optimizer {recipe.optimizer!r}")
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=recipe.plateau_factor, patience=recipe.plateau_patience
+    )
+    config = {
+        "model": card.name,
+        "data": str(data_dir),
+        "batch_size": bs,
+        "learning_rate": base_lr,
+        "seed": seed,
+        "limit_train": limit_train,
+        "recipe": card.to_dict()["training"],
+    }
+    ckpt = out_dir / "checkpoint"
+    best_path = out_dir / f"{card.name}.safetensors"
+    state = TrainState()
+    if resume:
+        state = _load_checkpoint(ckpt, model, optimizer, scheduler, device)
+        state.stopped = None  # a new budget / epoch target applies to the resumed run
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    steps_per_epoch = math.ceil(len(train_set) / bs)
+    warmup_steps = recipe.warmup_epochs * steps_per_epoch
+    started = time.monotonic()
+    epoch_seconds: list[float] = []
+    loss_fn = torch.nn.functional.mse_loss
+
+    while state.epoch < total_epochs:
+        if state.bad_epochs >= recipe.early_stopping_patience:
+            state.stopped = "early_stopping"
+            break
+        epoch = state.epoch
+        t0 = time.monotonic()
+        model.train()
+        ends = training_ends(train_set.p_samples, train_set.lengths, card, seed=seed, epoch=epoch)
+        order = np.random.default_rng([int(seed), int(epoch), 0x0D0E]).permutation(len(train_set))
+        running, seen = 0.0, 0
+        bar = tqdm(
+            _batches(train_set, order, ends, card, bs),
+            total=steps_per_epoch,
+            desc=f"{card.name} epoch {epoch + 1}/{total_epochs}",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
+        for b in bar:
+            if state.global_step < warmup_steps:
+                for g in optimizer.param_groups:
+                    g["lr"] = base_lr * (state.global_step + 1) / warmup_steps
+            w = torch.from_numpy(b.waveform).to(device)
+            a = torch.from_numpy(b.log_amp).to(device)
+            y = torch.from_numpy(b.target).to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(w, a), y)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{card.name}: non-finite loss at epoch {epoch + 1}")
+            loss.backward()
+            if recipe.gradient_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, recipe.gradient_clip)
+            optimizer.step()
+            state.global_step += 1
+            running += loss.item() * len(b.onset)
+            seen += len(b.onset)
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+        bar.close()
+
+        dev_loss, dev_mae = _dev_pass(model, dev_set, dev_ends, card, bs, device)
+        if epoch + 1 > recipe.warmup_epochs:  # the plateau schedule starts after warm-up
+            scheduler.step(dev_loss)
+        improved = dev_mae < state.best_dev_mae - MIN_IMPROVEMENT
+        if improved:
+            state.best_dev_mae, state.best_epoch, state.bad_epochs = dev_mae, epoch + 1, 0
+            save_weights(
+                model,
+                best_path,
+                extra={"epoch": str(epoch + 1), "dev_mae": f"{dev_mae:.6f}", "data": str(data_dir)},
+            )
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch + 1
+        epoch_seconds.append(time.monotonic() - t0)
+        state.history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": running / max(seen, 1),
+                "dev_loss": dev_loss,
+                "dev_mae": dev_mae,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(epoch_seconds[-1], 2),
+                "best": improved,
+            }
+        )
+        if progress:
+            tqdm.write(
+                f"{card.name} epoch {epoch + 1}: train loss {running / max(seen, 1):.4f}  "
+                f"dev loss {dev_loss:.4f}  dev MAE {dev_mae:.3f}  "
+                f"lr {optimizer.param_groups[0]['lr']:.2e}{'  *' if improved else ''}"
+            )
+        if max_minutes is not None:
+            elapsed = time.monotonic() - started
+            if elapsed + float(np.mean(epoch_seconds)) > max_minutes * 60:
+                state.stopped = "time_budget"
+        _save_checkpoint(ckpt, model, optimizer, scheduler, state, config)
+        if state.stopped:
+            break
+    else:
+        state.stopped = state.stopped or "epochs"
+    _atomic_write_text(
+        out_dir / "history.json",
+        json.dumps({"config": config, "state": state.__dict__}, indent=1),
+    )
+    if not best_path.is_file():  # e.g. resumed past the end with no best saved: keep the latest
+        save_weights(model, best_path, extra={"epoch": str(state.epoch)})
+    return best_path
