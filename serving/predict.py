@@ -47,6 +47,10 @@ MIN_DATA_SECONDS = 1.0
 """Less than this is mostly padding: the model would be reading the left-pad, not the data."""
 MIN_AFTER_ONSET_SECONDS = 2.0
 """Aggregating a series over fewer post-P samples is dominated by the onset's transient."""
+MAX_ONSET_AGE = 0.95
+"""Fraction of a window after which an onset is too old: training windows hold P at 5-95% of the
+window (or end 1-20 s after it), so a window whose P has slid further out is one the model never
+saw. No value is produced for it; a later onset (the next event) starts values again."""
 MAX_WINDOWS = 4096
 """Windows per request (~150 MB of float32 inputs at 3 x 3001); more is Overloaded."""
 
@@ -177,9 +181,14 @@ class StationTrack:
         i = self.n - 1
         onset, source = None, "none"
         in_window = 0
-        if self.card.output == "series":
+        if self.card.output == "series" or self.pick is not None:
             onset, source = self.onset()
             if onset is None:
+                if self.card.output == "series":
+                    return None
+                source = "none"
+        if onset is not None:
+            if i + 1 - onset > MAX_ONSET_AGE * self.card.in_samples:
                 return None
             in_window = max(0, onset - (i + 1 - self.card.in_samples))
         window = self._window

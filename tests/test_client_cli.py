@@ -99,3 +99,15 @@ def test_plot_writes_a_png(server, event, tmp_path):
     out = tmp_path / "rjob.png"
     assert main(["plot", path, "--server", server, "--pick", pick, "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_value_once_p_is_older_than_the_trained_windows(server, event):
+    # Training windows hold P at 5-95% of the window: a window whose P slid further out was
+    # never seen in training, so the series stops there instead of extrapolating.
+    st, _, _ = event
+    pick = st[0].stats.starttime + 0.5
+    with SeismagClient(server) as client:
+        (r,) = client.predict(st, p_picks={"BW.RJOB": pick})
+    last = r.series.stats.starttime + (len(r.series.data) - 1) * r.series.stats.delta
+    assert last <= pick + 0.95 * 30.01
+    assert last < st[0].stats.endtime
