@@ -129,32 +129,13 @@ def _runner(runtime: str, model, paths: dict[str, Path], threads: int, batch: in
 
 def _tensorrt_runner(onnx_path: Path, wave: np.ndarray, amp: np.ndarray):
     """Build an fp32 engine once and time execute_async_v3 (inputs already on the GPU)."""
-    from seismag.export.tensorrt import build_engine, require_tensorrt
+    from seismag.export.tensorrt import build_engine, engine_runner, require_tensorrt
 
-    trt = require_tensorrt()  # raises TensorRTUnavailable with the reason on CPU-only hosts
-    import torch
-
+    require_tensorrt()  # raises TensorRTUnavailable with the reason on CPU-only hosts
     plan = onnx_path.with_suffix(".fp32.plan")
     if not plan.exists():
         build_engine(onnx_path, plan, precision="fp32")
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
-    context = engine.create_execution_context()
-    tensors = {"waveform": torch.from_numpy(wave).cuda(), "log_amp": torch.from_numpy(amp).cuda()}
-    for name, t in tensors.items():
-        context.set_input_shape(name, tuple(t.shape))
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-            shape = tuple(context.get_tensor_shape(name))
-            tensors[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
-    for name, t in tensors.items():
-        context.set_tensor_address(name, t.data_ptr())
-    stream = torch.cuda.current_stream()
-
-    def run():
-        context.execute_async_v3(stream.cuda_stream)
-        stream.synchronize()
-
+    run, _ = engine_runner(plan, {"waveform": wave, "log_amp": amp})
     return run
 
 

@@ -99,16 +99,19 @@ def read_stationxml(data: bytes) -> Inventory:
     return inventory
 
 
-def trace_from_array(
+def checked_samples(
     network: str,
     station: str,
     location: str,
     channel: str,
     sampling_rate: float,
-    starttime: UTCDateTime,
-    samples: np.ndarray,
-) -> Trace:
-    """A raw-sample chunk from a client -> a checked Trace (float64 copy of the samples)."""
+    samples,
+    dtype=np.float64,
+) -> tuple[str, float, np.ndarray]:
+    """The checks every raw chunk passes: codes, a possible rate, numeric finite samples.
+
+    Returns the channel id, the rate and a float64 copy of the samples read as ``dtype``.
+    """
     sid = f"{network}.{station}.{location}.{channel}"
     if not station or not channel:
         raise InvalidInput(f"{sid}: station and channel codes are required")
@@ -119,13 +122,27 @@ def trace_from_array(
             f"{MAX_SAMPLING_RATE:g})"
         )
     try:
-        data = np.array(samples, dtype=np.float64).reshape(-1)
+        data = np.asarray(samples, dtype=dtype).astype(np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{sid}: samples are not numeric: {exc}") from None
     if data.size == 0:
         raise InvalidInput(f"{sid}: no samples")
-    if not np.all(np.isfinite(data)):
+    if not np.isfinite(data).all():
         raise InvalidInput(f"{sid}: contains NaN or Inf samples")
+    return sid, rate, data
+
+
+def trace_from_array(
+    network: str,
+    station: str,
+    location: str,
+    channel: str,
+    sampling_rate: float,
+    starttime: UTCDateTime,
+    samples: np.ndarray,
+) -> Trace:
+    """A raw-sample chunk from a client -> a checked Trace (float64 copy of the samples)."""
+    _, rate, data = checked_samples(network, station, location, channel, sampling_rate, samples)
     header = {
         "network": network,
         "station": station,

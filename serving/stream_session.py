@@ -50,7 +50,12 @@ from obspy import Inventory, Stream, Trace, UTCDateTime
 
 from seismag.models.preprocess import COMPONENT_ALIASES, PreprocessError, stream_to_array
 from seismag.serving.errors import InvalidInput, NotReady, Overloaded, ServingError
-from seismag.serving.ingest import MAX_SAMPLING_RATE, remove_sensitivity, trace_from_array
+from seismag.serving.ingest import (
+    MAX_SAMPLING_RATE,
+    checked_samples,
+    remove_sensitivity,
+    trace_from_array,
+)
 from seismag.serving.predict import (
     Evaluation,
     StationTrack,
@@ -243,12 +248,7 @@ class StreamSession:
         """
         traces = [stream] if isinstance(stream, Trace) else list(stream)
         with self._lock:
-            self._check_open()
-            if self.stats.dropped_updates:
-                raise Overloaded(
-                    f"{self.stats.dropped_updates} updates were dropped: the client is not "
-                    "reading them fast enough"
-                )
+            self._admit()
             if self.inventory is not None and traces:
                 traces = list(remove_sensitivity(Stream(traces), self.inventory))
             touched: dict[tuple[str, str, str], _Station] = {}
@@ -259,6 +259,15 @@ class StreamSession:
             self.stats.packets += len(traces)
             for st in touched.values():
                 self._advance(st, final=False)
+
+    def _admit(self) -> None:
+        """Refuse new packets once closed, or once updates were dropped for a slow reader."""
+        self._check_open()
+        if self.stats.dropped_updates:
+            raise Overloaded(
+                f"{self.stats.dropped_updates} updates were dropped: the client is not "
+                "reading them fast enough"
+            )
 
     def add_raw(
         self,
@@ -292,30 +301,12 @@ class StreamSession:
                 )
             )
             return
-        if not station or not channel:
-            raise InvalidInput(f"{sid}: station and channel codes are required")
-        rate = float(sampling_rate)
-        if not math.isfinite(rate) or not 0 < rate <= MAX_SAMPLING_RATE:
-            raise InvalidInput(
-                f"{sid}: impossible sampling rate {sampling_rate} Hz (0 < rate <= "
-                f"{MAX_SAMPLING_RATE:g})"
-            )
-        try:
-            data = np.asarray(samples, dtype=np.float32).astype(np.float64).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"{sid}: samples are not numeric: {exc}") from None
-        if data.size == 0:
-            raise InvalidInput(f"{sid}: no samples")
-        if not np.isfinite(data).all():
-            raise InvalidInput(f"{sid}: contains NaN or Inf samples")
+        _, rate, data = checked_samples(
+            network, station, location, channel, sampling_rate, samples, dtype=np.float32
+        )
         start = round(float(starttime) * 1e9) / 1e9  # UTCDateTime(t).timestamp, exactly
         with self._lock:
-            self._check_open()
-            if self.stats.dropped_updates:
-                raise Overloaded(
-                    f"{self.stats.dropped_updates} updates were dropped: the client is not "
-                    "reading them fast enough"
-                )
+            self._admit()
             st = self._ingest_values(network, station, location, channel, rate, start, data)
             self.stats.packets += 1
             if st is not None:
