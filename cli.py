@@ -69,10 +69,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
+        from seismag.serving.runtime import default_workers
         from seismag.serving.server import serve_forever
     except ImportError as exc:
         print(f"seismag: error: serving needs grpcio and onnxruntime ({exc})", file=sys.stderr)
         return 2
+    for flag, value in (("--threads", args.threads), ("--workers", args.workers)):
+        if value is not None and value < 1:
+            print(f"seismag: error: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
     if (args.tls_cert is None) != (args.tls_key is None):
         print("seismag: error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -95,6 +100,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         args.models,
         args.default,
         threads=args.threads,
+        workers=args.workers or default_workers(args.threads),
         max_batch=args.max_batch,
         max_queue_delay_ms=args.max_queue_delay_ms,
         grace=args.grace,
@@ -162,7 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default", metavar="NAME", help="model for requests naming none")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 = all)")
     p.add_argument("--port", type=int, default=8500, help="gRPC port (0 = any free port)")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per model")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per model run")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="model runs in parallel per model (default: usable cores / --threads, at most 4)",
+    )
     p.add_argument("--max-batch", type=int, default=64, help="dynamic batcher's largest batch")
     p.add_argument(
         "--max-queue-delay-ms",

@@ -86,13 +86,16 @@ def model_capacity(
     limit_ms: float = 250.0,
     tolerance: float = 0.1,
     threads: int = 1,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Capacity of one model on a spawned server of its own (``onnx_path`` None = embedded)."""
     from seismag.benchmarks.feeds import FeedConfig, run_stream
     from seismag.benchmarks.target import ServerOptions, open_target
 
-    options = ServerOptions(models=[onnx_path] if onnx_path else [], threads=threads)
+    options = ServerOptions(
+        models=[onnx_path] if onnx_path else [], threads=threads, workers=workers
+    )
     with open_target("spawn", options=options) as target:
 
         def probe(n: int) -> dict:

@@ -51,6 +51,7 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--models-path", nargs="+", type=Path, help="ONNX files the server loads")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (started server)")
+    p.add_argument("--workers", type=int, help="parallel model runs (default: as seismag serve)")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
 
@@ -68,6 +69,12 @@ def _feed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=10, help="seconds left out of the statistics")
     p.add_argument("--aligned", action="store_true", help="all stations send at the same instant")
     p.add_argument("--limit-ms", type=float, default=250.0, help="p99 update latency limit")
+    p.add_argument(
+        "--batch-ms",
+        type=float,
+        default=0.0,
+        help="packets due within this many ms share one message (default 0: one per station)",
+    )
 
 
 def _mode(args: argparse.Namespace) -> str:
@@ -82,6 +89,7 @@ def _options(args: argparse.Namespace):
     return ServerOptions(
         models=list(args.models_path or []),
         threads=args.threads,
+        workers=args.workers,
         max_batch=args.max_batch,
         max_queue_delay_ms=args.max_queue_delay_ms,
     )
@@ -139,6 +147,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         warmup_s=args.warmup,
         spread=not args.aligned,
         limit_ms=args.limit_ms,
+        batch_ms=args.batch_ms,
     )
     with open_target(_mode(args), server=args.server, options=_options(args)) as target:
         progress(f"target: {target.description} at {target.address}")
@@ -207,6 +216,7 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
             limit_ms=args.limit_ms,
             tolerance=args.tolerance,
             threads=args.threads,
+            workers=args.workers,
             progress=progress,
         )
         results.append(r)
@@ -275,5 +285,6 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-ms", type=float, default=250.0)
     p.add_argument("--tolerance", type=float, default=0.1, help="relative bracket to stop at")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the server")
+    p.add_argument("--workers", type=int, help="parallel model runs (default: as seismag serve)")
     p.add_argument("--exports", type=Path, default=DEFAULT_EXPORTS, help="ONNX export cache")
     p.set_defaults(func=_cmd_capacity)

@@ -5,12 +5,13 @@ runs) under its own station code, with a P pick 5 s in. Station ``i`` starts ``i
 first (``spread``), as independent digitisers do, so packets arrive evenly through each second;
 ``aligned`` sends every station's packet at the same instant, a burst no real network produces.
 
-Packet ``k`` of a station (its samples k s to k+1 s) is sent when that second has passed, as a
-raw chunk per component. **Update latency** is the time an update arrives minus the wall time the
-packet completing its window was sent. A run passes when the p99 over the measured seconds (after
-``warmup_s``, while stations start and the first onsets are reached) is within the limit, at least
-99% of the expected updates arrived (the server coalesces a station's windows when it falls
-behind, so missing updates mean falling behind), and the sender itself kept pace.
+Packet ``k`` of a station (its samples k s to k+1 s) is sent when that second has passed, as one
+message holding a raw chunk per component (``raw_chunks``). **Update latency** is the time an
+update arrives minus the wall time the packet completing its window was sent. A run passes when the
+p99 over the measured seconds (after ``warmup_s``, while stations start and the first onsets are
+reached) is within the limit, at least 99% of the expected updates arrived (the server coalesces a
+station's windows when it falls behind, so missing updates mean falling behind), and the sender
+itself kept pace.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class FeedConfig:
     warmup_s: int = 10
     spread: bool = True
     limit_ms: float = 250.0
+    batch_ms: float = 0.0
+    """Packets falling due within this many ms share one message (0: one per station-second)."""
 
     def n_calls(self) -> int:
         n = self.calls or math.ceil(self.stations / 250)
@@ -104,49 +107,62 @@ class _Run:
         for i in stations:
             t = self.start_of(i) + PICK_SECONDS
             yield pb.StreamRequest(pick=pb.PPick(station_id=f"SB.{self.codes[i]}", time=t))
+        pending: list[pb.RawTrace] = []
+        first_due = 0.0
         for k in range(cfg.seconds):
             for i in stations:
                 due = self.t0 + self.phase[i] + k + 1
+                if pending and due - first_due >= cfg.batch_ms / 1e3:
+                    yield pb.StreamRequest(raw_chunks=pb.RawTraces(traces=pending))
+                    pending = []
                 wait = due - time.perf_counter()
                 if wait > 0.0005:
                     time.sleep(wait)
                 now = time.perf_counter()
                 self.lag_max = max(self.lag_max, now - due)
-                self.sent[i, k] = now
+                self.sent[i, k] = now  # latency counts from here, batching delay included
+                if not pending:
+                    first_due = due
                 start = self.start_of(i) + k
-                for c, channel in enumerate(pk.channels):
-                    yield pb.StreamRequest(
-                        raw_chunk=pb.RawTrace(
-                            network="SB",
-                            station=self.codes[i],
-                            channel=channel,
-                            sampling_rate=pk.rate,
-                            starttime=start,
-                            samples=pk.samples(c, k),
-                        )
+                pending += [
+                    pb.RawTrace(
+                        network="SB",
+                        station=self.codes[i],
+                        channel=channel,
+                        sampling_rate=pk.rate,
+                        starttime=start,
+                        samples=pk.samples(c, k),
                     )
+                    for c, channel in enumerate(pk.channels)
+                ]
+        if pending:
+            yield pb.StreamRequest(raw_chunks=pb.RawTraces(traces=pending))
 
     def receive(self, call) -> None:
-        per = self.packets.per
         try:
-            for u in call:
+            for message in call:
                 now = time.perf_counter()
-                i = self.index.get(u.station)
-                if i is None:
-                    continue
-                sample = round((u.time - self.start_of(i)) * self.packets.rate)
-                if (sample + 1) % per:
-                    continue  # not at a packet boundary (cannot happen with whole-second hops)
-                k = (sample + 1) // per - 1
-                if not 0 <= k < self.cfg.seconds or math.isnan(self.sent[i, k]):
-                    continue
-                t = u.timings
-                with self.lock:
-                    self.received[i, k] = True
-                    self.latency.append((k, (now - self.sent[i, k]) * 1e3))
-                    self.server.append((t.queue_ms, t.compute_ms, t.preprocess_ms))
+                self.on_updates(message.updates, now)
         except grpc.RpcError as exc:
             self.errors.append(f"{exc.code().name}: {exc.details()}"[:200])
+
+    def on_updates(self, updates, now: float) -> None:
+        per = self.packets.per
+        for u in updates:
+            i = self.index.get(u.station)
+            if i is None:
+                continue
+            sample = round((u.time - self.start_of(i)) * self.packets.rate)
+            if (sample + 1) % per:
+                continue  # not at a packet boundary (cannot happen with whole-second hops)
+            k = (sample + 1) // per - 1
+            if not 0 <= k < self.cfg.seconds or math.isnan(self.sent[i, k]):
+                continue
+            t = u.timings
+            with self.lock:
+                self.received[i, k] = True
+                self.latency.append((k, (now - self.sent[i, k]) * 1e3))
+                self.server.append((t.queue_ms, t.compute_ms, t.preprocess_ms))
 
     def report_progress(self, stop: threading.Event) -> None:
         last = 0

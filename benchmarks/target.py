@@ -33,14 +33,21 @@ class ServerOptions:
     models: list[Path] = field(default_factory=list)
     """ONNX files; empty = the model embedded in the package."""
     threads: int = 1
+    workers: int | None = None
+    """Parallel model runs; None = ``seismag serve``'s default (usable cores / threads)."""
     max_batch: int = 64
     max_queue_delay_ms: float = 2.0
+
+    def resolved_workers(self) -> int:
+        from seismag.serving.runtime import default_workers
+
+        return self.workers or default_workers(self.threads)
 
     def describe(self) -> str:
         names = ", ".join(p.stem for p in self.models) or "embedded PhaseNetMag"
         return (
-            f"{names}; --threads {self.threads} --max-batch {self.max_batch} "
-            f"--max-queue-delay-ms {self.max_queue_delay_ms:g}"
+            f"{names}; --threads {self.threads} --workers {self.resolved_workers()} "
+            f"--max-batch {self.max_batch} --max-queue-delay-ms {self.max_queue_delay_ms:g}"
         )
 
 
@@ -78,6 +85,7 @@ def _in_process(options: ServerOptions) -> Iterator[Target]:
     registry = ModelRegistry.from_paths(
         paths,
         threads=options.threads,
+        workers=options.resolved_workers(),
         max_batch=options.max_batch,
         max_queue_delay_ms=options.max_queue_delay_ms,
     )
@@ -94,7 +102,8 @@ def _in_process(options: ServerOptions) -> Iterator[Target]:
 @contextmanager
 def _spawned(options: ServerOptions, timeout: float = 120.0) -> Iterator[Target]:
     cmd = [sys.executable, "-m", "seismag", "serve", "--port", "0", "--threads"]
-    cmd += [str(options.threads), "--max-batch", str(options.max_batch)]
+    cmd += [str(options.threads), "--workers", str(options.resolved_workers())]
+    cmd += ["--max-batch", str(options.max_batch)]
     cmd += ["--max-queue-delay-ms", str(options.max_queue_delay_ms)]
     if options.models:
         cmd += ["--models", *map(str, options.models)]

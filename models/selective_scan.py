@@ -33,6 +33,11 @@ whatever Q is; the carry costs ~ batch * d_inner * d_state * T^2, so Q trades gr
 14 nodes per step) against the carry. Measured on CPU at b=32, d=32, n=16, L=751 (T = 24 at
 Q = 32): Q = 32 is about as fast as the reference loop, Q = 64 about 2x faster, Q = 16 2.5x slower.
 
+``impl="kernel"`` is the same recurrence compiled by numba, with its own backward pass
+(:mod:`seismag.models.scan_kernel`): several times faster on CPU, for training above all. An
+``impl="chunked"`` call on CPU tensors uses it too whenever numba imports (set
+``SEISMAG_SCAN_KERNEL=0`` to keep the standard-op path); ONNX export always traces the op.
+
 Everything is computed in float32 with autocast disabled; the result is cast back to u's dtype.
 Keep this the single call site of the scan in :class:`seismag.models.mamba.Mamba`, so it can later
 be swapped for a custom ONNX op.
@@ -40,10 +45,19 @@ be swapped for a custom ONNX op.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
-IMPLS = ("chunked", "reference")
+from seismag.models import scan_kernel
+
+IMPLS = ("chunked", "reference", "kernel")
+
+
+def kernel_enabled() -> bool:
+    """Whether CPU ``chunked`` scans run through the compiled kernel in this process."""
+    return os.environ.get("SEISMAG_SCAN_KERNEL", "1") != "0" and scan_kernel.kernel_available()
 
 
 def selective_scan(
@@ -93,7 +107,12 @@ def _scan(u, delta, A, B, C, D, z, impl: str, chunk: int) -> torch.Tensor:
     # The recurrence compounds rounding over L steps: keep it in fp32 even under autocast.
     with torch.autocast(device_type=u.device.type, enabled=False):
         u, delta, A, B, C, D = (t.float() for t in (u, delta, A, B, C, D))
-        if impl == "reference":
+        on_cpu = u.device.type == "cpu"
+        if impl == "kernel" or (impl == "chunked" and on_cpu and kernel_enabled()):
+            if not on_cpu:
+                raise ValueError("impl='kernel' runs on CPU tensors only")
+            y = scan_kernel.kernel_scan(u, delta, A, B, C)
+        elif impl == "reference":
             y = _scan_reference(u, delta, A, B, C)
         else:
             y = _scan_chunked(u, delta, A, B, C, chunk)

@@ -1,10 +1,17 @@
 """Dynamic batching: many small requests -> few model runs, Triton-style.
 
-One worker thread owns the model call. Submissions (``k`` windows each) wait in a bounded queue;
-the worker takes the oldest, then keeps collecting until it has ``max_batch`` rows or
-``max_queue_delay_ms`` has passed since that oldest submission arrived, and runs them as one
-batch. A submission larger than ``max_batch`` is split across batches and its future resolves
-when its last rows are done. Model errors go to the futures of the rows in the failing batch.
+Worker threads (``workers``, default 1) own the model calls. Submissions (``k`` windows each)
+wait in a bounded queue; a free worker takes the oldest, then keeps collecting until it has
+``max_batch`` rows or ``max_queue_delay_ms`` has passed since that oldest submission arrived,
+and runs them as one batch. A submission larger than ``max_batch`` is split across batches and
+its future resolves when its last rows are done. Model errors go to the futures of the rows in
+the failing batch.
+
+Several workers: ONNX Runtime releases the GIL and a session may be run from several threads at
+once, so with ``workers=2`` one batch is prepared and run while the previous one still computes.
+On a small CPU that is a better use of the cores than one run split across intra-op threads:
+single-threaded convolutions over a few channels do not spin-wait or synchronise, and the
+preparation (NumPy/SciPy, GIL released in the heavy parts) overlaps the other worker's run.
 
 Idle dispatch: a caller that knows it is about to submit (a Predict request, from the moment it
 starts preprocessing) takes a :meth:`DynamicBatcher.expect` ticket and submits with it. When the
@@ -16,6 +23,12 @@ idle server that wait was pure latency (2 ms of a 5 ms request). Submissions wit
 Raw windows: :meth:`DynamicBatcher.submit_raw` queues un-normalised windows; the worker turns
 all raw rows of a batch into model inputs with one ``prepare`` call (streams use this, so the
 windows due in the same hop share one vectorised normalisation). Their timings add ``prepare``.
+
+Owners instead of futures: a stream submits thousands of one-window jobs a second, and a Future
+per window (with its lock, condition and callback, each taking the stream's lock) costs more
+than the window's share of the model. :meth:`DynamicBatcher.submit_raw` therefore also takes an
+``owner`` (see :class:`Owner`) and a ``tag``: the worker hands each owner all of its finished
+rows of a batch in ONE ``on_rows`` call, and drops queued jobs of an owner that has closed.
 
 Metrics hook: pass ``on_batch(model_name, batch_rows, queue_ms, compute_ms)`` (or set the
 ``on_batch`` attribute later). It is called in the worker thread after every model run;
@@ -33,6 +46,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -58,8 +72,22 @@ class BatcherStats:
     max_batch_rows: int
 
 
+class Owner(Protocol):
+    """Receives the results of its jobs batch by batch (see "Owners instead of futures")."""
+
+    closed: bool
+    """Once True, the owner's queued jobs are dropped unrun."""
+
+    def on_rows(self, results: list[tuple[object, np.ndarray, dict[str, float]]]) -> None:
+        """``(tag, rows_out, timings)`` for every job of this owner finished in one batch."""
+
+    def on_error(self, tags: list[object], exc: BaseException) -> None:
+        """The model failed (or the batcher shut down) for the jobs with these tags."""
+
+
 class _Job:
-    """One submission: its inputs, its future, and how far the worker has got through it."""
+    """One submission: its inputs, its future (or owner and tag), and how far the worker has
+    got through it."""
 
     __slots__ = (
         "compute_ms",
@@ -68,10 +96,12 @@ class _Job:
         "future",
         "log_amp",
         "out",
+        "owner",
         "prepare_ms",
         "raw",
         "started",
         "t_submit",
+        "tag",
         "waveform",
     )
 
@@ -79,9 +109,11 @@ class _Job:
         self,
         waveform: np.ndarray,
         log_amp: np.ndarray | None,
-        future: Future,
+        future: Future | None,
         eager: bool = False,
         raw: bool = False,
+        owner: Owner | None = None,
+        tag: object = None,
     ) -> None:
         self.eager = eager  # submitted with a ticket: may run without waiting when alone
         self.raw = raw  # waveform holds raw windows; the batcher's ``prepare`` normalises them
@@ -89,6 +121,8 @@ class _Job:
         self.waveform = waveform
         self.log_amp = log_amp
         self.future = future
+        self.owner = owner
+        self.tag = tag
         self.t_submit = time.perf_counter()
         self.started = 0  # rows handed to a batch so far
         self.done_rows = 0  # rows whose output is back
@@ -98,6 +132,18 @@ class _Job:
     @property
     def rows(self) -> int:
         return self.waveform.shape[0]
+
+    def failed(self) -> bool:
+        """An earlier part failed, or the caller gave up: the rest need not run."""
+        if self.owner is not None:
+            return self.owner.closed
+        return self.future.done()
+
+    def start(self) -> bool:
+        """Mark the job running; False when it was cancelled before it ran."""
+        if self.owner is not None:
+            return not self.owner.closed
+        return self.future.set_running_or_notify_cancel()
 
 
 class Ticket:
@@ -126,7 +172,7 @@ class Ticket:
 
 
 class DynamicBatcher:
-    """Groups queued submissions into model batches in one worker thread.
+    """Groups queued submissions into model batches, run by ``workers`` threads.
 
     ``run_fn(waveform (B, C, N), log_amp (B, 1)) -> (B, ...)`` is the model call. ``max_queue``
     bounds the number of rows waiting (memory): a submission that does not fit raises
@@ -143,7 +189,10 @@ class DynamicBatcher:
         name: str = "",
         on_batch: OnBatch | None = None,
         prepare: PrepareFn | None = None,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_queue < 1:
@@ -170,10 +219,16 @@ class DynamicBatcher:
         self._compute_ms = 0.0
         self._max_rows = 0
         self._tickets = 0  # callers preparing a submission (Ticket objects not yet spent)
-        self._thread = threading.Thread(
-            target=self._work, name=f"batcher-{name or id(self)}", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"batcher-{name or id(self)}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def workers(self) -> int:
+        return len(self._threads)
 
     def expect(self) -> Ticket:
         """A ticket for a submission this caller is preparing (see "Idle dispatch")."""
@@ -201,31 +256,44 @@ class DynamicBatcher:
             if ticket is not None:
                 ticket.release()  # a no-op once _submit has spent it
 
-    def submit_raw(self, windows: np.ndarray) -> Future:
+    def submit_raw(
+        self, windows: np.ndarray, *, owner: Owner | None = None, tag: object = None
+    ) -> Future | None:
         """Queue ``k`` raw windows that ``prepare`` turns into model inputs in the worker.
 
         All raw rows of a batch are prepared in one call, so per-window preprocessing costs
         (Python overhead, filter set-up) are paid once per batch. The timings also carry
-        ``prepare`` (this job's share of the batch's preparation, ms).
+        ``prepare`` (this job's share of the batch's preparation, ms). With an ``owner`` the
+        result goes to ``owner.on_rows`` under ``tag`` and nothing is returned; otherwise a
+        future, as :meth:`submit`.
         """
         if self.prepare is None:
             raise ValueError("this batcher has no prepare function for raw windows")
-        return self._submit(windows, None, None)
+        return self._submit(windows, None, None, owner, tag)
 
     def _submit(
-        self, waveform: np.ndarray, log_amp: np.ndarray | None, ticket: Ticket | None
-    ) -> Future:
+        self,
+        waveform: np.ndarray,
+        log_amp: np.ndarray | None,
+        ticket: Ticket | None,
+        owner: Owner | None = None,
+        tag: object = None,
+    ) -> Future | None:
         raw = log_amp is None
         if waveform.ndim < 1 or (not raw and waveform.shape[0] != log_amp.shape[0]):
             raise ValueError(
                 f"waveform and log_amp disagree on the batch size: {waveform.shape} vs "
                 f"{log_amp.shape}"
             )
-        future: Future = Future()
+        future: Future | None = None if owner is not None else Future()
         k = waveform.shape[0]
         if k == 0:
+            empty = (np.zeros((0,)), {"queue": 0.0, "compute": 0.0})
+            if owner is not None:
+                owner.on_rows([(tag, *empty)])
+                return None
             future.set_running_or_notify_cancel()
-            future.set_result((np.zeros((0,)), {"queue": 0.0, "compute": 0.0}))
+            future.set_result(empty)
             return future
         with self._cond:
             if self._closed:
@@ -239,7 +307,7 @@ class DynamicBatcher:
             if eager:  # spend it under the same lock, so the worker never sees it half-done
                 ticket.spent = True
                 self._tickets -= 1
-            self._jobs.append(_Job(waveform, log_amp, future, eager, raw))
+            self._jobs.append(_Job(waveform, log_amp, future, eager, raw, owner, tag))
             self._queued_rows += k
             self._cond.notify()
         return future
@@ -259,18 +327,24 @@ class DynamicBatcher:
     def close(self, *, drain: bool = True, timeout: float | None = 10.0) -> None:
         """Stop taking work; run what is queued (``drain``) or fail it with NotReady."""
         with self._cond:
-            if self._closed and not self._thread.is_alive():
+            if self._closed and not any(t.is_alive() for t in self._threads):
                 return
             self._closed = True
+            dropped: list[_Job] = []
             if not drain:
                 while self._jobs:
                     job = self._jobs.popleft()
                     self._queued_rows -= job.rows - job.started
-                    if not job.future.cancel() and not job.future.done():
+                    if job.owner is not None:
+                        dropped.append(job)
+                    elif not job.future.cancel() and not job.future.done():
                         job.future.set_exception(NotReady(f"model {self.name!r} shut down"))
             self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        self._tell_owners(dropped, NotReady(f"model {self.name!r} shut down"))
+        end = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(None if end is None else max(end - time.monotonic(), 0.0))
 
     # -- worker ---------------------------------------------------------------------------
 
@@ -293,11 +367,11 @@ class DynamicBatcher:
             room = self.max_batch
             while self._jobs and room > 0:
                 job = self._jobs[0]
-                if job.started > 0 and job.future.done():
+                if job.started > 0 and job.failed():
                     self._jobs.popleft()  # an earlier part failed: skip the rest
                     self._queued_rows -= job.rows - job.started
                     continue
-                if job.started == 0 and not job.future.set_running_or_notify_cancel():
+                if job.started == 0 and not job.start():
                     self._jobs.popleft()  # cancelled by the caller before it ran
                     self._queued_rows -= job.rows
                     continue
@@ -345,9 +419,13 @@ class DynamicBatcher:
             compute_ms = (time.perf_counter() - t0) * 1e3
             with self._cond:
                 self._errors += 1
+            owned = []
             for job, _, _ in taken:
-                if not job.future.done():
+                if job.owner is not None:
+                    owned.append(job)
+                elif not job.future.done():
                     job.future.set_exception(exc)
+            self._tell_owners(owned, exc)
             self._account(rows, queue_ms, compute_ms)
             if not isinstance(exc, Exception):
                 raise
@@ -356,8 +434,9 @@ class DynamicBatcher:
         self._account(rows, queue_ms, compute_ms)
         at = 0
         t_end = time.perf_counter()
+        finished: dict[int, tuple[Owner, list]] = {}  # id(owner) -> (owner, results)
         for job, first, n in taken:
-            if job.future.done():  # an earlier part of this job failed
+            if job.failed():  # an earlier part of this job failed, or its owner closed
                 at += n
                 continue
             if job.out is None:
@@ -372,7 +451,27 @@ class DynamicBatcher:
                 timings = {"queue": max(total_ms - busy_ms, 0.0), "compute": job.compute_ms}
                 if job.raw:
                     timings["prepare"] = job.prepare_ms
-                job.future.set_result((job.out, timings))
+                if job.owner is None:
+                    job.future.set_result((job.out, timings))
+                else:
+                    entry = finished.setdefault(id(job.owner), (job.owner, []))
+                    entry[1].append((job.tag, job.out, timings))
+        for owner, results in finished.values():
+            try:
+                owner.on_rows(results)
+            except Exception:
+                log.exception("a batch result consumer failed (ignored)")
+
+    def _tell_owners(self, jobs: list[_Job], exc: BaseException) -> None:
+        """``on_error`` once per owner, with the tags of its jobs."""
+        by_owner: dict[int, tuple[Owner, list]] = {}
+        for job in jobs:
+            by_owner.setdefault(id(job.owner), (job.owner, []))[1].append(job.tag)
+        for owner, tags in by_owner.values():
+            try:
+                owner.on_error(tags, exc)
+            except Exception:
+                log.exception("a batch result consumer failed (ignored)")
 
     def _prepared(self, taken: list[tuple[_Job, int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Model inputs for the taken rows, in order; raw rows are prepared in one call."""

@@ -224,11 +224,12 @@ class SeismagClient:
             for packet in packets:
                 if isinstance(packet, bytes):
                     yield pb.StreamRequest(miniseed=packet)
-                else:
-                    for tr in packet:
-                        yield pb.StreamRequest(raw_chunk=raw_trace(tr))
+                else:  # all of a packet's traces in one message
+                    chunks = pb.RawTraces(traces=[raw_trace(tr) for tr in packet])
+                    yield pb.StreamRequest(raw_chunks=chunks)
 
-        yield from self._stub.StreamPredict(requests(), metadata=self._metadata)
+        for message in self._stub.StreamPredict(requests(), metadata=self._metadata):
+            yield from message.updates
 
     def models(self) -> pb.ListModelsResponse:
         return self._stub.ListModels(

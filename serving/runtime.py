@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -28,7 +29,7 @@ from seismag.models.card import (
     ModelCard,
 )
 from seismag.models.preprocess import model_inputs
-from seismag.serving.batcher import BatcherStats, DynamicBatcher, OnBatch, Ticket
+from seismag.serving.batcher import BatcherStats, DynamicBatcher, OnBatch, Owner, Ticket
 from seismag.serving.errors import InvalidInput, ModelNotFound
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,20 @@ def read_card_from_onnx(path: str | Path) -> ModelCard:
     return _card_from_session(session, path)[0]
 
 
+MAX_DEFAULT_WORKERS = 4
+MICRO_BATCH_SLACK = 1.10
+"""A bigger micro-batch is preferred while its time per window is within 10% of the best."""
+
+
+def default_workers(threads: int) -> int:
+    """Parallel model runs that fill the usable cores with ``threads``-thread runs (at most 4)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cores // max(int(threads), 1)))
+
+
 def resolve_providers(requested: list[str] | None) -> list[str]:
     """Requested providers that this onnxruntime build has, in order, CPU always last.
 
@@ -163,6 +178,7 @@ class ModelRuntime:
         on_batch: OnBatch | None = None,
         fused_kernel: bool = True,
         micro_batch: int | None = None,
+        workers: int = 1,
     ) -> None:
         self.path = Path(path)
         _check_file(self.path)
@@ -192,6 +208,7 @@ class ModelRuntime:
             name=self.name,
             on_batch=on_batch,
             prepare=self._prepare,
+            workers=workers,
         )
 
     def __repr__(self) -> str:
@@ -212,16 +229,19 @@ class ModelRuntime:
         return self._session.run([self._output], feeds)[0]
 
     def tune_micro_batch(self, repeats: int = 3, budget_s: float = 0.5) -> int:
-        """Pick the rows per ONNX Runtime call with the lowest time per window, measured here.
+        """Pick the rows per ONNX Runtime call, measured here: the largest size whose time per
+        window is within ``MICRO_BATCH_SLACK`` of the best.
 
-        Why: on CPU a larger batch is not always cheaper per window. PhaseNetMag on the 2-core
-        test machine (2 MiB of L2 per core) costs 0.70 ms a window at batch 1-4 but 1.16 ms at
-        batch 8-32, once a batch's activations no longer fit in cache; slicing a batch of 24
-        into slices of 4 computes the same rows a third faster. Candidates are powers of two up
-        to ``max_batch``; the best of ``repeats`` runs counts (the machine may be shared); a
-        size whose one run takes longer than ``budget_s`` ends the search.
+        Why: on CPU a larger batch is not always cheaper per window (once a batch's activations
+        no longer fit in cache it can get slower), but every call also costs Python overhead
+        and a release and re-acquisition of the GIL, which under streaming load waits behind the
+        other server threads. PhaseNetMag on the 2-core test machine costs about the same per
+        window (0.75-0.79 ms) at 1 to 32 rows per call: there a batch of 64 should be 2 calls of
+        32, not 32 calls of 2. Candidates are powers of two up to ``max_batch``; the best of
+        ``repeats`` runs counts (the machine may be shared); a size whose one run takes longer
+        than ``budget_s`` ends the search.
         """
-        best, best_ms = 1, float("inf")
+        per_window: dict[int, float] = {}
         size = 1
         while size <= self.batcher.max_batch:
             wave, amp = self.example_inputs(size)
@@ -231,14 +251,13 @@ class ModelRuntime:
                 t0 = time.perf_counter()
                 self._run_once(wave, amp)
                 times.append(time.perf_counter() - t0)
-            per_window = min(times) / size
-            if per_window < best_ms * 0.97:  # a bigger slice must win clearly
-                best, best_ms = size, per_window
+            per_window[size] = min(times) / size
             if min(times) > budget_s:
                 break
             size *= 2
-        self.micro_batch = best
-        return best
+        best = min(per_window.values())
+        self.micro_batch = max(n for n, t in per_window.items() if t <= best * MICRO_BATCH_SLACK)
+        return self.micro_batch
 
     # -- the seismag path (inputs come from our own preprocessing) ------------------------
 
@@ -277,19 +296,22 @@ class ModelRuntime:
         x, log_amp = model_inputs(windows, self.card)
         return np.ascontiguousarray(x), np.ascontiguousarray(log_amp)
 
-    def submit_raw(self, windows: np.ndarray) -> Future:
+    def submit_raw(
+        self, windows: np.ndarray, *, owner: Owner | None = None, tag: object = None
+    ) -> Future | None:
         """Queue ``k`` raw (un-normalised) windows (k, C, N), normalised in the batcher's worker.
 
         All raw windows that end up in one batch are normalised in one
         :func:`~seismag.models.preprocess.model_inputs` call (row by row the same numbers as one
-        call per window). Streams use this: windows due in the same hop share the cost.
+        call per window). Streams use this: windows due in the same hop share the cost. With an
+        ``owner`` the results go to it (see :class:`~seismag.serving.batcher.Owner`).
         """
         c, n = self.card.in_channels, self.card.in_samples
         if windows.ndim != 3 or windows.shape[1:] != (c, n):
             raise InvalidInput(
                 f"{self.name}: windows must be (batch, {c}, {n}), got {windows.shape}"
             )
-        return self.batcher.submit_raw(windows)
+        return self.batcher.submit_raw(windows, owner=owner, tag=tag)
 
     def infer(
         self,
@@ -420,6 +442,7 @@ class ModelRegistry:
         providers: list[str] | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
         on_batch: OnBatch | None = None,
+        workers: int = 1,
     ) -> ModelRegistry:
         """Load every ``.onnx`` file named or found directly inside a named directory."""
         files: list[Path] = []
@@ -446,6 +469,7 @@ class ModelRegistry:
                         max_queue=max_queue,
                         providers=providers,
                         on_batch=on_batch,
+                        workers=workers,
                     )
                 )
             return cls(runtimes, default)

@@ -57,6 +57,8 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _HEALTH_PREFIX = f"/{HEALTH_SERVICE}/"
 DEFAULT_SERIES_INTERVAL = 1.0
 DEFAULT_GRACE = 10.0
+MAX_UPDATES_PER_MESSAGE = 256
+"""Updates packed into one StreamPredict response at most (each is ~100 bytes)."""
 
 
 # -- conversions ------------------------------------------------------------------------------
@@ -515,7 +517,7 @@ class SeismagServer:
             return self._stream_count
 
     # -- StreamPredict ----------------------------------------------------------------------
-    def stream_updates(self, request_iterator, context) -> Iterator[pb.StreamUpdate]:
+    def stream_updates(self, request_iterator, context) -> Iterator[pb.StreamUpdates]:
         """One StreamPredict call: a reader thread feeds a session, this generator yields updates.
 
         The session is created from the first message that carries a packet or a pick, with the
@@ -589,19 +591,22 @@ class _StreamCall:
         try:
             if kind == "miniseed":
                 self.session.add(ingest.read_miniseed(req.miniseed))
+            elif kind == "raw_chunk":
+                self._add_raw(req.raw_chunk)
             else:
-                t = req.raw_chunk  # fast path: straight into the station's buffer, no Trace
-                self.session.add_raw(
-                    t.network,
-                    t.station,
-                    t.location,
-                    t.channel,
-                    t.sampling_rate,
-                    t.starttime,
-                    t.samples,
-                )
+                for i, t in enumerate(req.raw_chunks.traces):
+                    try:
+                        self._add_raw(t)
+                    except InvalidInput as exc:
+                        raise InvalidInput(f"chunk {i}: {exc}") from None
         except InvalidInput as exc:
             raise InvalidInput(f"packet {self.packets}: {exc}") from None
+
+    def _add_raw(self, t: pb.RawTrace) -> None:
+        # Fast path: straight into the station's buffer, no ObsPy Trace.
+        self.session.add_raw(
+            t.network, t.station, t.location, t.channel, t.sampling_rate, t.starttime, t.samples
+        )
 
     def _read(self, first: pb.StreamRequest) -> None:
         try:
@@ -617,27 +622,28 @@ class _StreamCall:
                 self.error = exc
             self.session.close()
 
-    def run(self, first: pb.StreamRequest) -> Iterator[pb.StreamUpdate]:
+    def run(self, first: pb.StreamRequest) -> Iterator[pb.StreamUpdates]:
         reader = threading.Thread(
             target=self._read, args=(first,), name="seismag-stream-reader", daemon=True
         )
         reader.start()
         session, metrics = self.session, self.server.metrics
         while not session.done:
-            update = session.next_update(timeout=self._POLL)
-            if update is None:
+            ready = session.next_updates(timeout=self._POLL, limit=MAX_UPDATES_PER_MESSAGE)
+            if not ready:
                 if not self.context.is_active():
                     return
                 if self.server._draining.is_set() and not self.stop_reading.is_set():
                     self.stop_reading.set()  # SIGTERM: deliver what is due, then end cleanly
                     session.finish()
                 continue
-            sid = station_id(update.network, update.station, update.location)
-            if sid not in self.stations:
-                self.stations.add(sid)
-                metrics.station_seen(sid)
-            metrics.set_lag(sid, update.lag_s)
-            yield stream_update(update)
+            for update in ready:
+                sid = station_id(update.network, update.station, update.location)
+                if sid not in self.stations:
+                    self.stations.add(sid)
+                    metrics.station_seen(sid)
+                metrics.set_lag(sid, update.lag_s)
+            yield pb.StreamUpdates(updates=[stream_update(u) for u in ready])
         if self.error is not None:
             raise self.error
 
@@ -699,6 +705,7 @@ def serve_forever(
     default_model: str | None = None,
     *,
     threads: int = 1,
+    workers: int = 1,
     max_batch: int = 64,
     max_queue_delay_ms: float = 2.0,
     providers: list[str] | None = None,
@@ -723,6 +730,7 @@ def serve_forever(
             paths,
             default_model,
             threads=threads,
+            workers=workers,
             max_batch=max_batch,
             max_queue_delay_ms=max_queue_delay_ms,
             providers=providers,

@@ -42,7 +42,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -169,7 +168,6 @@ class _Station:
     last_eval: int = -1
     inflight: int = 0
     slot: Evaluation | None = None
-    futures: set = field(default_factory=set)
 
     @property
     def sid(self) -> str:
@@ -227,6 +225,7 @@ class StreamSession:
         self._finishing = False
         self._ended = False
         self._error: BaseException | None = None
+        self._held: BaseException | None = None  # met while draining a batch; raised next
 
     # -- input ----------------------------------------------------------------------------
 
@@ -501,51 +500,70 @@ class StreamSession:
         self._submit(st, ev)
 
     def _submit(self, st: _Station, ev: Evaluation) -> None:
-        t_due = time.perf_counter()
-        future = self.runtime.submit_raw(ev.waveform[None])
+        # No Future per window: the batcher hands back all of a batch's rows in one on_rows call.
+        self.runtime.submit_raw(ev.waveform[None], owner=self, tag=(st, ev, time.perf_counter()))
         st.inflight += 1
-        st.futures.add(future)
         self.stats.submitted += 1
-        future.add_done_callback(lambda f: self._done(st, ev, f, t_due))
 
-    def _done(self, st: _Station, ev: Evaluation, future: Future, t_due: float) -> None:
-        update = None
+    @property
+    def closed(self) -> bool:
+        """True after ``close()`` (the batcher then drops this session's queued windows)."""
+        return self._closed
+
+    def on_rows(self, results: list[tuple[object, np.ndarray, dict[str, float]]]) -> None:
+        """Model results of one batch (the batcher's worker thread): updates, queued windows."""
+        now, wall = time.perf_counter(), time.time()
+        ready: list[tuple[_Station, StationUpdate | None, Exception | None]] = []
+        for (st, ev, t_due), rows, timings in results:  # outside the lock: pure computation
+            try:
+                ready.append((st, self._update(st, ev, rows[0], timings, t_due, now, wall), None))
+            except Exception as exc:
+                ready.append((st, None, exc))
         with self._lock:
-            st.futures.discard(future)
-            st.inflight -= 1
             if self._closed:
                 return
-            try:
-                rows, timings = future.result()
-                value = output_value(self.card, rows[0], ev)
-                track = st.track
-                update = StationUpdate(
-                    network=st.key[0],
-                    station=st.key[1],
-                    location=st.key[2],
-                    time=ev.time,
-                    magnitude=value,
-                    onset=None if ev.onset is None else track.time_of(ev.onset),
-                    model=self.runtime.name,
-                    lag_s=time.time() - ev.time.timestamp,
-                    timings_ms={
-                        "preprocess": ev.preprocess_ms + timings.get("prepare", 0.0),
-                        "queue": timings["queue"],
-                        "compute": timings["compute"],
-                        "total": (time.perf_counter() - t_due) * 1e3 + ev.preprocess_ms,
-                    },
-                )
+            for st, _, exc in ready:
+                st.inflight -= 1
+                if exc is not None:
+                    self._fail(exc)
+                    continue
                 self.stats.updates += 1
                 if st.slot is not None:
                     nxt, st.slot = st.slot, None
                     self._submit(st, nxt)
-            except CancelledError:
-                pass
-            except BaseException as exc:
-                self._fail(exc)
-            if update is not None:
-                self._deliver(update)
+            for _, update, _ in ready:
+                if update is not None:
+                    self._deliver(update)
             self._maybe_end()
+
+    def on_error(self, tags: list[object], exc: BaseException) -> None:
+        """The model failed for these windows: the session fails with that error."""
+        with self._lock:
+            for st, _, _ in tags:
+                st.inflight -= 1
+            if self._closed:
+                return
+            self._fail(exc)
+            self._maybe_end()
+
+    def _update(self, st, ev, row, timings, t_due: float, now: float, wall: float):
+        track = st.track
+        return StationUpdate(
+            network=st.key[0],
+            station=st.key[1],
+            location=st.key[2],
+            time=ev.time,
+            magnitude=output_value(self.card, row, ev),
+            onset=None if ev.onset is None else track.time_of(ev.onset),
+            model=self.runtime.name,
+            lag_s=wall - ev.time.timestamp,
+            timings_ms={
+                "preprocess": ev.preprocess_ms + timings.get("prepare", 0.0),
+                "queue": timings["queue"],
+                "compute": timings["compute"],
+                "total": (now - t_due) * 1e3 + ev.preprocess_ms,
+            },
+        )
 
     def _deliver(self, update: StationUpdate) -> None:
         if self.on_update is not None:
@@ -594,6 +612,9 @@ class StreamSession:
 
         Raises the error that broke the session (e.g. a model failure) once, in order.
         """
+        if self._held is not None:
+            exc, self._held = self._held, None
+            raise exc
         if self.done:
             return None
         try:
@@ -607,12 +628,34 @@ class StreamSession:
             raise item
         return item
 
+    def next_updates(self, timeout: float | None = None, limit: int = 256) -> list[StationUpdate]:
+        """The next update and, without waiting, up to ``limit - 1`` more that are ready; [] on
+        timeout or at the end. Under load this sends many updates per message, idle it adds no
+        delay. An error met after the first update is raised by the next call."""
+        first = self.next_update(timeout)
+        if first is None:
+            return []
+        out = [first]
+        while len(out) < limit:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _END:
+                self._queue.put(_END)
+                break
+            if isinstance(item, BaseException):
+                self._held = item
+                break
+            out.append(item)
+        return out
+
     @property
     def done(self) -> bool:
         """The iterator has nothing more to give: ended or closed, and the queue drained."""
         if self._closed:
             return True
-        if not self._ended:
+        if not self._ended or self._held is not None:
             return False
         with self._queue.mutex:
             return all(x is _END for x in self._queue.queue)
@@ -629,10 +672,7 @@ class StreamSession:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-            for st in self._stations.values():
-                for f in list(st.futures):
-                    f.cancel()
+            self._closed = True  # the batcher drops this session's queued windows unrun
             self._stations.clear()
             self._picks.clear()
             self._queue.put(_END)

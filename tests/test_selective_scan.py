@@ -1,4 +1,6 @@
-"""The chunked selective scan must match the sequential reference and stay finite for any dt."""
+"""The chunked and compiled selective scans must match the sequential reference, values and
+gradients, and stay finite for any dt. "chunked" here is the standard-op path (the compiled kernel
+is switched off for this module and tested as impl="kernel")."""
 
 import math
 
@@ -6,9 +8,21 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the PyTorch models need the 'torch' extra")
 
+from seismag.models import scan_kernel  # noqa: E402
 from seismag.models.selective_scan import selective_scan  # noqa: E402
 
 D_STATE = 16
+KERNEL = pytest.param(
+    "kernel",
+    marks=pytest.mark.skipif(
+        not scan_kernel.kernel_available(), reason="numba not installed (the 'kernels' extra)"
+    ),
+)
+
+
+@pytest.fixture(autouse=True)
+def _standard_op_path(monkeypatch):
+    monkeypatch.setenv("SEISMAG_SCAN_KERNEL", "0")
 
 
 def make_inputs(batch: int, d_inner: int, length: int, dt_scale: float = 1.0, seed: int = 0):
@@ -38,11 +52,12 @@ def assert_scans_agree(chunked: torch.Tensor, reference: torch.Tensor) -> None:
 @pytest.mark.parametrize("length", [1, 7, 33, 100, 751])
 @pytest.mark.parametrize("dt_scale", [1.0, 100.0])  # 100x: dt up to ~10
 @pytest.mark.parametrize("gated", [False, True])
-def test_chunked_matches_reference(length, dt_scale, gated):
+@pytest.mark.parametrize("impl", ["chunked", KERNEL])
+def test_matches_reference(length, dt_scale, gated, impl):
     u, delta, A, B, C, D, z = make_inputs(2, 8, length, dt_scale, seed=length)
     z = z if gated else None
     ref = selective_scan(u, delta, A, B, C, D, z, impl="reference")
-    out = selective_scan(u, delta, A, B, C, D, z, impl="chunked")
+    out = selective_scan(u, delta, A, B, C, D, z, impl=impl)
     assert out.shape == u.shape and out.dtype == torch.float32
     assert_scans_agree(out, ref)
 
@@ -58,7 +73,8 @@ def test_chunk_size_does_not_change_the_result(chunk):
 def test_huge_delta_stays_finite(dt_scale):
     # exp arguments are all <= 0 by construction: huge dt * |A| underflows to 0, never overflows.
     u, delta, A, B, C, D, z = make_inputs(2, 4, 200, dt_scale, seed=2)
-    for impl in ("chunked", "reference"):
+    impls = ["chunked", "reference"] + ["kernel"] * scan_kernel.kernel_available()
+    for impl in impls:
         assert torch.isfinite(selective_scan(u, delta, A, B, C, D, z, impl=impl)).all()
     ref = selective_scan(u, delta, A, B, C, D, z, impl="reference")
     assert_scans_agree(selective_scan(u, delta, A, B, C, D, z), ref)
@@ -72,18 +88,20 @@ def test_gradients_flow_through_chunked_scan():
         assert t.grad.abs().sum() > 0, name
 
 
-def test_gradients_match_reference():
-    inputs = make_inputs(1, 4, 45, seed=4)
+@pytest.mark.parametrize("impl", ["chunked", KERNEL])
+@pytest.mark.parametrize("batch, length, dt_scale", [(1, 45, 1.0), (3, 130, 100.0)])
+def test_gradients_match_reference(impl, batch, length, dt_scale):
+    inputs = make_inputs(batch, 4, length, dt_scale, seed=4)
     grads = []
-    for impl in ("chunked", "reference"):
+    for name in (impl, "reference"):
         leaves = [t.clone().requires_grad_() for t in inputs]
-        selective_scan(*leaves, impl=impl).square().sum().backward()
+        selective_scan(*leaves, impl=name).square().sum().backward()
         grads.append([t.grad for t in leaves])
     for g_chunked, g_ref in zip(*grads, strict=True):
         torch.testing.assert_close(g_chunked, g_ref, rtol=1e-4, atol=1e-5 * g_ref.abs().max())
 
 
-@pytest.mark.parametrize("impl", ["chunked", "reference"])
+@pytest.mark.parametrize("impl", ["chunked", "reference", KERNEL])
 def test_causal_and_independent_of_length(impl):
     # Extending the sequence must not change earlier outputs: no look-ahead, no dt = 1/L.
     u, delta, A, B, C, D, z = make_inputs(2, 4, 300, seed=5)
@@ -102,6 +120,20 @@ def test_other_dtypes_are_computed_in_float32_and_cast_back():
     assert out.dtype == torch.float64
     torch.testing.assert_close(out.float(), ref, rtol=1e-5, atol=1e-6 * ref.abs().max())
     assert selective_scan(u.bfloat16(), delta, A, B, C, D, z).dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not scan_kernel.kernel_available(), reason="numba not installed")
+def test_cpu_chunked_calls_use_the_kernel_unless_switched_off(monkeypatch):
+    calls = []
+    real = scan_kernel.kernel_scan
+    monkeypatch.setattr(scan_kernel, "kernel_scan", lambda *a: calls.append(1) or real(*a))
+    inputs = make_inputs(1, 4, 20, seed=7)
+    off = selective_scan(*inputs)
+    assert not calls
+    monkeypatch.setenv("SEISMAG_SCAN_KERNEL", "1")
+    on = selective_scan(*inputs)
+    assert calls == [1]
+    assert_scans_agree(on, off)
 
 
 def test_bad_arguments():

@@ -286,6 +286,79 @@ def test_batcher_overload_errors_and_close():
     failing.close()
 
 
+class _Owner:
+    def __init__(self) -> None:
+        self.closed = False
+        self.calls: list[list] = []
+        self.errors: list[tuple[list, BaseException]] = []
+
+    def on_rows(self, results):
+        self.calls.append([(tag, rows.tolist()) for tag, rows, _ in results])
+
+    def on_error(self, tags, exc):
+        self.errors.append((tags, exc))
+
+
+def test_batcher_owner_gets_a_batch_in_one_call_and_closed_owners_are_skipped():
+    gate = threading.Event()
+    rec = _Recorder(gate=gate)
+    b = DynamicBatcher(
+        rec, max_batch=8, max_queue_delay_ms=0, max_queue=100, prepare=lambda w: (w, w[:, 0, :1])
+    )
+    a, gone = _Owner(), _Owner()
+    b.submit_raw(_rows(1, 100)[0], owner=a, tag="first")  # taken at once; waits on the gate
+    time.sleep(0.05)
+    for i in range(3):
+        assert b.submit_raw(_rows(1, i)[0], owner=a, tag=i) is None
+    b.submit_raw(_rows(1, 9)[0], owner=gone, tag="x")
+    gone.closed = True  # e.g. its client went away: its queued window is never computed
+    gate.set()
+    b.close()
+    assert a.calls == [[("first", [200.0])], [(0, [0.0]), (1, [2.0]), (2, [4.0])]]
+    assert gone.calls == [] and rec.batches == [1, 3]
+
+    def boom(wave, amp):
+        raise RuntimeError("model exploded")
+
+    failing = DynamicBatcher(
+        boom, max_batch=4, max_queue_delay_ms=0, max_queue=10, prepare=lambda w: (w, w[:, 0, :1])
+    )
+    owner = _Owner()
+    failing.submit_raw(_rows(1)[0], owner=owner, tag="t")
+    failing.close()
+    assert owner.errors and owner.errors[0][0] == ["t"]
+    assert "exploded" in str(owner.errors[0][1])
+
+
+def test_batcher_workers_run_batches_in_parallel_and_drain():
+    running, peak, lock = [0], [0], threading.Lock()
+    release = threading.Event()
+
+    def run(wave, amp):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        release.wait(5)  # hold every run until both workers are inside one
+        with lock:
+            running[0] -= 1
+        return wave[:, 0, 0] * 2.0
+
+    b = DynamicBatcher(run, max_batch=2, max_queue_delay_ms=0, max_queue=100, workers=2)
+    assert b.workers == 2
+    futures = [b.submit(*_rows(2, 2 * i)) for i in range(5)]
+    deadline = time.monotonic() + 5
+    while peak[0] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert peak[0] == 2  # two batches in the model at once
+    release.set()
+    b.close()  # drains: every queued row is computed
+    got = np.concatenate([f.result(5)[0] for f in futures])
+    assert got.tolist() == [2.0 * i for i in range(10)]
+    assert b.stats().rows == 10
+    with pytest.raises(ValueError, match="workers"):
+        DynamicBatcher(run, max_batch=2, max_queue_delay_ms=0, max_queue=10, workers=0)
+
+
 # -- ingest ----------------------------------------------------------------------------------------
 
 

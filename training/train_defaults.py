@@ -3,6 +3,11 @@
     seismag synth --out data/synth4k --events 4000 --seed 0
     python -m seismag.training.train_defaults --data data/synth4k --minutes 9 --threads 2
 
+``--models A B --merge`` retrains only A and B (``--minutes-for A=30`` gives one model its own
+budget) and keeps the other rows from ``runs/summary.json``; every row records the command that
+produced it, and the doc lists those commands. Text under the doc's "## Reading" heading is
+hand-written commentary and is kept across runs.
+
 For every model: train within the time budget (the card's recipe), evaluate on the held-out test
 events with the one evaluator, copy the best weights to ``models/weights/`` (shipped in the
 package) and write ``docs/evaluation.md``. Also the classic ML baseline on the same traces and one
@@ -16,13 +21,31 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = ROOT / "models" / "weights"
 ABLATION_MODEL = "ViTMag"
+DOC = ROOT / "docs" / "evaluation.md"
+COMMENTARY = "## Reading"
+BASELINE = "ML baseline (Hutton & Boore 1987)"
+# The first run, before rows recorded their command.
+LEGACY_COMMAND = (
+    "python -m seismag.training.train_defaults --data /work/data/synth4k --minutes 10 "
+    "--ablation-minutes 8 --threads 2 --eval-limit 1500 --lr 1e-3 --batch-size 64"
+)
+
+
+def _budget(text: str) -> tuple[str, float]:
+    name, _, minutes = text.partition("=")
+    try:
+        return name, float(minutes)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MODEL=MINUTES, got {text!r}") from None
 
 
 def _row(name: str, metrics: dict, minutes: float | None, epochs: int | None) -> str:
@@ -52,14 +75,29 @@ def main() -> None:
     parser.add_argument("--ablation-minutes", type=float, help="budget of the ablation run")
     parser.add_argument("--models", nargs="*", default=None)
     parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument(
+        "--minutes-for",
+        type=_budget,
+        action="append",
+        default=[],
+        metavar="MODEL=MIN",
+        help="a model's own training budget (repeatable)",
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other models' rows from runs/summary.json"
+    )
     args = parser.parse_args()
+    budgets = dict(args.minutes_for)
+    command = "python -m seismag.training.train_defaults " + shlex.join(sys.argv[1:])
 
     runs = Path(args.runs)
     names = args.models or list(load_cards())
     jobs = [(n, n, None) for n in names]
     if not args.no_ablation:
         jobs.append((f"{ABLATION_MODEL} without amplitude", ABLATION_MODEL, False))
-    rows, summary = [], {}
+    summary_path = runs / "summary.json"
+    summary = json.loads(summary_path.read_text()) if args.merge and summary_path.exists() else {}
+    baseline = next((r["baseline"] for r in summary.values() if "baseline" in r), None)
     for label, name, amplitude in jobs:
         out = runs / (name if amplitude is None else f"{name}_no_amplitude")
         t0 = time.perf_counter()
@@ -67,7 +105,7 @@ def main() -> None:
             name,
             args.data,
             out,
-            max_minutes=args.minutes
+            max_minutes=budgets.get(name, args.minutes)
             if amplitude is None
             else args.ablation_minutes or args.minutes,
             threads=args.threads,
@@ -85,59 +123,68 @@ def main() -> None:
             best,
             out_dir=out / "eval",
             limit=args.eval_limit,
-            baseline=not summary,  # the baseline once, on the same traces
+            baseline=baseline is None,  # the baseline once, on the same traces
         )
+        baseline = baseline or res.get("baseline")
+        res.update(minutes=minutes, epochs=epochs, command=command)
         summary[label] = res
-        rows.append(_row(label, res["metrics"], minutes, epochs))
         if amplitude is None:
             WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(best, WEIGHTS_DIR / f"{name}.safetensors")
-        print(rows[-1], flush=True)
+        print(_row(label, res["metrics"], minutes, epochs), flush=True)
+        summary_path.write_text(json.dumps(summary, indent=2, default=str))
 
-    first = summary[next(iter(summary))]
-    if "baseline" in first:
-        rows.append(
-            _row("ML baseline (Hutton & Boore 1987)", first["baseline"]["metrics"], None, None)
-        )
-    (runs / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    _write_docs(rows, args)
-    _reexport_default()
+    _write_docs(summary, runs)
+    if "PhaseNetMag" in names:
+        _reexport_default()
 
 
-def _write_docs(rows: list[str], args: argparse.Namespace) -> None:
+def _rows(summary: dict, runs: Path) -> list[str]:
+    """One row per model in card order, the ablation, then the baseline."""
+    rows = []
+    for label, res in summary.items():
+        minutes, epochs = res.get("minutes"), res.get("epochs")
+        if minutes is None:  # written before rows recorded it: rebuild from the run's history
+            out = runs / Path(res["source"]).parent.name
+            history = json.loads((out / "history.json").read_text())["state"]["history"]
+            minutes, epochs = sum(h["seconds"] for h in history) / 60, len(history)
+        rows.append(_row(label, res["metrics"], minutes, epochs))
+    baseline = next((r["baseline"] for r in summary.values() if "baseline" in r), None)
+    if baseline is not None:
+        rows.append(_row(BASELINE, baseline["metrics"], None, None))
+    return rows
+
+
+def _write_docs(summary: dict, runs: Path) -> None:
     header = (
         "| model | training | n test waveforms | MAE | RMSE | R2 | MAE 1 s | 2 s | 3 s | 5 s | "
         "10 s | 20 s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
-    overrides = "".join(
-        f" --{flag} {value:g}"
-        for flag, value in (
-            ("lr", args.lr),
-            ("batch-size", args.batch_size),
-            ("ablation-minutes", args.ablation_minutes),
-        )
-        if value is not None
+    groups: dict[str, list[str]] = {}  # command -> the rows it produced, in order
+    for label, res in summary.items():
+        groups.setdefault(res.get("command", LEGACY_COMMAND), []).append(label)
+    by_command = "\n".join(
+        f"    {cmd}\n        # rows: {', '.join(labels)}" for cmd, labels in groups.items()
     )
-    recipe_note = (
-        " but the learning rate and batch size given above: with the seeds' slower settings"
-        " (lr 1e-4, batch 256) PhaseNetMag reached only a dev MAE of 2.1 in 9 minutes here"
-        if args.lr or args.batch_size
-        else ""
-    )
+    old = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
+    commentary = old[old.index(COMMENTARY) :] if COMMENTARY in old else ""
+    n = next(iter(summary.values()))["metrics"]["full"]["n"]
     text = f"""# Evaluation of the shipped default weights
 
-Produced by one command (machine: {platform.machine()}, {os.cpu_count()} cores, CPU only):
+Produced by these commands (machine: {platform.machine()}, {os.cpu_count()} cores, CPU only); each
+row names the command that trained and evaluated it:
 
     seismag synth --out data/synth4k --events 4000 --seed 0
-    python -m seismag.training.train_defaults --data {args.data} --minutes {args.minutes:g} \\
-        --threads {args.threads} --eval-limit {args.eval_limit}{overrides}
+{by_command}
 
 Data: synthetic 3-component 100 Hz velocity seismograms (Boore 2003 stochastic method,
-`seismag.training.synthetic`), split by event 70/10/20; the table is on the first
-{args.eval_limit} traces of the held-out test events (unseen events). Each model trained for at
-most {args.minutes:g} minutes of wall clock with its card's recipe (optimiser, schedule,
-clipping, warm-up){recipe_note}, on a 2-core machine shared with other work; longer training
-would lower every number.
+`seismag.training.synthetic`), split by event 70/10/20; the table is on the first {n} traces of
+the held-out test events (unseen events). Each model trained within the wall-clock budget its
+command gives (`--minutes`, or `--minutes-for MODEL=MIN`) with its card's recipe (optimiser,
+schedule, clipping, warm-up), except where a command overrides the learning rate and batch size:
+with the seeds' slower settings (lr 1e-4, batch 256) PhaseNetMag reached only a dev MAE of 2.1 in
+9 minutes here. The machine is a 2-core one shared with other work; longer training would lower
+every number.
 
 Metrics are per waveform (n = number of waveforms, never waveform x time step) against the
 catalogue magnitude; a series model's scalar is the mean of its output after the P onset. "MAE k s"
@@ -146,12 +193,13 @@ window ends 25 s after P (or at the trace end). The ML baseline is a simulated W
 amplitude with Hutton & Boore (1987) and distance from the S-P time, on the same windows.
 
 {header}
-{chr(10).join(rows)}
+{chr(10).join(_rows(summary, runs))}
 
 Per-model JSON, Markdown, predicted-vs-true and error-vs-time plots are written to
 `runs/<model>/eval/` by the same command (not committed).
-"""
-    (ROOT / "docs" / "evaluation.md").write_text(text, encoding="utf-8")
+
+{commentary}"""
+    DOC.write_text(text.rstrip() + "\n", encoding="utf-8")
 
 
 def _reexport_default() -> None:

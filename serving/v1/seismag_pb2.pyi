@@ -123,16 +123,18 @@ class StreamConfig(_message.Message):
     def __init__(self, model: _Optional[str] = ..., hop_seconds: _Optional[float] = ..., stationxml: _Optional[bytes] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
-    __slots__ = ("config", "miniseed", "raw_chunk", "pick")
+    __slots__ = ("config", "miniseed", "raw_chunk", "raw_chunks", "pick")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     MINISEED_FIELD_NUMBER: _ClassVar[int]
     RAW_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    RAW_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     PICK_FIELD_NUMBER: _ClassVar[int]
     config: StreamConfig
     miniseed: bytes
     raw_chunk: RawTrace
+    raw_chunks: RawTraces
     pick: PPick
-    def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., miniseed: _Optional[bytes] = ..., raw_chunk: _Optional[_Union[RawTrace, _Mapping]] = ..., pick: _Optional[_Union[PPick, _Mapping]] = ...) -> None: ...
+    def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., miniseed: _Optional[bytes] = ..., raw_chunk: _Optional[_Union[RawTrace, _Mapping]] = ..., raw_chunks: _Optional[_Union[RawTraces, _Mapping]] = ..., pick: _Optional[_Union[PPick, _Mapping]] = ...) -> None: ...
 
 class StreamUpdate(_message.Message):
     __slots__ = ("network", "station", "location", "time", "magnitude", "onset", "has_onset", "model", "lag_seconds", "timings")
@@ -157,6 +159,12 @@ class StreamUpdate(_message.Message):
     lag_seconds: float
     timings: Timings
     def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., time: _Optional[float] = ..., magnitude: _Optional[float] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., model: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+
+class StreamUpdates(_message.Message):
+    __slots__ = ("updates",)
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    updates: _containers.RepeatedCompositeFieldContainer[StreamUpdate]
+    def __init__(self, updates: _Optional[_Iterable[_Union[StreamUpdate, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

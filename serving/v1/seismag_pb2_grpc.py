@@ -42,7 +42,7 @@ class MagnitudeServiceStub:
         self.StreamPredict = channel.stream_stream(
                 '/seismag.v1.MagnitudeService/StreamPredict',
                 request_serializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.StreamRequest.SerializeToString,
-                response_deserializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.StreamUpdate.FromString,
+                response_deserializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.StreamUpdates.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/seismag.v1.MagnitudeService/ListModels',
@@ -73,6 +73,8 @@ class MagnitudeServiceServicer:
         applies); later it may only be repeated unchanged. A bad packet ends the call with
         INVALID_ARGUMENT naming the packet; half-closing the request stream flushes the last values
         and ends the call with OK; so does a server drain (SIGTERM).
+        Each response carries the updates ready at that moment: one when idle, many under load
+        (fewer messages for the same updates).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,7 +104,7 @@ def add_MagnitudeServiceServicer_to_server(servicer, server):
             'StreamPredict': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamPredict,
                     request_deserializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.StreamRequest.FromString,
-                    response_serializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.StreamUpdate.SerializeToString,
+                    response_serializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.StreamUpdates.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -168,7 +170,7 @@ class MagnitudeService:
             target,
             '/seismag.v1.MagnitudeService/StreamPredict',
             seismag_dot_serving_dot_v1_dot_seismag__pb2.StreamRequest.SerializeToString,
-            seismag_dot_serving_dot_v1_dot_seismag__pb2.StreamUpdate.FromString,
+            seismag_dot_serving_dot_v1_dot_seismag__pb2.StreamUpdates.FromString,
             options,
             channel_credentials,
             insecure,
