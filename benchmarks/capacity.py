@@ -87,6 +87,7 @@ def model_capacity(
     tolerance: float = 0.1,
     threads: int = 1,
     workers: int | None = None,
+    batch_ms: float = 0.0,
     progress: Progress | None = None,
 ) -> dict:
     """Capacity of one model on a spawned server of its own (``onnx_path`` None = embedded)."""
@@ -99,7 +100,9 @@ def model_capacity(
     with open_target("spawn", options=options) as target:
 
         def probe(n: int) -> dict:
-            cfg = FeedConfig(n, seconds=seconds, warmup_s=warmup_s, limit_ms=limit_ms)
+            cfg = FeedConfig(
+                n, seconds=seconds, warmup_s=warmup_s, limit_ms=limit_ms, batch_ms=batch_ms
+            )
             r = run_stream(target.address, cfg)
             keep = ("stations", "ok", "p50", "p99", "completeness", "sender_lag_max_s")
             return {k: r[k] for k in keep} | {"server_ms": r["server_ms"]}
@@ -112,6 +115,7 @@ def model_capacity(
         "limit_ms": limit_ms,
         "hop": 1.0,
         "probe_seconds": seconds,
+        "batch_ms": batch_ms,
         "target": target.description,
         "probes": search.probes,
     }

@@ -217,6 +217,7 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             threads=args.threads,
             workers=args.workers,
+            batch_ms=args.batch_ms,
             progress=progress,
         )
         results.append(r)
@@ -284,6 +285,9 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--limit-ms", type=float, default=250.0)
     p.add_argument("--tolerance", type=float, default=0.1, help="relative bracket to stop at")
+    p.add_argument(
+        "--batch-ms", type=float, default=0.0, help="feed packets due within this many ms together"
+    )
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the server")
     p.add_argument("--workers", type=int, help="parallel model runs (default: as seismag serve)")
     p.add_argument("--exports", type=Path, default=DEFAULT_EXPORTS, help="ONNX export cache")

@@ -238,6 +238,7 @@ def _result(run: _Run) -> dict:
         "calls": cfg.n_calls(),
         "spread": cfg.spread,
         "limit_ms": cfg.limit_ms,
+        "batch_ms": cfg.batch_ms,
         "latency_ms": lat,
         **{f"p{q}": lat[f"p{q}"] for q in PERCENTILES},
         "updates_per_s": len(measured) / (cfg.seconds - cfg.warmup_s),

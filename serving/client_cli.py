@@ -151,8 +151,9 @@ def replay_records(path: str, speed: float, reclen: int = 512) -> Iterator[bytes
         yield rec
 
 
-def seedlink_packets(server: str, selectors: list[str]) -> Iterator:
-    """Forward a SeedLink feed (ObsPy's client) as Streams, one trace at a time."""
+def seedlink_packets(server: str, selectors: list[str], max_traces: int = 256) -> Iterator:
+    """Forward a SeedLink feed (ObsPy's client) as Streams: each holds every trace received
+    since the last one was sent (one message for many stations under load, no added wait)."""
     from obspy import Stream
     from obspy.clients.seedlink.easyseedlink import EasySeedLinkClient
 
@@ -160,7 +161,7 @@ def seedlink_packets(server: str, selectors: list[str]) -> Iterator:
 
     class Forwarder(EasySeedLinkClient):
         def on_data(self, trace) -> None:
-            packets.put(Stream([trace]))
+            packets.put(trace)
 
     client = Forwarder(server)
     for sel in selectors:
@@ -169,7 +170,13 @@ def seedlink_packets(server: str, selectors: list[str]) -> Iterator:
         client.select_stream(net, sta, channels or "???")
     threading.Thread(target=client.run, daemon=True).start()
     while True:
-        yield packets.get()
+        traces = [packets.get()]
+        while len(traces) < max_traces:
+            try:
+                traces.append(packets.get_nowait())
+            except queue.Empty:
+                break
+        yield Stream(traces)
 
 
 @_server_errors

@@ -20,9 +20,7 @@ Design choices, and why:
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-import math
 import signal
 import threading
 import time
@@ -32,19 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-from obspy import Stream, UTCDateTime
+from obspy import Stream
 
-from seismag.serving import ingest
+from seismag.serving import ingest, stream_rpc
 from seismag.serving.errors import InvalidInput, NotReady
+from seismag.serving.messages import model_info, pick_time, raw_trace, station_magnitude
 from seismag.serving.metrics import ServerMetrics
 from seismag.serving.oip import grpc_service_pb2 as oip_pb2
 from seismag.serving.oip_service import InferenceServicer
 from seismag.serving.oip_service import add_to_server as add_oip
-from seismag.serving.predict import predict, station_id
-from seismag.serving.results import StationResult, StationUpdate
+from seismag.serving.predict import predict
 from seismag.serving.rpc import check_deadline, rpc
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
@@ -57,100 +54,6 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _HEALTH_PREFIX = f"/{HEALTH_SERVICE}/"
 DEFAULT_SERIES_INTERVAL = 1.0
 DEFAULT_GRACE = 10.0
-MAX_UPDATES_PER_MESSAGE = 256
-"""Updates packed into one StreamPredict response at most (each is ~100 bytes)."""
-
-
-# -- conversions ------------------------------------------------------------------------------
-
-
-def _time_or_nan(t: UTCDateTime | None) -> tuple[float, bool]:
-    return (math.nan, False) if t is None else (float(UTCDateTime(t).timestamp), True)
-
-
-def _timings(ms: dict[str, float]) -> pb.Timings:
-    return pb.Timings(
-        preprocess_ms=float(ms.get("preprocess", 0.0)),
-        queue_ms=float(ms.get("queue", 0.0)),
-        compute_ms=float(ms.get("compute", 0.0)),
-        total_ms=float(ms.get("total", 0.0)),
-    )
-
-
-def station_magnitude(r: StationResult) -> pb.StationMagnitude:
-    onset, has_onset = _time_or_nan(r.onset)
-    return pb.StationMagnitude(
-        network=r.network,
-        station=r.station,
-        location=r.location,
-        magnitude=float(r.magnitude),
-        derivation=r.derivation,
-        series=pb.MagnitudeSeries(
-            start=float(UTCDateTime(r.series_start).timestamp),
-            interval=float(r.series_interval),
-            values=np.asarray(r.series, dtype=np.float32).tolist(),
-        ),
-        onset=onset,
-        has_onset=has_onset,
-        onset_source=r.onset_source,
-        model=r.model,
-        model_version=str(r.model_version),
-        missing_components=list(r.missing_components),
-        timings=_timings(r.timings_ms),
-    )
-
-
-def stream_update(u: StationUpdate) -> pb.StreamUpdate:
-    onset, has_onset = _time_or_nan(u.onset)
-    return pb.StreamUpdate(
-        network=u.network,
-        station=u.station,
-        location=u.location,
-        time=float(UTCDateTime(u.time).timestamp),
-        magnitude=float(u.magnitude),
-        onset=onset,
-        has_onset=has_onset,
-        model=u.model,
-        lag_seconds=float(u.lag_s),
-        timings=_timings(u.timings_ms),
-    )
-
-
-def model_info(runtime, default_name: str) -> pb.ModelInfo:
-    def specs(items) -> list[pb.TensorSpec]:
-        return [pb.TensorSpec(name=n, datatype=d, shape=[int(x) for x in s]) for n, d, s in items]
-
-    return pb.ModelInfo(
-        name=runtime.name,
-        version=str(runtime.version),
-        card_json=json.dumps(runtime.card.to_dict()),
-        weights=str(runtime.weights),
-        is_default=runtime.name == default_name,
-        inputs=specs(runtime.input_specs()),
-        outputs=specs(runtime.output_specs()),
-    )
-
-
-def raw_trace(t: pb.RawTrace):
-    if not math.isfinite(t.starttime):
-        raise InvalidInput(f"{t.network}.{t.station}.{t.location}.{t.channel}: bad starttime")
-    return ingest.trace_from_array(
-        t.network,
-        t.station,
-        t.location,
-        t.channel,
-        t.sampling_rate,
-        UTCDateTime(t.starttime),
-        np.asarray(t.samples, dtype=np.float32),
-    )
-
-
-def _pick_time(p: pb.PPick) -> UTCDateTime:
-    if not p.station_id or not math.isfinite(p.time):
-        raise InvalidInput(
-            f"bad P pick {p.station_id!r} at {p.time}: needs a station id and a time"
-        )
-    return UTCDateTime(p.time)
 
 
 # -- MagnitudeService ---------------------------------------------------------------------------
@@ -176,7 +79,7 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
         else:
             raise InvalidInput("the request has no input: set `miniseed` or `raw`")
         inventory = ingest.read_stationxml(request.stationxml) if request.stationxml else None
-        picks = {p.station_id: _pick_time(p) for p in request.p_picks}
+        picks = {p.station_id: pick_time(p) for p in request.p_picks}
         interval = request.series_interval or DEFAULT_SERIES_INTERVAL
         results = predict(
             self._registry,
@@ -518,134 +421,23 @@ class SeismagServer:
 
     # -- StreamPredict ----------------------------------------------------------------------
     def stream_updates(self, request_iterator, context) -> Iterator[pb.StreamUpdates]:
-        """One StreamPredict call: a reader thread feeds a session, this generator yields updates.
-
-        The session is created from the first message that carries a packet or a pick, with the
-        latest StreamConfig seen before it. It is closed in ``finally`` and by the RPC's done
-        callback, so a cancelled or vanished client frees its buffers and queued windows at once.
-        """
+        """One StreamPredict call (see :mod:`seismag.serving.stream_rpc`)."""
         self.require_ready()
-        config = pb.StreamConfig()
-        first = None
-        for req in request_iterator:
-            if req.HasField("config"):
-                config = req.config
-            if req.WhichOneof("packet") or req.HasField("pick"):
-                first = req
-                break
-        if first is None:
-            return  # the client closed without sending data
-        session = self._new_session(config)
-        call = _StreamCall(self, session, config, request_iterator, context)
-        context.add_callback(session.close)
+        yield from stream_rpc.serve_stream(self, request_iterator, context)
+
+    def stream_opened(self) -> None:
         with self._stream_lock:
             self._stream_count += 1
         self.metrics.stream_opened()
-        try:
-            yield from call.run(first)
-        finally:
-            session.close()
-            with self._stream_lock:
-                self._stream_count -= 1
-            self.metrics.stream_closed(call.stations)
 
-    def _new_session(self, config: pb.StreamConfig):
-        from seismag.serving.stream_session import StreamSession
+    def stream_closed(self, stations: set[str]) -> None:
+        with self._stream_lock:
+            self._stream_count -= 1
+        self.metrics.stream_closed(stations)
 
-        hop = config.hop_seconds or self.stream_hop
-        if not (math.isfinite(hop) and hop > 0):
-            raise InvalidInput(f"StreamConfig.hop_seconds must be positive, got {hop}")
-        inventory = ingest.read_stationxml(config.stationxml) if config.stationxml else None
-        return StreamSession(self.registry, model=config.model, hop=hop, inventory=inventory)
-
-
-class _StreamCall:
-    """The state of one StreamPredict: its session, reader thread and first error."""
-
-    _POLL = 0.2
-    """Seconds between checks for cancellation and draining while no update is ready."""
-
-    def __init__(self, server: SeismagServer, session, config, request_iterator, context) -> None:
-        self.server = server
-        self.session = session
-        self.config = config
-        self.requests = request_iterator
-        self.context = context
-        self.stations: set[str] = set()
-        self.error: BaseException | None = None
-        self.stop_reading = threading.Event()
-        self.packets = 0
-
-    def _handle(self, req: pb.StreamRequest) -> None:
-        if req.HasField("config") and req.config != self.config:
-            raise InvalidInput(
-                "StreamConfig changed after data was sent; send it before the first packet "
-                "(or repeat it unchanged)"
-            )
-        if req.HasField("pick"):
-            self.session.set_pick(req.pick.station_id, _pick_time(req.pick))
-        kind = req.WhichOneof("packet")
-        if kind is None:
-            return
-        self.packets += 1
-        try:
-            if kind == "miniseed":
-                self.session.add(ingest.read_miniseed(req.miniseed))
-            elif kind == "raw_chunk":
-                self._add_raw(req.raw_chunk)
-            else:
-                for i, t in enumerate(req.raw_chunks.traces):
-                    try:
-                        self._add_raw(t)
-                    except InvalidInput as exc:
-                        raise InvalidInput(f"chunk {i}: {exc}") from None
-        except InvalidInput as exc:
-            raise InvalidInput(f"packet {self.packets}: {exc}") from None
-
-    def _add_raw(self, t: pb.RawTrace) -> None:
-        # Fast path: straight into the station's buffer, no ObsPy Trace.
-        self.session.add_raw(
-            t.network, t.station, t.location, t.channel, t.sampling_rate, t.starttime, t.samples
-        )
-
-    def _read(self, first: pb.StreamRequest) -> None:
-        try:
-            self._handle(first)
-            for req in self.requests:
-                if self.stop_reading.is_set():
-                    break
-                self._handle(req)
-            self.session.finish()
-        except Exception as exc:
-            # After cancellation or a drain the iterator and session fail by design: not errors.
-            if self.context.is_active() and not self.stop_reading.is_set():
-                self.error = exc
-            self.session.close()
-
-    def run(self, first: pb.StreamRequest) -> Iterator[pb.StreamUpdates]:
-        reader = threading.Thread(
-            target=self._read, args=(first,), name="seismag-stream-reader", daemon=True
-        )
-        reader.start()
-        session, metrics = self.session, self.server.metrics
-        while not session.done:
-            ready = session.next_updates(timeout=self._POLL, limit=MAX_UPDATES_PER_MESSAGE)
-            if not ready:
-                if not self.context.is_active():
-                    return
-                if self.server._draining.is_set() and not self.stop_reading.is_set():
-                    self.stop_reading.set()  # SIGTERM: deliver what is due, then end cleanly
-                    session.finish()
-                continue
-            for update in ready:
-                sid = station_id(update.network, update.station, update.location)
-                if sid not in self.stations:
-                    self.stations.add(sid)
-                    metrics.station_seen(sid)
-                metrics.set_lag(sid, update.lag_s)
-            yield pb.StreamUpdates(updates=[stream_update(u) for u in ready])
-        if self.error is not None:
-            raise self.error
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
 
 
 def _credentials(tls_cert, tls_key, tls_client_ca) -> grpc.ServerCredentials | None:

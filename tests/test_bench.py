@@ -104,13 +104,15 @@ def test_rate_mode_runs(target):
     assert r["mode"] == "rate" and r["poisson"] and r["requests"] > 0
 
 
-def test_stream_replay_with_five_stations(target, tmp_path):
+@pytest.mark.parametrize("batch_ms", [0.0, 300.0])  # 300: packets of ~2 stations per message
+def test_stream_replay_with_five_stations(target, tmp_path, batch_ms):
     from seismag.benchmarks.feeds import FeedConfig, run_stream
     from seismag.benchmarks.plots import plot_stream
 
-    cfg = FeedConfig(5, seconds=9, warmup_s=7, calls=2)
+    cfg = FeedConfig(5, seconds=9, warmup_s=7, calls=2, batch_ms=batch_ms)
     r = run_stream(target.address, cfg)
     assert r["stations"] == 5 and r["calls"] == 2 and not r["errors"]
+    assert r["batch_ms"] == batch_ms
     assert r["latency_ms"]["n"] > 0  # updates from second 8 on (pick at 5 s + 2 s)
     assert 0 < r["completeness"] <= 1
     assert {"p50", "p99", "ok", "per_second", "server_ms"} <= set(r)

@@ -111,3 +111,38 @@ def test_no_value_once_p_is_older_than_the_trained_windows(server, event):
     last = r.series.stats.starttime + (len(r.series.data) - 1) * r.series.stats.delta
     assert last <= pick + 0.95 * 30.01
     assert last < st[0].stats.endtime
+
+
+def test_seedlink_forwarder_groups_traces_and_loses_none(monkeypatch):
+    # No SeedLink server can run here: ObsPy's client is replaced by one that replays traces.
+    import threading
+
+    from obspy.clients.seedlink import easyseedlink
+
+    from seismag.serving.client_cli import seedlink_packets
+
+    sent = [tr for i in range(4) for tr in obspy.read()]  # 12 traces
+    for i, tr in enumerate(sent):
+        tr.stats.station = f"S{i:02d}"
+    selected = []
+    started = threading.Event()
+
+    class FakeClient:
+        def __init__(self, server):
+            assert server == "seedlink.example:18000"
+
+        def select_stream(self, net, sta, channels):
+            selected.append((net, sta, channels))
+
+        def run(self):
+            for tr in sent:
+                self.on_data(tr)
+            started.set()
+
+    monkeypatch.setattr(easyseedlink, "EasySeedLinkClient", FakeClient)
+    packets = seedlink_packets("seedlink.example:18000", ["BW.RJOB:EH?", "GE.APE"])
+    got = []
+    while len(got) < len(sent):
+        got.extend(next(packets))
+    assert selected == [("BW", "RJOB", "EH?"), ("GE", "APE", "???")]
+    assert [tr.stats.station for tr in got] == [tr.stats.station for tr in sent]

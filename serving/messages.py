@@ -1,0 +1,103 @@
+"""Wire messages <-> the serving core: one place for every protobuf conversion."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+from obspy import Trace, UTCDateTime
+
+from seismag.serving import ingest
+from seismag.serving.errors import InvalidInput
+from seismag.serving.results import StationResult, StationUpdate
+from seismag.serving.v1 import seismag_pb2 as pb
+
+
+def _time_or_nan(t: UTCDateTime | None) -> tuple[float, bool]:
+    return (math.nan, False) if t is None else (float(UTCDateTime(t).timestamp), True)
+
+
+def _timings(ms: dict[str, float]) -> pb.Timings:
+    return pb.Timings(
+        preprocess_ms=float(ms.get("preprocess", 0.0)),
+        queue_ms=float(ms.get("queue", 0.0)),
+        compute_ms=float(ms.get("compute", 0.0)),
+        total_ms=float(ms.get("total", 0.0)),
+    )
+
+
+def station_magnitude(r: StationResult) -> pb.StationMagnitude:
+    onset, has_onset = _time_or_nan(r.onset)
+    return pb.StationMagnitude(
+        network=r.network,
+        station=r.station,
+        location=r.location,
+        magnitude=float(r.magnitude),
+        derivation=r.derivation,
+        series=pb.MagnitudeSeries(
+            start=float(UTCDateTime(r.series_start).timestamp),
+            interval=float(r.series_interval),
+            values=np.asarray(r.series, dtype=np.float32).tolist(),
+        ),
+        onset=onset,
+        has_onset=has_onset,
+        onset_source=r.onset_source,
+        model=r.model,
+        model_version=str(r.model_version),
+        missing_components=list(r.missing_components),
+        timings=_timings(r.timings_ms),
+    )
+
+
+def stream_update(u: StationUpdate) -> pb.StreamUpdate:
+    onset, has_onset = _time_or_nan(u.onset)
+    return pb.StreamUpdate(
+        network=u.network,
+        station=u.station,
+        location=u.location,
+        time=float(UTCDateTime(u.time).timestamp),
+        magnitude=float(u.magnitude),
+        onset=onset,
+        has_onset=has_onset,
+        model=u.model,
+        lag_seconds=float(u.lag_s),
+        timings=_timings(u.timings_ms),
+    )
+
+
+def model_info(runtime, default_name: str) -> pb.ModelInfo:
+    def specs(items) -> list[pb.TensorSpec]:
+        return [pb.TensorSpec(name=n, datatype=d, shape=[int(x) for x in s]) for n, d, s in items]
+
+    return pb.ModelInfo(
+        name=runtime.name,
+        version=str(runtime.version),
+        card_json=json.dumps(runtime.card.to_dict()),
+        weights=str(runtime.weights),
+        is_default=runtime.name == default_name,
+        inputs=specs(runtime.input_specs()),
+        outputs=specs(runtime.output_specs()),
+    )
+
+
+def raw_trace(t: pb.RawTrace) -> Trace:
+    if not math.isfinite(t.starttime):
+        raise InvalidInput(f"{t.network}.{t.station}.{t.location}.{t.channel}: bad starttime")
+    return ingest.trace_from_array(
+        t.network,
+        t.station,
+        t.location,
+        t.channel,
+        t.sampling_rate,
+        UTCDateTime(t.starttime),
+        np.asarray(t.samples, dtype=np.float32),
+    )
+
+
+def pick_time(p: pb.PPick) -> UTCDateTime:
+    if not p.station_id or not math.isfinite(p.time):
+        raise InvalidInput(
+            f"bad P pick {p.station_id!r} at {p.time}: needs a station id and a time"
+        )
+    return UTCDateTime(p.time)
