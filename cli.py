@@ -78,6 +78,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             print(f"seismag: error: {flag} must be >= 1, got {value}", file=sys.stderr)
             return 2
+    if not 0 <= args.gil_switch_ms <= 100:
+        print(
+            f"seismag: error: --gil-switch-ms must be in [0, 100], got {args.gil_switch_ms}",
+            file=sys.stderr,
+        )
+        return 2
     if (args.tls_cert is None) != (args.tls_key is None):
         print("seismag: error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -104,6 +110,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_queue_delay_ms=args.max_queue_delay_ms,
         grace=args.grace,
+        gil_switch_ms=args.gil_switch_ms,
         address=f"{host}:{args.port}",
         max_message_mb=args.max_message_mb,
         tls_cert=args.tls_cert,
@@ -195,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-mb", type=float, default=64, help="largest message in MiB")
     p.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight RPCs get after SIGTERM"
+    )
+    p.add_argument(
+        "--gil-switch-ms",
+        type=float,
+        default=0.2,
+        help="interpreter switch interval in ms (0 = Python's 5 ms); small keeps streams prompt",
     )
     p.set_defaults(func=_cmd_serve)
     return parser

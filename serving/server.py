@@ -22,6 +22,7 @@ from __future__ import annotations
 import hmac
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -54,6 +55,12 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _HEALTH_PREFIX = f"/{HEALTH_SERVICE}/"
 DEFAULT_SERIES_INTERVAL = 1.0
 DEFAULT_GRACE = 10.0
+DEFAULT_GIL_SWITCH_MS = 0.2
+"""Interpreter switch interval of a served process. A stream hands work between threads
+thousands of times a second (gRPC's poller, the readers, the batcher's workers, the response
+senders); a thread woken for its next step waits until the GIL holder releases it, which a busy
+holder only does at the switch interval (Python's default: 5 ms). At 0.2 ms, 1000 stations sending
+one message per station-second went from p99 411 ms to 180 ms (docs/serving.md)."""
 
 
 # -- MagnitudeService ---------------------------------------------------------------------------
@@ -502,6 +509,7 @@ def serve_forever(
     max_queue_delay_ms: float = 2.0,
     providers: list[str] | None = None,
     grace: float = DEFAULT_GRACE,
+    gil_switch_ms: float = DEFAULT_GIL_SWITCH_MS,
     **options: Any,
 ) -> int:
     """Load the models, serve until SIGTERM/SIGINT, drain within ``grace`` seconds; exit code.
@@ -509,6 +517,9 @@ def serve_forever(
     Returns 2 without serving when a model cannot be loaded: a server that comes up without the
     model it was asked for is worse than one that refuses to start. ``options`` go to
     :func:`build_server`. Must run in the main thread (signal handlers).
+
+    ``gil_switch_ms`` sets the interpreter's switch interval for this process (see
+    ``DEFAULT_GIL_SWITCH_MS``); 0 leaves Python's default.
     """
     from seismag.serving.runtime import ModelLoadError, ModelRegistry, default_model_path
 
@@ -516,6 +527,8 @@ def serve_forever(
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+    if gil_switch_ms > 0:
+        sys.setswitchinterval(gil_switch_ms / 1e3)
     try:
         paths = list(model_paths) if model_paths else [default_model_path()]
         registry = ModelRegistry.from_paths(

@@ -60,3 +60,16 @@ def test_bad_subcommand_exits_nonzero():
     )
     assert proc.returncode != 0
     assert "invalid choice" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--gil-switch-ms", "-1"], "--gil-switch-ms must be in [0, 100]"),
+    ],
+)
+def test_serve_refuses_bad_settings_with_a_message(flags, message, capsys):
+    assert main(["serve", "--port", "0", *flags]) == 2
+    assert message in capsys.readouterr().err
