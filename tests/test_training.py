@@ -289,3 +289,34 @@ def test_cli_errors_are_clean(tiny_data, tmp_path, capsys):
     assert code == 0
     doc = json.loads((tmp_path / "b" / "results.json").read_text())
     assert doc["model"] == "baseline_ML" and doc["metrics"]["full"]["n"] == doc["n_waveforms"]
+
+
+def test_default_weights_doc_lists_each_rows_command_and_keeps_commentary(tmp_path, monkeypatch):
+    from seismag.training import train_defaults
+
+    def entry(mae: float, command: str | None, baseline: bool = False) -> dict:
+        full = {"n": 10, "mae": mae, "rmse": mae, "r2": 0.9}
+        res = {"data": "d/synth", "metrics": {"full": full, "1s": {"mae": 2 * mae}}}
+        res.update(minutes=3.0, epochs=2)
+        if command:
+            res["command"] = command
+        if baseline:
+            res["baseline"] = {"metrics": {"full": {**full, "mae": 0.4}}}
+        return res
+
+    summary = {
+        "A": entry(0.2, None, baseline=True),  # a row from before rows recorded their command
+        "B": entry(0.3, "python -m seismag.training.train_defaults --models B --merge"),
+    }
+    doc = tmp_path / "evaluation.md"
+    doc.write_text("# old\n\n## Reading this run\n\nhand-written notes\n")
+    monkeypatch.setattr(train_defaults, "DOC", doc)
+    train_defaults._write_docs(summary, tmp_path)
+    text = doc.read_text()
+    assert "seismag synth --out d/synth" in text
+    assert f"{train_defaults.LEGACY_COMMAND}\n        # rows: A" in text
+    assert "--models B --merge\n        # rows: B" in text
+    assert "| A | 3.0 min, 2 ep | 10 | 0.200 |" in text
+    assert "| B | 3.0 min, 2 ep | 10 | 0.300 |" in text
+    assert "| ML baseline (Hutton & Boore 1987) | - | 10 | 0.400 |" in text
+    assert text.rstrip().endswith("## Reading this run\n\nhand-written notes")

@@ -168,13 +168,14 @@ def _write_docs(summary: dict, runs: Path) -> None:
     )
     old = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
     commentary = old[old.index(COMMENTARY) :] if COMMENTARY in old else ""
-    n = next(iter(summary.values()))["metrics"]["full"]["n"]
+    first = next(iter(summary.values()))
+    n, data = first["metrics"]["full"]["n"], first["data"]
     text = f"""# Evaluation of the shipped default weights
 
 Produced by these commands (machine: {platform.machine()}, {os.cpu_count()} cores, CPU only); each
 row names the command that trained and evaluated it:
 
-    seismag synth --out data/synth4k --events 4000 --seed 0
+    seismag synth --out {data} --events 4000 --seed 0
 {by_command}
 
 Data: synthetic 3-component 100 Hz velocity seismograms (Boore 2003 stochastic method,
