@@ -31,6 +31,7 @@ importing this module needs neither.
 from __future__ import annotations
 
 import copy
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -49,12 +50,37 @@ _kernel: Callable | None = None  # the compiled numba function, built on first u
 _op_registered = False  # onnxruntime-extensions keeps ops in a process-wide table: add ours once
 
 
+_PROTOBUF_ENV = "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"
+
+
+def import_extensions():
+    """``import onnxruntime_extensions`` without its side effect on the environment.
+
+    Importing it sets ``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python`` in ``os.environ``
+    (onnxruntime_extensions.cvt, "to avoid protobuf version mismatch"). This process keeps the
+    protobuf it has already loaded, but every process it starts afterwards inherits the variable
+    and falls back to pure-Python protobuf: a `seismag serve` spawned by the benchmark report
+    after its runtime table served a 1000-station stream at p99 1.5-1.9 s instead of ~50 ms.
+    The variable is put back as it was.
+    """
+    before = os.environ.get(_PROTOBUF_ENV)
+    try:
+        import onnxruntime_extensions
+
+        return onnxruntime_extensions
+    finally:
+        if before is None:
+            os.environ.pop(_PROTOBUF_ENV, None)
+        else:
+            os.environ[_PROTOBUF_ENV] = before
+
+
 def kernel_available() -> tuple[bool, str]:
     """Whether the fused kernel can run here; when not, a reason fit for a log line."""
     missing = []
     for module, extra in (("numba", "numba"), ("onnxruntime_extensions", "onnxruntime-extensions")):
         try:
-            __import__(module)
+            import_extensions() if module == "onnxruntime_extensions" else __import__(module)
         except ImportError as exc:  # a broken install raises ImportError subclasses too
             missing.append(f"{extra} ({exc})")
     if missing:
@@ -155,6 +181,7 @@ def _register_op() -> None:
     with _lock:
         if _op_registered:
             return
+        import_extensions()
         from onnxruntime_extensions import PyCustomOpDef, _ocos, onnx_op
 
         @onnx_op(
@@ -186,6 +213,7 @@ def session_options_with_kernel(opts: ort.SessionOptions | None = None) -> ort.S
     Building a session from these yourself? Turn off intra-op spinning as :func:`fused_session`
     does, or ORT's idle threads compete with the kernel's for the cores.
     """
+    import_extensions()
     from onnxruntime_extensions import get_library_path
 
     _register_op()

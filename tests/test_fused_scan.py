@@ -135,3 +135,18 @@ def test_model_without_scans_is_unchanged(tmp_path):
     waveform, log_amp = example_inputs(get_card("PhaseNetMag"), 1)
     (out,) = fused_session(proto).run(None, {"waveform": waveform, "log_amp": log_amp})
     assert np.all(np.isfinite(out))
+
+
+def test_loading_the_kernel_leaves_the_protobuf_setting_of_child_processes_alone():
+    # onnxruntime-extensions sets PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python on import, which
+    # would make every process started afterwards (a spawned server) use pure-Python protobuf.
+    import subprocess
+    import sys
+
+    code = (
+        "import os, onnxruntime as ort; os.environ.pop('PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION', "
+        "None); from seismag.export import fused_scan; fused_scan.kernel_available(); "
+        "fused_scan.session_options_with_kernel(); "
+        "assert 'PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION' not in os.environ, os.environ"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
