@@ -71,7 +71,8 @@ def _card_from_session(session: ort.InferenceSession, path: Path) -> tuple[Model
     return card, meta.get(WEIGHTS_KEY, "unknown")
 
 
-def _plain_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int) -> ort.SessionOptions:
+    """The options of the server's plain CPU sessions (``threads`` intra-op threads)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(int(threads), 1)
     opts.inter_op_num_threads = 1  # one graph at a time; the batcher provides the concurrency
@@ -82,7 +83,7 @@ def _plain_options(threads: int) -> ort.SessionOptions:
 
 def _session(path: Path, threads: int, providers: list[str]) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(path), _plain_options(threads), providers=providers)
+        return ort.InferenceSession(str(path), session_options(threads), providers=providers)
     except Exception as exc:  # ORT raises its own Fail / InvalidProtobuf / RuntimeException
         raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
 
@@ -236,8 +237,8 @@ class ModelRuntime:
         no longer fit in cache it can get slower), but every call also costs Python overhead
         and a release and re-acquisition of the GIL, which under streaming load waits behind the
         other server threads. PhaseNetMag on the 2-core test machine costs about the same per
-        window (0.75-0.79 ms) at 1 to 32 rows per call: there a batch of 64 should be 2 calls of
-        32, not 32 calls of 2. Candidates are powers of two up to ``max_batch``; the best of
+        window (0.69-0.73 ms, benchmarks/ort_parallel.py) at 1 to 32 rows per call: there a
+        batch of 64 should be 2 calls of 32, not 32 calls of 2. Candidates are powers of two up to ``max_batch``; the best of
         ``repeats`` runs counts (the machine may be shared); a size whose one run takes longer
         than ``budget_s`` ends the search.
         """
