@@ -238,9 +238,9 @@ class ModelRuntime:
         and a release and re-acquisition of the GIL, which under streaming load waits behind the
         other server threads. PhaseNetMag on the 2-core test machine costs about the same per
         window (0.69-0.73 ms, benchmarks/ort_parallel.py) at 1 to 32 rows per call: there a
-        batch of 64 should be 2 calls of 32, not 32 calls of 2. Candidates are powers of two up to ``max_batch``; the best of
-        ``repeats`` runs counts (the machine may be shared); a size whose one run takes longer
-        than ``budget_s`` ends the search.
+        batch of 64 should be 2 calls of 32, not 32 calls of 2. Candidates are powers of two up
+        to ``max_batch``; the best of ``repeats`` runs counts (the machine may be shared); a
+        size whose one run takes longer than ``budget_s`` ends the search.
         """
         per_window: dict[int, float] = {}
         size = 1
