@@ -14,6 +14,16 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close ``fig``; the path written."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_predict(results: list[dict], path: str | Path, title: str = "Predict") -> Path:
     """Latency percentiles and the server-side split against load (concurrency or rate)."""
     plt = _pyplot()
@@ -51,12 +61,7 @@ def plot_predict(results: list[dict], path: str | Path, title: str = "Predict") 
     ax3.set_ylabel("throughput (req/s)")
     ax2.set_title(f"{title}: where the time goes (p50)")
     ax2.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def sum_parts(r: dict) -> float:
@@ -80,12 +85,7 @@ def plot_stream(result: dict, path: str | Path) -> Path:
     ax2.set_ylabel("updates per second")
     ax.set_title(f"{result['stations']} stations, {result['model']}, hop {result['hop']:g} s")
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_capacity(results: list[dict], path: str | Path) -> Path:
@@ -108,9 +108,4 @@ def plot_capacity(results: list[dict], path: str | Path) -> Path:
     ax.set_ylabel("p99 update latency (ms)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

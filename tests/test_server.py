@@ -27,6 +27,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from obspy import Stream
 
+from seismag.serving.client import raw_trace
 from seismag.serving.runtime import ModelRegistry, default_model_path
 from seismag.serving.server import build_server
 from seismag.serving.v1 import seismag_pb2 as pb
@@ -47,15 +48,12 @@ def _miniseed(st: Stream) -> bytes:
 
 
 def _raw(tr, samples=None) -> pb.RawTrace:
-    return pb.RawTrace(
-        network=tr.stats.network,
-        station=tr.stats.station,
-        location=tr.stats.location,
-        channel=tr.stats.channel,
-        sampling_rate=tr.stats.sampling_rate,
-        starttime=tr.stats.starttime.timestamp,
-        samples=np.asarray(tr.data if samples is None else samples, dtype=np.float32).tolist(),
-    )
+    """The client's RawTrace of ``tr``, with other samples if given (e.g. bad ones)."""
+    raw = raw_trace(tr)
+    if samples is not None:
+        raw.ClearField("samples")
+        raw.samples.extend(np.asarray(samples, dtype=np.float32).tolist())
+    return raw
 
 
 def _wait_for(predicate, timeout: float = 10.0) -> bool:

@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from seismag.models.card import ModelCard
 from seismag.models.preprocess import COMPONENT_ALIASES
 
 SPLITS = ("train", "dev", "test")
@@ -474,3 +475,17 @@ class WaveformDataset:
             f"WaveformDataset({str(self.path)!r}, {len(self)} traces, "
             f"component_order={self.component_order!r})"
         )
+
+
+def dataset_for(
+    card: ModelCard, path: str | os.PathLike, error: type[Exception] = ValueError
+) -> WaveformDataset:
+    """Open ``path`` in ``card``'s component order; ``error`` if it is not at the card's rate."""
+    ds = WaveformDataset(path, component_order=card.component_order)
+    if ds.sampling_rate is None:
+        raise error(f"{path} mixes sampling rates; resample it to {card.sampling_rate} Hz")
+    if abs(float(ds.sampling_rate) - card.sampling_rate) > 1e-6:
+        raise error(
+            f"{path} is sampled at {ds.sampling_rate} Hz; {card.name} needs {card.sampling_rate} Hz"
+        )
+    return ds

@@ -276,7 +276,7 @@ def evaluate(
     Returns the results dict; with ``out_dir`` also writes ``results.json``, ``results.md``,
     ``predictions.csv``, ``scatter.png`` and ``mae_vs_time.png`` there.
     """
-    from seismag.training.dataset import WaveformDataset
+    from seismag.training.dataset import dataset_for
 
     data_dir = Path(data_dir)
     if not data_dir.exists():
@@ -289,16 +289,7 @@ def evaluate(
         card, predictor, source = load_predictor(
             model_name, weights, onnx, device=device, batch_size=batch_size
         )
-    ds = WaveformDataset(data_dir, component_order=card.component_order)
-    if ds.sampling_rate is None:
-        raise EvaluationError(
-            f"{data_dir} mixes sampling rates; resample it to {card.sampling_rate} Hz"
-        )
-    if abs(float(ds.sampling_rate) - card.sampling_rate) > 1e-6:
-        raise EvaluationError(
-            f"{data_dir} is sampled at {ds.sampling_rate} Hz, {card.name} needs "
-            f"{card.sampling_rate} Hz"
-        )
+    ds = dataset_for(card, data_dir, EvaluationError)
     sub = ds.split(split)
     if limit is not None:
         sub = _head(sub, limit)

@@ -301,7 +301,7 @@ def train(
 
     from seismag.models import build_model
     from seismag.models.weights import save_weights
-    from seismag.training.dataset import WaveformDataset
+    from seismag.training.dataset import dataset_for
 
     card = dataclasses.replace(get_card(model_name), **(card_overrides or {}))
     recipe = card.training
@@ -316,16 +316,7 @@ def train(
     bs = int(batch_size or recipe.batch_size)
     base_lr = float(lr or recipe.learning_rate)
 
-    ds = WaveformDataset(data_dir, component_order=card.component_order)
-    if ds.sampling_rate is None:
-        raise TrainingError(
-            f"{data_dir} mixes sampling rates; resample it to {card.sampling_rate} Hz"
-        )
-    if abs(float(ds.sampling_rate) - card.sampling_rate) > 1e-6:
-        raise TrainingError(
-            f"{data_dir} is sampled at {ds.sampling_rate} Hz; {card.name} needs "
-            f"{card.sampling_rate} Hz"
-        )
+    ds = dataset_for(card, data_dir, TrainingError)
     train_set = load_split(ds, "train", limit=limit_train, seed=seed, cache_gb=cache_gb)
     dev_set = load_split(ds, "dev", limit=limit_dev, seed=seed, cache_gb=cache_gb)
     if len(train_set) == 0:
