@@ -115,7 +115,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return _error(f"the synthetic generator needs its extras ({exc})")
     try:
-        path = generate_dataset(args.out, args.events, seed=args.seed)
+        config = None
+        if args.regimes:
+            from seismag.training.regimes import regime_names
+            from seismag.training.synthetic import regime_config
+
+            config = regime_config(regime_names(args.regimes))
+        path = generate_dataset(
+            args.out, args.events, seed=args.seed, config=config, workers=args.workers
+        )
     except (ValueError, OSError) as exc:
         return _error(str(exc), EXIT_FAILED)
     print(path)
@@ -187,4 +195,10 @@ def add_training_commands(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--events", type=int, required=True, help="number of events")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--regimes",
+        help="physics regimes, comma-separated names or 'train' / 'held-out' / 'all' "
+        "(default: none, the fixed Boore 2003 WNA physics of the first datasets)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     p.set_defaults(func=_cmd_synth)

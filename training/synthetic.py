@@ -38,18 +38,25 @@ import scipy.fft as sfft
 from scipy import signal as ssignal
 
 from seismag.training.dataset import DatasetWriter
+from seismag.training.regimes import (
+    CHANNEL_CODES,
+    REGIMES,
+    WNA,
+    Instrument,
+    Physics,
+    draw_event_physics,
+    draw_instrument,
+    piecewise_linear,
+    piecewise_power,
+)
 
 # --- Boore (2003) western North America parameters -------------------------------------------
-BETA_KMS = 3.5  # shear-wave velocity at the source
-ALPHA_KMS = 6.1  # P-wave velocity (tP = R / 6.1)
-RHO_GCC = 2.8
-RADIATION = 0.55  # average S radiation pattern
+# Velocities, density, radiation, spreading (1/R to 40 km, R^-0.5 beyond), Q = 180 f^0.45 and the
+# path duration 0.05 R are the defaults of regimes.Physics (WNA), which every spectrum takes.
+BETA_KMS = WNA.beta_kms  # shear-wave velocity at the source
+ALPHA_KMS = WNA.alpha_kms  # P-wave velocity (tP = R / 6.1)
 PARTITION = 1.0 / math.sqrt(2.0)  # share of S energy on one horizontal component
 FREE_SURFACE = 2.0
-CROSSOVER_KM = 40.0  # 1/R spreading up to here, R^-0.5 beyond
-Q0, Q_EXPONENT = 180.0, 0.45
-# Spectrum constant: cm s per (dyne cm) of moment at R0 = 1 km.
-_BOORE_C = RADIATION * PARTITION * FREE_SURFACE / (4 * math.pi * RHO_GCC * BETA_KMS**3) * 1e-20
 # Saragoni-Hart window shape (eps, eta) and t_eta = 2 x duration.
 _SH_EPS, _SH_ETA, _SH_TETA_FACTOR = 0.2, 0.05, 2.0
 _SH_B = -_SH_EPS * math.log(_SH_ETA) / (1 + _SH_EPS * (math.log(_SH_EPS) - 1))
@@ -86,6 +93,38 @@ class SyntheticConfig:
     """(a, b): epicentral distances are drawn up to 10^(a + b M) km (see ``max_epicentral_km``)."""
     p_window_s: tuple[float, float] = (5.0, 35.0)
     """P lands uniformly in this span after the trace start, shortened so S fits with 5 s spare."""
+    regimes: tuple[str, ...] = ()
+    """Physics regimes (:mod:`seismag.training.regimes`) each event draws one of, uniformly. Empty:
+    the fixed Boore (2003) WNA physics of the first datasets, with broadband stations only and
+    nothing else below (kept so that old datasets can be made again bit for bit). With regimes,
+    stations also get instruments, frequency-dependent site terms, clipping and gaps."""
+    s_in_trace: bool = True
+    """Keep S inside the trace (limits distance by ``p_window_s``). False lets S fall after the
+    record end, as on short records and for distant stations."""
+    gap_probability: float = 0.0
+    """Share of traces with one zero-filled gap of 0.2-5 s (a telemetry drop merged with 0)."""
+    site_amplification_sigma_log10: float = 0.0
+    """Spread of a station's high-frequency amplification over its low-frequency level (soil:
+    amplification above a resonance f0 of 0.5-8 Hz); 0 = frequency-independent site terms."""
+
+
+def regime_config(regimes: tuple[str, ...], **overrides) -> SyntheticConfig:
+    """The generator as the shipped weights are trained and scored: physics drawn from
+    ``regimes``, every station with an instrument, P from 2 s into the record, S possibly after
+    its end, M up to 7, 3 % of traces with a gap, soil-like site terms."""
+    unknown = [r for r in regimes if r not in REGIMES]
+    if unknown or not regimes:
+        raise ValueError(f"unknown regime(s) {unknown}; known: {', '.join(REGIMES)}")
+    settings = {
+        "regimes": tuple(regimes),
+        "magnitude_range": (0.5, 7.0),
+        "p_window_s": (2.0, 40.0),
+        "s_in_trace": False,
+        "gap_probability": 0.03,
+        "site_amplification_sigma_log10": 0.2,
+        **overrides,
+    }
+    return SyntheticConfig(**settings)
 
 
 # --- source, path, site -----------------------------------------------------------------------
@@ -95,26 +134,59 @@ def seismic_moment(magnitude: np.ndarray | float) -> np.ndarray:
 
 
 def corner_frequency(
-    magnitude: np.ndarray | float, stress_drop_bar: np.ndarray | float = 100.0
+    magnitude: np.ndarray | float,
+    stress_drop_bar: np.ndarray | float = 100.0,
+    beta_kms: float = BETA_KMS,
 ) -> np.ndarray:
     """Brune S corner frequency in Hz: 4.906e6 beta (dsigma / M0)^(1/3)."""
     m0 = seismic_moment(magnitude)
-    return 4.906e6 * BETA_KMS * (np.asarray(stress_drop_bar, dtype=np.float64) / m0) ** (1 / 3)
+    return 4.906e6 * beta_kms * (np.asarray(stress_drop_bar, dtype=np.float64) / m0) ** (1 / 3)
 
 
-def geometric_spreading(r_km: np.ndarray | float) -> np.ndarray:
-    """Z(R): 1/R up to 40 km, then R^-0.5 (surface-wave-like decay of the Lg coda)."""
-    r = np.maximum(np.asarray(r_km, dtype=np.float64), 1.0)
-    return np.where(r <= CROSSOVER_KM, 1.0 / r, (1.0 / CROSSOVER_KM) * np.sqrt(CROSSOVER_KM / r))
+def two_corner_parameters(magnitude: float) -> tuple[float, float, float]:
+    """(fa, fb, eps) of the Atkinson & Silva (2000) California source."""
+    fa = 10 ** (2.181 - 0.496 * magnitude)
+    fb = 10 ** (2.41 - 0.408 * magnitude)
+    eps = min(10 ** (0.605 - 0.255 * magnitude), 1.0)
+    return fa, fb, eps
 
 
-def quality_factor(f: np.ndarray) -> np.ndarray:
-    return Q0 * np.asarray(f, dtype=np.float64) ** Q_EXPONENT
+def source_shape(
+    f: np.ndarray,
+    magnitude: float,
+    stress_drop_bar: np.ndarray | float,
+    physics: Physics,
+    corner_scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The source's displacement shape (1 at f = 0) and its duration-defining corner in Hz."""
+    if physics.source == "two_corner":
+        fa, fb, eps = two_corner_parameters(magnitude)
+        fa, fb = fa * corner_scale, fb * corner_scale
+        shape = (1 - eps) / (1 + (f / fa) ** 2) + eps / (1 + (f / fb) ** 2)
+        # Half the inverse of the lower corner: the two-corner source is shorter than a Brune
+        # source with fa as its corner.
+        return shape, np.asarray(2.0 * fa)
+    if physics.source != "brune":
+        raise ValueError(f"unknown source model {physics.source!r}")
+    fc = corner_frequency(magnitude, stress_drop_bar, physics.beta_kms) * corner_scale
+    return 1.0 / (1.0 + (f / fc) ** 2), fc
 
 
-def duration_s(fc: np.ndarray | float, r_km: np.ndarray | float) -> np.ndarray:
-    """Source duration 1/fc plus path duration 0.05 R (Boore 2003 WNA)."""
-    return 1.0 / np.asarray(fc) + 0.05 * np.asarray(r_km)
+def geometric_spreading(r_km: np.ndarray | float, physics: Physics = WNA) -> np.ndarray:
+    """Z(R): by default 1/R up to 40 km, then R^-0.5 (surface-wave-like decay of the Lg coda)."""
+    return piecewise_power(r_km, physics.spreading)
+
+
+def quality_factor(f: np.ndarray, physics: Physics = WNA) -> np.ndarray:
+    q = physics.q0 * np.asarray(f, dtype=np.float64) ** physics.q_eta
+    return np.maximum(q, physics.q_min)
+
+
+def duration_s(
+    fc: np.ndarray | float, r_km: np.ndarray | float, physics: Physics = WNA
+) -> np.ndarray:
+    """Source duration 1/fc plus the path duration (Boore 2003 WNA: 0.05 R)."""
+    return 1.0 / np.asarray(fc) + piecewise_linear(r_km, physics.duration_path)
 
 
 def velocity_spectrum(
@@ -125,33 +197,47 @@ def velocity_spectrum(
     stress_drop_bar: np.ndarray | float = 100.0,
     kappa_s: np.ndarray | float = 0.04,
     wave: str = "S",
+    physics: Physics = WNA,
 ) -> np.ndarray:
     """Fourier amplitude of ground velocity on one component, in m/s * s (= m).
 
     Arguments broadcast (e.g. ``f`` of shape (F,), the others (K, 1)). For ``wave="P"`` the level
-    is scaled by (beta/alpha)^3 (the 1/(rho v^3) source term), the corner frequency by 1.5 and the
-    travel time in the Q term uses alpha.
+    is scaled by ``physics.p_level`` (beta/alpha)^3 (the 1/(rho v^3) source term), the corners by
+    ``physics.p_corner_ratio`` and the travel time in the Q term uses alpha.
     """
     f = np.asarray(f, dtype=np.float64)
-    fc = corner_frequency(magnitude, stress_drop_bar)
-    level = _BOORE_C * seismic_moment(magnitude)
-    speed = BETA_KMS
+    level = (
+        physics.radiation
+        * PARTITION
+        * FREE_SURFACE
+        / (4 * math.pi * physics.rho_gcc * physics.beta_kms**3)
+        * 1e-20
+        * seismic_moment(magnitude)
+    )
+    speed, corner_scale = physics.beta_kms, 1.0
     if wave == "P":
-        fc = 1.5 * fc
-        level = level * (BETA_KMS / ALPHA_KMS) ** 3
-        speed = ALPHA_KMS
+        corner_scale = physics.p_corner_ratio
+        level = level * physics.p_level * (physics.beta_kms / physics.alpha_kms) ** 3
+        speed = physics.alpha_kms
     elif wave != "S":
         raise ValueError(f"wave must be 'P' or 'S', got {wave!r}")
+    shape, _ = source_shape(f, float(magnitude), stress_drop_bar, physics, corner_scale)
     r = np.asarray(r_km, dtype=np.float64)
     fpos = np.maximum(f, 1e-6)  # Q(0) = 0; the 2 pi f factor zeroes DC anyway
     displacement_cm_s = (
         level
-        / (1.0 + (f / fc) ** 2)
-        * geometric_spreading(r)
-        * np.exp(-np.pi * fpos * r / (quality_factor(fpos) * speed))
+        * shape
+        * geometric_spreading(r, physics)
+        * np.exp(-np.pi * fpos * r / (quality_factor(fpos, physics) * speed))
         * np.exp(-np.pi * np.asarray(kappa_s) * f)
     )
     return 2.0 * np.pi * f * displacement_cm_s * 0.01
+
+
+def site_amplification(f: np.ndarray, high: np.ndarray, f0: np.ndarray) -> np.ndarray:
+    """Amplification rising from 1 below ``f0`` to ``high`` above it (a soft layer's response)."""
+    x = (np.asarray(f) / np.asarray(f0)) ** 2
+    return 1.0 + (np.asarray(high) - 1.0) * x / (1.0 + x)
 
 
 # --- time series --------------------------------------------------------------------------------
@@ -242,17 +328,28 @@ def peterson_noise(
     sampling_rate: float,
     n_components: int = 3,
 ) -> np.ndarray:
-    """Gaussian velocity noise (K, n_components, n_samples) in m/s with a Peterson-level PSD.
+    """Gaussian velocity noise (K, n_components, n_samples) in m/s with a Peterson-level PSD."""
+    level = np.atleast_1d(np.asarray(level, dtype=np.float64))
+    f = sfft.rfftfreq(n_samples, 1.0 / sampling_rate)
+    return psd_noise(rng, peterson_velocity_psd(f, level[:, None]), n_samples, sampling_rate)
+
+
+def psd_noise(
+    rng: np.random.Generator,
+    psd: np.ndarray,
+    n_samples: int,
+    sampling_rate: float,
+    n_components: int = 3,
+) -> np.ndarray:
+    """Gaussian noise (K, n_components, n_samples) with one-sided PSD ``psd`` (K, n//2+1).
 
     Built in the frequency domain: complex Gaussian coefficients with E|X_k|^2 = N times
     sqrt(PSD / (2 dt)) have the requested one-sided PSD after the inverse FFT; DC is zero.
     """
-    level = np.atleast_1d(np.asarray(level, dtype=np.float64))
     dt = 1.0 / sampling_rate
-    f = sfft.rfftfreq(n_samples, dt)
-    amp = np.sqrt(peterson_velocity_psd(f, level[:, None]) / (2 * dt))
+    amp = np.sqrt(np.asarray(psd, dtype=np.float64) / (2 * dt))
     amp[:, 0] = 0.0
-    shape = (level.size, n_components, f.size)
+    shape = (amp.shape[0], n_components, amp.shape[1])
     coeff = np.empty(shape, dtype=np.complex64)
     coeff.real = rng.standard_normal(shape, dtype=np.float32)
     coeff.imag = rng.standard_normal(shape, dtype=np.float32)
@@ -260,6 +357,15 @@ def peterson_noise(
     if n_samples % 2 == 0:  # the Nyquist bin of a real series is real
         coeff[..., -1] = coeff[..., -1].real * math.sqrt(2)
     return sfft.irfft(coeff * amp[:, None, :], n_samples, axis=-1)
+
+
+def instrument_noise(
+    rng: np.random.Generator, self_noise_db: np.ndarray, n_samples: int, sampling_rate: float
+) -> np.ndarray:
+    """Sensor self-noise as velocity (K, 3, n): a flat acceleration PSD integrated once."""
+    f = sfft.rfftfreq(n_samples, 1.0 / sampling_rate)
+    acc = 10.0 ** (np.asarray(self_noise_db, dtype=np.float64)[:, None] / 10.0)
+    return psd_noise(rng, acc / np.maximum(2 * np.pi * f, 1e-3) ** 2, n_samples, sampling_rate)
 
 
 # --- SNR ------------------------------------------------------------------------------------------
@@ -280,6 +386,8 @@ def trace_snr(
 ) -> np.ndarray:
     """SNR in dB: RMS of the 3-component vector in [S, S + 10 s] over RMS in [1 s, P - 0.1 s].
 
+    Where S is not in the trace (within its last second) the signal window starts at P.
+
     Both after a causal 4th-order 1-20 Hz Butterworth band-pass. The band keeps the comparison
     about the event: broadband velocity noise is dominated by microseisms (0.1-0.5 Hz) that every
     magnitude pipeline filters out, and which would otherwise mark clear local M1 events as
@@ -297,7 +405,8 @@ def trace_snr(
     out = np.empty(x.shape[0])
     for i in range(x.shape[0]):
         noise = x[i, :, skip : max(int(p_sample[i]) - gap, skip + 10)]
-        sig = x[i, :, int(s_sample[i]) : min(int(s_sample[i]) + length, n)]
+        first = int(s_sample[i]) if s_sample[i] < n - skip else int(p_sample[i])
+        sig = x[i, :, first : min(first + length, n)]
         out[i] = 10 * np.log10(np.mean(sig**2) / max(np.mean(noise**2), 1e-300))
     return out
 
@@ -310,6 +419,10 @@ class StationPool:
     noise_level: np.ndarray
     kappa_s: np.ndarray
     site_factor: np.ndarray
+    site_high: np.ndarray | None = None
+    """High-frequency over low-frequency amplification (see ``site_amplification``)."""
+    site_f0: np.ndarray | None = None
+    instruments: tuple[Instrument, ...] | None = None
 
     def code(self, i: int) -> str:
         return f"S{i:04d}"
@@ -319,12 +432,20 @@ class StationPool:
 def station_pool(seed: int, config: SyntheticConfig) -> StationPool:
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, 0)))
     n = config.n_stations
+    noise_level = rng.beta(*config.noise_level_beta, size=n)
+    kappa = config.kappa_s * 10 ** rng.normal(0, config.kappa_sigma_log10, n)
+    site = 10 ** rng.normal(0, config.site_sigma_log10, n)
+    if not config.regimes:  # the first datasets' stations, bit for bit
+        return StationPool(noise_level, np.clip(kappa, 0.01, 0.1), site)
+    # With regimes, kappa here is the station's factor on its event's regime median (a rock
+    # station is rock under every event): the ratio to the configured median.
     return StationPool(
-        noise_level=rng.beta(*config.noise_level_beta, size=n),
-        kappa_s=np.clip(
-            config.kappa_s * 10 ** rng.normal(0, config.kappa_sigma_log10, n), 0.01, 0.1
-        ),
-        site_factor=10 ** rng.normal(0, config.site_sigma_log10, n),
+        noise_level,
+        kappa / config.kappa_s,
+        site,
+        site_high=10 ** np.abs(rng.normal(0, config.site_amplification_sigma_log10, n)),
+        site_f0=np.exp(rng.uniform(math.log(0.5), math.log(8.0), n)),
+        instruments=tuple(draw_instrument(rng) for _ in range(n)),
     )
 
 
@@ -373,17 +494,22 @@ def _draw_candidates(
     config: SyntheticConfig,
     trace_seconds: float,
     used: set[int],
+    physics: Physics = WNA,
 ) -> dict[str, np.ndarray]:
     lo = config.distance_range_km[0]
-    # S must fit: (tS - tP) = 0.1218 R must leave p_window_s[0] + 5 s in the trace.
-    r_fit = (trace_seconds - config.p_window_s[0] - 5.0) / (1 / BETA_KMS - 1 / ALPHA_KMS)
-    hi = min(max_epicentral_km(magnitude, config), math.sqrt(max(r_fit**2 - depth**2, 0.0)))
+    slowness_sp = 1 / physics.beta_kms - 1 / physics.alpha_kms
+    hi = max_epicentral_km(magnitude, config)
+    if config.s_in_trace:
+        # S must fit: (tS - tP) = 0.1218 R must leave p_window_s[0] + 5 s in the trace.
+        r_fit = (trace_seconds - config.p_window_s[0] - 5.0) / slowness_sp
+        hi = min(hi, math.sqrt(max(r_fit**2 - depth**2, 0.0)))
     hi = max(hi, lo * 1.01)
     epi = np.exp(rng.uniform(math.log(lo), math.log(hi), k))  # log-uniform: many near stations
     hyp = np.sqrt(epi**2 + depth**2)
-    sp = hyp * (1 / BETA_KMS - 1 / ALPHA_KMS)
+    sp = hyp * slowness_sp
     p_lo, p_hi = config.p_window_s
-    p_hi = np.maximum(np.minimum(p_hi, trace_seconds - sp - 5.0), p_lo)
+    room = trace_seconds - (sp if config.s_in_trace else 0.0) - 5.0
+    p_hi = np.maximum(np.minimum(p_hi, room), p_lo)
     p_time = p_lo + rng.random(k) * (p_hi - p_lo)
     return {
         # No station twice in one event (a real network records each event once per station).
@@ -416,8 +542,14 @@ def simulate_signal(
     p_incidence_deg: np.ndarray | float = 20.0,
     sv_share_deg: np.ndarray | float = 45.0,
     s_on_z: np.ndarray | float = 0.4,
+    physics: Physics = WNA,
+    site_high: np.ndarray | float = 1.0,
+    site_f0: np.ndarray | float = 1.0,
 ) -> np.ndarray:
-    """Noise-free ZNE velocity (K, 3, n_samples) in m/s of one event at K stations."""
+    """Noise-free ZNE velocity (K, 3, n_samples) in m/s of one event at K stations.
+
+    ``site_factor`` scales all frequencies; ``site_high`` (> 1) amplifies those above ``site_f0``.
+    """
     hyp = np.atleast_1d(np.asarray(hyp_km, dtype=np.float64))
     k = hyp.size
 
@@ -428,12 +560,16 @@ def simulate_signal(
     # Coda cut at the buffer end wraps to its start; 10 s of spare keeps it out of the trace.
     n_buffer = sfft.next_fast_len(n_samples + round(10 * sampling_rate), real=True)
     f = sfft.rfftfreq(n_buffer, dt)
-    kw = {"stress_drop_bar": stress_drop_bar, "kappa_s": col(kappa_s)}
-    spec_s = velocity_spectrum(f, magnitude, hyp[:, None], wave="S", **kw) * col(site_factor)
-    spec_p = velocity_spectrum(f, magnitude, hyp[:, None], wave="P", **kw) * col(site_factor)
-    fc = float(corner_frequency(magnitude, stress_drop_bar))
-    dur_s = duration_s(fc, hyp)
-    dur_p = duration_s(1.5 * fc, hyp)
+    kw = {"stress_drop_bar": stress_drop_bar, "kappa_s": col(kappa_s), "physics": physics}
+    site = col(site_factor)
+    if np.any(np.asarray(site_high) != 1.0):
+        site = site * site_amplification(f, col(site_high), col(site_f0))
+    spec_s = velocity_spectrum(f, magnitude, hyp[:, None], wave="S", **kw) * site
+    spec_p = velocity_spectrum(f, magnitude, hyp[:, None], wave="P", **kw) * site
+    _, fc = source_shape(f[:1], magnitude, stress_drop_bar, physics)
+    fc = float(fc)
+    dur_s = duration_s(fc, hyp, physics)
+    dur_p = duration_s(physics.p_corner_ratio * fc, hyp, physics)
     # One P series, two independent S series (SV, SH), all in one batch of FFTs.
     series = stochastic_series(
         rng,
@@ -481,6 +617,11 @@ def simulate_event(
     )
     source_id = f"syn{seed}_{event_index:07d}"
     wanted = int(rng.integers(stations_per_event[0], stations_per_event[1] + 1))
+    regime, physics = "", WNA
+    if config.regimes:
+        regime = config.regimes[int(rng.integers(len(config.regimes)))]
+        drawn = draw_event_physics(rng, regime)
+        physics, stress = drawn.physics, drawn.stress_drop_bar
 
     kept_wave: list[np.ndarray] = []
     kept_meta: list[dict] = []
@@ -490,12 +631,17 @@ def simulate_event(
         k = wanted - len(kept_wave)
         if k <= 0:
             break
-        c = _draw_candidates(rng, k, mag, depth, config, trace_seconds, used)
+        c = _draw_candidates(rng, k, mag, depth, config, trace_seconds, used, physics)
         candidates += k
         st = c["station"]
         used.update(int(s) for s in st)
         p_sample = np.round(c["p_time"] * sampling_rate).astype(np.int64)
         s_sample = p_sample + np.round(c["sp"] * sampling_rate).astype(np.int64)
+        kappa = pool.kappa_s[st]
+        site: dict = {}
+        if config.regimes:
+            kappa = np.clip(kappa * drawn.kappa_median_s, 0.003, 0.12)
+            site = {"site_high": pool.site_high[st], "site_f0": pool.site_f0[st]}
         sig = simulate_signal(
             rng,
             mag,
@@ -505,23 +651,38 @@ def simulate_event(
             n_samples=n,
             sampling_rate=sampling_rate,
             stress_drop_bar=stress,
-            kappa_s=pool.kappa_s[st],
+            kappa_s=kappa,
             site_factor=pool.site_factor[st],
             back_azimuth_deg=c["baz"],
             p_incidence_deg=c["p_incidence"],
             sv_share_deg=c["sv_share"],
             s_on_z=c["s_on_z"],
+            physics=physics,
+            **site,
         )
         # The dB jitter as a step in level, using the NLNM-NHNM gap at 1 Hz (~50 dB).
         span = peterson_acceleration_db(1.0, 1.0) - peterson_acceleration_db(1.0, 0.0)
         level = np.clip(pool.noise_level[st] + c["noise_jitter"] / span, 0.0, 1.0)
         wave = sig + peterson_noise(rng, level, n, sampling_rate)
+        instruments = [pool.instruments[int(j)] for j in st] if pool.instruments else None
+        record = {"clipped": np.zeros(k, bool), "gap_s": np.zeros(k)}
+        if instruments is not None:
+            wave, record = _record(rng, wave, instruments, sampling_rate, config.gap_probability)
         snr = trace_snr(wave, p_sample, s_sample, sampling_rate)
         pgv = np.abs(sig[:, 1:]).max(axis=(1, 2))
         for i in np.flatnonzero(snr >= config.snr_min_db):
             start = origin + np.timedelta64(
-                round(float(c["hyp"][i] / ALPHA_KMS - p_sample[i] / sampling_rate) * 1e6), "us"
+                round(float(c["hyp"][i] / physics.alpha_kms - p_sample[i] / sampling_rate) * 1e6),
+                "us",
             )
+            extra = {}
+            if instruments is not None:
+                extra = {
+                    "source_regime": regime,
+                    "station_instrument": instruments[i].kind,
+                    "trace_clipped": bool(record["clipped"][i]),
+                    "trace_gap_s": round(float(record["gap_s"][i]), 3),
+                }
             kept_wave.append(wave[i].astype(np.float32))
             kept_meta.append(
                 {
@@ -542,15 +703,46 @@ def simulate_event(
                     "station_network_code": "SY",
                     "station_code": pool.code(int(st[i])),
                     "station_location_code": "",
-                    "station_kappa_s": round(float(pool.kappa_s[st[i]]), 4),
+                    "station_kappa_s": round(float(kappa[i]), 4),
                     "station_site_factor": round(float(pool.site_factor[st[i]]), 4),
-                    "trace_channel": "HH",
+                    "trace_channel": CHANNEL_CODES[instruments[i].kind] if instruments else "HH",
                     "trace_sampling_rate_hz": sampling_rate,
                     "trace_start_time": np.datetime_as_string(start) + "Z",
+                    **extra,
                 }
             )
     waves = np.stack(kept_wave) if kept_wave else np.zeros((0, 3, n), np.float32)
     return EventRecords(waves, kept_meta, candidates)
+
+
+def _record(
+    rng: np.random.Generator,
+    wave: np.ndarray,
+    instruments: list[Instrument],
+    sampling_rate: float,
+    gap_probability: float,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """What each station's sensor and telemetry make of ground velocity + site noise (K, 3, n):
+    sensor self-noise, the band limit of the corrected record, saturation, a zero-filled gap."""
+    k, _, n = wave.shape
+    db = np.array(
+        [ins.self_noise_db if ins.self_noise_db is not None else -400.0 for ins in instruments]
+    )
+    wave = wave + instrument_noise(rng, db, n, sampling_rate)
+    clipped = np.zeros(k, bool)
+    gap_s = np.zeros(k)
+    for i, ins in enumerate(instruments):
+        sos = ssignal.butter(2, ins.highpass_hz, "highpass", fs=sampling_rate, output="sos")
+        wave[i] = ssignal.sosfilt(sos, wave[i], axis=-1)
+        if np.isfinite(ins.clip_mps) and np.abs(wave[i]).max() > ins.clip_mps:
+            clipped[i] = True
+            np.clip(wave[i], -ins.clip_mps, ins.clip_mps, out=wave[i])
+        if rng.random() < gap_probability:
+            length = int(rng.uniform(0.2, 5.0) * sampling_rate)
+            first = int(rng.integers(0, max(n - length, 1)))
+            wave[i, :, first : first + length] = 0.0
+            gap_s[i] = length / sampling_rate
+    return wave, {"clipped": clipped, "gap_s": gap_s}
 
 
 # --- the dataset ----------------------------------------------------------------------------------
