@@ -1,11 +1,11 @@
 """AMAG_v2 (MagnitudeNet): the PhaseNet U-Net with an LSTM + self-attention bottleneck.
 
-Encoder and decoder are PhaseNetMag's (:class:`seismag.models.phasenet_mag.UNetMagnitudeModel`).
-At the bottleneck (128 channels, 12 steps of 2.56 s for a 30 s window) a bidirectional LSTM
-reads the whole window in both directions, multi-head self-attention lets every step weigh
-every other, and a linear projection with dropout maps back to the bottleneck channels for the
-decoder. Bidirectional by default: the model sees the full window offline, so the later coda
-may inform earlier samples. There is no residual around the bottleneck, as in the seed design.
+As in the reference MagnitudeNet (QuentonYeo/magnitude_estimation, AMAG_v2): the PhaseNet
+encoder/decoder with stride 2 (finer time resolution than PhaseNet's 4), Conv1d padding
+``kernel // 2`` on the strided convs (no bias) and centre crops on the way up. At the bottleneck
+(128 channels, 188 steps of 0.16 s for a 30 s window) a two-layer bidirectional LSTM reads the
+whole window, multi-head self-attention lets every step weigh every other, and a linear
+projection, dropout and BatchNorm + ReLU map back to the bottleneck channels for the decoder.
 
 Outputs are in label space (magnitude + 1 for AMAG); the offset is the card's business.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seismag.models.phasenet_mag import UNetMagnitudeModel, check_positive_int
+from seismag.models.phasenet_mag import _BN_EPS, UNetMagnitudeModel, check_positive_int
 
 
 class MagnitudeNet(UNetMagnitudeModel):
@@ -28,14 +28,28 @@ class MagnitudeNet(UNetMagnitudeModel):
         filters_root: int = 8,
         depth: int = 5,
         kernel_size: int = 7,
-        stride: int = 4,
-        lstm_hidden: int = 32,
+        stride: int = 2,
+        lstm_hidden: int = 128,
+        lstm_layers: int = 2,
         bidirectional: bool = True,
         num_heads: int = 4,
-        dropout: float = 0.1,
+        dropout: float = 0.2,
+        n_outputs: int = 1,
     ) -> None:
-        super().__init__(in_channels, in_samples, filters_root, depth, kernel_size, stride)
+        super().__init__(
+            in_channels,
+            in_samples,
+            filters_root,
+            depth,
+            kernel_size,
+            stride,
+            down_padding=kernel_size // 2,
+            down_bias=False,
+            crop="centre",
+            n_outputs=n_outputs,
+        )
         check_positive_int("lstm_hidden", lstm_hidden)
+        check_positive_int("lstm_layers", lstm_layers)
         check_positive_int("num_heads", num_heads)
         if not isinstance(bidirectional, bool):
             raise ValueError(f"bidirectional must be a bool, got {bidirectional!r}")
@@ -50,9 +64,17 @@ class MagnitudeNet(UNetMagnitudeModel):
                 f"lstm_hidden * {2 if bidirectional else 1})"
             )
         channels = self.bottleneck_channels
-        self.lstm = nn.LSTM(channels, lstm_hidden, batch_first=True, bidirectional=bidirectional)
-        self.attention = nn.MultiheadAttention(embed, num_heads, batch_first=True)
+        self.lstm = nn.LSTM(
+            channels,
+            lstm_hidden,
+            num_layers=lstm_layers,
+            batch_first=True,
+            dropout=dropout if lstm_layers > 1 else 0.0,  # between layers only, as in PyTorch
+            bidirectional=bidirectional,
+        )
+        self.attention = nn.MultiheadAttention(embed, num_heads, dropout=dropout, batch_first=True)
         self.bottleneck_proj = nn.Linear(embed, channels)
+        self.bottleneck_bn = nn.BatchNorm1d(channels, eps=_BN_EPS)
         self.dropout = nn.Dropout(dropout)
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,4 +83,5 @@ class MagnitudeNet(UNetMagnitudeModel):
         x, _ = self.lstm(x)
         x, _ = self.attention(x, x, x, need_weights=False)
         x = self.dropout(self.bottleneck_proj(x)).transpose(1, 2)
+        x = torch.relu(self.bottleneck_bn(x))
         return self.decode(x, skips)

@@ -105,8 +105,10 @@ class Mamba(nn.Module):
 
 
 class MambaLayer(nn.Module):
-    """U-Mamba's layer on (B, C, L): LayerNorm, Mamba over tokens, residual.
+    """U-Mamba's layer on (B, C, L): LayerNorm, then Mamba over tokens.
 
+    No residual around the Mamba: the reference U-Mamba magnitude models
+    (QuentonYeo/magnitude_estimation) have none, and imported checkpoints must mean the same.
     Patch tokens: a sequence over the L positions with C features. Channel tokens: a sequence over
     the C channels with L features, which U-Mamba uses when a feature map has no more positions
     than channels. The choice is fixed at construction from static sizes (``dim`` is then L).
@@ -129,5 +131,5 @@ class MambaLayer(nn.Module):
                 f"{self.dim}, got {tuple(x.shape)}"
             )
         tokens = x if self.channel_token else x.transpose(1, 2)  # (B, n_tokens, features)
-        out = tokens + self.mamba(self.norm(tokens))
+        out = self.mamba(self.norm(tokens))
         return out if self.channel_token else out.transpose(1, 2)

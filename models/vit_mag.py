@@ -1,12 +1,14 @@
 """ViTMag: a vision-transformer magnitude regressor after Saad et al. (2022, MagViT).
 
-Conv + pooling blocks shorten the window (3001 samples -> 32 x 75), non-overlapping patches of
-``patch_size`` time steps are flattened and projected to ``embed_dim`` (75 -> 15 patches of 100),
-a learned position embedding is added, transformer encoder blocks mix the patches, and the
-flattened sequence goes through an MLP head to one magnitude per window.
+The layout is the reference ViTMagnitudeEstimator's (QuentonYeo/magnitude_estimation): linear
+conv + max-pool blocks shorten the window (3001 samples -> 32 x 75), non-overlapping patches of
+``patch_size`` steps are flattened and projected to ``embed_dim`` (15 patches of 100), a learned
+position embedding is added, pre-norm transformer blocks (full-width heads averaged) mix the
+patches, and the flattened sequence goes through a GELU MLP [1000, 500] to one magnitude.
 
-Every length is derived from ``in_samples`` at construction, so the forward is static apart from
-the batch axis and exports to ONNX with a dynamic batch.
+``transformer_mlp_dims = [200]`` is the reference's 2,720,625-parameter variant; ``[200, 100]``
+is the three-layer MLP of its later revision. Every length is derived from ``in_samples`` at
+construction, so the forward is static apart from the batch axis and exports to ONNX.
 """
 
 from __future__ import annotations
@@ -37,90 +39,154 @@ def _check_dropout(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
-class _EncoderBlock(nn.Module):
-    """Pre-norm transformer encoder block (multi-head self-attention + GELU feed-forward).
+class _AttentionHead(nn.Module):
+    """One full-width scaled dot-product head (the reference's SelfAttention)."""
 
-    Written out instead of ``nn.TransformerEncoderLayer``: the latter's attention bakes the
-    traced batch size into ONNX reshapes, which breaks the dynamic batch axis.
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.scale = dim**-0.5
+        self.W_q = nn.Linear(dim, dim)
+        self.W_k = nn.Linear(dim, dim)
+        self.W_v = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, P, D) -> (B, P, D)
+        scores = (self.W_q(x) @ self.W_k(x).transpose(-2, -1)) * self.scale
+        return self.dropout(torch.softmax(scores, dim=-1)) @ self.W_v(x)
+
+
+class _MultiHeadAttention(nn.Module):
+    """The reference's multi-head self-attention: full-width heads *averaged*, then projected.
+
+    Unlike the usual split-and-concatenate heads, each head attends over all ``dim`` features and
+    the heads' outputs are averaged; kept as is so reference checkpoints mean the same thing. The
+    loop runs over a fixed number of heads, so the ONNX graph stays static.
     """
 
-    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.heads = heads
-        self.head_dim = dim // heads
-        self.scale = self.head_dim**-0.5
-        self.norm1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.attn_drop = nn.Dropout(dropout)
-        self.proj = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(
-            nn.Linear(dim, ff_dim),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(ff_dim, dim),
-            nn.Dropout(dropout),
-        )
-
-    def _attention(self, x: torch.Tensor) -> torch.Tensor:  # (B, P, D) -> (B, P, D)
-        # (B, P, 3 * D) -> 3 x (B, H, P, Dh), reshaped with static sizes only.
-        qkv = self.qkv(x).unflatten(-1, (3, self.heads, self.head_dim)).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        weights = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
-        y = (self.attn_drop(weights) @ v).transpose(1, 2).flatten(2)
-        return self.drop(self.proj(y))
+        self.attention_heads = nn.ModuleList(_AttentionHead(dim, dropout) for _ in range(heads))
+        self.out_proj = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self._attention(self.norm1(x))
-        return x + self.ff(self.norm2(x))
+        y = torch.stack([head(x) for head in self.attention_heads], dim=0).mean(dim=0)
+        return self.dropout(self.out_proj(y))
+
+
+class _MLP(nn.Module):
+    """GELU feed-forward ``dim -> hidden[0] -> ... -> dim``; layers named fc1, fc2, ... ."""
+
+    def __init__(self, dim: int, hidden: list[int], dropout: float) -> None:
+        super().__init__()
+        widths = [dim, *hidden, dim]
+        self.n_layers = len(widths) - 1
+        for i in range(self.n_layers):
+            self.add_module(f"fc{i + 1}", nn.Linear(widths[i], widths[i + 1]))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(self.n_layers):
+            x = getattr(self, f"fc{i + 1}")(x)
+            if i < self.n_layers - 1:
+                x = nn.functional.gelu(x)
+            x = self.dropout(x)
+        return x
+
+
+class _EncoderBlock(nn.Module):
+    """Pre-norm transformer encoder block: x + MSA(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_dims: list[int], dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.msa = _MultiHeadAttention(dim, heads, dropout)
+        self.mlp = _MLP(dim, mlp_dims, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.msa(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class _ConvBlock(nn.Module):
+    """Conv with a linear activation (keeps amplitude information), dropout, max-pool."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, pool: int, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_ch, out_ch, kernel, padding=kernel // 2)
+        self.dropout = nn.Dropout(dropout)
+        self.pool = nn.MaxPool1d(pool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.dropout(self.conv(x)))
+
+
+class _PatchEmbedding(nn.Module):
+    """Non-overlapping patches of ``patch`` steps, flattened, projected, plus position embedding."""
+
+    def __init__(self, channels: int, patch: int, n_patches: int, dim: int) -> None:
+        super().__init__()
+        self.patch, self.n_patches = patch, n_patches
+        self.projection = nn.Linear(channels * patch, dim)
+        self.position_embedding = nn.Parameter(torch.randn(1, n_patches, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, L) -> (B, P, D)
+        x = x[..., : self.n_patches * self.patch]
+        # (B, C, P * S) -> (B, P, C * S): each patch is channels x its S time steps.
+        x = x.unflatten(-1, (self.n_patches, self.patch)).transpose(1, 2).flatten(2)
+        return self.projection(x) + self.position_embedding
 
 
 class ViTMag(MagnitudeModel):
-    """Conv stem, patch embedding, transformer encoders, MLP head: output (B,)."""
+    """Conv stem, patch embedding, transformer encoders, MLP head: output (B,) or (B, n_outputs)."""
+
+    amplitude_inputs = ("conv_blocks.0.conv.weight",)
 
     def __init__(
         self,
         in_channels: int = 3,
         in_samples: int = 3001,
-        conv_filters: Sequence[int] = (32, 32, 32, 32),
-        conv_kernel: int = 3,
+        conv_channels: Sequence[int] = (64, 32, 32, 32),
+        kernel_size: int = 3,
         pool_sizes: Sequence[int] = (2, 2, 2, 5),
         patch_size: int = 5,
         embed_dim: int = 100,
         num_heads: int = 4,
-        num_layers: int = 4,
-        ff_dim: int = 200,
-        mlp_units: Sequence[int] = (256, 64),
+        num_transformer_blocks: int = 4,
+        transformer_mlp_dims: Sequence[int] = (200,),
+        final_mlp_dims: Sequence[int] = (1000, 500),
         dropout: float = 0.1,
-        mlp_dropout: float = 0.2,
+        final_dropout: float = 0.5,
+        n_outputs: int = 1,
     ) -> None:
         super().__init__(in_channels, in_samples)
-        conv_filters = _check_int_list("conv_filters", conv_filters)
+        conv_channels = _check_int_list("conv_channels", conv_channels)
         pool_sizes = _check_int_list("pool_sizes", pool_sizes)
-        mlp_units = _check_int_list("mlp_units", mlp_units)
-        if len(conv_filters) != len(pool_sizes):
+        transformer_mlp_dims = _check_int_list("transformer_mlp_dims", transformer_mlp_dims)
+        final_mlp_dims = _check_int_list("final_mlp_dims", final_mlp_dims)
+        if len(conv_channels) != len(pool_sizes):
             raise ValueError(
-                f"conv_filters and pool_sizes must have the same length, "
-                f"got {len(conv_filters)} and {len(pool_sizes)}"
+                f"conv_channels and pool_sizes must have the same length, "
+                f"got {len(conv_channels)} and {len(pool_sizes)}"
             )
         for name, value in (
-            ("conv_kernel", conv_kernel),
+            ("kernel_size", kernel_size),
             ("patch_size", patch_size),
             ("embed_dim", embed_dim),
             ("num_heads", num_heads),
-            ("num_layers", num_layers),
-            ("ff_dim", ff_dim),
+            ("num_transformer_blocks", num_transformer_blocks),
+            ("n_outputs", n_outputs),
         ):
             _check_positive_int(name, value)
-        if conv_kernel % 2 == 0:
-            raise ValueError(f"conv_kernel must be odd to keep lengths centred, got {conv_kernel}")
-        if embed_dim % num_heads != 0:
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd to keep lengths centred, got {kernel_size}")
+        if embed_dim % num_heads != 0:  # the reference asserts it, although heads are full-width
             raise ValueError(
                 f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
             )
         _check_dropout("dropout", dropout)
-        _check_dropout("mlp_dropout", mlp_dropout)
+        _check_dropout("final_dropout", final_dropout)
 
         # Static lengths: each pooling floors; trailing steps that do not fill a patch are dropped.
         length = in_samples
@@ -134,41 +200,31 @@ class ViTMag(MagnitudeModel):
                 f"steps, fewer than one patch of {patch_size}"
             )
         self.patch_size = patch_size
+        self.n_outputs = n_outputs
 
-        layers: list[nn.Module] = []
+        self.conv_blocks = nn.ModuleList()
         ch = self.body_channels
-        for f, p in zip(conv_filters, pool_sizes, strict=True):
-            layers += [
-                nn.Conv1d(ch, f, conv_kernel, padding=conv_kernel // 2),
-                nn.BatchNorm1d(f),
-                nn.ReLU(),
-                nn.MaxPool1d(p),
-            ]
+        for f, p in zip(conv_channels, pool_sizes, strict=True):
+            self.conv_blocks.append(_ConvBlock(ch, f, kernel_size, p, dropout))
             ch = f
-        self.stem = nn.Sequential(*layers)
-
-        self.patch_embed = nn.Linear(ch * patch_size, embed_dim)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, embed_dim))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.encoder = nn.Sequential(
-            *(_EncoderBlock(embed_dim, num_heads, ff_dim, dropout) for _ in range(num_layers))
+        self.patch_embed = _PatchEmbedding(ch, patch_size, self.num_patches, embed_dim)
+        self.transformer_encoders = nn.ModuleList(
+            _EncoderBlock(embed_dim, num_heads, transformer_mlp_dims, dropout)
+            for _ in range(num_transformer_blocks)
         )
-        self.norm = nn.LayerNorm(embed_dim)
-
         head: list[nn.Module] = []
         width = self.num_patches * embed_dim
-        for units in mlp_units:
-            head += [nn.Linear(width, units), nn.GELU(), nn.Dropout(mlp_dropout)]
+        for units in final_mlp_dims:
+            head += [nn.Linear(width, units), nn.GELU(), nn.Dropout(final_dropout)]
             width = units
-        self.mlp = nn.Sequential(*head)
-        self.output = nn.Linear(width, 1)
+        self.final_mlp = nn.Sequential(*head)
+        self.output = nn.Linear(width, n_outputs)
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)  # (B, C', L)
-        x = x[..., : self.num_patches * self.patch_size]
-        # (B, C', P * S) -> (B, P, C' * S): each patch is channels x its S time steps.
-        x = x.unflatten(-1, (self.num_patches, self.patch_size)).transpose(1, 2).flatten(2)
-        x = self.patch_embed(x) + self.pos_embed  # (B, P, D)
-        x = self.encoder(x)
-        x = self.norm(x).flatten(1)  # (B, P * D)
-        return self.output(self.mlp(x)).squeeze(-1)  # (B,)
+        for block in self.conv_blocks:
+            x = block(x)  # (B, C', L)
+        x = self.patch_embed(x)  # (B, P, D)
+        for encoder in self.transformer_encoders:
+            x = encoder(x)
+        out = self.output(self.final_mlp(x.flatten(1)))  # (B, n_outputs)
+        return out.squeeze(-1) if self.n_outputs == 1 else out

@@ -14,7 +14,13 @@ from seismag.models.vit_mag import ViTMag  # noqa: E402
 
 # Light architectures for the shape tests: the checks are about static length bookkeeping.
 SMALL_EQT = {"filters": [4, 8, 8], "kernel_sizes": [5, 3, 3], "res_cnn_kernels": [3, 2]}
-SMALL_VIT = {"embed_dim": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 16, "mlp_units": [8]}
+SMALL_VIT = {
+    "embed_dim": 16,
+    "num_heads": 2,
+    "num_transformer_blocks": 1,
+    "transformer_mlp_dims": [16],
+    "final_mlp_dims": [8],
+}
 
 
 def _inputs(batch: int, in_samples: int, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +97,7 @@ def test_eqt_rejects_bad_arguments(kwargs: dict, message: str) -> None:
 def test_vit_static_patch_count(in_samples: int, stem: int, patches: int) -> None:
     model = ViTMag(in_samples=in_samples, **SMALL_VIT).eval()
     assert (model.stem_samples, model.num_patches) == (stem, patches)
-    assert model.pos_embed.shape == (1, patches, 16)
+    assert model.patch_embed.position_embedding.shape == (1, patches, 16)
     with torch.no_grad():
         assert model(*_inputs(2, in_samples)).shape == (2,)
 
@@ -101,25 +107,28 @@ def test_vit_default_stem_and_patch_shapes() -> None:
     waveform, log_amp = _inputs(2, 3001)
     x = torch.cat([waveform, log_amp.unsqueeze(-1).expand(-1, -1, 3001)], dim=1)
     with torch.no_grad():
-        assert model.stem(x).shape == (2, 32, 75)
-    assert model.patch_embed.in_features == 32 * 5
-    assert model.patch_embed.out_features == 100
-    assert model.output.in_features == 64
-    assert model.mlp[0].in_features == 15 * 100
+        for block in model.conv_blocks:
+            x = block(x)
+    assert x.shape == (2, 32, 75)
+    assert model.patch_embed.projection.in_features == 32 * 5
+    assert model.patch_embed.projection.out_features == 100
+    assert model.output.in_features == 500
+    assert model.final_mlp[0].in_features == 15 * 100
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"embed_dim": 100, "num_heads": 3}, r"embed_dim \(100\) must be divisible by num_heads"),
-        ({"conv_filters": [32, 32], "pool_sizes": [2, 2, 2]}, "same length"),
+        ({"conv_channels": [32, 32], "pool_sizes": [2, 2, 2]}, "same length"),
         ({"in_samples": 100}, "fewer than one patch of 5"),
         ({"patch_size": 0}, "patch_size"),
         ({"pool_sizes": [2, 0, 2, 5]}, "pool_sizes"),
-        ({"mlp_units": []}, "mlp_units"),
-        ({"conv_kernel": 4}, "conv_kernel must be odd"),
+        ({"final_mlp_dims": []}, "final_mlp_dims"),
+        ({"transformer_mlp_dims": [0]}, "transformer_mlp_dims"),
+        ({"kernel_size": 4}, "kernel_size must be odd"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
-        ({"mlp_dropout": -0.5}, "mlp_dropout"),
+        ({"final_dropout": -0.5}, "final_dropout"),
         ({"in_samples": 3001.0}, "in_samples"),
     ],
 )

@@ -33,32 +33,38 @@ def test_amag_any_window_length(samples):
     assert out.shape == (2, samples)
 
 
-def test_plan_at_3001_is_seisbench_phasenet():
-    # SeisBench pads the strided convs (3,3), (2,3), (1,3), (2,3); the extra right sample is never
-    # reached by a window, so TF-style "same" pads are equivalent. Its decoder crops [1:-2] then
-    # centre-crops to the skip, i.e. starts 1, 1, 1, 2 from the bottom up.
-    pads, crops = unet_plan(3001, depth=5, kernel_size=7, stride=4)
-    assert pads == [(3, 3), (2, 2), (1, 2), (2, 2)]
+def test_plan_at_3001_is_the_reference_phasenet():
+    # The reference's strided convs are SeisBench Conv1dSame: 3 samples of padding on both sides
+    # (lengths 3001, 751, 188, 47, 12). Its decoder crops [1:-2], then centre-crops to the skip,
+    # i.e. starts 1, 1, 1, 2 from the bottom up.
+    lengths, crops = unet_plan(3001, depth=5, kernel_size=7, stride=4)
+    assert lengths == [3001, 751, 188, 47, 12]
     assert [start for start, _ in crops] == [1, 1, 1, 2]
     assert [stop - start for start, stop in crops] == [47, 188, 751, 3001]
 
 
-def test_phasenet_matches_hardcoded_seisbench_forward():
-    # The same weights run through SeisBench's hard-coded pads and crops give the same output.
+def test_plan_at_3000_is_the_reference_amag():
+    # AMAG_v2: stride 2, padding 3, centre crops (x[diff // 2 : -(diff - diff // 2)]).
+    lengths, crops = unet_plan(3000, depth=5, kernel_size=7, stride=2, padding=3, crop="centre")
+    assert lengths == [3000, 1500, 750, 375, 188]
+    assert [start for start, _ in crops] == [3, 2, 2, 2]
+
+
+def test_phasenet_matches_a_literal_reference_forward():
+    # The same weights run through the reference's literal crops give the same output.
     torch.manual_seed(0)
     model = PhaseNetMag().eval()
     x, amp = _inputs(2, 3001)
-    seisbench_pads = {0: (3, 3), 1: (2, 3), 2: (1, 3), 3: (2, 3)}
     with torch.no_grad():
         expected = model(x, amp)
         h = torch.cat([x, amp.unsqueeze(-1).expand(-1, -1, 3001)], dim=1)
         h = torch.relu(model.in_bn(model.inc(h)))
         skips = []
-        for i, (conv_same, bn1, conv_down, bn2) in enumerate(model.down_branch):
+        for conv_same, bn1, conv_down, bn2 in model.down_branch:
             h = torch.relu(bn1(conv_same(h)))
             if conv_down is not None:
                 skips.append(h)
-                h = torch.relu(bn2(conv_down(F.pad(h, seisbench_pads[i]))))
+                h = torch.relu(bn2(F.conv1d(h, conv_down.weight, conv_down.bias, 4, 3)))
         for (conv_up, bn1, conv_same, bn2), skip in zip(model.up_branch, skips[::-1], strict=True):
             h = torch.relu(bn1(conv_up(h)))[:, :, 1:-2]
             offset = (h.shape[-1] - skip.shape[-1]) // 2
@@ -101,7 +107,7 @@ def test_phasenet_rejects_bad_arguments(kwargs, message):
         ({"num_heads": 5}, "must divide the LSTM output width"),
         ({"bidirectional": 1}, "bidirectional"),
         ({"kernel_size": 8}, "odd"),
-        ({"in_samples": 100}, "too small"),
+        ({"in_samples": 15}, "in_samples must be an int >= 16"),
     ],
 )
 def test_amag_rejects_bad_arguments(kwargs, message):

@@ -36,8 +36,8 @@ def test_encoder_sizes_and_token_choice():
     assert enc.sizes == [64, 32, 16, 8, 4]
     assert enc.channel_token == {0: False, 1: True, 2: True, 3: True}
     skips = enc(torch.randn(2, 4, 64))
+    # The stem's output is not a skip (as in the reference): one skip per stage.
     assert [tuple(s.shape) for s in skips] == [
-        (2, 8, 64),
         (2, 8, 32),
         (2, 16, 16),
         (2, 32, 8),
