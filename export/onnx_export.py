@@ -24,7 +24,14 @@ from torch import nn
 from seismag import __version__
 from seismag.export.scan_function import DOMAIN, OP_TYPE, selective_scan_function
 from seismag.models.base import MagnitudeModel
-from seismag.models.card import CARD_KEY, INPUT_NAMES, OUTPUT_NAME, WEIGHTS_KEY, ModelCard
+from seismag.models.card import (
+    CARD_KEY,
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    SIGMA_NAME,
+    WEIGHTS_KEY,
+    ModelCard,
+)
 
 DEFAULT_OPSET = 17
 
@@ -34,16 +41,25 @@ class ExportError(RuntimeError):
 
 
 class _MagnitudeOutput(nn.Module):
-    """Adds the card's label transform to the graph, so the file outputs magnitudes."""
+    """Adds the card's label transform to the graph, so the file outputs magnitudes; a model with
+    an uncertainty head also outputs its standard deviation (``sigma``)."""
 
     def __init__(self, model: MagnitudeModel) -> None:
         super().__init__()
         self.model = model
         self.offset = float(model.card.label_offset)
 
-    def forward(self, waveform: torch.Tensor, log_amp: torch.Tensor) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor, log_amp: torch.Tensor):
+        if self.model.n_outputs == 2:
+            out, sigma = self.model.forward_with_sigma(waveform, log_amp)
+            return (out - self.offset if self.offset else out), sigma
         out = self.model(waveform, log_amp)
         return out - self.offset if self.offset else out
+
+
+def output_names(card: ModelCard) -> list[str]:
+    """The exported file's outputs: the magnitude, and its sigma where the card has one."""
+    return [OUTPUT_NAME, *([SIGMA_NAME] if card.uncertainty == "gaussian" else [])]
 
 
 @dataclass(frozen=True)
@@ -113,7 +129,8 @@ def export_onnx(
     # mode afterwards, recursively, which would leave the caller's model in training mode.
     wrapper = _MagnitudeOutput(model).eval()
     args = tuple(torch.from_numpy(a) for a in example_inputs(card, batch=2))
-    axes = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
+    outputs = output_names(card)
+    axes = {name: {0: "batch"} for name in (*INPUT_NAMES, *outputs)}
     tmp = path.with_suffix(".tmp.onnx")
     try:
         # Not under no_grad: nn.MultiheadAttention would take its fused inference fast path,
@@ -124,7 +141,7 @@ def export_onnx(
                 args,
                 str(tmp),
                 input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
+                output_names=outputs,
                 dynamic_axes=axes,
                 opset_version=opset,
                 do_constant_folding=True,
@@ -145,7 +162,8 @@ def export_onnx(
         CARD_KEY: json.dumps(card.to_dict()),
         "seismag.version": __version__,
         WEIGHTS_KEY: weights,
-        "seismag.output": f"{OUTPUT_NAME}: magnitude units, label_offset removed",
+        "seismag.output": f"{OUTPUT_NAME}: magnitude units, label_offset removed"
+        + (f"; {SIGMA_NAME}: its standard deviation" if len(outputs) > 1 else ""),
     }
     del proto.metadata_props[:]
     for key, value in meta.items():

@@ -72,8 +72,15 @@ def recording_inputs(card: ModelCard, batch: int) -> tuple[np.ndarray, np.ndarra
 
 
 def torch_output(model: MagnitudeModel, waveform: np.ndarray, log_amp: np.ndarray) -> np.ndarray:
+    """The magnitude, and for a model with an uncertainty head its sigma after it (concatenated
+    along the last axis, so one comparison covers both outputs)."""
+    w, a = torch.from_numpy(waveform), torch.from_numpy(log_amp)
     with torch.no_grad():
-        out = model.eval()(torch.from_numpy(waveform), torch.from_numpy(log_amp))
+        if model.n_outputs == 2:
+            out, sigma = model.eval().forward_with_sigma(w, a)
+            out = out - model.card.label_offset
+            return torch.cat([out.reshape(len(w), -1), sigma.reshape(len(w), -1)], -1).numpy()
+        out = model.eval()(w, a)
     return (out - model.card.label_offset).numpy()
 
 
@@ -87,6 +94,7 @@ def compare(model: MagnitudeModel, session, batch: int, source: str = "random") 
     else:
         raise ValueError(f"unknown source {source!r}")
     expected = torch_output(model, waveform, log_amp)
-    (got,) = session.run(None, dict(zip(INPUT_NAMES, (waveform, log_amp), strict=True)))
+    outs = session.run(None, dict(zip(INPUT_NAMES, (waveform, log_amp), strict=True)))
+    got = outs[0] if len(outs) == 1 else np.concatenate([o.reshape(batch, -1) for o in outs], -1)
     diff = float(np.max(np.abs(got - expected)))
     return Parity(batch, source, diff, diff / max(float(np.max(np.abs(expected))), 1e-12))

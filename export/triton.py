@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from seismag.export.onnx_export import INPUT_NAMES, OUTPUT_NAME
+from seismag.export.onnx_export import INPUT_NAMES, OUTPUT_NAME, SIGMA_NAME
 from seismag.models.card import ModelCard
 
 MAX_BATCH = 256
@@ -33,10 +33,11 @@ def config_pbtxt(card: ModelCard, *, platform: str = "onnxruntime_onnx", name: s
     """Triton's model_config in protobuf text format for one exported model."""
     waveform = _tensor(INPUT_NAMES[0], (card.in_channels, card.in_samples))
     log_amp = _tensor(INPUT_NAMES[1], (1,))
+    outputs = [OUTPUT_NAME, *([SIGMA_NAME] if card.uncertainty == "gaussian" else [])]
     if card.output == "series":
-        output = _tensor(OUTPUT_NAME, (card.in_samples,))
+        output = ",\n".join(_tensor(name, (card.in_samples,)) for name in outputs)
     else:
-        output = _tensor(OUTPUT_NAME, (1,), reshape_to_scalar=True)
+        output = ",\n".join(_tensor(name, (1,), reshape_to_scalar=True) for name in outputs)
     kind = "KIND_GPU" if platform == "tensorrt_plan" else "KIND_CPU"
     card_json = json.dumps(json.dumps(card.to_dict()))  # a quoted, escaped protobuf string
     preferred = ", ".join(str(b) for b in PREFERRED_BATCHES)

@@ -12,22 +12,32 @@ so each architecture's first layer sees C + 1 channels. It exports as a plain se
 
 Outputs are in label space (``magnitude + card.label_offset``): (B, N) for series models, (B,)
 for scalar models. :meth:`MagnitudeModel.to_magnitude` shifts them back.
+
+A card with ``uncertainty = "gaussian"`` builds the architecture with a second output channel:
+:meth:`MagnitudeModel.forward_with_sigma` returns the magnitude and its standard deviation
+(magnitude units, same shape); ``forward`` still returns the magnitude alone.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 
 import torch
 from torch import nn
 
 from seismag.models.card import CardError, ModelCard
 
+SIGMA_RANGE = (0.02, 3.0)
+"""Bounds of a predicted standard deviation: below 0.02 magnitude units no single station is
+that good (and the likelihood would diverge); above 3 the estimate says nothing."""
+
 
 class MagnitudeModel(nn.Module):
     """Base class: checks the inputs, appends the amplitude channel, calls :meth:`body`."""
 
     card: ModelCard | None = None
+    n_outputs: int = 1
 
     def __init__(self, in_channels: int = 3, in_samples: int = 3001) -> None:
         super().__init__()
@@ -47,7 +57,7 @@ class MagnitudeModel(nn.Module):
         """Architecture-specific forward on (B, C + 1, N); returns (B, N) or (B,)."""
         raise NotImplementedError
 
-    def forward(self, waveform: torch.Tensor, log_amp: torch.Tensor) -> torch.Tensor:
+    def _body_output(self, waveform: torch.Tensor, log_amp: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__
         expected = (self.in_channels, self.in_samples)
         if waveform.dim() != 3 or tuple(waveform.shape[1:]) != expected:
@@ -62,6 +72,22 @@ class MagnitudeModel(nn.Module):
             )
         amp = log_amp.to(waveform.dtype).unsqueeze(-1).expand(-1, -1, waveform.shape[-1])
         return self.body(torch.cat([waveform, amp], dim=1))
+
+    def forward(self, waveform: torch.Tensor, log_amp: torch.Tensor) -> torch.Tensor:
+        out = self._body_output(waveform, log_amp)
+        return out[:, 0] if self.n_outputs == 2 else out
+
+    def forward_with_sigma(
+        self, waveform: torch.Tensor, log_amp: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(magnitude in label space, standard deviation in magnitude units)."""
+        if self.n_outputs != 2:
+            raise ValueError(f"{type(self).__name__} was built without an uncertainty output")
+        out = self._body_output(waveform, log_amp)
+        lo, hi = SIGMA_RANGE
+        # A sigmoid between the bounds in log space: smooth, bounded, no exp overflow.
+        log_sigma = math.log(lo) + (math.log(hi) - math.log(lo)) * torch.sigmoid(out[:, 1])
+        return out[:, 0], torch.exp(log_sigma)
 
     def to_magnitude(self, output: torch.Tensor) -> torch.Tensor:
         offset = self.card.label_offset if self.card is not None else 0.0
@@ -79,7 +105,10 @@ def build_from_card(card: ModelCard, **overrides) -> MagnitudeModel:
     except (ImportError, AttributeError) as exc:
         raise CardError(f"{card.name}: cannot import architecture {card.architecture!r}") from exc
     kwargs = {"in_channels": card.in_channels, "in_samples": card.in_samples, **card.kwargs}
+    if card.uncertainty == "gaussian":
+        kwargs["n_outputs"] = 2
     kwargs.update(overrides)
     model = cls(**kwargs)
     model.card = card
+    model.n_outputs = int(kwargs.get("n_outputs", 1))
     return model

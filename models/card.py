@@ -14,11 +14,13 @@ from importlib import resources
 from typing import Any, Literal
 
 OutputKind = Literal["series", "scalar"]
-Normalisation = Literal["peak", "std"]
+Uncertainty = Literal["none", "gaussian"]
+Normalisation = Literal["peak", "std", "std_per_channel", "std_global_taper"]
 Aggregation = Literal["mean_after_onset", "median_after_onset"]
 
 _OUTPUT_KINDS = ("series", "scalar")
-_NORMALISATIONS = ("peak", "std")
+_UNCERTAINTIES = ("none", "gaussian")
+_NORMALISATIONS = ("peak", "std", "std_per_channel", "std_global_taper")
 _AGGREGATIONS = ("mean_after_onset", "median_after_onset")
 
 
@@ -26,6 +28,9 @@ _AGGREGATIONS = ("mean_after_onset", "median_after_onset")
 # safetensors weights): defined once here, read by export, serving and training.
 INPUT_NAMES = ("waveform", "log_amp")
 OUTPUT_NAME = "magnitude"
+SIGMA_NAME = "sigma"
+"""Second output of cards with ``uncertainty = "gaussian"``: the standard deviation of the
+magnitude, in magnitude units, the same shape as ``magnitude``."""
 CARD_KEY = "seismag.card"
 WEIGHTS_KEY = "seismag.weights"
 
@@ -65,13 +70,18 @@ class ModelCard:
     units: str = "m/s"
     """Physical units the input is expected in (instrument response removed)."""
     normalisation: Normalisation = "peak"
-    """Per-window scale: ``peak`` = max |x| over all components, ``std`` = std over all."""
+    """Per-window scale: ``peak`` = max |x| over all components, ``std`` = std over all.
+    ``std_per_channel`` / ``std_global_taper``: the reference code's preprocessing, for imported
+    checkpoints (see :func:`seismag.models.preprocess.normalise`)."""
     highpass_hz: float = 0.0
     """Causal high-pass corner applied to each window before scaling; 0 = none."""
     use_amplitude: bool = True
     """False zeroes ``log_amp`` (the amplitude ablation); the weights' card records it."""
     label_offset: float = 0.0
     """Training target is ``magnitude + label_offset`` (AMAG's +1); outputs are shifted back."""
+    uncertainty: Uncertainty = "none"
+    """``gaussian``: the model also outputs a standard deviation per value (trained with a
+    Gaussian negative log-likelihood, as MagNet and TEAM-LM do)."""
     scalar_from_series: Aggregation | None = None
     """How a series model's scalar is derived: aggregated over samples after the P onset only."""
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +99,11 @@ class ModelCard:
             raise CardError(
                 f"{self.name}: normalisation must be one of {_NORMALISATIONS}, "
                 f"got {self.normalisation!r}"
+            )
+        if self.uncertainty not in _UNCERTAINTIES:
+            raise CardError(
+                f"{self.name}: uncertainty must be one of {_UNCERTAINTIES}, "
+                f"got {self.uncertainty!r}"
             )
         if self.output == "series" and self.scalar_from_series not in _AGGREGATIONS:
             raise CardError(
@@ -109,7 +124,7 @@ class ModelCard:
         """Everything that decides what the model's inputs mean: weights are only valid with it."""
         names = (
             "in_samples", "sampling_rate", "component_order", "units", "normalisation",
-            "highpass_hz", "use_amplitude", "label_offset", "output",
+            "highpass_hz", "use_amplitude", "label_offset", "output", "uncertainty",
         )  # fmt: skip
         return {n: getattr(self, n) for n in names}
 

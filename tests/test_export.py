@@ -15,6 +15,7 @@ from seismag.export.onnx_export import (  # noqa: E402
     OUTPUT_NAME,
     example_inputs,
     export_onnx,
+    output_names,
     read_card,
 )
 from seismag.export.parity import compare, obspy_recordings  # noqa: E402
@@ -53,13 +54,14 @@ def test_file_is_checked_and_carries_the_card(exported):
     assert meta["seismag.weights"].startswith("untrained")
     assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) >= 17
     assert [i.name for i in proto.graph.input] == list(INPUT_NAMES)
-    assert [o.name for o in proto.graph.output] == [OUTPUT_NAME]
+    assert [o.name for o in proto.graph.output] == output_names(model.card)
+    assert output_names(model.card)[0] == OUTPUT_NAME
 
 
 def test_batch_axis_is_dynamic(exported):
     model, _, session = exported
     waveform, log_amp = example_inputs(model.card, 5)
-    (out,) = session.run(None, {"waveform": waveform, "log_amp": log_amp})
+    (out,) = session.run(["magnitude"], {"waveform": waveform, "log_amp": log_amp})
     expected = (5, model.card.in_samples) if model.card.output == "series" else (5,)
     assert out.shape == expected
 
@@ -99,7 +101,7 @@ def test_label_offset_is_inside_the_graph(tmp_path):
     with torch.no_grad():
         raw = model(torch.from_numpy(waveform), torch.from_numpy(log_amp)).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {"waveform": waveform, "log_amp": log_amp})
+    (out,) = session.run(["magnitude"], {"waveform": waveform, "log_amp": log_amp})
     np.testing.assert_allclose(out, raw - 1.0, atol=1e-4)
 
 
@@ -123,10 +125,10 @@ def test_cli_exports_trained_weights_with_provenance(tmp_path, capsys):
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(waveform), torch.from_numpy(log_amp)).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {"waveform": waveform, "log_amp": log_amp})
+    (out,) = session.run(["magnitude"], {"waveform": waveform, "log_amp": log_amp})
     np.testing.assert_allclose(out, expected, atol=1e-4)
     int8 = ort.InferenceSession(str(tmp_path / "out" / "ViTMag.int8.onnx"))
-    (q,) = int8.run(None, {"waveform": waveform, "log_amp": log_amp})
+    (q,) = int8.run(["magnitude"], {"waveform": waveform, "log_amp": log_amp})
     assert q.shape == out.shape and np.isfinite(q).all()
 
 

@@ -117,9 +117,9 @@ def test_fused_session_matches_torch_and_stock_ort(exported, batch):
     waveform, log_amp = example_inputs(model.card, batch, seed=batch)
     feeds = {"waveform": waveform, "log_amp": log_amp}
     expected = torch_output(model, waveform, log_amp)
-    (fused,) = fused_session(path, threads=2).run(None, feeds)
+    (fused,) = fused_session(path, threads=2).run(["magnitude"], feeds)
     stock = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (plain,) = stock.run(None, feeds)
+    (plain,) = stock.run(["magnitude"], feeds)
     assert fused.shape == plain.shape == expected.shape
     assert float(np.max(np.abs(fused - expected))) <= TOLERANCE
     assert float(np.max(np.abs(plain - expected))) <= TOLERANCE
@@ -133,7 +133,7 @@ def test_model_without_scans_is_unchanged(tmp_path):
     assert fused == proto and fused is not proto
     # And it still runs through the fused-session path.
     waveform, log_amp = example_inputs(get_card("PhaseNetMag"), 1)
-    (out,) = fused_session(proto).run(None, {"waveform": waveform, "log_amp": log_amp})
+    (out,) = fused_session(proto).run(["magnitude"], {"waveform": waveform, "log_amp": log_amp})
     assert np.all(np.isfinite(out))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from seismag.models.card import get_card
@@ -291,32 +292,69 @@ def test_cli_errors_are_clean(tiny_data, tmp_path, capsys):
     assert doc["model"] == "baseline_ML" and doc["metrics"]["full"]["n"] == doc["n_waveforms"]
 
 
-def test_default_weights_doc_lists_each_rows_command_and_keeps_commentary(tmp_path, monkeypatch):
+def test_default_weights_doc_has_every_set_bins_calibration_and_keeps_commentary(
+    tmp_path, monkeypatch
+):
     from seismag.training import train_defaults
+    from seismag.training.evaluate import breakdown
 
-    def entry(mae: float, command: str | None, baseline: bool = False) -> dict:
-        full = {"n": 10, "mae": mae, "rmse": mae, "r2": 0.9}
-        res = {"data": "d/synth", "metrics": {"full": full, "1s": {"mae": 2 * mae}}}
-        res.update(minutes=3.0, epochs=2)
-        if command:
-            res["command"] = command
-        if baseline:
-            res["baseline"] = {"metrics": {"full": {**full, "mae": 0.4}}}
+    rng = np.random.default_rng(0)
+    true = rng.uniform(1, 6, 200)
+    meta = pd.DataFrame({"path_ep_distance_km": rng.uniform(5, 290, 200)})
+
+    def result(err: float, sigma: float | None) -> dict:
+        pred = true + err + rng.normal(0, 0.1, 200)
+        full = {"n": 200, "mae": abs(err), "rmse": abs(err), "r2": 0.9, "bias": err}
+        res = {
+            "metrics": {"full": full, "1s": {"mae": 2 * abs(err)}},
+            "breakdown": breakdown(true, pred, meta),
+            "baseline": {
+                "metrics": {"full": {**full, "mae": 0.4, "bias": 0.0}},
+                "breakdown": breakdown(true, true + 0.3, meta),
+            },
+        }
+        if sigma is not None:
+            res["calibration"] = {
+                "full": {
+                    "n": 200,
+                    "within_1_sigma": 0.7,
+                    "within_2_sigma": 0.96,
+                    "median_sigma": sigma,
+                }
+            }
         return res
 
-    summary = {
-        "A": entry(0.2, None, baseline=True),  # a row from before rows recorded their command
-        "B": entry(0.3, "python -m seismag.training.train_defaults --models B --merge"),
+    row = {
+        "minutes": 3.0,
+        "epochs": 2,
+        "command": "python -m seismag.training.train_defaults --data d/train",
+        "data": "d/train",
+        "sets": {"in-distribution": {"path": "d/train", "split": "test"}},
+        "evals": {"in-distribution": result(0.2, 0.25), "real": result(1.5, None)},
     }
     doc = tmp_path / "evaluation.md"
     doc.write_text("# old\n\n## Reading this run\n\nhand-written notes\n")
     monkeypatch.setattr(train_defaults, "DOC", doc)
-    train_defaults._write_docs(summary, tmp_path)
+    train_defaults._write_docs({"A": row})
     text = doc.read_text()
-    assert "seismag synth --out d/synth" in text
-    assert f"{train_defaults.LEGACY_COMMAND}\n        # rows: A" in text
-    assert "--models B --merge\n        # rows: B" in text
-    assert "| A | 3.0 min, 2 ep | 10 | 0.200 |" in text
-    assert "| B | 3.0 min, 2 ep | 10 | 0.300 |" in text
-    assert "| ML baseline (Hutton & Boore 1987) | - | 10 | 0.400 |" in text
+    assert "python -m seismag.training.train_defaults --data d/train" in text
+    assert "| A | 3.0 min, 2 ep | 0.200 | 1.500 |" in text
+    assert "| ML baseline (Hutton & Boore 1987) | - | 0.400 | 0.400 |" in text
+    assert "70% / 96%, 0.25" in text
+    assert "### real: bias (predicted - true) by epicentral distance" in text
+    assert "| 0-20 km (n=" in text
     assert text.rstrip().endswith("## Reading this run\n\nhand-written notes")
+
+
+def test_breakdown_slope_bins_and_offset():
+    from seismag.training.evaluate import breakdown, calibration
+
+    true = np.linspace(2, 6, 41)
+    meta = pd.DataFrame({"path_ep_distance_km": np.linspace(1, 250, 41)})
+    b = breakdown(true, 0.5 * true + 1.0, meta)
+    assert b["slope_m2_6"] == pytest.approx(0.5)
+    assert b["offset"] == pytest.approx(np.mean(-0.5 * true + 1.0))
+    near = b["by_distance_km"][0]
+    assert near["bin"] == [0.0, 20.0] and near["n"] == 4
+    c = calibration(np.zeros(4), np.array([0.5, -0.5, 1.5, -3.0]), np.ones(4))
+    assert c["within_1_sigma"] == 0.5 and c["within_2_sigma"] == 0.75

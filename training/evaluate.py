@@ -17,6 +17,7 @@ A PyTorch model (safetensors weights) or an exported ONNX file (what serving run
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seismag.models.aggregate import to_magnitude
-from seismag.models.card import ModelCard, get_card
+from seismag.models.aggregate import series_to_scalar, to_magnitude
+from seismag.models.card import OUTPUT_NAME, SIGMA_NAME, ModelCard, get_card
 from seismag.training.baseline import local_magnitude
 from seismag.training.windows import (
     DEFAULT_SECONDS_AFTER_P,
@@ -37,8 +38,14 @@ from seismag.training.windows import (
 BASELINE = "baseline"
 """Model name that evaluates the ML baseline alone."""
 
-Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""(waveform (B, C, N), log_amp (B, 1)) -> model output in label space."""
+Predictor = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+"""(waveform (B, C, N), log_amp (B, 1)) -> (model output in label space, its standard deviation
+in magnitude units or None for a model without an uncertainty output)."""
+
+DISTANCE_BINS_KM = (0.0, 20.0, 50.0, 100.0, 200.0, 300.0, 1000.0)
+MAGNITUDE_BINS = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 10.0)
+SLOPE_RANGE = (2.0, 6.0)
+"""Magnitudes over which the slope of predicted vs true is fitted (the issue's target range)."""
 
 
 class EvaluationError(ValueError):
@@ -81,6 +88,79 @@ def window_magnitudes(output: np.ndarray, card: ModelCard, onset: np.ndarray) ->
     return np.asarray(to_magnitude(output, card, onset), dtype=np.float64).reshape(-1)
 
 
+def window_sigmas(sigma: np.ndarray, card: ModelCard, onset: np.ndarray) -> np.ndarray:
+    """Standard deviations -> one per window, aggregated after P like the magnitude (the errors
+    of neighbouring samples are strongly correlated, so their sigmas are averaged, not pooled)."""
+    if card.output == "scalar":
+        return np.asarray(sigma, dtype=np.float64).reshape(-1)
+    return np.asarray(
+        series_to_scalar(sigma, onset, card.scalar_from_series), dtype=np.float64
+    ).reshape(-1)
+
+
+def calibration(y_true: np.ndarray, y_pred: np.ndarray, sigma: np.ndarray) -> dict:
+    """Share of errors within 1 and 2 predicted sigmas (68.3 % and 95.4 % if calibrated)."""
+    t, p, s = (np.asarray(a, dtype=np.float64) for a in (y_true, y_pred, sigma))
+    keep = np.isfinite(t) & np.isfinite(p) & np.isfinite(s)
+    if not keep.any():
+        return {"n": 0, "within_1_sigma": None, "within_2_sigma": None, "median_sigma": None}
+    z = np.abs(p[keep] - t[keep]) / s[keep]
+    return {
+        "n": int(keep.sum()),
+        "within_1_sigma": float(np.mean(z <= 1.0)),
+        "within_2_sigma": float(np.mean(z <= 2.0)),
+        "median_sigma": float(np.median(s[keep])),
+    }
+
+
+def slope(y_true: np.ndarray, y_pred: np.ndarray, span=SLOPE_RANGE) -> float | None:
+    """Least-squares slope of predicted on true magnitude over ``span`` (1 = no compression)."""
+    t, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    keep = np.isfinite(t) & np.isfinite(p) & (t >= span[0]) & (t <= span[1])
+    if keep.sum() < 3 or np.ptp(t[keep]) == 0:
+        return None
+    return float(np.polyfit(t[keep], p[keep], 1)[0])
+
+
+def binned_bias(
+    y_true: np.ndarray, y_pred: np.ndarray, by: np.ndarray, edges: Sequence[float]
+) -> list[dict]:
+    """Mean error, MAE and count of waveforms in each bin of ``by`` (distance or magnitude)."""
+    t, p, b = (np.asarray(a, dtype=np.float64) for a in (y_true, y_pred, by))
+    rows = []
+    for lo, hi in itertools.pairwise(edges):
+        keep = np.isfinite(t) & np.isfinite(p) & (b >= lo) & (b < hi)
+        err = p[keep] - t[keep]
+        rows.append(
+            {
+                "bin": [lo, hi],
+                "n": int(keep.sum()),
+                "bias": float(err.mean()) if err.size else None,
+                "mae": float(np.abs(err).mean()) if err.size else None,
+            }
+        )
+    return rows
+
+
+def breakdown(y_true: np.ndarray, y_pred: np.ndarray, meta) -> dict:
+    """Slope, and bias by distance and magnitude bin, of one set of per-waveform estimates."""
+    t, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    err = (p - t)[np.isfinite(p) & np.isfinite(t)]
+    out: dict = {
+        "slope_m2_6": slope(t, p),
+        "slope_all": slope(t, p, (-np.inf, np.inf)),
+        # For one station of uncalibrated counts (STEAD here) only these are meaningful.
+        "offset": float(err.mean()) if err.size else None,
+        "scatter_after_offset": float(err.std()) if err.size else None,
+        "mae_after_offset": float(np.abs(err - err.mean()).mean()) if err.size else None,
+    }
+    if "path_ep_distance_km" in meta:
+        dist = meta["path_ep_distance_km"].to_numpy(dtype=np.float64)
+        out["by_distance_km"] = binned_bias(y_true, y_pred, dist, DISTANCE_BINS_KM)
+    out["by_magnitude"] = binned_bias(y_true, y_pred, y_true, MAGNITUDE_BINS)
+    return out
+
+
 def torch_predictor(model, device: str = "cpu", batch_size: int = 64) -> Predictor:
     """Wrap a PyTorch model (put in eval mode) as a numpy predictor."""
     import torch
@@ -88,14 +168,21 @@ def torch_predictor(model, device: str = "cpu", batch_size: int = 64) -> Predict
     model.eval()
     model.to(device)
 
-    def predict(waveform: np.ndarray, log_amp: np.ndarray) -> np.ndarray:
-        outs = []
+    with_sigma = getattr(model, "n_outputs", 1) == 2
+
+    def predict(waveform: np.ndarray, log_amp: np.ndarray):
+        outs, sigmas = [], []
         with torch.no_grad():
             for i in range(0, len(waveform), batch_size):
                 w = torch.from_numpy(np.ascontiguousarray(waveform[i : i + batch_size]))
                 a = torch.from_numpy(np.ascontiguousarray(log_amp[i : i + batch_size]))
-                outs.append(model(w.to(device), a.to(device)).float().cpu().numpy())
-        return np.concatenate(outs)
+                if with_sigma:
+                    out, sigma = model.forward_with_sigma(w.to(device), a.to(device))
+                    sigmas.append(sigma.float().cpu().numpy())
+                else:
+                    out = model(w.to(device), a.to(device))
+                outs.append(out.float().cpu().numpy())
+        return np.concatenate(outs), (np.concatenate(sigmas) if with_sigma else None)
 
     return predict
 
@@ -115,12 +202,16 @@ def onnx_predictor(path: str | Path, card: ModelCard, threads: int = 1) -> Predi
     except Exception as exc:  # ORT raises its own exception types
         raise EvaluationError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
 
-    def predict(waveform: np.ndarray, log_amp: np.ndarray) -> np.ndarray:
-        (out,) = session.run(
-            ["magnitude"],
+    names = [o.name for o in session.get_outputs()]
+    wanted = [OUTPUT_NAME, *([SIGMA_NAME] if SIGMA_NAME in names else [])]
+
+    def predict(waveform: np.ndarray, log_amp: np.ndarray):
+        outs = session.run(
+            wanted,
             {"waveform": waveform.astype(np.float32), "log_amp": log_amp.astype(np.float32)},
         )
-        return np.asarray(out) + card.label_offset
+        sigma = np.asarray(outs[1]) if len(outs) > 1 else None
+        return np.asarray(outs[0]) + card.label_offset, sigma
 
     return predict
 
@@ -203,6 +294,7 @@ def _collect(
     out = {
         _window_label(k): {
             "pred": np.full(n_traces, np.nan),
+            "sigma": np.full(n_traces, np.nan),
             "ml": np.full(n_traces, np.nan),
             "s_observed": np.zeros(n_traces, dtype=bool),
         }
@@ -234,8 +326,10 @@ def _collect(
             batch = make_batch([traces[i] for i in rows], p_all[rows], mags[rows], ends_a, card)
             slot = out[_window_label(k)]
             if predictor is not None:
-                outputs = predictor(batch.waveform, batch.log_amp)
+                outputs, sigma = predictor(batch.waveform, batch.log_amp)
                 slot["pred"][rows] = window_magnitudes(outputs, card, batch.onset)
+                if sigma is not None:
+                    slot["sigma"][rows] = window_sigmas(sigma, card, batch.onset)
             if with_baseline:
                 window_start = ends_a - n
                 s_win = s_all[rows] - window_start
@@ -339,6 +433,17 @@ def evaluate(
             },
             "s_observed_fraction": s_observed,
         }
+    meta = sub.metadata.reset_index(drop=True)
+    results["breakdown"] = breakdown(mags, got["full"][key], meta)
+    if baseline and not only_baseline:
+        results["baseline"]["breakdown"] = breakdown(mags, got["full"]["ml"], meta)
+    if not only_baseline and np.isfinite(got["full"]["sigma"]).any():
+        results["calibration"] = {
+            _window_label(k): calibration(
+                mags, got[_window_label(k)]["pred"], got[_window_label(k)]["sigma"]
+            )
+            for k in ks
+        }
     if out_dir is not None:
         results["files"] = _write_outputs(Path(out_dir), results, sub, got, ks, only_baseline)
     return _json_safe(results)
@@ -429,6 +534,8 @@ def _write_outputs(out: Path, results: dict, sub, got, ks, only_baseline: bool) 
         label = _window_label(k)
         if not only_baseline:
             table[f"pred_{label}"] = got[label]["pred"]
+            if np.isfinite(got[label]["sigma"]).any():
+                table[f"sigma_{label}"] = got[label]["sigma"]
         if "baseline" in results or only_baseline:
             table[f"ml_{label}"] = got[label]["ml"]
     files = {

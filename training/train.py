@@ -5,7 +5,11 @@ rate, batch size, weight decay, gradient clipping (0 = off), a linear warm-up ov
 ``warmup_epochs`` (per step), then ReduceLROnPlateau on the dev loss, and early stopping on the dev
 per-waveform MAE. Loss is MSE in label space: over the samples for series models (label zero
 before P, magnitude + offset after), per waveform for scalar models (the catalogue magnitude
-+ offset, never a window mean of the series label).
++ offset, never a window mean of the series label). Cards with ``uncertainty = "gaussian"`` train
+the magnitude and its standard deviation together with the beta-NLL of Seitzer et al. (2022,
+ICLR; beta = 0.5): the Gaussian negative log-likelihood with each value's term weighted by its
+(detached) sigma, which keeps the plain NLL from trading accuracy for large sigmas on hard
+examples.
 
 Examples are windows ending at a drawn time (:mod:`seismag.training.windows`), normalised by the
 one preprocessing path (:func:`seismag.models.preprocess.model_inputs`). Splits are the dataset's
@@ -39,6 +43,7 @@ from seismag.training.evaluate import window_magnitudes
 from seismag.training.windows import make_batch, onset_sample, training_ends
 
 DEFAULT_EPOCHS = 100
+BETA_NLL = 0.5
 DEV_EPOCH = 2**31 - 1
 """The (seed, epoch) stream the fixed dev windows are drawn from."""
 CHECKPOINT_FORMAT = 1
@@ -250,6 +255,19 @@ def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, device: str) -> Tr
 # --- the loop ------------------------------------------------------------------------------------
 
 
+def magnitude_loss(model, waveform, log_amp, target, card: ModelCard):
+    """(loss, magnitude output in label space) for one batch: MSE, or beta-NLL with a sigma."""
+    import torch
+
+    if card.uncertainty != "gaussian":
+        out = model(waveform, log_amp)
+        return torch.nn.functional.mse_loss(out, target), out
+    mean, sigma = model.forward_with_sigma(waveform, log_amp)
+    nll = torch.log(sigma) + 0.5 * ((target - mean) / sigma) ** 2
+    weight = sigma.detach() ** (2 * BETA_NLL)
+    return (weight * nll).mean(), mean
+
+
 def _dev_pass(model, dev: SplitTraces, ends, card, batch_size, device) -> tuple[float, float]:
     """(dev loss in label space, dev MAE per waveform in magnitude units)."""
     import torch
@@ -261,8 +279,8 @@ def _dev_pass(model, dev: SplitTraces, ends, card, batch_size, device) -> tuple[
             w = torch.from_numpy(b.waveform).to(device)
             a = torch.from_numpy(b.log_amp).to(device)
             y = torch.from_numpy(b.target).to(device)
-            out = model(w, a)
-            losses.append(float(torch.nn.functional.mse_loss(out, y)))
+            loss, out = magnitude_loss(model, w, a, y, card)
+            losses.append(float(loss))
             weights.append(len(b.onset))
             mags = window_magnitudes(out.float().cpu().numpy(), card, b.onset)
             abs_err.append(np.abs(mags - b.magnitude))
@@ -358,7 +376,6 @@ def train(
     warmup_steps = recipe.warmup_epochs * steps_per_epoch
     started = time.monotonic()
     epoch_seconds: list[float] = []
-    loss_fn = torch.nn.functional.mse_loss
 
     while state.epoch < total_epochs:
         if state.bad_epochs >= recipe.early_stopping_patience:
@@ -386,7 +403,7 @@ def train(
             a = torch.from_numpy(b.log_amp).to(device)
             y = torch.from_numpy(b.target).to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(w, a), y)
+            loss, _ = magnitude_loss(model, w, a, y, card)
             if not torch.isfinite(loss):
                 raise TrainingError(f"{card.name}: non-finite loss at epoch {epoch + 1}")
             loss.backward()

@@ -1,18 +1,18 @@
 """The one recorded command that trains, evaluates and ships the default weights of all six models.
 
-    seismag synth --out data/synth4k --events 4000 --seed 0
-    python -m seismag.training.train_defaults --data data/synth4k --minutes 9 --threads 2
+    seismag synth --out data/regimes_train --events 6000 --seed 1 --regimes train --workers 2
+    seismag synth --out data/regimes_heldout --events 2500 --seed 2 --regimes held-out --workers 2
+    python -m seismag.training.train_defaults --data data/regimes_train --minutes 14 --threads 2 \\
+        --eval unseen-regimes=data/regimes_heldout --eval stead=PATH/stead-109c:test
 
-``--models A B --merge`` retrains only A and B (``--minutes-for A=30`` gives one model its own
-budget) and keeps the other rows from ``runs/summary.json``; every row records the command that
-produced it, and the doc lists those commands. Text under the doc's "## Reading" heading is
-hand-written commentary and is kept across runs.
-
-For every model: train within the time budget (the card's recipe), evaluate on the held-out test
-events with the one evaluator, copy the best weights to ``models/weights/`` (shipped in the
-package) and write ``docs/evaluation.md``. Also the classic ML baseline on the same traces and one
-ablation: ViTMag trained without the amplitude input. The embedded serving model is re-exported
-from the new PhaseNetMag weights.
+For every model: train on ``--data`` within the time budget (the card's recipe), evaluate with the
+one evaluator on the held-out test events of ``--data`` (in-distribution) and on every ``--eval``
+set (``NAME=PATH[:SPLIT]``, default split ``test``), copy the best weights to ``models/weights/``
+(shipped in the package) and write ``docs/evaluation.md``. The classic ML baseline is scored on
+the same traces of every set. ``--models A B --merge`` retrains only A and B and keeps the other
+rows from ``runs/summary.json``; every row records the command that produced it. Text under the
+doc's "## Reading" heading is hand-written commentary and is kept across runs. The embedded
+serving model is re-exported from the new PhaseNetMag weights.
 """
 
 from __future__ import annotations
@@ -29,15 +29,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = ROOT / "models" / "weights"
-ABLATION_MODEL = "ViTMag"
 DOC = ROOT / "docs" / "evaluation.md"
 COMMENTARY = "## Reading"
 BASELINE = "ML baseline (Hutton & Boore 1987)"
-# The first run, before rows recorded their command.
-LEGACY_COMMAND = (
-    "python -m seismag.training.train_defaults --data /work/data/synth4k --minutes 10 "
-    "--ablation-minutes 8 --threads 2 --eval-limit 1500 --lr 1e-3 --batch-size 64"
-)
+IN_DISTRIBUTION = "in-distribution"
+CUTOFFS = (1, 2, 3, 5, 10, 20)
 
 
 def _budget(text: str) -> tuple[str, float]:
@@ -48,15 +44,14 @@ def _budget(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected MODEL=MINUTES, got {text!r}") from None
 
 
-def _row(name: str, metrics: dict, minutes: float | None, epochs: int | None) -> str:
-    full = metrics["full"]
-    early = [metrics.get(f"{k}s", {}).get("mae") for k in (1, 2, 3, 5, 10, 20)]
-    early_txt = " | ".join("-" if v is None else f"{v:.2f}" for v in early)
-    trained = "-" if minutes is None else f"{minutes:.1f} min, {epochs} ep"
-    return (
-        f"| {name} | {trained} | {full['n']} | {full['mae']:.3f} | {full['rmse']:.3f} | "
-        f"{full['r2']:.3f} | {early_txt} |"
-    )
+def _eval_set(text: str) -> tuple[str, str, str]:
+    name, eq, rest = text.partition("=")
+    if not eq or not name or not rest:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH[:SPLIT], got {text!r}")
+    path, colon, split = rest.rpartition(":")
+    if not colon or split not in ("train", "dev", "test"):
+        path, split = rest, "test"
+    return name, path, split
 
 
 def main() -> None:
@@ -65,16 +60,22 @@ def main() -> None:
     from seismag.training.train import train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
+    parser.add_argument("--data", required=True, help="training dataset (its test split is scored)")
     parser.add_argument("--runs", default=str(ROOT / "runs"))
     parser.add_argument("--minutes", type=float, default=9.0, help="training budget per model")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--eval-limit", type=int, default=1500, help="test traces evaluated")
+    parser.add_argument("--eval-limit", type=int, default=1500, help="traces scored per set")
     parser.add_argument("--lr", type=float, help="override every card's learning rate")
     parser.add_argument("--batch-size", type=int, help="override every card's batch size")
-    parser.add_argument("--ablation-minutes", type=float, help="budget of the ablation run")
     parser.add_argument("--models", nargs="*", default=None)
-    parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument(
+        "--eval",
+        type=_eval_set,
+        action="append",
+        default=[],
+        metavar="NAME=PATH[:SPLIT]",
+        help="another evaluation set (repeatable), e.g. unseen regimes or real recordings",
+    )
     parser.add_argument(
         "--minutes-for",
         type=_budget,
@@ -89,115 +90,256 @@ def main() -> None:
     args = parser.parse_args()
     budgets = dict(args.minutes_for)
     command = "python -m seismag.training.train_defaults " + shlex.join(sys.argv[1:])
+    sets = [(IN_DISTRIBUTION, args.data, "test"), *args.eval]
 
     runs = Path(args.runs)
     names = args.models or list(load_cards())
-    jobs = [(n, n, None) for n in names]
-    if not args.no_ablation:
-        jobs.append((f"{ABLATION_MODEL} without amplitude", ABLATION_MODEL, False))
     summary_path = runs / "summary.json"
     summary = json.loads(summary_path.read_text()) if args.merge and summary_path.exists() else {}
-    baseline = next((r["baseline"] for r in summary.values() if "baseline" in r), None)
-    for label, name, amplitude in jobs:
-        out = runs / (name if amplitude is None else f"{name}_no_amplitude")
+    for name in names:
+        out = runs / name
         t0 = time.perf_counter()
         best = train(
             name,
             args.data,
             out,
-            max_minutes=budgets.get(name, args.minutes)
-            if amplitude is None
-            else args.ablation_minutes or args.minutes,
+            max_minutes=budgets.get(name, args.minutes),
             threads=args.threads,
             lr=args.lr,
             batch_size=args.batch_size,
             progress=False,
-            card_overrides=None if amplitude is None else {"use_amplitude": amplitude},
         )
         minutes = (time.perf_counter() - t0) / 60
         history = json.loads((out / "history.json").read_text())
-        epochs = len(history["state"]["history"])
-        res = evaluate(
-            name,
-            args.data,
-            best,
-            out_dir=out / "eval",
-            limit=args.eval_limit,
-            baseline=baseline is None,  # the baseline once, on the same traces
-        )
-        baseline = baseline or res.get("baseline")
-        res.update(minutes=minutes, epochs=epochs, command=command)
-        summary[label] = res
-        if amplitude is None:
-            WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(best, WEIGHTS_DIR / f"{name}.safetensors")
-        print(_row(label, res["metrics"], minutes, epochs), flush=True)
+        evals = {}
+        for set_name, path, split in sets:
+            evals[set_name] = evaluate(
+                name,
+                path,
+                best,
+                split=split,
+                out_dir=out / f"eval_{set_name}",
+                limit=args.eval_limit,
+            )
+            print(f"{name} on {set_name}: MAE {evals[set_name]['metrics']['full']['mae']:.3f}")
+        summary[name] = {
+            "minutes": minutes,
+            "epochs": len(history["state"]["history"]),
+            "command": command,
+            "data": args.data,
+            "sets": {n: {"path": p, "split": s} for n, p, s in sets},
+            "evals": evals,
+        }
+        WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best, WEIGHTS_DIR / f"{name}.safetensors")
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=2, default=str))
 
-    _write_docs(summary, runs)
+    _write_docs(summary)
     if "PhaseNetMag" in names:
         _reexport_default()
 
 
-def _rows(summary: dict, runs: Path) -> list[str]:
-    """One row per model in card order, the ablation, then the baseline."""
+# --- the doc ----------------------------------------------------------------------------------
+def _f(x, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _set_names(summary: dict) -> list[str]:
+    names: list[str] = []
+    for row in summary.values():
+        names += [n for n in row["evals"] if n not in names]
+    return names
+
+
+def _baseline(summary: dict, set_name: str) -> dict | None:
+    for row in summary.values():
+        res = row["evals"].get(set_name)
+        if res and "baseline" in res:
+            return {
+                "metrics": res["baseline"]["metrics"],
+                "breakdown": res["baseline"]["breakdown"],
+            }
+    return None
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _entries(summary: dict, set_name: str):
+    """(label, metrics, breakdown, calibration) of each model on a set, then the baseline."""
+    for name, row in summary.items():
+        res = row["evals"].get(set_name)
+        if res:
+            yield name, res["metrics"], res["breakdown"], res.get("calibration")
+    base = _baseline(summary, set_name)
+    if base:
+        yield BASELINE, base["metrics"], base["breakdown"], None
+
+
+def _overview(summary: dict) -> str:
+    sets = _set_names(summary)
+    head = ["model", "training", *[f"{s} MAE" for s in sets], *[f"{s} slope" for s in sets]]
     rows = []
-    for label, res in summary.items():
-        minutes, epochs = res.get("minutes"), res.get("epochs")
-        if minutes is None:  # written before rows recorded it: rebuild from the run's history
-            out = runs / Path(res["source"]).parent.name
-            history = json.loads((out / "history.json").read_text())["state"]["history"]
-            minutes, epochs = sum(h["seconds"] for h in history) / 60, len(history)
-        rows.append(_row(label, res["metrics"], minutes, epochs))
-    baseline = next((r["baseline"] for r in summary.values() if "baseline" in r), None)
-    if baseline is not None:
-        rows.append(_row(BASELINE, baseline["metrics"], None, None))
-    return rows
+    for label, row in [*summary.items(), (BASELINE, None)]:
+        cells = [label, "-" if row is None else f"{row['minutes']:.1f} min, {row['epochs']} ep"]
+        for s in sets:
+            m = (
+                row["evals"].get(s, {}).get("metrics")
+                if row
+                else (_baseline(summary, s) or {}).get("metrics")
+            )
+            cells.append(_f(m["full"]["mae"], 3) if m else "-")
+        for s in sets:
+            b = (
+                row["evals"].get(s, {}).get("breakdown")
+                if row
+                else (_baseline(summary, s) or {}).get("breakdown")
+            )
+            cells.append(_f(b["slope_m2_6"]) if b else "-")
+        rows.append(cells)
+    return _table(head, rows)
 
 
-def _write_docs(summary: dict, runs: Path) -> None:
-    header = (
-        "| model | training | n test waveforms | MAE | RMSE | R2 | MAE 1 s | 2 s | 3 s | 5 s | "
-        "10 s | 20 s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    )
-    groups: dict[str, list[str]] = {}  # command -> the rows it produced, in order
-    for label, res in summary.items():
-        groups.setdefault(res.get("command", LEGACY_COMMAND), []).append(label)
-    by_command = "\n".join(
-        f"    {cmd}\n        # rows: {', '.join(labels)}" for cmd, labels in groups.items()
-    )
+def _cutoffs(summary: dict, set_name: str) -> str:
+    head = ["model", "n", "MAE full", "bias full", *[f"{k} s" for k in CUTOFFS]]
+    rows = []
+    for label, m, _, _ in _entries(summary, set_name):
+        rows.append(
+            [label, str(m["full"]["n"]), _f(m["full"]["mae"], 3), _f(m["full"]["bias"])]
+            + [_f(m.get(f"{k}s", {}).get("mae")) for k in CUTOFFS]
+        )
+    return _table(head, rows)
+
+
+def _bins(summary: dict, set_name: str, key: str, unit: str) -> str:
+    entries = list(_entries(summary, set_name))
+    if not entries or key not in entries[0][2]:
+        return ""
+    edges = [b["bin"] for b in entries[0][2][key]]
+    head = ["model"] + [
+        f"{lo:g}-{hi:g}{unit} (n={b['n']})"
+        for (lo, hi), b in zip(edges, entries[0][2][key], strict=True)
+    ]
+    rows = [[label] + [_f(b["bias"]) for b in bd[key]] for label, _, bd, _ in entries]
+    return _table(head, rows)
+
+
+def _calibration(summary: dict) -> str:
+    sets = _set_names(summary)
+    head = ["model"] + [f"{s}: within 1 / 2 sigma, median sigma" for s in sets]
+    rows = []
+    for name, row in summary.items():
+        cells = [name]
+        for s in sets:
+            c = (row["evals"].get(s, {}).get("calibration") or {}).get("full")
+            cells.append(
+                "-"
+                if not c or c["n"] == 0
+                else f"{c['within_1_sigma']:.0%} / {c['within_2_sigma']:.0%}, "
+                f"{c['median_sigma']:.2f}"
+            )
+        rows.append(cells)
+    return _table(head, rows)
+
+
+def _offsets(summary: dict, set_name: str) -> str:
+    head = [
+        "model",
+        "n",
+        "offset",
+        "scatter after offset (std)",
+        "MAE after offset",
+        "slope (all M)",
+    ]
+    rows = [
+        [label, str(m["full"]["n"]), _f(bd["offset"]), _f(bd["scatter_after_offset"]),
+         _f(bd["mae_after_offset"]), _f(bd["slope_all"])]
+        for label, m, bd, _ in _entries(summary, set_name)
+    ]  # fmt: skip
+    return _table(head, rows)
+
+
+def synth_command(path: str) -> str | None:
+    """The `seismag synth` command that made a synthetic dataset, from its stored provenance."""
+    import h5py
+
+    try:
+        with h5py.File(Path(path) / "waveforms.hdf5", "r") as f:
+            if "provenance" not in f:
+                return None
+            prov = dict(f["provenance"].attrs)
+    except OSError:
+        return None
+    cmd = f"seismag synth --out {path} --events {int(prov['n_events'])} --seed {int(prov['seed'])}"
+    regimes = prov.get("regimes", "()")
+    if regimes != "()":
+        import ast
+
+        cmd += " --regimes " + ",".join(ast.literal_eval(regimes))
+    return cmd
+
+
+def _write_docs(summary: dict) -> None:
     old = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
     commentary = old[old.index(COMMENTARY) :] if COMMENTARY in old else ""
+    commands = list(dict.fromkeys(row["command"] for row in summary.values()))
+    sets = _set_names(summary)
     first = next(iter(summary.values()))
-    n, data = first["metrics"]["full"]["n"], first["data"]
+    paths = dict.fromkeys([first["data"], *(v["path"] for v in first.get("sets", {}).values())])
+    synth = [c for c in map(synth_command, paths) if c]
+    where = "\n".join(
+        f"- **{s}**: `{first['sets'][s]['path']}`, split `{first['sets'][s]['split']}`"
+        for s in sets
+        if s in first.get("sets", {})
+    )
+    sections = []
+    for s in sets:
+        sections.append(f"### {s}: MAE against seconds after P\n\n{_cutoffs(summary, s)}")
+        dist = _bins(summary, s, "by_distance_km", " km")
+        if dist:
+            sections.append(f"### {s}: bias (predicted - true) by epicentral distance\n\n{dist}")
+        sections.append(
+            f"### {s}: bias by true magnitude\n\n{_bins(summary, s, 'by_magnitude', '')}"
+        )
+        sections.append(
+            f"### {s}: one station offset removed (what uncalibrated counts can measure)\n\n"
+            f"{_offsets(summary, s)}"
+        )
     text = f"""# Evaluation of the shipped default weights
 
-Produced by these commands (machine: {platform.machine()}, {os.cpu_count()} cores, CPU only); each
-row names the command that trained and evaluated it:
+Produced by these commands (machine: {platform.machine()}, {os.cpu_count()} cores, CPU only):
 
-    seismag synth --out {data} --events 4000 --seed 0
-{by_command}
+{chr(10).join("    " + c for c in [*synth, *commands])}
 
-Data: synthetic 3-component 100 Hz velocity seismograms (Boore 2003 stochastic method,
-`seismag.training.synthetic`), split by event 70/10/20; the table is on the first {n} traces of
-the held-out test events (unseen events). Each model trained within the wall-clock budget its
-command gives (`--minutes`, or `--minutes-for MODEL=MIN`) with its card's recipe (optimiser,
-schedule, clipping, warm-up), except where a command overrides the learning rate and batch size:
-with the seeds' slower settings (lr 1e-4, batch 256) PhaseNetMag reached only a dev MAE of 2.1 in
-9 minutes here. The machine is a 2-core one shared with other work; longer training would lower
-every number.
+Evaluation sets (per waveform, at most the first 1500 traces of the split):
+{where}
 
-Metrics are per waveform (n = number of waveforms, never waveform x time step) against the
-catalogue magnitude; a series model's scalar is the mean of its output after the P onset. "MAE k s"
-is the MAE when the input is cut k seconds after P, as a live feed would see it. "full": the
-window ends 25 s after P (or at the trace end). The ML baseline is a simulated Wood-Anderson
-amplitude with Hutton & Boore (1987) and distance from the S-P time, on the same windows.
+Metrics are per waveform against the catalogue magnitude; a series model's scalar is the mean of
+its output after the P onset (the catalogue P pick). "k s" is the MAE when the input is cut k
+seconds after P, as a live feed sees it; "full": the window ends 25 s after P or at the trace end.
+The ML baseline is a simulated Wood-Anderson amplitude with Hutton & Boore (1987) and distance
+from the S-P time, on the same windows. Slopes are least-squares fits of predicted on true
+magnitude over M 2-6 (over all magnitudes in the offset tables).
 
-{header}
-{chr(10).join(_rows(summary, runs))}
+## Overview: full-window MAE and slope on every set
 
+{_overview(summary)}
+
+## Calibration of the predicted standard deviation (full window)
+
+Share of errors within one and two predicted sigmas (68 % and 95 % when calibrated).
+
+{_calibration(summary)}
+
+## Per set
+
+{chr(10).join(s + chr(10) for s in sections)}
 Per-model JSON, Markdown, predicted-vs-true and error-vs-time plots are written to
-`runs/<model>/eval/` by the same command (not committed).
+`runs/<model>/eval_<set>/` by the same command (not committed).
 
 {commentary}"""
     DOC.write_text(text.rstrip() + "\n", encoding="utf-8")
