@@ -43,6 +43,8 @@ class Prediction:
     model_version: str
     missing_components: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    onset_confidence: float = 0.0
+    """In [0, 1]; see StationMagnitude.onset_confidence in the proto."""
 
     @property
     def station_id(self) -> str:
@@ -60,6 +62,7 @@ class Prediction:
             },
             "onset": str(self.onset) if self.onset is not None else None,
             "onset_source": self.onset_source,
+            "onset_confidence": self.onset_confidence,
             "derivation": self.derivation,
             "model": self.model,
             "model_version": self.model_version,
@@ -106,6 +109,7 @@ def _prediction(m: pb.StationMagnitude) -> Prediction:
         m.model_version,
         list(m.missing_components),
         _timings(m.timings),
+        m.onset_confidence,
     )
 
 

@@ -110,7 +110,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             everything += [{"file": path, **r.to_dict()} for r in results]
             continue
         for r in results:
-            onset = f"P at {r.onset} ({r.onset_source})" if r.onset else "no onset used"
+            onset = (
+                f"P at {r.onset} ({r.onset_source}, confidence {r.onset_confidence:.2f})"
+                if r.onset
+                else "no onset used"
+            )
             print(
                 f"{r.station_id:<16} M {r.magnitude:5.2f}  {r.model} {r.model_version}  {onset}\n"
                 f"{'':<16} {r.derivation}; series of {len(r.series.data)} values every "
@@ -201,6 +205,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
                             "time": u.time,
                             "magnitude": u.magnitude,
                             "onset": u.onset if u.has_onset else None,
+                            "onset_source": u.onset_source,
+                            "onset_confidence": u.onset_confidence,
                             "lag_s": u.lag_seconds,
                         }
                     ),

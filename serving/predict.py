@@ -9,15 +9,16 @@ both drive it, which is why a replayed stream reproduces ``predict`` exactly.
 Rules (constants below):
 
 * a value needs ``MIN_DATA_SECONDS`` of data; a series card's value also needs a P onset at least
-  ``MIN_AFTER_ONSET_SECONDS`` before t (the client's pick for that station, else the STA/LTA pick
-  of :mod:`.onset`), and is the card's aggregate of the output after the onset (after the window
-  start once the onset has left the window);
+  ``MIN_AFTER_ONSET_SECONDS`` before t (the client's pick for that station, else the onset of
+  :class:`~seismag.serving.onset.PPicker`, which is decided within that delay), and is the
+  card's aggregate of the output after the onset (after the window start once the onset has left
+  the window);
 * evaluation times are every ``series_interval`` after the station's first sample, counted in
   samples, plus the last sample. The series starts at the first time a value exists, so it has no
   gaps; its last point is at the data end, which may follow the previous one by less than
   ``series_interval`` when the record is not a whole number of intervals long;
-* missing components (``missing="zeros"``) are zero-filled and reported; STA/LTA then runs on the
-  first present component in card order (Z when there is one).
+* missing components (``missing="zeros"``) are zero-filled and reported; the picker then uses the
+  components present only.
 
 With an inventory, ``response="full"`` deconvolves each trace over the whole record, which is a
 non-causal filter (the model windows stay causal); ``response="sensitivity"`` divides by the flat
@@ -39,7 +40,7 @@ from seismag.models.preprocess import PreprocessError, model_inputs, stream_to_a
 from seismag.serving.batcher import Ticket
 from seismag.serving.errors import InvalidInput, Overloaded
 from seismag.serving.ingest import remove_response, remove_sensitivity
-from seismag.serving.onset import OnsetPicker
+from seismag.serving.onset import PICKER_NAME, PPicker
 from seismag.serving.results import StationResult
 from seismag.serving.runtime import ModelRegistry, ModelRuntime
 
@@ -89,6 +90,8 @@ class Evaluation:
     onset_in_window: int
     source: str
     preprocess_ms: float = 0.0
+    confidence: float = 0.0
+    """The onset's confidence: the picker's, 1 for the client's pick, 0 without an onset."""
 
 
 class StationTrack:
@@ -111,8 +114,13 @@ class StationTrack:
         self.rate = card.sampling_rate
         self.missing = tuple(missing)
         present = [i for i, c in enumerate(card.component_order) if c not in self.missing]
-        self.pick_row = present[0] if present else 0
-        self.picker = OnsetPicker(self.rate, refractory=card.in_samples)
+        vertical = next((i for i in present if card.component_order[i] == "Z"), None)
+        horizontal = tuple(i for i in present if i != vertical)
+        if vertical is None and not horizontal:
+            vertical = 0  # nothing present: the picker sees zeros and finds nothing
+        self.picker = PPicker(
+            self.rate, vertical=vertical, horizontal=horizontal, refractory=card.in_samples
+        )
         self.pick: int | None = None
         self.n = 0
         self.set_pick(pick)
@@ -124,16 +132,19 @@ class StationTrack:
         self._end = card.in_samples
         self.min_data = int(np.ceil(MIN_DATA_SECONDS * self.rate))
         self.min_after = int(np.ceil(MIN_AFTER_ONSET_SECONDS * self.rate))
+        # A picked onset is decided up to picker.max_delay after it: using only onsets at least
+        # that old keeps every value independent of data that came later (truncation, replay).
+        self._picked_lag = max(self.min_after, self.picker.max_delay)
 
     def set_pick(self, pick: UTCDateTime | None) -> None:
-        """Use the client's P pick from now on instead of STA/LTA.
+        """Use the client's P pick from now on instead of the picker.
 
-        STA/LTA is only run while there is no pick (with one, its result is never read), so a
+        The picker is only run while there is no pick (with one, its result is never read), so a
         pick cannot be withdrawn once data went by without it.
         """
         if pick is None:
             if self.pick is not None and self.picker.n != self.n:
-                raise ValueError("a P pick cannot be withdrawn: STA/LTA has not seen the data")
+                raise ValueError("a P pick cannot be withdrawn: the picker has not seen the data")
             self.pick = None
             return
         self.pick = round((UTCDateTime(pick) - self.start) * self.rate)
@@ -144,8 +155,8 @@ class StationTrack:
     def extend(self, chunk: np.ndarray) -> None:
         if chunk.shape[-1] == 0:
             return
-        if self.pick is None:  # with a pick, STA/LTA's answer would never be read
-            self.picker.feed(chunk[self.pick_row])
+        if self.pick is None:  # with a pick, the picker's answer would never be read
+            self.picker.feed(chunk)
         buf, k, n = self._buf, chunk.shape[-1], self.card.in_samples
         if self.n == 0:
             buf[:, :n] = chunk[:, :1]  # edge padding, as last_window pads a short record
@@ -165,12 +176,16 @@ class StationTrack:
         """The current (C, in_samples) window (a view)."""
         return self._buf[:, self._end - self.card.in_samples : self._end]
 
-    def onset(self) -> tuple[int | None, str]:
-        """The onset usable now (at least MIN_AFTER_ONSET before the last sample) and its source."""
-        latest = self.n - 1 - self.min_after
+    def onset(self) -> tuple[int | None, str, float]:
+        """The onset usable now (at least MIN_AFTER_ONSET before the last sample), its source
+        and confidence."""
         if self.pick is not None:
-            return (self.pick if self.pick <= latest else None), "request"
-        return self.picker.onset_at(latest), "sta_lta"
+            usable = self.pick <= self.n - 1 - self.min_after
+            return (self.pick, "request", 1.0) if usable else (None, "request", 0.0)
+        found = self.picker.onset_at(self.n - 1 - self._picked_lag)
+        if found is None:
+            return None, PICKER_NAME, 0.0
+        return found.sample, PICKER_NAME, found.confidence
 
     def evaluate(self, *, normalise: bool = True) -> Evaluation | None:
         """The model input for the last sample, or None; ``normalise=False`` leaves the window
@@ -179,10 +194,10 @@ class StationTrack:
             return None
         t0 = time.perf_counter()
         i = self.n - 1
-        onset, source = None, "none"
+        onset, source, confidence = None, "none", 0.0
         in_window = 0
         if self.card.output == "series" or self.pick is not None:
-            onset, source = self.onset()
+            onset, source, confidence = self.onset()
             if onset is None:
                 if self.card.output == "series":
                     return None
@@ -197,7 +212,7 @@ class StationTrack:
         else:
             x, log_amp = np.array(window, dtype=np.float64), None
         ms = (time.perf_counter() - t0) * 1e3
-        return Evaluation(i, self.time_of(i), x, log_amp, onset, in_window, source, ms)
+        return Evaluation(i, self.time_of(i), x, log_amp, onset, in_window, source, ms, confidence)
 
     def no_value_reason(self) -> str:
         """Why ``evaluate`` gave nothing at the end of the data, for the error message."""
@@ -213,12 +228,13 @@ class StationTrack:
         picked = self.picker.onset_at(self.n - 1)
         if picked is not None:
             return (
-                f"the STA/LTA onset at {self.time_of(picked)} leaves less than "
+                f"the picked P onset at {self.time_of(picked.sample)} leaves less than "
                 f"{MIN_AFTER_ONSET_SECONDS:g} s of data after it"
             )
         return (
-            f"no P onset: none was sent and STA/LTA found none in {seconds:.1f} s of data "
-            "(it needs 10 s of noise before the onset); send a P pick for this station"
+            f"no P onset: none was sent and the picker found none in {seconds:.1f} s of data "
+            "(it needs 2 s of noise before P and a P clearer on Z than on the horizontals); "
+            "send a P pick for this station"
         )
 
 
@@ -236,7 +252,7 @@ def derivation(card: ModelCard, source: str) -> str:
             "(one magnitude per window)"
         )
     word = _AGG_WORDS.get(card.scalar_from_series or "", card.scalar_from_series)
-    where = "the client's P pick" if source == "request" else "the STA/LTA P onset"
+    where = "the client's P pick" if source == "request" else "the P onset picked on the data"
     return (
         f"{word} of {card.name}'s per-sample magnitude after {where}, in the "
         f"{card.window_seconds:g} s window ending at the data end"
@@ -438,6 +454,7 @@ def _predict(
                 series=values,
                 onset=None if last.onset is None else w.track.time_of(last.onset),
                 onset_source=last.source,
+                onset_confidence=last.confidence if last.onset is not None else 0.0,
                 model=runtime.name,
                 model_version=runtime.version,
                 missing_components=w.track.missing,

@@ -24,12 +24,16 @@ class StationResult:
     """Causal evolving magnitude: value at time t uses data up to t only."""
     onset: UTCDateTime | None
     onset_source: str
-    """'request' (client's P pick), 'sta_lta' (picked on the data), or 'none' (scalar model)."""
+    """'request' (client's P pick), 'sta_lta_aic' (picked on the data by
+    :class:`~seismag.serving.onset.PPicker`), or 'none' (scalar model)."""
     model: str
     model_version: str
     missing_components: tuple[str, ...] = ()
     timings_ms: dict[str, float] = field(default_factory=dict)
     """'preprocess', 'queue', 'compute', 'total'."""
+    onset_confidence: float = 0.0
+    """In [0, 1]: :attr:`~seismag.serving.onset.Onset.confidence` for a picked onset, 1 for the
+    client's pick, 0 without an onset."""
 
 
 @dataclass
@@ -47,3 +51,7 @@ class StationUpdate:
     lag_s: float
     """Wall-clock now minus the data time, at the moment the update was produced."""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    onset_source: str = "none"
+    """As in :attr:`StationResult.onset_source`."""
+    onset_confidence: float = 0.0
+    """As in :attr:`StationResult.onset_confidence`."""

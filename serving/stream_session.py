@@ -230,7 +230,7 @@ class StreamSession:
     # -- input ----------------------------------------------------------------------------
 
     def set_pick(self, station_key: str, time: UTCDateTime) -> None:
-        """A client's P pick for "NET.STA.LOC" (or "NET.STA"): used instead of STA/LTA."""
+        """A client's P pick for "NET.STA.LOC" (or "NET.STA"): used instead of the picker."""
         with self._lock:
             self._picks[station_key] = UTCDateTime(time)
             for st in self._stations.values():
@@ -555,6 +555,8 @@ class StreamSession:
             time=ev.time,
             magnitude=output_value(self.card, row, ev),
             onset=None if ev.onset is None else track.time_of(ev.onset),
+            onset_source=ev.source,
+            onset_confidence=ev.confidence if ev.onset is not None else 0.0,
             model=self.runtime.name,
             lag_s=wall - ev.time.timestamp,
             timings_ms={

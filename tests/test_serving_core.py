@@ -464,14 +464,15 @@ def test_predict_final_value_alone_matches_series_end(registry):
 
 def test_predict_picks_onset_with_sta_lta(registry):
     r = predict(registry, synthetic())[0]
-    assert r.onset_source == "sta_lta" and abs(r.onset - UTCDateTime(2024, 1, 1, 0, 0, 15)) < 0.5
+    assert r.onset_source == "sta_lta_aic"
+    assert abs(r.onset - UTCDateTime(2024, 1, 1, 0, 0, 15)) < 0.5
     assert r.series_start >= r.onset + 2.0
 
 
 def test_predict_errors_name_the_station(registry):
-    # RJOB's P is 4.8 s in: STA/LTA needs 10 s of noise first, so without a pick there is none.
+    # RJOB cut 0.5 s before its P holds only noise: without a pick there is no onset.
     with pytest.raises(InvalidInput, match=r"BW\.RJOB\..*no P onset"):
-        predict(registry, rjob())
+        predict(registry, rjob().slice(endtime=RJOB_P - 0.5))
     with pytest.raises(InvalidInput, match="match no station"):
         predict(registry, rjob(), p_picks={"XX.NONE": RJOB_P})
     with pytest.raises(InvalidInput, match="less than 2 s"):

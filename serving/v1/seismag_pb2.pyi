@@ -77,7 +77,7 @@ class MagnitudeSeries(_message.Message):
     def __init__(self, start: _Optional[float] = ..., interval: _Optional[float] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StationMagnitude(_message.Message):
-    __slots__ = ("network", "station", "location", "magnitude", "derivation", "series", "onset", "has_onset", "onset_source", "model", "model_version", "missing_components", "timings")
+    __slots__ = ("network", "station", "location", "magnitude", "derivation", "series", "onset", "has_onset", "onset_source", "model", "model_version", "missing_components", "timings", "onset_confidence")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     STATION_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class StationMagnitude(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MISSING_COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    ONSET_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     network: str
     station: str
     location: str
@@ -104,7 +105,8 @@ class StationMagnitude(_message.Message):
     model_version: str
     missing_components: _containers.RepeatedScalarFieldContainer[str]
     timings: Timings
-    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., magnitude: _Optional[float] = ..., derivation: _Optional[str] = ..., series: _Optional[_Union[MagnitudeSeries, _Mapping]] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., onset_source: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., missing_components: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    onset_confidence: float
+    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., magnitude: _Optional[float] = ..., derivation: _Optional[str] = ..., series: _Optional[_Union[MagnitudeSeries, _Mapping]] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., onset_source: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., missing_components: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_confidence: _Optional[float] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("results",)
@@ -137,7 +139,7 @@ class StreamRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., miniseed: _Optional[bytes] = ..., raw_chunk: _Optional[_Union[RawTrace, _Mapping]] = ..., raw_chunks: _Optional[_Union[RawTraces, _Mapping]] = ..., pick: _Optional[_Union[PPick, _Mapping]] = ...) -> None: ...
 
 class StreamUpdate(_message.Message):
-    __slots__ = ("network", "station", "location", "time", "magnitude", "onset", "has_onset", "model", "lag_seconds", "timings")
+    __slots__ = ("network", "station", "location", "time", "magnitude", "onset", "has_onset", "model", "lag_seconds", "timings", "onset_source", "onset_confidence")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     STATION_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +150,8 @@ class StreamUpdate(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    ONSET_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ONSET_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     network: str
     station: str
     location: str
@@ -158,7 +162,9 @@ class StreamUpdate(_message.Message):
     model: str
     lag_seconds: float
     timings: Timings
-    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., time: _Optional[float] = ..., magnitude: _Optional[float] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., model: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    onset_source: str
+    onset_confidence: float
+    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., time: _Optional[float] = ..., magnitude: _Optional[float] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., model: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_source: _Optional[str] = ..., onset_confidence: _Optional[float] = ...) -> None: ...
 
 class StreamUpdates(_message.Message):
     __slots__ = ("updates",)
