@@ -121,6 +121,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    try:
+        from seismag.models.reference import ReferenceImportError, import_checkpoint
+    except ImportError as exc:
+        print(f"seismag: error: import-checkpoint needs the 'torch' extra ({exc})", file=sys.stderr)
+        return 2
+    try:
+        weights, card = import_checkpoint(args.model, args.file, args.out)
+    except ReferenceImportError as exc:
+        print(f"seismag: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {weights}")
+    print(f"wrote {card}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seismag", description="Deep-learning earthquake magnitude models: export and serve."
@@ -210,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="interpreter switch interval in ms (0 = Python's 5 ms); small keeps streams prompt",
     )
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "import-checkpoint",
+        help="convert a reference (QuentonYeo/magnitude_estimation) checkpoint to seismag weights",
+        description="Map a reference state_dict (.pt/.pth, read with weights_only, or "
+        ".safetensors) onto MODEL and write MODEL.safetensors plus a card (TOML) with the "
+        "reference's preprocessing.",
+    )
+    p.add_argument("model", metavar="MODEL", help="seismag model name (see `seismag models`)")
+    p.add_argument("file", metavar="FILE", help="the reference checkpoint")
+    p.add_argument("--out", default="imported", metavar="DIR", help="output folder")
+    p.set_defaults(func=_cmd_import_checkpoint)
     return parser
 
 

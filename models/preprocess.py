@@ -63,6 +63,8 @@ def normalise(
         from scipy.signal import sosfilt
 
         w = sosfilt(_highpass_sos(float(highpass_hz), float(sampling_rate)), w, axis=-1)
+    if method in _REFERENCE_NORMALISATIONS:
+        return _reference_normalise(w, method)
     if method == "peak":
         scale = np.abs(w).max(axis=(-2, -1))
     elif method == "std":
@@ -72,6 +74,34 @@ def normalise(
     scale = np.maximum(scale, SCALE_FLOOR)
     x = (w / scale[..., None, None]).astype(np.float32)
     return x, np.log10(scale)[..., None].astype(np.float32)
+
+
+_REFERENCE_NORMALISATIONS = ("std_per_channel", "std_global_taper")
+_TAPER = 6  # samples cosine-tapered at each end by the reference EQTransformerMag
+
+
+def _reference_normalise(w: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """The reference code's ``annotate_batch_pre`` (QuentonYeo/magnitude_estimation), for imports.
+
+    ``std_per_channel``: each demeaned channel divided by its own sample std (ddof 1) + 1e-10.
+    ``std_global_taper``: divided by one std over all channels and samples (ddof 1) + 1e-10, then
+    the first and last 6 samples cosine-tapered (EQTransformerMag). Computed in float32 as the
+    reference does. ``log_amp`` is log10 of the largest scale; imported cards do not use it.
+    """
+    x = w.astype(np.float32)
+    if method == "std_per_channel":
+        scale = x.std(axis=-1, ddof=1, keepdims=True) + np.float32(1e-10)
+    else:
+        n = x.shape[-2] * x.shape[-1]
+        flat = x.reshape(*x.shape[:-2], n)
+        scale = flat.std(axis=-1, ddof=1)[..., None, None] + np.float32(1e-10)
+    x = x / scale
+    if method == "std_global_taper" and x.shape[-1] >= 2 * _TAPER:
+        tap = (0.5 * (1 + np.cos(np.linspace(np.pi, 2 * np.pi, _TAPER)))).astype(np.float32)
+        x[..., :_TAPER] *= tap
+        x[..., -_TAPER:] *= tap[::-1]
+    top = np.maximum(scale.max(axis=(-2, -1)), SCALE_FLOOR)
+    return x.astype(np.float32), np.log10(top)[..., None].astype(np.float32)
 
 
 def model_inputs(window: np.ndarray, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
