@@ -7,9 +7,12 @@ per-waveform MAE. Loss is MSE in label space: over the samples for series models
 before P, magnitude + offset after), per waveform for scalar models (the catalogue magnitude
 + offset, never a window mean of the series label). Cards with ``uncertainty = "gaussian"`` train
 the magnitude and its standard deviation together with the beta-NLL of Seitzer et al. (2022,
-ICLR; beta = 0.5): the Gaussian negative log-likelihood with each value's term weighted by its
-(detached) sigma, which keeps the plain NLL from trading accuracy for large sigmas on hard
-examples.
+ICLR) at beta = 1: the Gaussian negative log-likelihood with each value's term weighted by its
+(detached) variance. The magnitude then gets exactly the MSE gradient (the plain NLL would
+down-weight hard examples and trade accuracy for large sigmas), and sigma still converges to the
+error's standard deviation. With beta = 0.5 the gradient of the mean scales as 1/sigma, so the
+per-sample series models chase the easy pre-P zeros, whose sigma is smallest: PhaseNetMag's dev
+MAE after its first epoch on the regime data was 2.0 at beta 0.5 and 1.0 at beta 1 (one run each).
 
 Examples are windows ending at a drawn time (:mod:`seismag.training.windows`), normalised by the
 one preprocessing path (:func:`seismag.models.preprocess.model_inputs`). Splits are the dataset's
@@ -43,7 +46,7 @@ from seismag.training.evaluate import window_magnitudes
 from seismag.training.windows import make_batch, onset_sample, training_ends
 
 DEFAULT_EPOCHS = 100
-BETA_NLL = 0.5
+BETA_NLL = 1.0
 DEV_EPOCH = 2**31 - 1
 """The (seed, epoch) stream the fixed dev windows are drawn from."""
 CHECKPOINT_FORMAT = 1
