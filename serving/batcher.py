@@ -30,6 +30,12 @@ than the window's share of the model. :meth:`DynamicBatcher.submit_raw` therefor
 ``owner`` (see :class:`Owner`) and a ``tag``: the worker hands each owner all of its finished
 rows of a batch in ONE ``on_rows`` call, and drops queued jobs of an owner that has closed.
 
+Several outputs: ``run_fn`` may return a tuple of arrays instead of one array (a model with a
+magnitude and a sigma output: ONE call computes both). Every array is split by row the same way,
+and each job gets the same kind of tuple back (a NamedTuple is rebuilt with ``_make``); a None
+entry (an output this model lacks) stays None. A job whose rows all ran in one batch gets views
+of the batch's outputs, not copies.
+
 Metrics hook: pass ``on_batch(model_name, batch_rows, queue_ms, compute_ms)`` (or set the
 ``on_batch`` attribute later). It is called in the worker thread after every model run;
 ``queue_ms`` is how long the oldest row of the batch waited before the run started. Exceptions
@@ -46,7 +52,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -54,7 +60,10 @@ from seismag.serving.errors import NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
-RunFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Outputs = Any
+"""What ``run_fn`` returns and each job gets back for its rows: one array, or a tuple of arrays
+(None entries allowed), each with the rows first (see "Several outputs")."""
+RunFn = Callable[[np.ndarray, np.ndarray], Outputs]
 PrepareFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 OnBatch = Callable[[str, int, float, float], None]
 
@@ -78,7 +87,7 @@ class Owner(Protocol):
     closed: bool
     """Once True, the owner's queued jobs are dropped unrun."""
 
-    def on_rows(self, results: list[tuple[object, np.ndarray, dict[str, float]]]) -> None:
+    def on_rows(self, results: list[tuple[object, Outputs, dict[str, float]]]) -> None:
         """``(tag, rows_out, timings)`` for every job of this owner finished in one batch."""
 
     def on_error(self, tags: list[object], exc: BaseException) -> None:
@@ -126,7 +135,7 @@ class _Job:
         self.t_submit = time.perf_counter()
         self.started = 0  # rows handed to a batch so far
         self.done_rows = 0  # rows whose output is back
-        self.out: np.ndarray | None = None
+        self.out: list[np.ndarray | None] | None = None  # one entry per model output
         self.compute_ms = 0.0
 
     @property
@@ -174,9 +183,10 @@ class Ticket:
 class DynamicBatcher:
     """Groups queued submissions into model batches, run by ``workers`` threads.
 
-    ``run_fn(waveform (B, C, N), log_amp (B, 1)) -> (B, ...)`` is the model call. ``max_queue``
-    bounds the number of rows waiting (memory): a submission that does not fit raises
-    :class:`Overloaded` at once rather than queueing without limit.
+    ``run_fn(waveform (B, C, N), log_amp (B, 1)) -> (B, ...)`` is the model call (or a tuple of
+    such arrays, see "Several outputs"). ``max_queue`` bounds the number of rows waiting
+    (memory): a submission that does not fit raises :class:`Overloaded` at once rather than
+    queueing without limit.
     """
 
     def __init__(
@@ -412,9 +422,11 @@ class DynamicBatcher:
                 wave = np.concatenate([w for w, _ in parts])
                 amp = np.concatenate([a for _, a in parts])
             t_model = time.perf_counter()
-            out = np.asarray(self.run_fn(wave, amp))
-            if out.shape[:1] != (rows,):
-                raise RuntimeError(f"model returned {out.shape[:1]} rows for a batch of {rows}")
+            out = self.run_fn(wave, amp)
+            arrays = _output_arrays(out)
+            for a in arrays:
+                if a is not None and a.shape[:1] != (rows,):
+                    raise RuntimeError(f"model returned {a.shape[:1]} rows for a batch of {rows}")
         except BaseException as exc:
             compute_ms = (time.perf_counter() - t0) * 1e3
             with self._cond:
@@ -439,9 +451,17 @@ class DynamicBatcher:
             if job.failed():  # an earlier part of this job failed, or its owner closed
                 at += n
                 continue
-            if job.out is None:
-                job.out = np.empty((job.rows, *out.shape[1:]), dtype=out.dtype)
-            job.out[first : first + n] = out[at : at + n]
+            if job.out is None and n == job.rows:  # all of it in this batch: views, no copy
+                job.out = [None if a is None else a[at : at + n] for a in arrays]
+            else:
+                if job.out is None:
+                    job.out = [
+                        None if a is None else np.empty((job.rows, *a.shape[1:]), dtype=a.dtype)
+                        for a in arrays
+                    ]
+                for dst, a in zip(job.out, arrays, strict=True):
+                    if a is not None:
+                        dst[first : first + n] = a[at : at + n]
             at += n
             job.done_rows += n
             job.compute_ms += compute_ms
@@ -451,11 +471,12 @@ class DynamicBatcher:
                 timings = {"queue": max(total_ms - busy_ms, 0.0), "compute": job.compute_ms}
                 if job.raw:
                     timings["prepare"] = job.prepare_ms
+                result = _like(out, job.out)
                 if job.owner is None:
-                    job.future.set_result((job.out, timings))
+                    job.future.set_result((result, timings))
                 else:
                     entry = finished.setdefault(id(job.owner), (job.owner, []))
-                    entry[1].append((job.tag, job.out, timings))
+                    entry[1].append((job.tag, result, timings))
         for owner, results in finished.values():
             try:
                 owner.on_rows(results)
@@ -510,3 +531,18 @@ class DynamicBatcher:
                 hook(self.name, rows, queue_ms, compute_ms)
             except Exception:
                 log.exception("on_batch hook failed (ignored)")
+
+
+def _output_arrays(out: Outputs) -> list[np.ndarray | None]:
+    """The arrays of a model result (one array, or a tuple of arrays and None)."""
+    if isinstance(out, tuple):
+        return [None if a is None else np.asarray(a) for a in out]
+    return [np.asarray(out)]
+
+
+def _like(out: Outputs, parts: list[np.ndarray | None]) -> Outputs:
+    """A job's rows in the form ``run_fn`` returned: an array, a tuple, or the same NamedTuple."""
+    if not isinstance(out, tuple):
+        return parts[0]
+    make = getattr(type(out), "_make", None)
+    return make(parts) if make is not None else tuple(parts)

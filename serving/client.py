@@ -3,8 +3,9 @@
     from seismag.serving.client import SeismagClient
     with SeismagClient("127.0.0.1:8500") as client:
         for r in client.predict(obspy.read("event.mseed")):
-            print(r.station_id, r.magnitude)
+            print(r.station_id, r.magnitude, "+/-", r.magnitude_sigma)
             r.series  # the evolving magnitude as an ObsPy Trace
+            r.sigma_series  # its standard deviation, the same times (None without sigma)
 
 Failures arrive as :class:`grpc.RpcError` with the server's status code and message.
 """
@@ -29,7 +30,8 @@ DEFAULT_ADDRESS = "127.0.0.1:8500"
 
 @dataclass
 class Prediction:
-    """One station's result; ``series`` is an ObsPy Trace of the evolving magnitude."""
+    """One station's result; ``series`` is an ObsPy Trace of the evolving magnitude,
+    ``sigma_series`` one of its standard deviation (None when the model has no sigma output)."""
 
     network: str
     station: str
@@ -45,20 +47,29 @@ class Prediction:
     timings_ms: dict[str, float] = field(default_factory=dict)
     onset_confidence: float = 0.0
     """In [0, 1]; see StationMagnitude.onset_confidence in the proto."""
+    magnitude_sigma: float = math.nan
+    """One standard deviation of ``magnitude`` as the model predicts it; NaN without sigma."""
+    sigma_series: Trace | None = None
 
     @property
     def station_id(self) -> str:
         return f"{self.network}.{self.station}.{self.location}"
+
+    @property
+    def has_sigma(self) -> bool:
+        return self.sigma_series is not None
 
     def to_dict(self) -> dict:
         """JSON-ready: the keys ``magnitude`` and ``series`` are what machines read."""
         return {
             "station": self.station_id,
             "magnitude": self.magnitude,
+            "magnitude_sigma": self.magnitude_sigma if self.has_sigma else None,
             "series": {
                 "start": str(self.series.stats.starttime),
                 "interval_s": self.series.stats.delta,
                 "values": [float(v) for v in self.series.data],
+                "sigmas": ([float(v) for v in self.sigma_series.data] if self.has_sigma else None),
             },
             "onset": str(self.onset) if self.onset is not None else None,
             "onset_source": self.onset_source,
@@ -85,17 +96,19 @@ def _onset(value: float, present: bool) -> UTCDateTime | None:
 
 
 def _prediction(m: pb.StationMagnitude) -> Prediction:
-    series = Trace(
-        np.asarray(m.series.values, dtype=np.float64),
-        header={
-            "network": m.network,
-            "station": m.station,
-            "location": m.location,
-            "channel": "MAG",
-            "starttime": UTCDateTime(m.series.start),
-            "delta": m.series.interval or 1.0,
-        },
-    )
+    header = {
+        "network": m.network,
+        "station": m.station,
+        "location": m.location,
+        "channel": "MAG",
+        "starttime": UTCDateTime(m.series.start),
+        "delta": m.series.interval or 1.0,
+    }
+    series = Trace(np.asarray(m.series.values, dtype=np.float64), header=dict(header))
+    sigma_series = None
+    if m.has_sigma:
+        header["channel"] = "MSG"  # magnitude sigma
+        sigma_series = Trace(np.asarray(m.series.sigmas, dtype=np.float64), header=header)
     return Prediction(
         m.network,
         m.station,
@@ -110,6 +123,8 @@ def _prediction(m: pb.StationMagnitude) -> Prediction:
         list(m.missing_components),
         _timings(m.timings),
         m.onset_confidence,
+        m.magnitude_sigma if m.has_sigma else math.nan,
+        sigma_series,
     )
 
 
@@ -217,7 +232,8 @@ class SeismagClient:
         stationxml: bytes | None = None,
         p_picks: dict[str, UTCDateTime] | None = None,
     ) -> Iterator[pb.StreamUpdate]:
-        """Send packets (Streams or miniSEED bytes) as they come; yield magnitude updates."""
+        """Send packets (Streams or miniSEED bytes) as they come; yield magnitude updates
+        (``magnitude_sigma`` is valid where ``has_sigma``)."""
 
         def requests() -> Iterator[pb.StreamRequest]:
             yield pb.StreamRequest(

@@ -101,6 +101,11 @@ def _predict(args: argparse.Namespace, path: str):
         )
 
 
+def _magnitude(value: float, sigma: float, has_sigma: bool) -> str:
+    """The magnitude as "3.42 ± 0.21", or "3.42" for a model without a sigma output."""
+    return f"{value:5.2f} ± {sigma:.2f}" if has_sigma else f"{value:5.2f}"
+
+
 @_server_errors
 def cmd_predict(args: argparse.Namespace) -> int:
     everything = []
@@ -116,7 +121,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 else "no onset used"
             )
             print(
-                f"{r.station_id:<16} M {r.magnitude:5.2f}  {r.model} {r.model_version}  {onset}\n"
+                f"{r.station_id:<16} M {_magnitude(r.magnitude, r.magnitude_sigma, r.has_sigma)}"
+                f"  {r.model} {r.model_version}  {onset}\n"
                 f"{'':<16} {r.derivation}; series of {len(r.series.data)} values every "
                 f"{r.series.stats.delta:g} s from {r.series.stats.starttime}; "
                 f"{r.timings_ms.get('total', 0):.1f} ms on the server"
@@ -204,6 +210,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
                             "station": f"{u.network}.{u.station}.{u.location}",
                             "time": u.time,
                             "magnitude": u.magnitude,
+                            "magnitude_sigma": u.magnitude_sigma if u.has_sigma else None,
                             "onset": u.onset if u.has_onset else None,
                             "onset_source": u.onset_source,
                             "onset_confidence": u.onset_confidence,
@@ -217,7 +224,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
                 print(
                     f"{UTCDateTime(u.time)}  {u.network}.{u.station}.{u.location:<3} "
-                    f"M {u.magnitude:5.2f}  lag {u.lag_seconds:6.2f} s",
+                    f"M {_magnitude(u.magnitude, u.magnitude_sigma, u.has_sigma)}  "
+                    f"lag {u.lag_seconds:6.2f} s",
                     flush=True,
                 )
     return 0

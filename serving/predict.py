@@ -27,6 +27,7 @@ gain, which is causal and matches what ``StreamSession`` does.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -239,7 +240,12 @@ class StationTrack:
 
 
 def output_value(card: ModelCard, row: np.ndarray, ev: Evaluation) -> float:
-    """The magnitude for one evaluation from the model's output row (magnitude units already)."""
+    """One evaluation's value from a model output row: the magnitude, or its sigma.
+
+    Scalar cards take the value; series cards aggregate after the onset with the card's method.
+    Applied to the sigma output this is exactly the evaluator's ``window_sigmas`` (the mean of the
+    per-sample sigma after P), so served sigmas are the ones the calibration figures describe.
+    """
     if card.output == "scalar":
         return float(np.asarray(row).reshape(-1)[0])
     return float(series_to_scalar(row, ev.onset_in_window, card.scalar_from_series))
@@ -437,9 +443,15 @@ def _predict(
     at = 0
     for w in work:
         values = np.array(
-            [output_value(card, rows[at + j], ev) for j, ev in enumerate(w.evals)],
+            [output_value(card, rows.magnitude[at + j], ev) for j, ev in enumerate(w.evals)],
             dtype=np.float64,
         )
+        sigmas = None
+        if rows.sigma is not None:
+            sigmas = np.array(
+                [output_value(card, rows.sigma[at + j], ev) for j, ev in enumerate(w.evals)],
+                dtype=np.float64,
+            )
         at += len(w.evals)
         last = w.evals[-1]
         results.append(
@@ -455,6 +467,8 @@ def _predict(
                 onset=None if last.onset is None else w.track.time_of(last.onset),
                 onset_source=last.source,
                 onset_confidence=last.confidence if last.onset is not None else 0.0,
+                magnitude_sigma=float(sigmas[-1]) if sigmas is not None else math.nan,
+                sigma_series=sigmas,
                 model=runtime.name,
                 model_version=runtime.version,
                 missing_components=w.track.missing,

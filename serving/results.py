@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,16 @@ class StationResult:
     onset_confidence: float = 0.0
     """In [0, 1]: :attr:`~seismag.serving.onset.Onset.confidence` for a picked onset, 1 for the
     client's pick, 0 without an onset."""
+    magnitude_sigma: float = math.nan
+    """One standard deviation of :attr:`magnitude` as the model predicts it (magnitude units):
+    the last value of :attr:`sigma_series`; NaN when the model has no sigma output."""
+    sigma_series: np.ndarray | None = None
+    """The standard deviation of each :attr:`series` value (same times); None when the model has
+    no sigma output (files exported before uncertainty)."""
+
+    @property
+    def has_sigma(self) -> bool:
+        return self.sigma_series is not None
 
 
 @dataclass
@@ -55,3 +66,9 @@ class StationUpdate:
     """As in :attr:`StationResult.onset_source`."""
     onset_confidence: float = 0.0
     """As in :attr:`StationResult.onset_confidence`."""
+    magnitude_sigma: float = math.nan
+    """As in :attr:`StationResult.magnitude_sigma`, for this update's magnitude."""
+
+    @property
+    def has_sigma(self) -> bool:
+        return not math.isnan(self.magnitude_sigma)

@@ -3,7 +3,9 @@
 Torch-free: a model is an exported file (see :mod:`seismag.export.onnx_export`) whose metadata
 carries its card, so serving needs nothing but the file. Inputs are ``waveform`` (B, C, N) and
 ``log_amp`` (B, 1), float32; the output ``magnitude`` is (B, N) for series cards and (B,) for
-scalar cards, already in magnitude units.
+scalar cards, already in magnitude units. Files of cards with ``uncertainty = "gaussian"`` also
+output ``sigma``, its standard deviation in magnitude units, with the same shape; files exported
+before that have no sigma and still serve (:attr:`ModelRows.sigma` is then None).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -24,6 +27,7 @@ from seismag.models.card import (
     CARD_KEY,
     INPUT_NAMES,
     OUTPUT_NAME,
+    SIGMA_NAME,
     WEIGHTS_KEY,
     CardError,
     ModelCard,
@@ -44,6 +48,16 @@ _PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
     "trt": "TensorrtExecutionProvider",
 }
+
+
+class ModelRows(NamedTuple):
+    """Model output rows for some windows, as the batcher hands them back (see its "Several
+    outputs"): both come from the same ONNX Runtime call."""
+
+    magnitude: np.ndarray
+    """(k, N) for series cards, (k,) for scalar cards, magnitude units."""
+    sigma: np.ndarray | None = None
+    """Its standard deviation, the same shape; None when the file has no sigma output."""
 
 
 class ModelLoadError(RuntimeError):
@@ -197,7 +211,12 @@ class ModelRuntime:
         names = [i.name for i in session.get_inputs()]
         if sorted(names) != sorted(INPUT_NAMES):
             raise ModelLoadError(f"{self.path}: inputs {names}, expected {list(INPUT_NAMES)}")
-        self._output = session.get_outputs()[0].name
+        outputs = [o.name for o in session.get_outputs()]
+        self.has_sigma = SIGMA_NAME in outputs
+        """The file outputs the magnitude's standard deviation (exports since uncertainty)."""
+        # The first output is the magnitude (also in files exported before the outputs were
+        # named); sigma is fetched in the same run when the file has it.
+        self._outputs = [outputs[0], *([SIGMA_NAME] if self.has_sigma else [])]
         self.micro_batch = micro_batch
         """Rows per ONNX Runtime call; larger batches run in slices of this size. None = tune it
         at warm-up (CPU only; see :meth:`tune_micro_batch`)."""
@@ -215,7 +234,7 @@ class ModelRuntime:
     def __repr__(self) -> str:
         return f"ModelRuntime({self.name} {self.version}, {self.path}, {self.kernel})"
 
-    def _run(self, waveform: np.ndarray, log_amp: np.ndarray) -> np.ndarray:
+    def _run(self, waveform: np.ndarray, log_amp: np.ndarray) -> ModelRows:
         step = self.micro_batch or waveform.shape[0]
         if waveform.shape[0] <= step:
             return self._run_once(waveform, log_amp)
@@ -223,11 +242,15 @@ class ModelRuntime:
             self._run_once(waveform[i : i + step], log_amp[i : i + step])
             for i in range(0, waveform.shape[0], step)
         ]
-        return np.concatenate(parts)
+        return ModelRows(
+            np.concatenate([p.magnitude for p in parts]),
+            np.concatenate([p.sigma for p in parts]) if self.has_sigma else None,
+        )
 
-    def _run_once(self, waveform: np.ndarray, log_amp: np.ndarray) -> np.ndarray:
+    def _run_once(self, waveform: np.ndarray, log_amp: np.ndarray) -> ModelRows:
         feeds = {"waveform": waveform, "log_amp": log_amp}
-        return self._session.run([self._output], feeds)[0]
+        outs = self._session.run(self._outputs, feeds)  # both outputs from one run
+        return ModelRows(outs[0], outs[1] if self.has_sigma else None)
 
     def tune_micro_batch(self, repeats: int = 3, budget_s: float = 0.5) -> int:
         """Pick the rows per ONNX Runtime call, measured here: the largest size whose time per
@@ -264,9 +287,10 @@ class ModelRuntime:
 
     def _check(self, waveform: np.ndarray, log_amp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c, n = self.card.in_channels, self.card.in_samples
-        if waveform.ndim != 3 or waveform.shape[1:] != (c, n):
+        # An empty batch is refused: the batcher would answer it with a bare array, not ModelRows.
+        if waveform.ndim != 3 or waveform.shape[1:] != (c, n) or waveform.shape[0] == 0:
             raise InvalidInput(
-                f"{self.name}: waveform must be (batch, {c}, {n}), got {waveform.shape}"
+                f"{self.name}: waveform must be (batch >= 1, {c}, {n}), got {waveform.shape}"
             )
         if log_amp.shape != (waveform.shape[0], 1):
             raise InvalidInput(
@@ -284,7 +308,7 @@ class ModelRuntime:
     def submit(
         self, waveform: np.ndarray, log_amp: np.ndarray, *, ticket: Ticket | None = None
     ) -> Future:
-        """Non-blocking :meth:`infer`: a future of ``(rows, {"queue": ms, "compute": ms})``."""
+        """Non-blocking :meth:`infer`: a future of ``(ModelRows, {"queue": ms, "compute": ms})``."""
         try:
             checked = self._check(waveform, log_amp)
         except BaseException:
@@ -300,7 +324,8 @@ class ModelRuntime:
     def submit_raw(
         self, windows: np.ndarray, *, owner: Owner | None = None, tag: object = None
     ) -> Future | None:
-        """Queue ``k`` raw (un-normalised) windows (k, C, N), normalised in the batcher's worker.
+        """Queue ``k`` >= 1 raw (un-normalised) windows (k, C, N), normalised in the batcher's
+        worker; the result (future or ``owner.on_rows``) carries :class:`ModelRows`.
 
         All raw windows that end up in one batch are normalised in one
         :func:`~seismag.models.preprocess.model_inputs` call (row by row the same numbers as one
@@ -308,9 +333,9 @@ class ModelRuntime:
         ``owner`` the results go to it (see :class:`~seismag.serving.batcher.Owner`).
         """
         c, n = self.card.in_channels, self.card.in_samples
-        if windows.ndim != 3 or windows.shape[1:] != (c, n):
+        if windows.ndim != 3 or windows.shape[1:] != (c, n) or windows.shape[0] == 0:
             raise InvalidInput(
-                f"{self.name}: windows must be (batch, {c}, {n}), got {windows.shape}"
+                f"{self.name}: windows must be (batch >= 1, {c}, {n}), got {windows.shape}"
             )
         return self.batcher.submit_raw(windows, owner=owner, tag=tag)
 
@@ -321,8 +346,8 @@ class ModelRuntime:
         timeout: float | None = None,
         *,
         ticket: Ticket | None = None,
-    ) -> tuple[np.ndarray, dict[str, float]]:
-        """Run ``k`` normalised windows through the batcher; the ``k`` output rows and timings.
+    ) -> tuple[ModelRows, dict[str, float]]:
+        """Run ``k`` normalised windows through the batcher; their output rows and timings.
 
         Raises the builtin ``TimeoutError`` when ``timeout`` seconds pass first (the gRPC layer
         maps it to DEADLINE_EXCEEDED); the queued rows are cancelled if they have not started.
@@ -342,7 +367,8 @@ class ModelRuntime:
 
     def output_specs(self) -> list[tuple[str, str, list[int]]]:
         shape = [-1, self.card.in_samples] if self.card.output == "series" else [-1]
-        return [(OUTPUT_NAME, "FP32", shape)]
+        sigma = [(SIGMA_NAME, "FP32", shape)] if self.has_sigma else []
+        return [(OUTPUT_NAME, "FP32", shape), *sigma]
 
     def infer_raw(
         self, inputs: dict[str, np.ndarray], timeout: float | None = None
@@ -382,7 +408,10 @@ class ModelRuntime:
             )
         with self.expect() as ticket:  # one request, one submission: no need to wait for others
             rows, _ = self.infer(arrays["waveform"], arrays["log_amp"], timeout, ticket=ticket)
-        return {OUTPUT_NAME: np.asarray(rows, dtype=np.float32)}
+        out = {OUTPUT_NAME: np.asarray(rows.magnitude, dtype=np.float32)}
+        if rows.sigma is not None:
+            out[SIGMA_NAME] = np.asarray(rows.sigma, dtype=np.float32)
+        return out
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -402,7 +431,7 @@ class ModelRuntime:
         if self.micro_batch is None and self.providers == ["CPUExecutionProvider"]:
             log.info("%s: micro-batch %d (tuned)", self.name, self.tune_micro_batch())
         out, _ = self.infer(*self.example_inputs(1))
-        if not np.all(np.isfinite(out)):
+        if not all(np.all(np.isfinite(a)) for a in out if a is not None):
             raise ModelLoadError(f"{self.path}: warm-up produced non-finite output")
 
     def stats(self) -> BatcherStats:

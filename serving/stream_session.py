@@ -64,7 +64,7 @@ from seismag.serving.predict import (
     station_id,
 )
 from seismag.serving.results import StationUpdate
-from seismag.serving.runtime import ModelRegistry
+from seismag.serving.runtime import ModelRegistry, ModelRows
 
 GAP_WAIT_SECONDS = 10.0
 """How long a hole may wait for a late packet before it is interpolated (SeedLink reordering is
@@ -510,13 +510,13 @@ class StreamSession:
         """True after ``close()`` (the batcher then drops this session's queued windows)."""
         return self._closed
 
-    def on_rows(self, results: list[tuple[object, np.ndarray, dict[str, float]]]) -> None:
+    def on_rows(self, results: list[tuple[object, ModelRows, dict[str, float]]]) -> None:
         """Model results of one batch (the batcher's worker thread): updates, queued windows."""
         now, wall = time.perf_counter(), time.time()
         ready: list[tuple[_Station, StationUpdate | None, Exception | None]] = []
         for (st, ev, t_due), rows, timings in results:  # outside the lock: pure computation
             try:
-                ready.append((st, self._update(st, ev, rows[0], timings, t_due, now, wall), None))
+                ready.append((st, self._update(st, ev, rows, timings, t_due, now, wall), None))
             except Exception as exc:
                 ready.append((st, None, exc))
         with self._lock:
@@ -546,14 +546,16 @@ class StreamSession:
             self._fail(exc)
             self._maybe_end()
 
-    def _update(self, st, ev, row, timings, t_due: float, now: float, wall: float):
+    def _update(self, st, ev, rows: ModelRows, timings, t_due: float, now: float, wall: float):
         track = st.track
+        sigma = math.nan if rows.sigma is None else output_value(self.card, rows.sigma[0], ev)
         return StationUpdate(
             network=st.key[0],
             station=st.key[1],
             location=st.key[2],
             time=ev.time,
-            magnitude=output_value(self.card, row, ev),
+            magnitude=output_value(self.card, rows.magnitude[0], ev),
+            magnitude_sigma=sigma,
             onset=None if ev.onset is None else track.time_of(ev.onset),
             onset_source=ev.source,
             onset_confidence=ev.confidence if ev.onset is not None else 0.0,

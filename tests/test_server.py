@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _pick_time(st: Stream) -> float:
-    """A P pick for obspy.read()'s RJOB record (STA/LTA finds none: too little noise before P)."""
+    """A client P pick for obspy.read()'s RJOB record, 5 s in, so the tests can check that the
+    request's pick is the onset used (the sta_lta_aic picker alone would find ~00:20:07.71)."""
     return (st[0].stats.starttime + 5.0).timestamp
 
 

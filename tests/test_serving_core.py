@@ -159,11 +159,17 @@ def test_infer_and_infer_raw(registry):
     rt = registry.get()
     wave, amp = rt.example_inputs(3)
     rows, timings = rt.infer(wave, amp)
-    assert rows.shape == (3, 3001) and set(timings) == {"queue", "compute"}
+    assert rows.magnitude.shape == (3, 3001) and set(timings) == {"queue", "compute"}
+    assert rows.sigma is None and not rt.has_sigma  # the shipped file predates sigma outputs
     out = rt.infer_raw({"waveform": wave, "log_amp": amp})
-    np.testing.assert_allclose(out["magnitude"], rows, atol=1e-6)
-    scalar = registry.get(SCALAR_MODEL)
-    assert scalar.infer_raw({"waveform": wave, "log_amp": amp})["magnitude"].shape == (3,)
+    assert set(out) == {"magnitude"}
+    np.testing.assert_allclose(out["magnitude"], rows.magnitude, atol=1e-6)
+    scalar = registry.get(SCALAR_MODEL)  # freshly exported: its card has a Gaussian sigma
+    rows, _ = scalar.infer(wave, amp)
+    assert rows.magnitude.shape == rows.sigma.shape == (3,) and np.all(rows.sigma > 0)
+    out = scalar.infer_raw({"waveform": wave, "log_amp": amp})
+    assert out["magnitude"].shape == out["sigma"].shape == (3,)
+    np.testing.assert_allclose(out["sigma"], rows.sigma, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -244,6 +250,34 @@ def test_batcher_splits_and_respects_max_batch():
     b.close()
     assert rows.tolist() == [2.0 * i for i in range(10)]
     assert rec.batches == [4, 4, 2]
+
+
+def test_batcher_splits_every_output_and_keeps_their_form():
+    """A tuple of outputs (magnitude and sigma from one call) is split like one array; each job
+    gets the same NamedTuple back, None outputs stay None, also across batches."""
+    from seismag.serving.runtime import ModelRows
+
+    calls: list[int] = []
+
+    def run(wave, amp):
+        calls.append(wave.shape[0])
+        return ModelRows(wave[:, 0, 0] * 2.0, wave[:, 0, 0] + 0.5)
+
+    b = DynamicBatcher(run, max_batch=4, max_queue_delay_ms=50, max_queue=100)
+    whole, part = b.submit(*_rows(3)), b.submit(*_rows(3, 10))  # the second spans 2 batches
+    (rows, _), (split, _) = whole.result(5), part.result(5)
+    assert isinstance(rows, ModelRows) and rows.magnitude.tolist() == [0.0, 2.0, 4.0]
+    assert rows.sigma.tolist() == [0.5, 1.5, 2.5]
+    assert split.magnitude.tolist() == [20.0, 22.0, 24.0]
+    assert split.sigma.tolist() == [10.5, 11.5, 12.5]
+    assert calls == [4, 2]
+    none = DynamicBatcher(
+        lambda w, a: ModelRows(w[:, 0, 0], None), max_batch=2, max_queue_delay_ms=1, max_queue=9
+    )
+    rows, _ = none.submit(*_rows(3)).result(5)
+    assert rows.magnitude.tolist() == [0.0, 1.0, 2.0] and rows.sigma is None
+    b.close()
+    none.close()
 
 
 def test_batcher_delay_bound_and_full_batch_goes_at_once():
@@ -634,7 +668,7 @@ def test_batched_raw_windows_normalise_like_single_ones(registry):
         assert np.array_equal(x[i], xi) and np.array_equal(amp[i], ai)
     rows, timings = rt.submit_raw(raw).result(10)
     expected, _ = rt.infer(x, amp)
-    np.testing.assert_allclose(rows, expected, atol=1e-6)
+    np.testing.assert_allclose(rows.magnitude, expected.magnitude, atol=1e-6)
     assert timings["prepare"] >= 0
 
 

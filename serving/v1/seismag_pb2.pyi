@@ -67,17 +67,19 @@ class Timings(_message.Message):
     def __init__(self, preprocess_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class MagnitudeSeries(_message.Message):
-    __slots__ = ("start", "interval", "values")
+    __slots__ = ("start", "interval", "values", "sigmas")
     START_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    SIGMAS_FIELD_NUMBER: _ClassVar[int]
     start: float
     interval: float
     values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, start: _Optional[float] = ..., interval: _Optional[float] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+    sigmas: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, start: _Optional[float] = ..., interval: _Optional[float] = ..., values: _Optional[_Iterable[float]] = ..., sigmas: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StationMagnitude(_message.Message):
-    __slots__ = ("network", "station", "location", "magnitude", "derivation", "series", "onset", "has_onset", "onset_source", "model", "model_version", "missing_components", "timings", "onset_confidence")
+    __slots__ = ("network", "station", "location", "magnitude", "derivation", "series", "onset", "has_onset", "onset_source", "model", "model_version", "missing_components", "timings", "onset_confidence", "magnitude_sigma", "has_sigma")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     STATION_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +94,8 @@ class StationMagnitude(_message.Message):
     MISSING_COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     ONSET_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MAGNITUDE_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    HAS_SIGMA_FIELD_NUMBER: _ClassVar[int]
     network: str
     station: str
     location: str
@@ -106,7 +110,9 @@ class StationMagnitude(_message.Message):
     missing_components: _containers.RepeatedScalarFieldContainer[str]
     timings: Timings
     onset_confidence: float
-    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., magnitude: _Optional[float] = ..., derivation: _Optional[str] = ..., series: _Optional[_Union[MagnitudeSeries, _Mapping]] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., onset_source: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., missing_components: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_confidence: _Optional[float] = ...) -> None: ...
+    magnitude_sigma: float
+    has_sigma: bool
+    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., magnitude: _Optional[float] = ..., derivation: _Optional[str] = ..., series: _Optional[_Union[MagnitudeSeries, _Mapping]] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., onset_source: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., missing_components: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_confidence: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("results",)
@@ -139,7 +145,7 @@ class StreamRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., miniseed: _Optional[bytes] = ..., raw_chunk: _Optional[_Union[RawTrace, _Mapping]] = ..., raw_chunks: _Optional[_Union[RawTraces, _Mapping]] = ..., pick: _Optional[_Union[PPick, _Mapping]] = ...) -> None: ...
 
 class StreamUpdate(_message.Message):
-    __slots__ = ("network", "station", "location", "time", "magnitude", "onset", "has_onset", "model", "lag_seconds", "timings", "onset_source", "onset_confidence")
+    __slots__ = ("network", "station", "location", "time", "magnitude", "onset", "has_onset", "model", "lag_seconds", "timings", "onset_source", "onset_confidence", "magnitude_sigma", "has_sigma")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     STATION_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +158,8 @@ class StreamUpdate(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     ONSET_SOURCE_FIELD_NUMBER: _ClassVar[int]
     ONSET_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MAGNITUDE_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    HAS_SIGMA_FIELD_NUMBER: _ClassVar[int]
     network: str
     station: str
     location: str
@@ -164,7 +172,9 @@ class StreamUpdate(_message.Message):
     timings: Timings
     onset_source: str
     onset_confidence: float
-    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., time: _Optional[float] = ..., magnitude: _Optional[float] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., model: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_source: _Optional[str] = ..., onset_confidence: _Optional[float] = ...) -> None: ...
+    magnitude_sigma: float
+    has_sigma: bool
+    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., time: _Optional[float] = ..., magnitude: _Optional[float] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., model: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_source: _Optional[str] = ..., onset_confidence: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ...) -> None: ...
 
 class StreamUpdates(_message.Message):
     __slots__ = ("updates",)
