@@ -116,10 +116,13 @@ def test_fused_session_matches_torch_and_stock_ort(exported, batch):
     model, path = exported
     waveform, log_amp = example_inputs(model.card, batch, seed=batch)
     feeds = {"waveform": waveform, "log_amp": log_amp}
-    expected = torch_output(model, waveform, log_amp)
-    (fused,) = fused_session(path, threads=2).run(["magnitude"], feeds)
-    stock = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (plain,) = stock.run(["magnitude"], feeds)
+    expected = torch_output(model, waveform, log_amp)  # magnitude and sigma, side by side
+
+    def both(session) -> np.ndarray:
+        return np.concatenate([o.reshape(batch, -1) for o in session.run(None, feeds)], -1)
+
+    fused = both(fused_session(path, threads=2))
+    plain = both(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
     assert fused.shape == plain.shape == expected.shape
     assert float(np.max(np.abs(fused - expected))) <= TOLERANCE
     assert float(np.max(np.abs(plain - expected))) <= TOLERANCE

@@ -72,7 +72,7 @@ def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
 @pytest.mark.parametrize("length", LENGTHS)
 def test_matches_torch_reference(sessions, kind, dt_scale, length):
     feeds = make_feeds(2, 8, length, dt_scale, seed=length)
-    (out,) = sessions[kind].run(["magnitude"], feeds)
+    (out,) = sessions[kind].run(None, feeds)
     ref = reference(feeds)
     assert out.shape == ref.shape and out.dtype == np.float32
     assert np.isfinite(out).all()
@@ -82,7 +82,7 @@ def test_matches_torch_reference(sessions, kind, dt_scale, length):
 def test_chunked_stays_finite_for_huge_delta(sessions):
     # Every Exp argument is <= 0 by construction: huge dt * |A| underflows to 0, never overflows.
     feeds = make_feeds(2, 8, 200, dt_scale=1e5, seed=3)
-    (out,) = sessions["chunked"].run(["magnitude"], feeds)
+    (out,) = sessions["chunked"].run(None, feeds)
     assert np.isfinite(out).all()
     assert relative_error(out, reference(feeds)) <= 1e-5
 
@@ -90,7 +90,7 @@ def test_chunked_stays_finite_for_huge_delta(sessions):
 @pytest.mark.parametrize("length", [1, 33, 751])
 def test_none_matches_its_formula(sessions, length):
     feeds = make_feeds(2, 8, length, seed=length)
-    (out,) = sessions["none"].run(["magnitude"], feeds)
+    (out,) = sessions["none"].run(None, feeds)
     u, delta, B, C, D, z = (feeds[k].astype(np.float64) for k in ("u", "delta", "B", "C", "D", "z"))
     h = (delta * u)[:, :, None, :] * B[:, None]  # no carry from t - 1
     expected = ((h * C[:, None]).sum(axis=2) + D[:, None] * u) * z / (1 + np.exp(-z))
@@ -127,7 +127,7 @@ def test_same_file_runs_for_two_lengths(tmp_path):
     sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     for length, batch, d_inner in ((20, 1, 4), (301, 3, 5)):
         feeds = make_feeds(batch, d_inner, length, seed=length)
-        (out,) = sess.run(["magnitude"], feeds)
+        (out,) = sess.run(None, feeds)
         assert out.shape == (batch, d_inner, length)
         assert relative_error(out, reference(feeds)) <= 1e-5
 
