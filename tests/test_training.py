@@ -358,3 +358,25 @@ def test_breakdown_slope_bins_and_offset():
     assert near["bin"] == [0.0, 20.0] and near["n"] == 4
     c = calibration(np.zeros(4), np.array([0.5, -0.5, 1.5, -3.0]), np.ones(4))
     assert c["within_1_sigma"] == 0.5 and c["within_2_sigma"] == 0.75
+
+
+def test_eval_set_spec_with_split_and_sensitivity():
+    from seismag.training.train_defaults import _eval_set
+
+    assert _eval_set("real=data/stead:test@6.29e8") == ("real", "data/stead", "test", 6.29e8)
+    assert _eval_set("unseen=/d/heldout") == ("unseen", "/d/heldout", "test", None)
+    assert _eval_set("dev=/d/x:dev") == ("dev", "/d/x", "dev", None)
+    with pytest.raises(Exception, match="NAME=PATH"):
+        _eval_set("no-equals-sign")
+    with pytest.raises(Exception, match="bad sensitivity"):
+        _eval_set("real=/d@abc")
+
+
+def test_evaluate_divides_counts_by_the_given_sensitivity(tiny_data, tmp_path):
+    from seismag.training.evaluate import evaluate
+
+    plain = evaluate("baseline", tiny_data, limit=5)
+    scaled = evaluate("baseline", tiny_data, limit=5, sensitivity=1000.0)
+    # ML is linear in log amplitude: dividing by 1000 lowers every value by exactly 3.
+    assert scaled["metrics"]["full"]["bias"] == pytest.approx(plain["metrics"]["full"]["bias"] - 3)
+    assert scaled["sensitivity"] == 1000.0 and plain["sensitivity"] is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -73,6 +74,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return _error(f"data directory not found: {args.data}")
     if args.model != "baseline" and args.weights is None and args.onnx is None:
         return _error(f"evaluating {args.model} needs --weights FILE or --onnx FILE")
+    if args.sensitivity is not None and not (
+        args.sensitivity > 0 and math.isfinite(args.sensitivity)
+    ):
+        return _error(
+            f"--sensitivity must be a positive number of counts per m/s, got {args.sensitivity}"
+        )
     try:
         from seismag.training.evaluate import EvaluationError, evaluate
     except ImportError as exc:
@@ -92,6 +99,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             baseline=not args.no_baseline,
             limit=args.limit,
             progress=not args.quiet,
+            sensitivity=args.sensitivity,
             **({"seconds_after_p": ks} if ks else {}),
         )
     except (EvaluationError, ValueError, FileNotFoundError, KeyError) as exc:
@@ -183,6 +191,11 @@ def add_training_commands(sub) -> None:
     )
     p.add_argument("--limit", type=int, help="only the first N traces of the split")
     p.add_argument("--no-baseline", action="store_true", help="skip the ML baseline")
+    p.add_argument(
+        "--sensitivity",
+        type=float,
+        help="counts per m/s: divide every trace by it (recordings stored in counts)",
+    )
     _device_arg(p, "cpu")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

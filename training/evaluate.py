@@ -280,8 +280,12 @@ def _collect(
     batch_size: int,
     with_baseline: bool,
     progress: bool,
+    sensitivity: float | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Per window kind: arrays over traces of predicted / baseline magnitudes (NaN = no window)."""
+    """Per window kind: arrays over traces of predicted / baseline magnitudes (NaN = no window).
+
+    ``sensitivity`` (counts per m/s) divides every trace first: for recordings in counts.
+    """
     meta = split_ds.metadata
     n_traces = len(split_ds)
     p_all = meta["trace_p_arrival_sample"].to_numpy(dtype=np.float64)
@@ -311,6 +315,8 @@ def _collect(
     for start in range(0, n_traces, batch_size):
         idx = range(start, min(start + batch_size, n_traces))
         traces = {i: np.asarray(split_ds.get_waveform(i)) for i in idx}
+        if sensitivity is not None:
+            traces = {i: t / sensitivity for i, t in traces.items()}
         for k in ks:
             rows, ends = [], []
             for i in idx:
@@ -364,8 +370,12 @@ def evaluate(
     baseline: bool = True,
     limit: int | None = None,
     progress: bool = False,
+    sensitivity: float | None = None,
 ) -> dict:
     """Score one model (or ``"baseline"`` alone) on a split, per waveform; see the module doc.
+
+    ``sensitivity``: counts per m/s, for a dataset in counts (applied to every trace; stated in
+    the results). Without it the data are taken in the units they are stored in.
 
     Returns the results dict; with ``out_dir`` also writes ``results.json``, ``results.md``,
     ``predictions.csv``, ``scatter.png`` and ``mae_vs_time.png`` there.
@@ -398,6 +408,7 @@ def evaluate(
         batch_size=batch_size,
         with_baseline=baseline or only_baseline,
         progress=progress,
+        sensitivity=sensitivity,
     )
     mags = sub.metadata["source_magnitude"].to_numpy(dtype=np.float64)
     key = "ml" if only_baseline else "pred"
@@ -407,6 +418,8 @@ def evaluate(
         "data": str(data_dir),
         "split": split,
         "n_waveforms": len(sub),
+        "units": _units(ds.data_format, sub.metadata),
+        "sensitivity": sensitivity,
         "n_events": int(sub.metadata["source_id"].nunique())
         if "source_id" in sub.metadata
         else None,
@@ -447,6 +460,15 @@ def evaluate(
     if out_dir is not None:
         results["files"] = _write_outputs(Path(out_dir), results, sub, got, ks, only_baseline)
     return _json_safe(results)
+
+
+def _units(data_format: dict, meta) -> str:
+    """The stored units: the data_format's, else the metadata's ``trace_units`` column."""
+    if "unit" in data_format:
+        return str(data_format["unit"])
+    if "trace_units" in meta and meta["trace_units"].nunique() == 1:
+        return str(meta["trace_units"].iloc[0])
+    return "unknown"
 
 
 def _head(split_ds, limit: int):

@@ -44,14 +44,22 @@ def _budget(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected MODEL=MINUTES, got {text!r}") from None
 
 
-def _eval_set(text: str) -> tuple[str, str, str]:
+def _eval_set(text: str) -> tuple[str, str, str, float | None]:
+    """NAME=PATH[:SPLIT][@SENSITIVITY] -> (name, path, split, counts per m/s or None)."""
     name, eq, rest = text.partition("=")
     if not eq or not name or not rest:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH[:SPLIT], got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH[:SPLIT][@SENSITIVITY], got {text!r}")
+    sensitivity = None
+    if "@" in rest:
+        rest, _, value = rest.rpartition("@")
+        try:
+            sensitivity = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad sensitivity in {text!r}") from None
     path, colon, split = rest.rpartition(":")
     if not colon or split not in ("train", "dev", "test"):
         path, split = rest, "test"
-    return name, path, split
+    return name, path, split, sensitivity
 
 
 def main() -> None:
@@ -87,15 +95,40 @@ def main() -> None:
     parser.add_argument(
         "--merge", action="store_true", help="keep the other models' rows from runs/summary.json"
     )
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="no training: score the shipped weights on the --eval sets, merged into "
+        "runs/summary.json",
+    )
     args = parser.parse_args()
     budgets = dict(args.minutes_for)
     command = "python -m seismag.training.train_defaults " + shlex.join(sys.argv[1:])
-    sets = [(IN_DISTRIBUTION, args.data, "test"), *args.eval]
+    sets = [(IN_DISTRIBUTION, args.data, "test", None), *args.eval]
 
     runs = Path(args.runs)
     names = args.models or list(load_cards())
     summary_path = runs / "summary.json"
-    summary = json.loads(summary_path.read_text()) if args.merge and summary_path.exists() else {}
+    keep = args.merge or args.evaluate_only
+    summary = json.loads(summary_path.read_text()) if keep and summary_path.exists() else {}
+    if args.evaluate_only:
+        for name in names:
+            row = summary[name]
+            for set_name, path, split, sensitivity in args.eval:
+                row["evals"][set_name] = evaluate(
+                    name,
+                    path,
+                    WEIGHTS_DIR / f"{name}.safetensors",
+                    split=split,
+                    out_dir=runs / name / f"eval_{set_name}",
+                    limit=args.eval_limit,
+                    sensitivity=sensitivity,
+                )
+                row["sets"][set_name] = {"path": path, "split": split, "sensitivity": sensitivity}
+            row.setdefault("evaluated_by", []).append(command)
+            summary_path.write_text(json.dumps(summary, indent=2, default=str))
+        _write_docs(summary)
+        return
     for name in names:
         out = runs / name
         t0 = time.perf_counter()
@@ -112,7 +145,7 @@ def main() -> None:
         minutes = (time.perf_counter() - t0) / 60
         history = json.loads((out / "history.json").read_text())
         evals = {}
-        for set_name, path, split in sets:
+        for set_name, path, split, sensitivity in sets:
             evals[set_name] = evaluate(
                 name,
                 path,
@@ -120,6 +153,7 @@ def main() -> None:
                 split=split,
                 out_dir=out / f"eval_{set_name}",
                 limit=args.eval_limit,
+                sensitivity=sensitivity,
             )
             print(f"{name} on {set_name}: MAE {evals[set_name]['metrics']['full']['mae']:.3f}")
         summary[name] = {
@@ -127,7 +161,7 @@ def main() -> None:
             "epochs": len(history["state"]["history"]),
             "command": command,
             "data": args.data,
-            "sets": {n: {"path": p, "split": s} for n, p, s in sets},
+            "sets": {n: {"path": p, "split": s, "sensitivity": c} for n, p, s, c in sets},
             "evals": evals,
         }
         WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -286,13 +320,22 @@ def synth_command(path: str) -> str | None:
 def _write_docs(summary: dict) -> None:
     old = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
     commentary = old[old.index(COMMENTARY) :] if COMMENTARY in old else ""
-    commands = list(dict.fromkeys(row["command"] for row in summary.values()))
+    commands = list(
+        dict.fromkeys(
+            c for row in summary.values() for c in [row["command"], *row.get("evaluated_by", [])]
+        )
+    )
     sets = _set_names(summary)
     first = next(iter(summary.values()))
     paths = dict.fromkeys([first["data"], *(v["path"] for v in first.get("sets", {}).values())])
     synth = [c for c in map(synth_command, paths) if c]
     where = "\n".join(
         f"- **{s}**: `{first['sets'][s]['path']}`, split `{first['sets'][s]['split']}`"
+        + (
+            f", divided by {first['sets'][s]['sensitivity']:g} counts per m/s"
+            if first["sets"][s].get("sensitivity")
+            else ""
+        )
         for s in sets
         if s in first.get("sets", {})
     )
