@@ -96,6 +96,12 @@ def main() -> None:
         "--merge", action="store_true", help="keep the other models' rows from runs/summary.json"
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each model's run from runs/MODEL/checkpoint for the budget given "
+        "(minutes and epochs add up in the doc; implies --merge)",
+    )
+    parser.add_argument(
         "--evaluate-only",
         action="store_true",
         help="no training: score the shipped weights on the --eval sets, merged into "
@@ -109,7 +115,7 @@ def main() -> None:
     runs = Path(args.runs)
     names = args.models or list(load_cards())
     summary_path = runs / "summary.json"
-    keep = args.merge or args.evaluate_only
+    keep = args.merge or args.evaluate_only or args.resume
     summary = json.loads(summary_path.read_text()) if keep and summary_path.exists() else {}
     if args.evaluate_only:
         for name in names:
@@ -141,8 +147,11 @@ def main() -> None:
             lr=args.lr,
             batch_size=args.batch_size,
             progress=False,
+            resume=args.resume,
         )
         minutes = (time.perf_counter() - t0) / 60
+        before = summary.get(name, {}) if args.resume else {}
+        minutes += before.get("minutes", 0.0)
         history = json.loads((out / "history.json").read_text())
         evals = {}
         for set_name, path, split, sensitivity in sets:
@@ -159,7 +168,8 @@ def main() -> None:
         summary[name] = {
             "minutes": minutes,
             "epochs": len(history["state"]["history"]),
-            "command": command,
+            "command": before.get("command", command),
+            "resumed_by": [*before.get("resumed_by", []), *([command] if args.resume else [])],
             "data": args.data,
             "sets": {n: {"path": p, "split": s, "sensitivity": c} for n, p, s, c in sets},
             "evals": evals,
@@ -322,7 +332,9 @@ def _write_docs(summary: dict) -> None:
     commentary = old[old.index(COMMENTARY) :] if COMMENTARY in old else ""
     commands = list(
         dict.fromkeys(
-            c for row in summary.values() for c in [row["command"], *row.get("evaluated_by", [])]
+            c
+            for row in summary.values()
+            for c in [row["command"], *row.get("resumed_by", []), *row.get("evaluated_by", [])]
         )
     )
     sets = _set_names(summary)
