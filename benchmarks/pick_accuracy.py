@@ -25,7 +25,6 @@ from obspy.signal.trigger import ar_pick, pk_baer
 from seismag.serving.onset import OnsetPicker, PPicker
 from seismag.training.synthetic import SyntheticConfig, simulate_event
 
-STEAD = Path("/work/shared/data/stead-109c")
 TOLERANCE_S = 0.5
 SNR_BINS = [(-np.inf, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, np.inf)]
 SHORT_CONFIG = SyntheticConfig(p_window_s=(2.0, 10.0))
@@ -59,17 +58,18 @@ def synthetic_set(name: str, seed: int, events: int, config: SyntheticConfig) ->
     return TraceSet(name, waves, np.array(p), np.array(s), np.array(snr))
 
 
-def stead_set(seed: int = 0) -> TraceSet | None:
-    """STEAD traces cut to start 2-7 s before the analyst's P (short records)."""
-    if not (STEAD / "metadata.csv").exists():
-        return None
+def stead_set(path: Path, seed: int = 0) -> TraceSet:
+    """STEAD traces (a SeisBench-format folder) cut to start 2-7 s before the analyst's P."""
+    stead = Path(path)
+    if not (stead / "metadata.csv").exists():
+        raise SystemExit(f"--stead {path}: no metadata.csv there")
     import h5py
     import pandas as pd
 
-    meta = pd.read_csv(STEAD / "metadata.csv")
+    meta = pd.read_csv(stead / "metadata.csv")
     rng = np.random.default_rng(seed)
     waves, p, s = [], [], []
-    with h5py.File(STEAD / "waveforms.hdf5", "r") as f:
+    with h5py.File(stead / "waveforms.hdf5", "r") as f:
         for _, row in meta.iterrows():
             data = np.asarray(f["data"][row["trace_name"]], dtype=np.float64)
             p0 = round(row["trace_p_arrival_sample"])
@@ -171,6 +171,11 @@ def main() -> None:
     ap.add_argument(
         "--obspy", action="store_true", help="also ObsPy's ar_pick and pk_baer (untuned)"
     )
+    ap.add_argument(
+        "--stead",
+        type=Path,
+        help="folder of the STEAD sample (SeisBench format, e.g. stead-109c) to add as a set",
+    )
     args = ap.parse_args()
     other = "synthetic seed 3, other config (held out)"
     sets = [
@@ -178,9 +183,8 @@ def main() -> None:
         (synthetic_set("synthetic seed 2 (held out)", 2, args.events, SHORT_CONFIG), True),
         (synthetic_set(other, 3, args.events, OTHER_CONFIG), True),
     ]
-    stead = stead_set()
-    if stead is not None:
-        sets.append((stead, False))
+    if args.stead is not None:
+        sets.append((stead_set(args.stead), False))
     print(f"P within {TOLERANCE_S} s of the true P; fractions of all traces in the row.\n")
     print(HEADER)
     by_set = []
