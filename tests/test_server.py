@@ -256,7 +256,10 @@ def test_open_inference_protocol_with_tritonclient(server, registry):
         ("waveform", "FP32", [-1, 3, 3001]),
         ("log_amp", "FP32", [-1, 1]),
     ]
-    assert [(t.name, list(t.shape)) for t in meta.outputs] == [("magnitude", [-1, 3001])]
+    assert [(t.name, list(t.shape)) for t in meta.outputs] == [
+        ("magnitude", [-1, 3001]),
+        ("sigma", [-1, 3001]),
+    ]
 
     rng = np.random.default_rng(3)
     waveform = rng.normal(size=(2, 3, 3001)).astype(np.float32)

@@ -119,7 +119,11 @@ def test_registry_from_file_and_default_model_file():
             ("waveform", "FP32", [-1, 3, 3001]),
             ("log_amp", "FP32", [-1, 1]),
         ]
-        assert rt.output_specs() == [("magnitude", "FP32", [-1, 3001])]
+        # The shipped weights carry a Gaussian sigma head: both outputs, same shape.
+        assert rt.output_specs() == [
+            ("magnitude", "FP32", [-1, 3001]),
+            ("sigma", "FP32", [-1, 3001]),
+        ]
     finally:
         reg.close()
 
@@ -160,10 +164,11 @@ def test_infer_and_infer_raw(registry):
     wave, amp = rt.example_inputs(3)
     rows, timings = rt.infer(wave, amp)
     assert rows.magnitude.shape == (3, 3001) and set(timings) == {"queue", "compute"}
-    assert rows.sigma is None and not rt.has_sigma  # the shipped file predates sigma outputs
+    assert rt.has_sigma and rows.sigma.shape == (3, 3001) and np.all(rows.sigma > 0)
     out = rt.infer_raw({"waveform": wave, "log_amp": amp})
-    assert set(out) == {"magnitude"}
+    assert set(out) == {"magnitude", "sigma"}
     np.testing.assert_allclose(out["magnitude"], rows.magnitude, atol=1e-6)
+    np.testing.assert_allclose(out["sigma"], rows.sigma, atol=1e-6)
     scalar = registry.get(SCALAR_MODEL)  # freshly exported: its card has a Gaussian sigma
     rows, _ = scalar.infer(wave, amp)
     assert rows.magnitude.shape == rows.sigma.shape == (3,) and np.all(rows.sigma > 0)
