@@ -6,7 +6,8 @@ Every model is called as ``model(waveform, log_amp)``:
   :func:`seismag.models.preprocess.normalise` (C = len(card.component_order), N = card.in_samples);
 * ``log_amp``: (B, 1) float32, log10 of the scale that normalisation divided out.
 
-Per-window normalisation erases absolute amplitude, the main magnitude cue (REFERENCE section 2).
+Per-window normalisation erases absolute amplitude, the main magnitude cue (MagNet, Mousavi &
+Beroza 2020, keeps it; TEAM-LM, Münchmeyer et al. 2021, feeds log10 of the scale).
 The one mechanism that gives it back: ``log_amp`` is broadcast along time as an extra input channel,
 so each architecture's first layer sees C + 1 channels. It exports as a plain second ONNX input.
 

@@ -28,7 +28,7 @@ Mul, Add, MatMul, ReduceSum, Where), and nothing in it grows with L except tenso
    and 4 contract with C per step, so no (Q, b, d, n, T) tensor is materialised.
 
 The naive "cumsum shortcut" h = e^S cumsum(e^-S x) is avoided on purpose: e^-S overflows float32
-for ordinary parameters (REFERENCE section 6). The loops cost ~ batch * d_inner * d_state * L
+for ordinary parameters. The loops cost ~ batch * d_inner * d_state * L
 whatever Q is; the carry costs ~ batch * d_inner * d_state * T^2, so Q trades graph size (about
 14 nodes per step) against the carry. Measured on CPU at b=32, d=32, n=16, L=751 (T = 24 at
 Q = 32): Q = 32 is about as fast as the reference loop, Q = 64 about 2x faster, Q = 16 2.5x slower.

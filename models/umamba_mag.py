@@ -1,4 +1,4 @@
-"""U-Mamba magnitude models (Ma, Li & Wang 2024, adapted to 1-D waveforms; seed 001).
+"""U-Mamba magnitude models (Ma, Li & Wang 2024, adapted to 1-D waveforms).
 
 Both follow the reference code (QuentonYeo/magnitude_estimation, UMamba_mag and UMamba_mag_v2)
 and share :class:`UMambaEncoder`: a residual stem at full resolution, then strided residual stages

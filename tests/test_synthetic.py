@@ -132,7 +132,7 @@ def test_amplitude_scales_with_magnitude_and_decays_with_distance():
 
 
 def test_local_magnitude_matches_mw_for_moderate_events():
-    # Independent check of the absolute level (REFERENCE section 4): Wood-Anderson amplitude,
+    # Independent check of the absolute level (Boore 2003): Wood-Anderson amplitude,
     # Hutton & Boore (1987) ML. ObsPy's paz on displacement = one zero fewer on velocity.
     rng = np.random.default_rng(5)
     k, r = 24, 50.0

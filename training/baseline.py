@@ -16,7 +16,7 @@ Choices, stated once:
   onset to the end of the window (the pre-P part only holds noise and the start-up transient of
   the simulation).
 * **Distance** from the S-P time with vp 6.1 km/s and vs 3.5 km/s (the synthetic generator's
-  velocities, REFERENCE section 4): R = (tS - tP) / (1/3.5 - 1/6.1) = 8.21 km per second. The
+  velocities, Boore 2003): R = (tS - tP) / (1/3.5 - 1/6.1) = 8.21 km per second. The
   picks are the catalogue picks in the metadata, the same P pick the models use as onset. When the
   window ends before S has arrived (early windows), all a live system knows is that S is later
   than the window end, so R is set to that lower bound, (t_end - tP) x 8.21 km/s. With the P
@@ -25,7 +25,7 @@ Choices, stated once:
   + 0.00189 (R - 100) + 3.0, R hypocentral (what S-P gives), floored at 1 km.
 
 No constant is tuned to the data: ML is close to Mw for M3-5 and below it for small events
-(REFERENCE section 4), and the evaluator reports it as it comes out.
+(Hutton & Boore 1987 calibrated ML on California), and the evaluator reports it as it comes out.
 """
 
 from __future__ import annotations

@@ -88,8 +88,8 @@ def assign_splits(
     """train/dev/test per trace, assigned by event so no source is in two splits.
 
     A random trace split puts one event's other stations in the test set, which measures
-    memorisation of the event rather than generalisation (REFERENCE section 3). The sorted unique
-    ids are shuffled with ``seed``, so the result depends only on the set of events and the seed.
+    memorisation of the event rather than generalisation. The sorted unique ids are shuffled
+    with ``seed``, so the result depends only on the set of events and the seed.
     """
     ids = pd.Series(source_ids).astype(str)
     unique = np.array(sorted(ids.unique()))

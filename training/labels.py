@@ -31,7 +31,7 @@ def scalar_target(magnitude: float) -> float:
 
     It is deliberately *not* the mean of :func:`magnitude_label` over the window: with zeros
     before P that mean is magnitude x (fraction of the window after P), so it would tie the target
-    to where the window was cut rather than to the earthquake (the flaw REFERENCE section 1 notes
-    in the seeds). Series models are turned into a scalar by aggregating after the onset instead.
+    to where the window was cut rather than to the earthquake (a flaw of the original design).
+    Series models are turned into a scalar by aggregating after the onset instead.
     """
     return float(magnitude)

@@ -4,7 +4,7 @@ Why synthetic data: it lets the training, export and serving stages be exercised
 checked against a magnitude that is known exactly, without downloading a catalogue. Why *realistic*:
 a model trained on toy sinusoids learns nothing about the cue that matters (absolute amplitude
 against distance and noise), so the generator follows the stochastic method of Boore (2003,
-PAGEOPH 160:635), REFERENCE section 4:
+PAGEOPH 160:635):
 
 * source: Brune omega-square spectrum, M0 = 10^(1.5 Mw + 16.05) dyne cm, corner frequency from a
   stress drop drawn log-normally per event (median 100 bar), so equal magnitudes differ in
