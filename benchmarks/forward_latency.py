@@ -81,7 +81,7 @@ def main() -> None:
         f"{args.repeats} repeats\n"
     )
     what = "training step" if args.train_step else "forward"
-    print(f"| model | parameters | seeds' estimate | {what} ms (median) | min | max |")
+    print(f"| model | parameters | design-notes estimate | {what} ms (median) | min | max |")
     print("|---|---:|---|---:|---:|---:|")
     for name in names:
         params, times = time_forward(name, args.batch, args.repeats, args.train_step)

@@ -1,9 +1,9 @@
 """From a per-sample magnitude series to one magnitude per waveform.
 
 A series model is trained on a label that is zero before the P onset and the magnitude after it.
-Averaging over the whole window (the seeds' mistake) mixes in the pre-P zeros and returns roughly
-magnitude x (fraction of the window after P). The scalar is therefore aggregated after the onset
-only, the way the card says.
+Averaging over the whole window (the original design's mistake) mixes in the pre-P zeros and
+returns roughly magnitude x (fraction of the window after P). The scalar is therefore
+aggregated after the onset only, the way the card says.
 """
 
 from __future__ import annotations

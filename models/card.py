@@ -41,7 +41,7 @@ class CardError(ValueError):
 
 @dataclass(frozen=True)
 class TrainingDefaults:
-    """The seeds' training recipe for a model; `seismag train` starts from these."""
+    """The original design's training recipe for a model; `seismag train` starts from these."""
 
     optimizer: str = "adamw"
     learning_rate: float = 1e-3
@@ -88,7 +88,7 @@ class ModelCard:
     """Constructor arguments of the architecture."""
     training: TrainingDefaults = field(default_factory=TrainingDefaults)
     seed_parameter_estimate: str | None = None
-    """The seeds' parameter-count estimate, kept for the docs' comparison table."""
+    """The original design's parameter-count estimate, kept for the docs' comparison table."""
 
     def __post_init__(self) -> None:
         if self.output not in _OUTPUT_KINDS:

@@ -109,7 +109,7 @@ def test_series_aggregates_after_onset_only():
     card = get_card("PhaseNetMag")
     series = np.zeros((2, 100))
     series[:, 40:] = 4.0
-    # Averaging the whole window (the seeds' mistake) would give 2.4; after P it is 4.
+    # Averaging the whole window (the original design's mistake) would give 2.4; after P it is 4.
     np.testing.assert_allclose(series_to_scalar(series, 40), [4.0, 4.0])
     np.testing.assert_allclose(to_magnitude(series, card, onset=[40, 40]), [4.0, 4.0])
     assert series.mean() == pytest.approx(2.4)

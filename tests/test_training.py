@@ -1,5 +1,5 @@
-"""Training and evaluation: the seeds' metric mistakes pinned, windows causal, a tiny end-to-end
-run (train, resume, evaluate through PyTorch and ONNX) and the ML baseline against known
+"""Training and evaluation: the original design's metric mistakes pinned, windows causal, a tiny
+end-to-end run (train, resume, evaluate through PyTorch and ONNX) and the ML baseline against known
 magnitudes on synthetic traces."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from seismag.training.windows import (
     training_ends,
 )
 
-# --- (a) the seeds' two mistakes ------------------------------------------------------------------
+# --- (a) the two mistakes of the original design ------------------------------------------
 
 
 def _four_waveforms(label_offset: float = 0.0):
@@ -71,7 +71,7 @@ def test_flattened_evaluation_gives_other_numbers():
 def test_averaged_label_target_is_not_the_magnitude():
     card = get_card("PhaseNetMag")
     mags, onsets, _, labels, preds = _four_waveforms()
-    averaged = labels.mean(axis=1)  # the seeds' scalar target
+    averaged = labels.mean(axis=1)  # the original scalar target
     assert np.allclose(averaged, mags * (10 - onsets) / 10)  # M x fraction after P
     assert not np.allclose(averaged, mags)
     # A perfect estimate (the catalogue magnitude) is scored as badly wrong against it ...

@@ -7,8 +7,8 @@ trace end) and one window ending k seconds after P for each k of the curve
 * scalar models: the model output, minus the card's ``label_offset``;
 * series models: :func:`seismag.models.aggregate.to_magnitude` with the P onset inside the window,
   i.e. the aggregate of the series *after* P. Averaging the whole window (zeros before P) or
-  scoring the flattened (waveform x timestep) arrays are the seeds' two mistakes; neither exists
-  here, and :func:`waveform_metrics` refuses anything but one value per waveform.
+  scoring the flattened (waveform x timestep) arrays are the two mistakes of the original design;
+  neither exists here, and :func:`waveform_metrics` refuses anything but one value per waveform.
 
 Metrics (MSE, RMSE, MAE, R2, bias) count waveforms. The classic local magnitude
 (:mod:`seismag.training.baseline`) is computed on the very same windows, so the comparison is fair.

@@ -103,7 +103,7 @@ def target(n_samples: int, onset: int, magnitude: float, card: ModelCard) -> np.
     """The training target in label space: a series for series cards, a scalar otherwise.
 
     The scalar target is the catalogue magnitude itself, never the mean of the series label
-    (which would be magnitude x the fraction of the window after P, the seeds' mistake).
+    (which would be magnitude x the fraction of the window after P, the original design's mistake).
     """
     if card.output == "series":
         from seismag.training.labels import magnitude_label
