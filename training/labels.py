@@ -13,8 +13,8 @@ def magnitude_label(
     This is the original design's definition: before the first P arrival the station has seen
     nothing of the event, so there is nothing to estimate. ``p_sample`` may fall outside the
     window: a P before the window start labels every sample, a P at or after the end (or
-    ``None``/NaN: no pick) labels none. ``label_offset`` is the card's shift (AMAG trains on magnitude + 1 so the
-    pre-P zero stays distinct from small magnitudes).
+    ``None``/NaN: no pick) labels none. ``label_offset`` is the card's shift (AMAG trains on
+    magnitude + 1 so the pre-P zero stays distinct from small magnitudes).
     """
     if n_samples < 0:
         raise ValueError(f"n_samples must be >= 0, got {n_samples}")
