@@ -69,8 +69,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from seismag.serving.runtime import default_workers
-        from seismag.serving.server import serve_forever
+        from seismag.serving.executor.runtime import default_workers
+        from seismag.serving.protocols.server import serve_forever
     except ImportError as exc:
         print(f"seismag: error: serving needs grpcio and onnxruntime ({exc})", file=sys.stderr)
         return 2

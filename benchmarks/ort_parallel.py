@@ -5,7 +5,7 @@
 1. Cost per window by rows per call, one thread (what the micro-batch tuning weighs).
 2. Windows per second with ``--runs`` concurrent calls on ONE session from Python threads, each
    with 1 intra-op thread (what ``seismag serve --workers`` does), at batch ``--batch``.
-Sessions are built with the server's options (``seismag.serving.runtime.session_options``).
+Sessions are built with the server's options (``seismag.serving.executor.runtime.session_options``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from seismag.serving.runtime import session_options
+from seismag.serving.executor.runtime import session_options
 
 
 def _inputs(session: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:

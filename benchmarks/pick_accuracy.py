@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from obspy.signal.trigger import ar_pick, pk_baer
 
-from seismag.serving.onset import OnsetPicker, PPicker
+from seismag.serving.pipeline.onset import OnsetPicker, PPicker
 from seismag.training.synthetic import SyntheticConfig, simulate_event
 
 TOLERANCE_S = 0.5

@@ -80,7 +80,7 @@ def time_call(
 
 def _ort_session(path: Path, threads: int):
     """The session the server would use: fused scan kernel where the model has scans."""
-    from seismag.serving.runtime import _fused_scan_session, _session
+    from seismag.serving.executor.runtime import _fused_scan_session, _session
 
     return _fused_scan_session(path, threads) or _session(path, threads, ["CPUExecutionProvider"])
 

@@ -1,7 +1,8 @@
 """The server a benchmark measures: one already running, one in this process, or one spawned.
 
 * ``remote``: ``--server HOST:PORT``, measured as it is.
-* ``in-process``: :func:`seismag.serving.server.build_server` on 127.0.0.1:0 in this process, so
+* ``in-process``: :func:`seismag.serving.protocols.server.build_server` on 127.0.0.1:0 in this
+  process, so
   the numbers include gRPC and serialisation; the client shares the GIL with the server, which
   costs little for a handful of Predict calls but a lot for thousands of streamed packets.
 * ``spawn``: ``seismag serve --port 0`` as a child process, the way it is deployed; the client
@@ -39,7 +40,7 @@ class ServerOptions:
     max_queue_delay_ms: float = 2.0
 
     def resolved_workers(self) -> int:
-        from seismag.serving.runtime import default_workers
+        from seismag.serving.executor.runtime import default_workers
 
         return self.workers or default_workers(self.threads)
 
@@ -78,8 +79,8 @@ def _wait_serving(address: str, timeout: float) -> None:
 
 @contextmanager
 def _in_process(options: ServerOptions) -> Iterator[Target]:
-    from seismag.serving.runtime import ModelRegistry, default_model_path
-    from seismag.serving.server import build_server
+    from seismag.serving.executor.runtime import ModelRegistry, default_model_path
+    from seismag.serving.protocols.server import build_server
 
     paths = options.models or [default_model_path()]
     registry = ModelRegistry.from_paths(

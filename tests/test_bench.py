@@ -134,7 +134,7 @@ def test_bench_cli_is_wired():
 def test_ticketed_submission_does_not_wait_out_the_delay():
     import numpy as np
 
-    from seismag.serving.batcher import DynamicBatcher
+    from seismag.serving.executor.batcher import DynamicBatcher
 
     b = DynamicBatcher(lambda w, a: w[:, 0, 0], max_batch=8, max_queue_delay_ms=60_000, max_queue=8)
     wave, amp = np.ones((1, 1, 2), np.float32), np.zeros((1, 1), np.float32)

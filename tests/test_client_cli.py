@@ -10,8 +10,8 @@ import pytest
 
 from seismag.cli import main
 from seismag.serving.client import SeismagClient
-from seismag.serving.runtime import ModelRegistry, default_model_path
-from seismag.serving.server import build_server
+from seismag.serving.executor.runtime import ModelRegistry, default_model_path
+from seismag.serving.protocols.server import build_server
 
 
 @pytest.fixture(scope="module")

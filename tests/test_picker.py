@@ -1,5 +1,6 @@
-"""The server's P picker (serving/onset.py PPicker): accuracy on short records, S rejection,
-chunk invariance, causality, bounded state, missing components, and its fields end to end."""
+"""The server's P picker (serving/pipeline/onset.py PPicker): accuracy on short records, S
+rejection, chunk invariance, causality, bounded state, missing components, and its fields end to
+end."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 from obspy import Stream, UTCDateTime
 
 from seismag.serving.client import raw_trace
-from seismag.serving.onset import KEEP_ONSETS, PICKER_NAME, PPicker, first_p_onset
-from seismag.serving.predict import StationTrack, predict
-from seismag.serving.runtime import ModelRegistry, default_model_path
-from seismag.serving.server import build_server
+from seismag.serving.executor.runtime import ModelRegistry, default_model_path
+from seismag.serving.pipeline.onset import KEEP_ONSETS, PICKER_NAME, PPicker, first_p_onset
+from seismag.serving.pipeline.predict import StationTrack, predict
+from seismag.serving.protocols.server import build_server
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
 from seismag.training.synthetic import SyntheticConfig, simulate_event

@@ -28,8 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from obspy import Stream
 
 from seismag.serving.client import raw_trace
-from seismag.serving.runtime import ModelRegistry, default_model_path
-from seismag.serving.server import build_server
+from seismag.serving.executor.runtime import ModelRegistry, default_model_path
+from seismag.serving.protocols.server import build_server
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
 

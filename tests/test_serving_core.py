@@ -13,19 +13,19 @@ from obspy import Stream, Trace, UTCDateTime, read, read_inventory
 from obspy.signal.trigger import recursive_sta_lta
 from scipy.signal import butter, sosfilt, sosfilt_zi
 
-from seismag.serving import ingest
-from seismag.serving.batcher import DynamicBatcher
 from seismag.serving.errors import InvalidInput, ModelNotFound, NotReady, Overloaded
-from seismag.serving.onset import OnsetPicker
-from seismag.serving.predict import predict
-from seismag.serving.runtime import (
+from seismag.serving.executor.batcher import DynamicBatcher
+from seismag.serving.executor.runtime import (
     ModelLoadError,
     ModelRegistry,
     ModelRuntime,
     default_model_path,
     read_card_from_onnx,
 )
-from seismag.serving.stream_session import StreamSession
+from seismag.serving.pipeline import ingest
+from seismag.serving.pipeline.onset import OnsetPicker
+from seismag.serving.pipeline.predict import predict
+from seismag.serving.pipeline.stream_session import StreamSession
 
 SCALAR_MODEL = "ViTMag"
 
@@ -260,7 +260,7 @@ def test_batcher_splits_and_respects_max_batch():
 def test_batcher_splits_every_output_and_keeps_their_form():
     """A tuple of outputs (magnitude and sigma from one call) is split like one array; each job
     gets the same NamedTuple back, None outputs stay None, also across batches."""
-    from seismag.serving.runtime import ModelRows
+    from seismag.serving.executor.runtime import ModelRows
 
     calls: list[int] = []
 

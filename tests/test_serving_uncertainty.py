@@ -24,8 +24,8 @@ from seismag.cli import main
 from seismag.models.card import OUTPUT_NAME, SIGMA_NAME
 from seismag.models.preprocess import last_window, model_inputs, stream_to_array
 from seismag.serving.client import SeismagClient, raw_trace
-from seismag.serving.runtime import ModelRegistry
-from seismag.serving.server import build_server
+from seismag.serving.executor.runtime import ModelRegistry
+from seismag.serving.protocols.server import build_server
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
 

@@ -217,7 +217,7 @@ def onnx_predictor(path: str | Path, card: ModelCard, threads: int = 1) -> Predi
 
 
 def _onnx_card(path: Path) -> ModelCard:
-    from seismag.serving.runtime import ModelLoadError, read_card_from_onnx
+    from seismag.serving.executor.runtime import ModelLoadError, read_card_from_onnx
 
     try:
         return read_card_from_onnx(path)

@@ -14,14 +14,14 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from seismag.serving import ingest
 from seismag.serving.errors import InvalidInput
-from seismag.serving.messages import pick_time, stream_update
-from seismag.serving.predict import station_id
+from seismag.serving.pipeline import ingest
+from seismag.serving.pipeline.predict import station_id
+from seismag.serving.protocols.messages import pick_time, stream_update
 from seismag.serving.v1 import seismag_pb2 as pb
 
 if TYPE_CHECKING:
-    from seismag.serving.server import SeismagServer
+    from seismag.serving.protocols.server import SeismagServer
 
 MAX_UPDATES_PER_MESSAGE = 256
 """Updates packed into one StreamPredict response at most (each is ~100 bytes)."""
@@ -51,7 +51,7 @@ def serve_stream(server: SeismagServer, request_iterator, context) -> Iterator[p
 
 
 def _new_session(server: SeismagServer, config: pb.StreamConfig):
-    from seismag.serving.stream_session import StreamSession
+    from seismag.serving.pipeline.stream_session import StreamSession
 
     hop = config.hop_seconds or server.stream_hop
     if not (math.isfinite(hop) and hop > 0):

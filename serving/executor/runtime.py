@@ -33,8 +33,8 @@ from seismag.models.card import (
     ModelCard,
 )
 from seismag.models.preprocess import model_inputs
-from seismag.serving.batcher import BatcherStats, DynamicBatcher, OnBatch, Owner, Ticket
 from seismag.serving.errors import InvalidInput, ModelNotFound
+from seismag.serving.executor.batcher import BatcherStats, DynamicBatcher, OnBatch, Owner, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ class ModelRuntime:
         All raw windows that end up in one batch are normalised in one
         :func:`~seismag.models.preprocess.model_inputs` call (row by row the same numbers as one
         call per window). Streams use this: windows due in the same hop share the cost. With an
-        ``owner`` the results go to it (see :class:`~seismag.serving.batcher.Owner`).
+        ``owner`` the results go to it (see :class:`~seismag.serving.executor.batcher.Owner`).
         """
         c, n = self.card.in_channels, self.card.in_samples
         if windows.ndim != 3 or windows.shape[1:] != (c, n) or windows.shape[0] == 0:

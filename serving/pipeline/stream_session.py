@@ -1,6 +1,6 @@
 """Live magnitudes from a packet feed: per-station buffers, hop-based evaluation, coalescing.
 
-Design (why it reproduces :func:`~seismag.serving.predict.predict`):
+Design (why it reproduces :func:`~seismag.serving.pipeline.predict.predict`):
 
 * Each channel is buffered at its native rate as a float64 numpy array on its own sample grid
   (NaN = not received yet). Packets may come in any order and overlap; the first value received
@@ -11,11 +11,11 @@ Design (why it reproduces :func:`~seismag.serving.predict.predict`):
   ``card.window_seconds`` without the others (the rest are then zero-filled and reported missing
   in the session's ``missing`` map; they are ignored if they show up later), or at ``finish()``.
   Its sample 0 is then the latest first sample of its components, as in ``stream_to_array``.
-* Samples are moved, in order, into a :class:`~seismag.serving.predict.StationTrack` at the card's
-  rate, the object ``predict`` uses. Channels at the card's rate are copied sample for sample (so
-  a replay gives bit-identical windows); other rates go through ``stream_to_array`` on the new span
-  plus ``RESAMPLE_CONTEXT_SECONDS`` of context, which is close but not identical to resampling the
-  whole record.
+* Samples are moved, in order, into a :class:`~seismag.serving.pipeline.predict.StationTrack` at the
+  card's rate, the object ``predict`` uses. Channels at the card's rate are copied sample for
+  sample (so a replay gives bit-identical windows); other rates go through ``stream_to_array`` on
+  the new span plus ``RESAMPLE_CONTEXT_SECONDS`` of context, which is close but not identical to
+  resampling the whole record.
 * Evaluation is driven by DATA time: every ``hop`` seconds of samples after sample 0 (the same
   grid as ``predict(series_interval=hop)``), so a replay at any speed evaluates the same windows,
   and ``finish()`` adds the last sample as ``predict`` does.
@@ -24,11 +24,11 @@ Design (why it reproduces :func:`~seismag.serving.predict.predict`):
   points rather than falling behind; every value delivered still equals ``predict``'s value at
   that time. ``coalesce=False`` submits every window (bounded by the model's queue).
 * With an inventory, packets are divided by the channel sensitivity (causal; see
-  :func:`~seismag.serving.ingest.remove_sensitivity`).
+  :func:`~seismag.serving.pipeline.ingest.remove_sensitivity`).
 * Cost: :meth:`StreamSession.add_raw` takes a raw chunk without building an ObsPy Trace (same
   checks, same numbers as ``add``), an in-order packet is one append, and due windows go to the
-  model raw (:meth:`~seismag.serving.runtime.ModelRuntime.submit_raw`) so that the windows of
-  one batch are normalised in one vectorised call in the batcher's worker.
+  model raw (:meth:`~seismag.serving.executor.runtime.ModelRuntime.submit_raw`) so that the
+  windows of one batch are normalised in one vectorised call in the batcher's worker.
 
 Results: ``on_update(update)`` if given (called in the model's worker thread; keep it short),
 otherwise a queue read with :meth:`StreamSession.updates` (blocking iterator, ends after
@@ -49,13 +49,14 @@ from obspy import Inventory, Stream, Trace, UTCDateTime
 
 from seismag.models.preprocess import COMPONENT_ALIASES, PreprocessError, stream_to_array
 from seismag.serving.errors import InvalidInput, NotReady, Overloaded, ServingError
-from seismag.serving.ingest import (
+from seismag.serving.executor.runtime import ModelRegistry, ModelRows
+from seismag.serving.pipeline.ingest import (
     MAX_SAMPLING_RATE,
     checked_samples,
     remove_sensitivity,
     trace_from_array,
 )
-from seismag.serving.predict import (
+from seismag.serving.pipeline.predict import (
     Evaluation,
     StationTrack,
     find_pick,
@@ -63,8 +64,7 @@ from seismag.serving.predict import (
     output_value,
     station_id,
 )
-from seismag.serving.results import StationUpdate
-from seismag.serving.runtime import ModelRegistry, ModelRows
+from seismag.serving.pipeline.results import StationUpdate
 
 GAP_WAIT_SECONDS = 10.0
 """How long a hole may wait for a late packet before it is interpolated (SeedLink reordering is

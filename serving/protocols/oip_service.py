@@ -19,7 +19,7 @@ from seismag import __version__
 from seismag.serving.errors import InvalidInput, ModelNotFound, NotReady
 from seismag.serving.oip import grpc_service_pb2 as pb
 from seismag.serving.oip import grpc_service_pb2_grpc as pb_grpc
-from seismag.serving.rpc import check_deadline, rpc
+from seismag.serving.protocols.rpc import check_deadline, rpc
 
 PLATFORM = "onnxruntime_onnx"
 _LE_FP32 = np.dtype("<f4")

@@ -3,14 +3,15 @@
 The series answers "what would a live system have said at time t?": the value at t comes from the
 window that ends at t (left-padded while the record is shorter than a window) and from an onset
 known by t, so truncating the record at t never changes the values up to t. :class:`StationTrack`
-holds that logic once; :func:`predict` and :class:`~seismag.serving.stream_session.StreamSession`
-both drive it, which is why a replayed stream reproduces ``predict`` exactly.
+holds that logic once; :func:`predict` and
+:class:`~seismag.serving.pipeline.stream_session.StreamSession` both drive it, which is why a
+replayed stream reproduces ``predict`` exactly.
 
 Rules (constants below):
 
 * a value needs ``MIN_DATA_SECONDS`` of data; a series card's value also needs a P onset at least
   ``MIN_AFTER_ONSET_SECONDS`` before t (the client's pick for that station, else the onset of
-  :class:`~seismag.serving.onset.PPicker`, which is decided within that delay), and is the
+  :class:`~seismag.serving.pipeline.onset.PPicker`, which is decided within that delay), and is the
   card's aggregate of the output after the onset (after the window start once the onset has left
   the window);
 * evaluation times are every ``series_interval`` after the station's first sample, counted in
@@ -38,12 +39,12 @@ from obspy import Inventory, Stream, UTCDateTime
 from seismag.models.aggregate import series_to_scalar
 from seismag.models.card import ModelCard
 from seismag.models.preprocess import PreprocessError, model_inputs, stream_to_array
-from seismag.serving.batcher import Ticket
 from seismag.serving.errors import InvalidInput, Overloaded
-from seismag.serving.ingest import remove_response, remove_sensitivity
-from seismag.serving.onset import PICKER_NAME, PPicker
-from seismag.serving.results import StationResult
-from seismag.serving.runtime import ModelRegistry, ModelRuntime
+from seismag.serving.executor.batcher import Ticket
+from seismag.serving.executor.runtime import ModelRegistry, ModelRuntime
+from seismag.serving.pipeline.ingest import remove_response, remove_sensitivity
+from seismag.serving.pipeline.onset import PICKER_NAME, PPicker
+from seismag.serving.pipeline.results import StationResult
 
 MIN_DATA_SECONDS = 1.0
 """Less than this is mostly padding: the model would be reading the left-pad, not the data."""

@@ -35,15 +35,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from obspy import Stream
 
-from seismag.serving import ingest, stream_rpc
 from seismag.serving.errors import InvalidInput, NotReady
-from seismag.serving.messages import model_info, pick_time, raw_trace, station_magnitude
-from seismag.serving.metrics import ServerMetrics
 from seismag.serving.oip import grpc_service_pb2 as oip_pb2
-from seismag.serving.oip_service import InferenceServicer
-from seismag.serving.oip_service import add_to_server as add_oip
-from seismag.serving.predict import predict
-from seismag.serving.rpc import check_deadline, rpc
+from seismag.serving.pipeline import ingest
+from seismag.serving.pipeline.predict import predict
+from seismag.serving.protocols import stream_rpc
+from seismag.serving.protocols.messages import model_info, pick_time, raw_trace, station_magnitude
+from seismag.serving.protocols.metrics import ServerMetrics
+from seismag.serving.protocols.oip_service import InferenceServicer
+from seismag.serving.protocols.oip_service import add_to_server as add_oip
+from seismag.serving.protocols.rpc import check_deadline, rpc
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
 
@@ -428,7 +429,7 @@ class SeismagServer:
 
     # -- StreamPredict ----------------------------------------------------------------------
     def stream_updates(self, request_iterator, context) -> Iterator[pb.StreamUpdates]:
-        """One StreamPredict call (see :mod:`seismag.serving.stream_rpc`)."""
+        """One StreamPredict call (see :mod:`seismag.serving.protocols.stream_rpc`)."""
         self.require_ready()
         yield from stream_rpc.serve_stream(self, request_iterator, context)
 
@@ -521,7 +522,7 @@ def serve_forever(
     ``gil_switch_ms`` sets the interpreter's switch interval for this process (see
     ``DEFAULT_GIL_SWITCH_MS``); 0 leaves Python's default.
     """
-    from seismag.serving.runtime import ModelLoadError, ModelRegistry, default_model_path
+    from seismag.serving.executor.runtime import ModelLoadError, ModelRegistry, default_model_path
 
     if not logging.getLogger().handlers:
         logging.basicConfig(

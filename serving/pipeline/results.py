@@ -26,15 +26,15 @@ class StationResult:
     onset: UTCDateTime | None
     onset_source: str
     """'request' (client's P pick), 'sta_lta_aic' (picked on the data by
-    :class:`~seismag.serving.onset.PPicker`), or 'none' (scalar model)."""
+    :class:`~seismag.serving.pipeline.onset.PPicker`), or 'none' (scalar model)."""
     model: str
     model_version: str
     missing_components: tuple[str, ...] = ()
     timings_ms: dict[str, float] = field(default_factory=dict)
     """'preprocess', 'queue', 'compute', 'total'."""
     onset_confidence: float = 0.0
-    """In [0, 1]: :attr:`~seismag.serving.onset.Onset.confidence` for a picked onset, 1 for the
-    client's pick, 0 without an onset."""
+    """In [0, 1]: :attr:`~seismag.serving.pipeline.onset.Onset.confidence` for a picked
+    onset, 1 for the client's pick, 0 without an onset."""
     magnitude_sigma: float = math.nan
     """One standard deviation of :attr:`magnitude` as the model predicts it (magnitude units):
     the last value of :attr:`sigma_series`; NaN when the model has no sigma output."""

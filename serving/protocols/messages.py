@@ -8,9 +8,9 @@ import math
 import numpy as np
 from obspy import Trace, UTCDateTime
 
-from seismag.serving import ingest
 from seismag.serving.errors import InvalidInput
-from seismag.serving.results import StationResult, StationUpdate
+from seismag.serving.pipeline import ingest
+from seismag.serving.pipeline.results import StationResult, StationUpdate
 from seismag.serving.v1 import seismag_pb2 as pb
 
 
