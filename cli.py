@@ -11,6 +11,7 @@ from seismag import __version__
 from seismag.benchmarks.cli import add_bench_commands
 from seismag.models.card import CardError, load_cards
 from seismag.serving.client_cli import CliError, add_client_commands
+from seismag.serving.config import ServeConfig, add_serve_flags, serve_flag_names
 from seismag.training.cli import add_training_commands
 
 
@@ -69,56 +70,36 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from seismag.serving.executor.runtime import default_workers
         from seismag.serving.protocols.server import serve_forever
     except ImportError as exc:
         print(f"seismag: error: serving needs grpcio and onnxruntime ({exc})", file=sys.stderr)
         return 2
-    for flag, value in (("--threads", args.threads), ("--workers", args.workers)):
-        if value is not None and value < 1:
-            print(f"seismag: error: {flag} must be >= 1, got {value}", file=sys.stderr)
-            return 2
-    if not 0 <= args.gil_switch_ms <= 100:
-        print(
-            f"seismag: error: --gil-switch-ms must be in [0, 100], got {args.gil_switch_ms}",
-            file=sys.stderr,
-        )
-        return 2
-    if (args.tls_cert is None) != (args.tls_key is None):
-        print("seismag: error: --tls-cert and --tls-key go together", file=sys.stderr)
-        return 2
-    if args.tls_client_ca and not args.tls_cert:
-        print("seismag: error: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
-        return 2
-    tokens = None
+    tokens: tuple[str, ...] = ()
     if args.token_file:
         try:
             with open(args.token_file, encoding="utf-8") as f:
-                tokens = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+                tokens = tuple(
+                    line.strip() for line in f if line.strip() and not line.startswith("#")
+                )
         except OSError as exc:
             print(f"seismag: error: cannot read --token-file: {exc}", file=sys.stderr)
             return 2
         if not tokens:
             print(f"seismag: error: {args.token_file} holds no tokens", file=sys.stderr)
             return 2
-    host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
-    return serve_forever(
-        args.models,
-        args.default,
-        threads=args.threads,
-        workers=args.workers or default_workers(args.threads),
-        max_batch=args.max_batch,
-        max_queue_delay_ms=args.max_queue_delay_ms,
-        grace=args.grace,
-        gil_switch_ms=args.gil_switch_ms,
-        address=f"{host}:{args.port}",
-        max_message_mb=args.max_message_mb,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        tokens=tokens,
-        metrics_port=args.metrics_port,
-    )
+    try:
+        config = ServeConfig(
+            **{name: getattr(args, name) for name in serve_flag_names()},
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            tokens=tokens,
+        ).validate()
+    except ValueError as exc:
+        name, _, rest = str(exc).partition(" ")
+        print(f"seismag: error: --{name.replace('_', '-')} {rest}", file=sys.stderr)
+        return 2
+    return serve_forever(config, args.models, args.default)
 
 
 def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
@@ -189,22 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=".onnx files or folders of them (default: the embedded default model)",
     )
     p.add_argument("--default", metavar="NAME", help="model for requests naming none")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 = all)")
-    p.add_argument("--port", type=int, default=8500, help="gRPC port (0 = any free port)")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per model run")
-    p.add_argument(
-        "--workers",
-        type=int,
-        help="model runs in parallel per model (default: usable cores / --threads, at most 4)",
-    )
-    p.add_argument("--max-batch", type=int, default=64, help="dynamic batcher's largest batch")
-    p.add_argument(
-        "--max-queue-delay-ms",
-        type=float,
-        default=2.0,
-        help="how long the batcher waits to fill a batch",
-    )
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    add_serve_flags(p)
     p.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM)")
     p.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
     p.add_argument(
@@ -214,16 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file",
         metavar="FILE",
         help="bearer tokens, one a line; every RPC but health then needs one",
-    )
-    p.add_argument("--max-message-mb", type=float, default=64, help="largest message in MiB")
-    p.add_argument(
-        "--grace", type=float, default=10.0, help="seconds in-flight RPCs get after SIGTERM"
-    )
-    p.add_argument(
-        "--gil-switch-ms",
-        type=float,
-        default=0.2,
-        help="interpreter switch interval in ms (0 = Python's 5 ms); small keeps streams prompt",
     )
     p.set_defaults(func=_cmd_serve)
 

@@ -3,6 +3,7 @@
     seismag bench predict --spawn --concurrency 1 2 4 8 --json out.json --plot out.png
     seismag bench predict --server HOST:PORT --rate 50 --poisson
     seismag bench stream --spawn --stations 1000 --seconds 30
+    seismag bench idle-streams --streams 2000
     seismag bench runtimes --models PhaseNetMag ViTMag --batch 1 32 256
     seismag bench capacity --models PhaseNetMag
 
@@ -18,6 +19,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from seismag.serving.config import DEFAULTS
 
 DEFAULT_EXPORTS = Path.home() / ".cache" / "seismag" / "bench-exports"
 
@@ -50,10 +53,12 @@ def _target_args(p: argparse.ArgumentParser) -> None:
         "--spawn", action="store_true", help="start `seismag serve` as a child process (default)"
     )
     p.add_argument("--models-path", nargs="+", type=Path, help="ONNX files the server loads")
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (started server)")
+    p.add_argument(
+        "--threads", type=int, default=DEFAULTS.threads, help="runtime threads (started server)"
+    )
     p.add_argument("--workers", type=int, help="parallel model runs (default: as seismag serve)")
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    p.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch)
+    p.add_argument("--max-queue-delay-ms", type=float, default=DEFAULTS.max_queue_delay_ms)
 
 
 def _outputs(p: argparse.ArgumentParser) -> None:
@@ -173,6 +178,27 @@ def _stream_line(r: dict) -> str:
     )
 
 
+def _cmd_idle_streams(args: argparse.Namespace) -> int:
+    from seismag.benchmarks import idle_streams
+    from seismag.benchmarks.target import open_target
+
+    with open_target(_mode(args), server=args.server, options=_options(args)) as target:
+        progress(f"target: {target.description} at {target.address}")
+        pid = target.pid if target.mode != "remote" else None
+        result = idle_streams.run(
+            target.address,
+            streams=args.streams,
+            seconds=args.seconds,
+            probes=args.probes,
+            pid=pid,
+        )
+    result["target"] = target.description
+    print(idle_streams.report(result))
+    row = {k: v for k, v in result.items() if not isinstance(v, dict)}
+    write_outputs(args, result, [row])
+    return 0 if result["streams_still_open"] == args.streams else 1
+
+
 def _cmd_runtimes(args: argparse.Namespace) -> int:
     from seismag.benchmarks.runtimes import compare
     from seismag.models import load_cards
@@ -264,6 +290,16 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stations", type=int, default=1000)
     p.add_argument("--seconds", type=int, default=30)
     p.set_defaults(func=_cmd_stream)
+
+    p = bsub.add_parser(
+        "idle-streams", help="memory per open idle stream; health and Predict latency meanwhile"
+    )
+    _target_args(p)
+    _outputs(p)
+    p.add_argument("--streams", type=int, default=2000, help="StreamPredict calls held open")
+    p.add_argument("--seconds", type=float, default=1.0, help="data each stream sends first")
+    p.add_argument("--probes", type=int, default=50, help="health checks and Predicts timed")
+    p.set_defaults(func=_cmd_idle_streams)
 
     from seismag.benchmarks.runtimes import DEFAULT_RUNTIMES, RUNTIMES
 

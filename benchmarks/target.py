@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from seismag.serving.config import DEFAULTS
+
 MODES = ("remote", "in-process", "spawn")
 _SERVING_LINE = re.compile(r"seismag serving on (\S+):(\d+)")
 
@@ -33,11 +35,11 @@ class ServerOptions:
 
     models: list[Path] = field(default_factory=list)
     """ONNX files; empty = the model embedded in the package."""
-    threads: int = 1
-    workers: int | None = None
+    threads: int = DEFAULTS.threads
+    workers: int | None = DEFAULTS.workers
     """Parallel model runs; None = ``seismag serve``'s default (usable cores / threads)."""
-    max_batch: int = 64
-    max_queue_delay_ms: float = 2.0
+    max_batch: int = DEFAULTS.max_batch
+    max_queue_delay_ms: float = DEFAULTS.max_queue_delay_ms
 
     def resolved_workers(self) -> int:
         from seismag.serving.executor.runtime import default_workers
@@ -57,6 +59,8 @@ class Target:
     address: str
     mode: str
     description: str
+    pid: int | None = None
+    """The server's process (this one when in-process), e.g. to read its memory."""
 
 
 def _wait_serving(address: str, timeout: float) -> None:
@@ -93,7 +97,7 @@ def _in_process(options: ServerOptions) -> Iterator[Target]:
     try:
         server = build_server(registry, address="127.0.0.1:0").start()
         try:
-            yield Target(f"127.0.0.1:{server.port}", "in-process", options.describe())
+            yield Target(f"127.0.0.1:{server.port}", "in-process", options.describe(), os.getpid())
         finally:
             server.stop(1)
     finally:
@@ -132,7 +136,9 @@ def _spawned(options: ServerOptions, timeout: float = 120.0) -> Iterator[Target]
             if proc.poll() is not None or time.monotonic() > end:
                 raise RuntimeError("`seismag serve` did not start:\n" + "".join(lines[-20:]))
         _wait_serving(address[0], max(end - time.monotonic(), 1.0))
-        yield Target(address[0], "spawn", f"spawned `seismag serve`: {options.describe()}")
+        yield Target(
+            address[0], "spawn", f"spawned `seismag serve`: {options.describe()}", proc.pid
+        )
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -33,6 +33,8 @@ Design (why it reproduces :func:`~seismag.serving.pipeline.predict.predict`):
 Results: ``on_update(update)`` if given (called in the model's worker thread; keep it short),
 otherwise a queue read with :meth:`StreamSession.updates` (blocking iterator, ends after
 ``finish()`` has delivered everything, or at ``close()``) or :meth:`StreamSession.next_update`.
+An asyncio reader passes ``on_ready``, called (from any thread) whenever something new is queued,
+and reads with ``next_updates(timeout=0)`` when woken, so no thread waits per stream.
 """
 
 from __future__ import annotations
@@ -202,6 +204,7 @@ class StreamSession:
         inventory: Inventory | None = None,
         max_pending: int = 10000,
         on_update: Callable[[StationUpdate], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
         coalesce: bool = True,
         max_buffer_seconds: float = 300.0,
     ) -> None:
@@ -212,6 +215,7 @@ class StreamSession:
         self.inventory = inventory
         self.max_pending = max_pending
         self.on_update = on_update
+        self.on_ready = on_ready
         self.coalesce = coalesce
         self.max_buffer_seconds = max(max_buffer_seconds, 2 * self.card.window_seconds + 30.0)
         self.stats = SessionStats()
@@ -575,12 +579,17 @@ class StreamSession:
         elif self._queue.qsize() >= MAX_UPDATES_WAITING:
             self.stats.dropped_updates += 1
         else:
-            self._queue.put(update)
+            self._put(update)
+
+    def _put(self, item: object) -> None:
+        self._queue.put(item)
+        if self.on_ready is not None:
+            self.on_ready()
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = exc
-            self._queue.put(exc)
+            self._put(exc)
 
     def _pending(self) -> bool:
         return any(st.inflight or st.slot is not None for st in self._stations.values())
@@ -588,7 +597,7 @@ class StreamSession:
     def _maybe_end(self) -> None:
         if self._finishing and not self._ended and not self._pending():
             self._ended = True
-            self._queue.put(_END)
+            self._put(_END)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -679,7 +688,7 @@ class StreamSession:
             self._closed = True  # the batcher drops this session's queued windows unrun
             self._stations.clear()
             self._picks.clear()
-            self._queue.put(_END)
+            self._put(_END)
 
     @property
     def n_stations(self) -> int:

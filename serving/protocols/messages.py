@@ -76,7 +76,24 @@ def stream_update(u: StationUpdate) -> pb.StreamUpdate:
     )
 
 
-def model_info(runtime, default_name: str) -> pb.ModelInfo:
+def runtime_json(runtime) -> str:
+    """How the executor runs one model (reported by ListModels/GetModel)."""
+    batcher = runtime.batcher
+    return json.dumps(
+        {
+            "backend": getattr(runtime, "backend_name", "ort"),
+            "kernel": runtime.kernel,
+            "workers": batcher.workers,
+            "max_batch": batcher.max_batch,
+            "max_queue_delay_ms": batcher.max_queue_delay_ms,
+            "max_queue": batcher.max_queue,
+            "micro_batch": runtime.micro_batch,
+        },
+        sort_keys=True,
+    )
+
+
+def model_info(runtime, default_name: str, server_config_json: str = "") -> pb.ModelInfo:
     def specs(items) -> list[pb.TensorSpec]:
         return [pb.TensorSpec(name=n, datatype=d, shape=[int(x) for x in s]) for n, d, s in items]
 
@@ -88,6 +105,8 @@ def model_info(runtime, default_name: str) -> pb.ModelInfo:
         is_default=runtime.name == default_name,
         inputs=specs(runtime.input_specs()),
         outputs=specs(runtime.output_specs()),
+        runtime_json=runtime_json(runtime),
+        server_config_json=server_config_json,
     )
 
 

@@ -10,7 +10,10 @@ or as typed ``contents.fp32_contents``; replies always use ``raw_output_contents
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 import grpc
 import numpy as np
@@ -28,9 +31,10 @@ _LE_FP32 = np.dtype("<f4")
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """KServe v2 endpoints over a ``ModelRegistry``; readiness comes from the server."""
 
-    def __init__(self, registry, is_ready: Callable[[], bool]) -> None:
+    def __init__(self, registry, is_ready: Callable[[], bool], work: Executor) -> None:
         self._registry = registry
         self._is_ready = is_ready
+        self._work = work  # threads for the blocking batcher wait; the event loop never blocks
 
     def _runtime(self, name: str, version: str):
         runtime = self._registry.get(name)
@@ -41,15 +45,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return runtime
 
     @rpc
-    def ServerLive(self, request, context):
+    async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
 
     @rpc
-    def ServerReady(self, request, context):
+    async def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=self._is_ready())
 
     @rpc
-    def ModelReady(self, request, context):
+    async def ModelReady(self, request, context):
         # Like Triton: an unknown model (or version) is "not ready", not an error.
         try:
             self._runtime(request.name, request.version)
@@ -58,11 +62,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=self._is_ready())
 
     @rpc
-    def ServerMetadata(self, request, context):
+    async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(name="seismag", version=__version__, extensions=[])
 
     @rpc
-    def ModelMetadata(self, request, context):
+    async def ModelMetadata(self, request, context):
         rt = self._runtime(request.name, request.version)
         return pb.ModelMetadataResponse(
             name=rt.name,
@@ -73,13 +77,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     @rpc
-    def ModelInfer(self, request, context):
+    async def ModelInfer(self, request, context):
         if not self._is_ready():
             raise NotReady("server is not ready (warming up or draining)")
         rt = self._runtime(request.model_name, request.model_version)
         inputs = _decode_inputs(request)
-        check_deadline(context)
-        outputs = rt.infer_raw(inputs)
+        timeout = await check_deadline(context)
+        run = functools.partial(rt.infer_raw, inputs, timeout)
+        outputs = await asyncio.get_running_loop().run_in_executor(self._work, run)
         wanted = [o.name for o in request.outputs] or list(outputs)
         unknown = [n for n in wanted if n not in outputs]
         if unknown:
@@ -139,7 +144,7 @@ def _decode_inputs(request) -> dict[str, np.ndarray]:
     return arrays
 
 
-def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
 
 

@@ -1,13 +1,15 @@
-"""Error mapping and deadlines shared by every servicer.
+"""Status mapping and deadlines shared by every asyncio servicer.
 
 One decorator turns the core's ``ServingError`` subclasses into the matching gRPC status with the
-exception message as details, and anything unexpected into INTERNAL with a short message (the
-traceback goes to the log, not to the client). The server thread survives either way, so one bad
-request never takes the service down.
+exception message as details, a client that went away into CANCELLED (not an error: nothing is
+logged), and anything unexpected into INTERNAL with a short message (the traceback goes to the
+log, not to the client). The event loop survives either way, so one bad request never takes the
+service down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from grpc.aio import AbortError
 
 from seismag.serving.errors import ServingError
 
@@ -34,50 +37,49 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
 
 
-def _already_aborted(context: grpc.ServicerContext) -> bool:
-    """``context.abort`` raises a bare Exception after setting the code; let it through."""
-    code = context.code()
-    return code is not None and code != grpc.StatusCode.OK
-
-
-def _fail(context: grpc.ServicerContext, name: str, exc: Exception) -> None:
+async def _fail(context: grpc.aio.ServicerContext, name: str, exc: Exception) -> None:
     code, details = status_of(exc)
     if code == grpc.StatusCode.INTERNAL:
-        log.exception("%s failed", name)
+        log.error("%s failed", name, exc_info=exc)
     else:
         log.debug("%s: %s: %s", name, code.name, details)
-    context.abort(code, details)
+    await context.abort(code, details)
 
 
 def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate a servicer method (unary or response-streaming) with the error mapping."""
+    """Decorate an async servicer method (unary or response-streaming) with the status mapping.
+
+    ``asyncio.CancelledError`` (the client cancelled or disconnected, or the server stopped) and
+    ``AbortError`` (a status already set) pass through untouched.
+    """
     name = fn.__name__
-    if inspect.isgeneratorfunction(fn):
+    if inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
-        def stream_wrapper(self, request, context):
+        async def stream_wrapper(self, request, context):
             try:
-                yield from fn(self, request, context)
+                async for item in fn(self, request, context):
+                    yield item
+            except (AbortError, asyncio.CancelledError):
+                raise
             except Exception as exc:
-                if _already_aborted(context):
-                    raise
-                _fail(context, name, exc)
+                await _fail(context, name, exc)
 
         return stream_wrapper
 
     @functools.wraps(fn)
-    def wrapper(self, request, context):
+    async def wrapper(self, request, context):
         try:
-            return fn(self, request, context)
+            return await fn(self, request, context)
+        except (AbortError, asyncio.CancelledError):
+            raise
         except Exception as exc:
-            if _already_aborted(context):
-                raise
-            _fail(context, name, exc)
+            await _fail(context, name, exc)
 
     return wrapper
 
 
-def time_left(context: grpc.ServicerContext) -> float | None:
+def time_left(context: grpc.aio.ServicerContext) -> float | None:
     """Seconds until the client's deadline, or None when it set none."""
     remaining = context.time_remaining()
     if remaining is None or remaining > _NO_DEADLINE:
@@ -85,13 +87,15 @@ def time_left(context: grpc.ServicerContext) -> float | None:
     return float(remaining)
 
 
-def check_deadline(context: grpc.ServicerContext) -> float | None:
-    """Abort with DEADLINE_EXCEEDED if the client has given up; else return the time left.
+async def check_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """Abort with DEADLINE_EXCEEDED if the client's deadline has passed; else the time left.
 
     Called between stages so a request whose deadline passed while it queued does not go on to
     spend model time on an answer nobody will read.
     """
     remaining = time_left(context)
-    if not context.is_active() or (remaining is not None and remaining <= 0):
-        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the model ran")
+    if remaining is not None and remaining <= 0:
+        await context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the model ran"
+        )
     return remaining

@@ -1,50 +1,56 @@
-"""The gRPC server: MagnitudeService, the Open Inference Protocol, health, reflection, metrics.
+"""The gRPC server on asyncio: MagnitudeService, the Open Inference Protocol, health, reflection,
+metrics.
 
 Design choices, and why:
 
+* **asyncio, no thread per RPC.** ``grpc.aio`` runs every RPC as a coroutine on one event loop,
+  so an open StreamPredict costs two suspended coroutines and its session, not a pool thread:
+  thousands of station feeds stay open while health and Predict are answered. Blocking work
+  (Predict's preprocessing, waiting on the batcher) runs in ``work_threads`` threads; model runs
+  happen on the executor's own worker threads.
+* **A synchronous facade.** :class:`SeismagServer` runs its loop in a thread of its own, so
+  ``build_server(...).start()`` / ``stop(grace)`` work from ordinary code (tests, benchmarks,
+  :func:`serve_forever` in the main thread, which keeps the signal handlers).
 * **Readiness is gated on warm-up.** Health (overall ``""`` and per service) stays NOT_SERVING and
   inference RPCs answer UNAVAILABLE until ``registry.warm_up()`` has run, so a load balancer never
-  sends traffic to a server whose first request would pay ONNX Runtime's lazy initialisation.
-  Draining (SIGTERM) flips it back first, then stops accepting and lets in-flight RPCs finish.
+  sends traffic to a server whose first request would pay the runtime's lazy initialisation.
+  Draining (SIGTERM) flips it back first, asks open streams to deliver what is due and end, then
+  stops accepting and lets in-flight RPCs finish within the grace period.
 * **Explicit message limits.** gRPC's default receive limit is 4 MiB, less than one hour of
   3-component 100 Hz float32; the limit here is a server option and oversized messages get
   RESOURCE_EXHAUSTED from gRPC itself, before any of our code allocates anything.
 * **Deadlines are honoured**: the time left is passed to the batcher, so a request whose client
   gave up is cancelled in the queue instead of spending model time.
-* **Auth is one interceptor** (bearer tokens, constant-time compare) that exempts only health,
-  so orchestrators can probe without a secret.
-* **Streams never leak**: every StreamPredict owns one session and one reader thread, and both are
-  closed in a ``finally`` that also runs when the client cancels or disconnects.
+* **Auth is one interceptor** (bearer tokens, constant-time compare) that exempts only health.
+* **One configuration object** (:class:`~seismag.serving.config.ServeConfig`), reported by
+  ListModels and GetModel.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent import futures
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-from obspy import Stream
 
-from seismag.serving.errors import InvalidInput, NotReady
+from seismag.serving.config import DEFAULTS, ServeConfig
+from seismag.serving.errors import NotReady
 from seismag.serving.oip import grpc_service_pb2 as oip_pb2
-from seismag.serving.pipeline import ingest
-from seismag.serving.pipeline.predict import predict
-from seismag.serving.protocols import stream_rpc
-from seismag.serving.protocols.messages import model_info, pick_time, raw_trace, station_magnitude
+from seismag.serving.protocols.health import HealthServicer
+from seismag.serving.protocols.interceptor import Interceptor
+from seismag.serving.protocols.magnitude_service import MagnitudeServicer
 from seismag.serving.protocols.metrics import ServerMetrics
 from seismag.serving.protocols.oip_service import InferenceServicer
 from seismag.serving.protocols.oip_service import add_to_server as add_oip
-from seismag.serving.protocols.rpc import check_deadline, rpc
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
 
@@ -53,224 +59,6 @@ log = logging.getLogger("seismag.serving")
 MAGNITUDE_SERVICE = pb.DESCRIPTOR.services_by_name["MagnitudeService"].full_name
 OIP_SERVICE = oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-_HEALTH_PREFIX = f"/{HEALTH_SERVICE}/"
-DEFAULT_SERIES_INTERVAL = 1.0
-DEFAULT_GRACE = 10.0
-DEFAULT_GIL_SWITCH_MS = 0.2
-"""Interpreter switch interval of a served process. A stream hands work between threads
-thousands of times a second (gRPC's poller, the readers, the batcher's workers, the response
-senders); a thread woken for its next step waits until the GIL holder releases it, which a busy
-holder only does at the switch interval (Python's default: 5 ms). At 0.2 ms, 1000 stations sending
-one message per station-second went from p99 411 ms to 180 ms (docs/serving.md)."""
-
-
-# -- MagnitudeService ---------------------------------------------------------------------------
-
-
-class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
-    """Wire format <-> the core (ingest, predict, StreamSession); no model logic lives here."""
-
-    def __init__(self, server: SeismagServer) -> None:
-        self._server = server
-        self._registry = server.registry
-
-    @rpc
-    def Predict(self, request, context):
-        started = time.perf_counter()
-        self._server.require_ready()
-        check_deadline(context)
-        kind = request.WhichOneof("input")
-        if kind == "miniseed":
-            stream = ingest.read_miniseed(request.miniseed)
-        elif kind == "raw":
-            stream = Stream([raw_trace(t) for t in request.raw.traces])
-        else:
-            raise InvalidInput("the request has no input: set `miniseed` or `raw`")
-        inventory = ingest.read_stationxml(request.stationxml) if request.stationxml else None
-        picks = {p.station_id: pick_time(p) for p in request.p_picks}
-        interval = request.series_interval or DEFAULT_SERIES_INTERVAL
-        results = predict(
-            self._registry,
-            stream,
-            model=request.model,
-            inventory=inventory,
-            p_picks=picks or None,
-            series_interval=interval,
-            timeout=check_deadline(context),
-            started=started,
-        )
-        return pb.PredictResponse(results=[station_magnitude(r) for r in results])
-
-    @rpc
-    def ListModels(self, request, context):
-        reg = self._registry
-        return pb.ListModelsResponse(
-            models=[model_info(reg.get(n), reg.default_name) for n in reg.names()],
-            default_model=reg.default_name,
-        )
-
-    @rpc
-    def GetModel(self, request, context):
-        return model_info(self._registry.get(request.name), self._registry.default_name)
-
-    @rpc
-    def StreamPredict(self, request_iterator, context):
-        yield from self._server.stream_updates(request_iterator, context)
-
-
-# -- interceptor: auth + metrics ----------------------------------------------------------------
-
-
-def _short_method(full: str) -> str:
-    """'/seismag.v1.MagnitudeService/Predict' -> 'MagnitudeService/Predict' (a bounded label)."""
-    service, _, method = full.lstrip("/").partition("/")
-    return f"{service.rsplit('.', 1)[-1]}/{method}"
-
-
-def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
-    code = context.code()
-    if code is None:
-        if failed:
-            return "UNKNOWN"
-        return "OK" if context.is_active() else "CANCELLED"
-    return code.name
-
-
-def _handler_like(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]):
-    """A method handler of the same kind (unary/stream) as ``handler`` with another behaviour."""
-    kw = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(behaviour, **kw)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(behaviour, **kw)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(behaviour, **kw)
-    return grpc.unary_unary_rpc_method_handler(behaviour, **kw)
-
-
-def _behaviour(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
-    return (
-        handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
-    )
-
-
-class _Interceptor(grpc.ServerInterceptor):
-    """Bearer-token check (all but health) and per-RPC metrics around every handler."""
-
-    def __init__(self, metrics: ServerMetrics, tokens: Sequence[str] | None) -> None:
-        self._metrics = metrics
-        self._tokens = [t.encode() for t in tokens or () if t]
-
-    def _authorised(self, details: grpc.HandlerCallDetails) -> bool:
-        if not self._tokens:
-            return True
-        header = next(
-            (v for k, v in details.invocation_metadata or () if k == "authorization"), None
-        )
-        if not isinstance(header, str) or not header.startswith("Bearer "):
-            return False
-        given = header[len("Bearer ") :].strip().encode()
-        return any(hmac.compare_digest(given, t) for t in self._tokens)
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(_HEALTH_PREFIX):
-            # Health is open to all and unmetered; wrapping it would also drop the attribute that
-            # lets Watch run without holding a worker thread per watcher.
-            return handler
-        method = _short_method(handler_call_details.method)
-        metrics = self._metrics
-        if not self._authorised(handler_call_details):
-
-            def deny(request, context):
-                metrics.observe_request(method, "UNAUTHENTICATED", 0.0)
-                context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "missing or invalid bearer token (metadata `authorization: Bearer <token>`)",
-                )
-
-            return _handler_like(handler, deny)
-
-        inner = _behaviour(handler)
-        if handler.response_streaming:
-
-            def timed_stream(request, context):
-                t0 = time.perf_counter()
-                failed = False
-                try:
-                    yield from inner(request, context)
-                except BaseException:
-                    failed = True
-                    raise
-                finally:
-                    code = _code_name(context, failed)
-                    metrics.observe_request(method, code, time.perf_counter() - t0)
-
-            return _handler_like(handler, timed_stream)
-
-        def timed(request, context):
-            t0 = time.perf_counter()
-            failed = False
-            try:
-                return inner(request, context)
-            except BaseException:
-                failed = True
-                raise
-            finally:
-                metrics.observe_request(
-                    method, _code_name(context, failed), time.perf_counter() - t0
-                )
-
-        return _handler_like(handler, timed)
-
-
-# -- the server ---------------------------------------------------------------------------------
-
-
-class _HealthServicer(health.HealthServicer):
-    """grpc.health.v1 that can end its Watch streams when the server drains.
-
-    An open Watch is an in-flight RPC, so without this every shutdown with a watching client
-    (client-side health checking, a sidecar) would wait out the whole grace period.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._watch_lock = threading.Lock()
-        self._watches: set[Callable[[Any], None]] = set()
-
-    def Watch(self, request, context, send_response_callback=None):
-        if send_response_callback is None:  # blocking mode: nothing we can end early
-            return super().Watch(request, context)
-        lock = threading.Lock()
-        ended = False
-
-        def send(response) -> None:
-            nonlocal ended
-            with lock:  # one status per call: the base class sends None again when it closes
-                if ended:
-                    return
-                ended = response is None
-                send_response_callback(response)
-
-        with self._watch_lock:
-            self._watches.add(send)
-        context.add_callback(lambda: self._forget(send))
-        return super().Watch(request, context, send)
-
-    def _forget(self, send) -> None:
-        with self._watch_lock:
-            self._watches.discard(send)
-
-    def end_watches(self) -> None:
-        """Finish every open Watch with status OK (after its last status was sent)."""
-        with self._watch_lock:
-            watches = list(self._watches)
-        for send in watches:
-            send(None)
 
 
 def _read_pem(value: str | Path | bytes | None) -> bytes | None:
@@ -308,60 +96,79 @@ def _reflection_pool():
 class SeismagServer:
     """A configured gRPC server; ``start()``, then ``stop(grace)`` or ``wait()``."""
 
-    def __init__(
-        self,
-        registry,
-        *,
-        address: str,
-        max_workers: int,
-        max_message_mb: float,
-        credentials: grpc.ServerCredentials | None,
-        tokens: Sequence[str] | None,
-        metrics_port: int | None,
-        stream_hop: float,
-    ) -> None:
+    def __init__(self, registry, config: ServeConfig) -> None:
         self.registry = registry
-        self.address = address
-        self.stream_hop = float(stream_hop)
+        self.config = config
+        self.stream_hop = float(config.stream_hop)
         self.metrics = ServerMetrics()
         self.metrics.models_loaded.set(len(registry.names()))
         self._previous_hooks: dict[str, Any] = {}
-        self._metrics_port = metrics_port
         self._ready = threading.Event()
         self._draining = threading.Event()
         self._stopped = threading.Event()
-        limit = int(max_message_mb * 1024 * 1024)
-        options = [
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),  # port 0 / a taken port must not be silently shared
-        ]
-        self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="seismag-rpc"),
-            interceptors=[_Interceptor(self.metrics, tokens)],
-            options=options,
-        )
-        self.health = _HealthServicer()
+        self._streams: set = set()  # open StreamCalls (touched on the loop only)
+        self.work = ThreadPoolExecutor(config.work_threads, thread_name_prefix="seismag-work")
+        self.health = HealthServicer()
         self._health_services = ("", MAGNITUDE_SERVICE, OIP_SERVICE)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="seismag-grpc-loop", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._grpc, self.port = self._call(self._build())
+        except BaseException:
+            self._close_loop()
+            raise
+        if not self.port:
+            self._close_loop()
+            raise OSError(f"cannot bind the gRPC server to {config.address}")
+        self.address = config.address
+        self.host = config.host or "0.0.0.0"
+        self.metrics_port: int | None = None
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        pb_grpc.add_MagnitudeServiceServicer_to_server(MagnitudeServicer(self), self._grpc)
-        add_oip(InferenceServicer(registry, self.is_ready), self._grpc)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+
+    def _call(self, coro: Coroutine, timeout: float | None = None):
+        """Run ``coro`` on the server's loop and wait for its result (from any other thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _build(self) -> tuple[grpc.aio.Server, int]:
+        config = self.config
+        limit = int(config.max_message_mb * 1024 * 1024)
+        server = grpc.aio.server(
+            interceptors=[Interceptor(self.metrics, config.tokens)],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),  # port 0 / a taken port must not be silently shared
+            ],
+        )
+        self.health.bind(asyncio.get_running_loop())
+        pb_grpc.add_MagnitudeServiceServicer_to_server(MagnitudeServicer(self), server)
+        add_oip(InferenceServicer(self.registry, self.is_ready, self.work), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (MAGNITUDE_SERVICE, OIP_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME),
-            self._grpc,
+            server,
             pool=_reflection_pool(),
         )
-        if credentials is None:
-            self.port = self._grpc.add_insecure_port(address)
-        else:
-            self.port = self._grpc.add_secure_port(address, credentials)
-        if not self.port:
-            raise OSError(f"cannot bind the gRPC server to {address}")
-        self.host = address.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
-        self.metrics_port: int | None = None
-        self._stream_count = 0
-        self._stream_lock = threading.Lock()
+        credentials = _credentials(config)
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(config.address)
+            else:
+                port = server.add_secure_port(config.address, credentials)
+        except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
+            raise OSError(f"cannot bind the gRPC server to {config.address}: {exc}") from None
+        return server, port
+
+    def _close_loop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        if not self._loop.is_running():
+            self._loop.close()
+        self.work.shutdown(wait=False, cancel_futures=True)
 
     # -- readiness --------------------------------------------------------------------------
     def _set_health(self, status) -> None:
@@ -388,9 +195,9 @@ class SeismagServer:
         """Start serving (health NOT_SERVING) and, by default, warm up and turn SERVING."""
         self._previous_hooks = {rt.name: rt.batcher.on_batch for rt in self.registry}
         self.registry.set_on_batch(self.metrics.on_batch)
-        self._grpc.start()
-        if self._metrics_port is not None:
-            self.metrics_port = self.metrics.start_http(self._metrics_port, addr=self.host)
+        self._call(self._grpc.start())
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.start_http(self.config.metrics_port, addr=self.host)
         if warm_up:
             self.warm_up()
         return self
@@ -400,8 +207,14 @@ class SeismagServer:
         self._draining.set()
         self._ready.clear()
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake_streams)
 
-    def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
+    def _wake_streams(self) -> None:
+        for call in list(self._streams):
+            call.wake.set()  # each sees `draining`, stops reading and finishes its session
+
+    def stop(self, grace: float | None = DEFAULTS.grace) -> None:
         """Drain, stop accepting, give in-flight RPCs ``grace`` seconds, then cancel the rest.
 
         The registry is not closed: it belongs to whoever built it (see :func:`serve_forever`).
@@ -409,144 +222,103 @@ class SeismagServer:
         if self._stopped.is_set():
             return
         self.drain()
-        stopped = self._grpc.stop(grace)  # refuses new RPCs from here on
-        self.health.end_watches()  # after stop(), so a watcher cannot reconnect meanwhile
-        stopped.wait()
+        self.health.end_watches()
+        self._call(self._grpc.stop(grace))
         self.metrics.stop_http()
         for rt in self.registry:  # hand the batch hook back if a server started before us had it
             if rt.batcher.on_batch == self.metrics.on_batch:
                 rt.batcher.on_batch = self._previous_hooks.get(rt.name)
+        self._close_loop()
         self._stopped.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped; True if it has."""
-        return self._grpc.wait_for_termination(timeout)
+        return self._stopped.wait(timeout)
 
     @property
     def open_streams(self) -> int:
-        with self._stream_lock:
-            return self._stream_count
-
-    # -- StreamPredict ----------------------------------------------------------------------
-    def stream_updates(self, request_iterator, context) -> Iterator[pb.StreamUpdates]:
-        """One StreamPredict call (see :mod:`seismag.serving.protocols.stream_rpc`)."""
-        self.require_ready()
-        yield from stream_rpc.serve_stream(self, request_iterator, context)
-
-    def stream_opened(self) -> None:
-        with self._stream_lock:
-            self._stream_count += 1
-        self.metrics.stream_opened()
-
-    def stream_closed(self, stations: set[str]) -> None:
-        with self._stream_lock:
-            self._stream_count -= 1
-        self.metrics.stream_closed(stations)
+        return len(self._streams)
 
     @property
     def draining(self) -> bool:
         return self._draining.is_set()
 
+    # -- StreamPredict bookkeeping (called on the loop) --------------------------------------
+    def stream_opened(self, call) -> None:
+        self._streams.add(call)
+        self.metrics.stream_opened()
 
-def _credentials(tls_cert, tls_key, tls_client_ca) -> grpc.ServerCredentials | None:
-    if tls_cert is None and tls_key is None:
-        if tls_client_ca is not None:
-            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+    def stream_closed(self, call) -> None:
+        self._streams.discard(call)
+        self.metrics.stream_closed(call.stations)
+
+
+def _credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
+    if config.tls_cert is None:
         return None
-    if tls_cert is None or tls_key is None:
-        raise ValueError("TLS needs both tls_cert and tls_key")
-    ca = _read_pem(tls_client_ca)
+    ca = _read_pem(config.tls_client_ca)
     return grpc.ssl_server_credentials(
-        [(_read_pem(tls_key), _read_pem(tls_cert))],
+        [(_read_pem(config.tls_key), _read_pem(config.tls_cert))],
         root_certificates=ca,
         require_client_auth=ca is not None,
     )
 
 
-def build_server(
-    registry,
-    *,
-    address: str = "127.0.0.1:8500",
-    max_workers: int = 16,
-    max_message_mb: float = 64,
-    tls_cert: str | Path | bytes | None = None,
-    tls_key: str | Path | bytes | None = None,
-    tls_client_ca: str | Path | bytes | None = None,
-    tokens: Sequence[str] | None = None,
-    metrics_port: int | None = None,
-    stream_hop: float = 1.0,
-) -> SeismagServer:
-    """A server for ``registry`` bound to ``address`` (port 0 = any free port), not yet started.
-
-    TLS files may be paths or PEM bytes; ``tls_client_ca`` turns on mutual TLS (clients must
-    present a certificate signed by it). ``tokens`` turns on bearer-token auth for every RPC but
-    health. ``metrics_port`` serves Prometheus metrics on the gRPC host (0 = any free port).
+def build_server(registry, config: ServeConfig | None = None, **changes: Any) -> SeismagServer:
+    """A server for ``registry`` (not yet started): ``config`` (default: the defaults) with
+    ``changes`` applied, e.g. ``address="127.0.0.1:0"`` (port 0 = any free port),
+    ``tokens=[...]``, ``tls_cert=``/``tls_key=`` (paths or PEM bytes), ``metrics_port=0``.
     """
-    if max_workers < 1:
-        raise ValueError(f"max_workers must be >= 1, got {max_workers}")
-    if not max_message_mb > 0:
-        raise ValueError(f"max_message_mb must be positive, got {max_message_mb}")
-    if not stream_hop > 0:
-        raise ValueError(f"stream_hop must be positive, got {stream_hop}")
-    return SeismagServer(
-        registry,
-        address=address,
-        max_workers=max_workers,
-        max_message_mb=max_message_mb,
-        credentials=_credentials(tls_cert, tls_key, tls_client_ca),
-        tokens=tokens,
-        metrics_port=metrics_port,
-        stream_hop=stream_hop,
-    )
+    config = (config or DEFAULTS).replace(**changes).validate()
+    return SeismagServer(registry, config)
 
 
-def serve_forever(
-    model_paths: Sequence[str | Path] | None = None,
-    default_model: str | None = None,
-    *,
-    threads: int = 1,
-    workers: int = 1,
-    max_batch: int = 64,
-    max_queue_delay_ms: float = 2.0,
-    providers: list[str] | None = None,
-    grace: float = DEFAULT_GRACE,
-    gil_switch_ms: float = DEFAULT_GIL_SWITCH_MS,
-    **options: Any,
-) -> int:
-    """Load the models, serve until SIGTERM/SIGINT, drain within ``grace`` seconds; exit code.
+def serve_forever(config: ServeConfig, models: Sequence[str | Path] | None = None,
+                  default_model: str | None = None) -> int:  # fmt: skip
+    """Load the models, serve until SIGTERM/SIGINT, drain within ``config.grace``; exit code.
 
     Returns 2 without serving when a model cannot be loaded: a server that comes up without the
-    model it was asked for is worse than one that refuses to start. ``options`` go to
-    :func:`build_server`. Must run in the main thread (signal handlers).
-
-    ``gil_switch_ms`` sets the interpreter's switch interval for this process (see
-    ``DEFAULT_GIL_SWITCH_MS``); 0 leaves Python's default.
+    model it was asked for is worse than one that refuses to start. Must run in the main thread
+    (signal handlers).
     """
-    from seismag.serving.executor.runtime import ModelLoadError, ModelRegistry, default_model_path
+    from seismag.serving.executor.runtime import (
+        ModelLoadError,
+        ModelRegistry,
+        default_model_path,
+        default_workers,
+    )
 
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-    if gil_switch_ms > 0:
-        sys.setswitchinterval(gil_switch_ms / 1e3)
     try:
-        paths = list(model_paths) if model_paths else [default_model_path()]
+        config.validate()
+    except ValueError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    if config.gil_switch_ms > 0:
+        # Work is handed between threads thousands of times a second (the loop, the batcher's
+        # workers, Predict's work threads); a woken thread waits until the GIL holder lets go,
+        # which a busy holder does only at the switch interval (Python's default: 5 ms).
+        sys.setswitchinterval(config.gil_switch_ms / 1e3)
+    try:
+        paths = list(models) if models else [default_model_path()]
         registry = ModelRegistry.from_paths(
             paths,
             default_model,
-            threads=threads,
-            workers=workers,
-            max_batch=max_batch,
-            max_queue_delay_ms=max_queue_delay_ms,
-            providers=providers,
+            threads=config.threads,
+            workers=config.workers or default_workers(config.threads),
+            max_batch=config.max_batch,
+            max_queue_delay_ms=config.max_queue_delay_ms,
+            max_queue=config.max_queue,
         )
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
         return 2
     try:
         try:
-            server = build_server(registry, **options)
+            server = SeismagServer(registry, config)
         except (OSError, RuntimeError, ValueError) as exc:
             log.error("cannot start: %s", exc)
             return 2
@@ -559,8 +331,9 @@ def serve_forever(
             server.start(warm_up=False)
             for rt in registry:
                 log.info(
-                    "model %s %s from %s (weights: %s)", rt.name, rt.version, rt.path, rt.weights
-                )
+                    "model %s %s from %s (weights: %s, backend: %s)",
+                    rt.name, rt.version, rt.path, rt.weights, rt.kernel,
+                )  # fmt: skip
                 if "untrained" in str(rt.weights).lower():
                     log.warning(
                         "model %s has UNTRAINED weights (%s): its magnitudes are meaningless; "
@@ -579,8 +352,8 @@ def serve_forever(
             log.info("warm-up done; health SERVING")
             while not stop.wait(0.5):
                 pass
-            log.info("signal received: draining (grace %.1f s)", grace)
-            server.stop(grace)
+            log.info("signal received: draining (grace %.1f s)", config.grace)
+            server.stop(config.grace)
             log.info("stopped")
         finally:
             for sig, handler in previous.items():

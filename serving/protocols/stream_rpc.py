@@ -1,22 +1,30 @@
-"""StreamPredict: one call = one StreamSession, a reader thread feeding it, this generator
-answering with the updates.
+"""StreamPredict on the event loop: one call = one StreamSession, a reader task feeding it, the
+handler answering with the updates.
+
+No thread per stream: an idle stream is two suspended coroutines, so thousands of station feeds
+can stay open while health and Predict are served. Packets are handed to the session on the loop
+(an in-order packet is one append); model results arrive on the batcher's worker threads, which
+wake the handler through ``loop.call_soon_threadsafe``.
 
 The session is created from the first message that carries a packet or a pick, with the latest
-StreamConfig seen before it. It is closed in ``finally`` and by the RPC's done callback, so a
-cancelled or vanished client frees its buffers and queued windows at once. Each response packs
-the updates ready at that moment (at most ``MAX_UPDATES_PER_MESSAGE``).
+StreamConfig seen before it. It is closed in ``finally``, which also runs when the client cancels
+or disconnects, so a vanished client frees its buffers and queued windows at once. Each response
+packs the updates ready at that moment (at most ``MAX_UPDATES_PER_MESSAGE``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
+
+import grpc
 
 from seismag.serving.errors import InvalidInput
 from seismag.serving.pipeline import ingest
 from seismag.serving.pipeline.predict import station_id
+from seismag.serving.pipeline.stream_session import StreamSession
 from seismag.serving.protocols.messages import pick_time, stream_update
 from seismag.serving.v1 import seismag_pb2 as pb
 
@@ -27,55 +35,60 @@ MAX_UPDATES_PER_MESSAGE = 256
 """Updates packed into one StreamPredict response at most (each is ~100 bytes)."""
 
 
-def serve_stream(server: SeismagServer, request_iterator, context) -> Iterator[pb.StreamUpdates]:
+async def serve_stream(
+    server: SeismagServer, context: grpc.aio.ServicerContext
+) -> AsyncIterator[pb.StreamUpdates]:
     """The body of one StreamPredict call (the server has checked readiness)."""
     config = pb.StreamConfig()
     first = None
-    for req in request_iterator:
+    while first is None:
+        req = await context.read()
+        if req is grpc.aio.EOF:
+            return  # the client closed without sending data
         if req.HasField("config"):
             config = req.config
         if req.WhichOneof("packet") or req.HasField("pick"):
             first = req
-            break
-    if first is None:
-        return  # the client closed without sending data
-    session = _new_session(server, config)
-    call = StreamCall(server, session, config, request_iterator, context)
-    context.add_callback(session.close)
-    server.stream_opened()
+    call = StreamCall(server, config, context)
+    server.stream_opened(call)
     try:
-        yield from call.run(first)
+        async for message in call.run(first):
+            yield message
     finally:
-        session.close()
-        server.stream_closed(call.stations)
+        call.close()
+        server.stream_closed(call)
 
 
-def _new_session(server: SeismagServer, config: pb.StreamConfig):
-    from seismag.serving.pipeline.stream_session import StreamSession
-
+def _new_session(server: SeismagServer, config: pb.StreamConfig, on_ready) -> StreamSession:
     hop = config.hop_seconds or server.stream_hop
     if not (math.isfinite(hop) and hop > 0):
         raise InvalidInput(f"StreamConfig.hop_seconds must be positive, got {hop}")
     inventory = ingest.read_stationxml(config.stationxml) if config.stationxml else None
-    return StreamSession(server.registry, model=config.model, hop=hop, inventory=inventory)
+    return StreamSession(
+        server.registry, model=config.model, hop=hop, inventory=inventory, on_ready=on_ready
+    )
 
 
 class StreamCall:
-    """The state of one StreamPredict: its session, reader thread and first error."""
+    """The state of one StreamPredict: its session, reader task, wake-up event and first error."""
 
-    _POLL = 0.2
-    """Seconds between checks for cancellation and draining while no update is ready."""
-
-    def __init__(self, server: SeismagServer, session, config, request_iterator, context) -> None:
+    def __init__(self, server: SeismagServer, config, context: grpc.aio.ServicerContext) -> None:
         self.server = server
-        self.session = session
         self.config = config
-        self.requests = request_iterator
         self.context = context
+        self.loop = asyncio.get_running_loop()
+        self.wake = asyncio.Event()
+        self.session = _new_session(server, config, self.wake_soon)
         self.stations: set[str] = set()
         self.error: BaseException | None = None
-        self.stop_reading = threading.Event()
+        self.stop_reading = False
         self.packets = 0
+        self._reader: asyncio.Task | None = None
+
+    def wake_soon(self) -> None:
+        """Wake the handler (safe from any thread: the batcher's workers call it)."""
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.wake.set)
 
     def _handle(self, req: pb.StreamRequest) -> None:
         if req.HasField("config") and req.config != self.config:
@@ -109,34 +122,42 @@ class StreamCall:
             t.network, t.station, t.location, t.channel, t.sampling_rate, t.starttime, t.samples
         )
 
-    def _read(self, first: pb.StreamRequest) -> None:
+    async def _read(self, first: pb.StreamRequest) -> None:
         try:
             self._handle(first)
-            for req in self.requests:
-                if self.stop_reading.is_set():
+            while not self.stop_reading:
+                req = await self.context.read()
+                if req is grpc.aio.EOF:
                     break
                 self._handle(req)
             self.session.finish()
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
-            # After cancellation or a drain the iterator and session fail by design: not errors.
-            if self.context.is_active() and not self.stop_reading.is_set():
+            # After a drain the session fails by design (it is finishing): not an error.
+            if not self.stop_reading:
                 self.error = exc
             self.session.close()
 
-    def run(self, first: pb.StreamRequest) -> Iterator[pb.StreamUpdates]:
-        reader = threading.Thread(
-            target=self._read, args=(first,), name="seismag-stream-reader", daemon=True
-        )
-        reader.start()
+    def _drain(self) -> None:
+        """SIGTERM: stop reading, deliver what is due, then end cleanly."""
+        self.stop_reading = True
+        if self._reader is not None:
+            self._reader.cancel()
+        self.session.finish()
+
+    async def run(self, first: pb.StreamRequest) -> AsyncIterator[pb.StreamUpdates]:
+        self._reader = asyncio.create_task(self._read(first))
         session, metrics = self.session, self.server.metrics
         while not session.done:
-            ready = session.next_updates(timeout=self._POLL, limit=MAX_UPDATES_PER_MESSAGE)
+            self.wake.clear()  # before looking: a result that lands after the look wakes us
+            ready = session.next_updates(timeout=0, limit=MAX_UPDATES_PER_MESSAGE)
             if not ready:
-                if not self.context.is_active():
-                    return
-                if self.server.draining and not self.stop_reading.is_set():
-                    self.stop_reading.set()  # SIGTERM: deliver what is due, then end cleanly
-                    session.finish()
+                if self.server.draining and not self.stop_reading:
+                    self._drain()
+                    continue
+                if not session.done:
+                    await self.wake.wait()
                 continue
             for update in ready:
                 sid = station_id(update.network, update.station, update.location)
@@ -147,3 +168,8 @@ class StreamCall:
             yield pb.StreamUpdates(updates=[stream_update(u) for u in ready])
         if self.error is not None:
             raise self.error
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self.session.close()

@@ -1,0 +1,182 @@
+"""The server's configuration: one object, every default written once.
+
+``seismag serve`` builds its flags from these fields (name, type, default and help), the server
+and the executor read them from here, and ListModels/GetModel report them (secrets left out), so
+a client can see how the server it talks to batches, hops and limits. Pure Python: importing it
+needs neither grpc nor onnxruntime, so clients may read the defaults too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKENDS = ("ort", "openvino", "tensorrt", "auto")
+"""Tensor executor backends (see :mod:`seismag.serving.executor`)."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything a server is started with. ``validate()`` refuses impossible values."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind (0.0.0.0 = all)"})
+    port: int = field(default=8500, metadata={"help": "gRPC port (0 = any free port)"})
+    backend: str = field(
+        default="ort",
+        metadata={
+            "help": "tensor runtime: ort (ONNX Runtime), openvino, tensorrt, or auto (the "
+            "fastest whose outputs match ONNX Runtime, measured per model at warm-up)",
+            "choices": BACKENDS,
+        },
+    )
+    threads: int = field(default=1, metadata={"help": "runtime threads per model run"})
+    workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "model runs in parallel per model (default: usable cores / threads, <= 4)"
+        },
+    )
+    max_batch: int = field(default=64, metadata={"help": "dynamic batcher's largest batch"})
+    max_queue_delay_ms: float = field(
+        default=2.0, metadata={"help": "how long the batcher waits to fill a batch, ms"}
+    )
+    max_queue: int = field(
+        default=8192,
+        metadata={
+            "help": "windows that may wait per model (8192 windows of 3 x 3001 float32 are "
+            "about 300 MB)"
+        },
+    )
+    work_threads: int = field(
+        default=16,
+        metadata={"help": "threads that preprocess Predict requests and wait on the batcher"},
+    )
+    max_message_mb: float = field(default=64.0, metadata={"help": "largest message in MiB"})
+    stream_hop: float = field(
+        default=1.0, metadata={"help": "seconds of data between stream updates, by default"}
+    )
+    series_interval: float = field(
+        default=1.0, metadata={"help": "Predict's magnitude series spacing, by default, s"}
+    )
+    grace: float = field(
+        default=10.0, metadata={"help": "seconds in-flight RPCs get after SIGTERM"}
+    )
+    gil_switch_ms: float = field(
+        default=0.2,
+        metadata={
+            "help": "interpreter switch interval in ms (0 = Python's 5 ms); small keeps streams "
+            "prompt"
+        },
+    )
+    metrics_port: int | None = field(
+        default=None, metadata={"help": "serve Prometheus metrics on this port"}
+    )
+    tls_cert: str | None = field(
+        default=None, metadata={"help": "server certificate (PEM)", "cli": False}
+    )
+    tls_key: str | None = field(
+        default=None, metadata={"help": "server private key (PEM)", "cli": False}
+    )
+    tls_client_ca: str | None = field(
+        default=None, metadata={"help": "CA for client certificates (mutual TLS)", "cli": False}
+    )
+    tokens: tuple[str, ...] = field(default=(), metadata={"secret": True, "cli": False})
+    """Bearer tokens; every RPC but health then needs one."""
+
+    @property
+    def address(self) -> str:
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # IPv6
+        return f"{host}:{self.port}"
+
+    def replace(self, **changes: Any) -> ServeConfig:
+        """A copy with ``changes``; ``address="HOST:PORT"`` sets host and port."""
+        if "address" in changes:
+            host, _, port = str(changes.pop("address")).rpartition(":")
+            changes.setdefault("host", host.strip("[]") or "0.0.0.0")
+            changes.setdefault("port", int(port))
+        if "tokens" in changes:
+            changes["tokens"] = tuple(t for t in changes["tokens"] or () if t)
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> ServeConfig:
+        """Raise ValueError naming the first impossible value; return self.
+
+        Every message starts with the field's name (the CLI turns it into the flag's).
+        """
+        checks = [
+            (self.backend in BACKENDS, f"backend must be one of {BACKENDS}"),
+            (0 <= self.port <= 65535, "port must be in [0, 65535]"),
+            (self.threads >= 1, "threads must be >= 1"),
+            (self.workers is None or self.workers >= 1, "workers must be >= 1"),
+            (self.max_batch >= 1, "max_batch must be >= 1"),
+            (math.isfinite(self.max_queue_delay_ms) and self.max_queue_delay_ms >= 0,
+             "max_queue_delay_ms must be >= 0"),
+            (self.max_queue >= 1, "max_queue must be >= 1"),
+            (self.work_threads >= 1, "work_threads must be >= 1"),
+            (math.isfinite(self.max_message_mb) and self.max_message_mb > 0,
+             "max_message_mb must be positive"),
+            (math.isfinite(self.stream_hop) and self.stream_hop > 0, "stream_hop must be positive"),
+            (math.isfinite(self.series_interval) and self.series_interval > 0,
+             "series_interval must be positive"),
+            (math.isfinite(self.grace) and self.grace >= 0, "grace must be >= 0"),
+            (0 <= self.gil_switch_ms <= 100, "gil_switch_ms must be in [0, 100]"),
+            ((self.tls_cert is None) == (self.tls_key is None),
+             "tls_cert and --tls-key go together"),
+            (self.tls_client_ca is None or self.tls_cert is not None,
+             "tls_client_ca needs --tls-cert and --tls-key"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+    def public(self) -> dict[str, Any]:
+        """The fields a client may see (no secrets, no file paths), for ListModels/GetModel."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("secret") or f.name.startswith("tls_"):
+                continue
+            out[f.name] = getattr(self, f.name)
+        out["tls"] = self.tls_cert is not None
+        out["mutual_tls"] = self.tls_client_ca is not None
+        out["auth"] = bool(self.tokens)
+        return out
+
+    def public_json(self) -> str:
+        return json.dumps(self.public(), sort_keys=True)
+
+
+def serve_flag_names() -> list[str]:
+    """Config fields that are ``seismag serve`` flags (``--max-batch`` for ``max_batch``)."""
+    return [f.name for f in dataclasses.fields(ServeConfig) if f.metadata.get("cli", True)]
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, with the field's default, type and help."""
+    defaults = ServeConfig()
+    for f in dataclasses.fields(ServeConfig):
+        if not f.metadata.get("cli", True):
+            continue
+        default = getattr(defaults, f.name)
+        kind = {"host": str, "backend": str}.get(
+            f.name, type(default) if default is not None else int
+        )
+        shown = "" if default is None else f" (default: {default})"
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=kind,
+            default=default,
+            choices=f.metadata.get("choices"),
+            help=f.metadata["help"] + shown,
+        )
+
+
+DEFAULTS = ServeConfig()
+"""The defaults, for code that needs one of them without a server (clients, benchmarks)."""
+DEFAULT_ADDRESS = DEFAULTS.address

@@ -1,0 +1,123 @@
+"""One asyncio interceptor around every RPC but health: bearer-token auth and per-RPC metrics.
+
+Health is exempt from both: orchestrators probe without a secret, and probes would swamp the
+request metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from seismag.serving.protocols.metrics import ServerMetrics
+
+_HEALTH_PREFIX = f"/{health_pb2.DESCRIPTOR.services_by_name['Health'].full_name}/"
+
+
+def short_method(full: str) -> str:
+    """'/seismag.v1.MagnitudeService/Predict' -> 'MagnitudeService/Predict' (a bounded label)."""
+    service, _, method = full.lstrip("/").partition("/")
+    return f"{service.rsplit('.', 1)[-1]}/{method}"
+
+
+def _code_name(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"  # the client went away (or the server stopped): not a failure
+    code = context.code()
+    if code is not None and code != grpc.StatusCode.OK:
+        return code.name if isinstance(code, grpc.StatusCode) else str(code)
+    return "UNKNOWN" if exc is not None else "OK"
+
+
+def _handler_like(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]):
+    """A method handler of the same kind (unary/stream) as ``handler`` with another behaviour."""
+    kw = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(behaviour, **kw)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(behaviour, **kw)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(behaviour, **kw)
+    return grpc.unary_unary_rpc_method_handler(behaviour, **kw)
+
+
+def _behaviour(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    return (
+        handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
+    )
+
+
+class Interceptor(grpc.aio.ServerInterceptor):
+    """Bearer-token check (all but health) and per-RPC metrics around every handler."""
+
+    def __init__(self, metrics: ServerMetrics, tokens: Sequence[str] | None) -> None:
+        self._metrics = metrics
+        self._tokens = [t.encode() for t in tokens or () if t]
+
+    def _authorised(self, details: grpc.HandlerCallDetails) -> bool:
+        if not self._tokens:
+            return True
+        header = next(
+            (v for k, v in details.invocation_metadata or () if k == "authorization"), None
+        )
+        if not isinstance(header, str) or not header.startswith("Bearer "):
+            return False
+        given = header[len("Bearer ") :].strip().encode()
+        return any(hmac.compare_digest(given, t) for t in self._tokens)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(_HEALTH_PREFIX):
+            return handler
+        method = short_method(handler_call_details.method)
+        metrics = self._metrics
+        if not self._authorised(handler_call_details):
+
+            async def deny(request, context):
+                metrics.observe_request(method, "UNAUTHENTICATED", 0.0)
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "missing or invalid bearer token (metadata `authorization: Bearer <token>`)",
+                )
+
+            return _handler_like(handler, deny)
+
+        inner = _behaviour(handler)
+        if inspect.isasyncgenfunction(inner):
+
+            async def timed_stream(request, context):
+                t0, failure = time.perf_counter(), None
+                try:
+                    async for item in inner(request, context):
+                        yield item
+                except BaseException as exc:
+                    failure = exc
+                    raise
+                finally:
+                    code = _code_name(context, failure)
+                    metrics.observe_request(method, code, time.perf_counter() - t0)
+
+            return _handler_like(handler, timed_stream)
+
+        async def timed(request, context):
+            t0, failure = time.perf_counter(), None
+            try:
+                return await inner(request, context)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                code = _code_name(context, failure)
+                metrics.observe_request(method, code, time.perf_counter() - t0)
+
+        return _handler_like(handler, timed)
