@@ -21,9 +21,10 @@ Rules (constants below):
 * missing components (``missing="zeros"``) are zero-filled and reported; the picker then uses the
   components present only.
 
-With an inventory, ``response="full"`` deconvolves each trace over the whole record, which is a
-non-causal filter (the model windows stay causal); ``response="sensitivity"`` divides by the flat
-gain, which is causal and matches what ``StreamSession`` does.
+With an inventory, ``response="causal"`` (the default, and what ``StreamSession`` runs) corrects
+each trace with its causal instrument filter (:mod:`~seismag.serving.pipeline.response`), so a
+replayed stream reproduces Predict. ``"full"`` deconvolves over the whole record in the frequency
+domain (non-causal; for offline comparison) and ``"sensitivity"`` divides by the flat gain.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ from seismag.serving.executor.batcher import Ticket
 from seismag.serving.executor.runtime import ModelRegistry, ModelRuntime
 from seismag.serving.pipeline.ingest import remove_response, remove_sensitivity
 from seismag.serving.pipeline.onset import PICKER_NAME, PPicker
+from seismag.serving.pipeline.response import correct_trace
 from seismag.serving.pipeline.results import StationResult
 
+RESPONSE_MODES = ("causal", "full", "sensitivity")
 MIN_DATA_SECONDS = 1.0
 """Less than this is mostly padding: the model would be reading the left-pad, not the data."""
 MIN_AFTER_ONSET_SECONDS = 2.0
@@ -320,11 +323,12 @@ def _prepare_station(
     t0 = time.perf_counter()
     sid = station_id(*key)
     if inventory is not None:
-        st = (
-            remove_response(st, inventory)
-            if response == "full"
-            else (remove_sensitivity(st, inventory))
-        )
+        if response == "causal":
+            st = Stream([correct_trace(tr, inventory) for tr in st])
+        elif response == "full":
+            st = remove_response(st, inventory)
+        else:
+            st = remove_sensitivity(st, inventory)
     try:
         arr = stream_to_array(st, card, missing=missing)
     except PreprocessError as exc:
@@ -358,7 +362,7 @@ def predict(
     p_picks: Mapping[str, UTCDateTime] | None = None,
     series_interval: float = 1.0,
     missing: str = "zeros",
-    response: str = "full",
+    response: str = "causal",
     timeout: float | None = None,
     started: float | None = None,
 ) -> list[StationResult]:
@@ -404,8 +408,8 @@ def _predict(
     card = runtime.card
     if missing not in ("zeros", "error"):
         raise InvalidInput(f"missing must be 'zeros' or 'error', got {missing!r}")
-    if response not in ("full", "sensitivity"):
-        raise InvalidInput(f"response must be 'full' or 'sensitivity', got {response!r}")
+    if response not in RESPONSE_MODES:
+        raise InvalidInput(f"response must be one of {RESPONSE_MODES}, got {response!r}")
     step = interval_samples(series_interval, card.sampling_rate)
     _check_stream(stream)
     groups = _group(stream)

@@ -23,8 +23,9 @@ Design (why it reproduces :func:`~seismag.serving.pipeline.predict.predict`):
   meanwhile waits in one slot, and a newer one replaces it. Under load a station therefore skips
   points rather than falling behind; every value delivered still equals ``predict``'s value at
   that time. ``coalesce=False`` submits every window (bounded by the model's queue).
-* With an inventory, packets are divided by the channel sensitivity (causal; see
-  :func:`~seismag.serving.pipeline.ingest.remove_sensitivity`).
+* With an inventory, each channel goes through its causal instrument correction in sample order
+  as its data becomes contiguous: the filter Predict runs over the whole record
+  (:mod:`~seismag.serving.pipeline.response`), so a replay reproduces Predict with StationXML too.
 * Cost: :meth:`StreamSession.add_raw` takes a raw chunk without building an ObsPy Trace (same
   checks, same numbers as ``add``), an in-order packet is one append, and due windows go to the
   model raw (:meth:`~seismag.serving.executor.runtime.ModelRuntime.submit_raw`) so that the
@@ -55,8 +56,6 @@ from seismag.serving.executor.runtime import ModelRegistry, ModelRows
 from seismag.serving.pipeline.ingest import (
     MAX_SAMPLING_RATE,
     checked_samples,
-    remove_sensitivity,
-    trace_from_array,
 )
 from seismag.serving.pipeline.predict import (
     Evaluation,
@@ -66,6 +65,7 @@ from seismag.serving.pipeline.predict import (
     output_value,
     station_id,
 )
+from seismag.serving.pipeline.response import CausalCorrection
 from seismag.serving.pipeline.results import StationUpdate
 
 GAP_WAIT_SECONDS = 10.0
@@ -89,15 +89,31 @@ class _Channel:
     start times over hours of packets would drift by whole samples.
     """
 
-    __slots__ = ("anchor", "buf", "code", "holes", "offset", "rate")
+    __slots__ = ("anchor", "buf", "code", "corrected", "correction", "holes", "offset", "rate")
 
-    def __init__(self, code: str, rate: float, t0: float) -> None:
+    def __init__(
+        self, code: str, rate: float, t0: float, correction: CausalCorrection | None = None
+    ) -> None:
         self.code = code
         self.rate = rate
         self.anchor = t0
         self.offset = 0  # grid index of buf[0] relative to the anchor
         self.buf = np.zeros(0)
         self.holes = False  # buf may hold NaN (not received yet); False: it certainly does not
+        self.correction = correction
+        """Instrument correction, applied in sample order as the data becomes contiguous."""
+        self.corrected: int | None = None  # grid index (from the anchor) corrected so far
+
+    def correct_until(self, end: int) -> None:
+        """Run the instrument correction over ``buf[:end]`` (contiguous) not yet corrected."""
+        if self.correction is None:
+            return
+        if self.corrected is None:
+            self.corrected = self.offset  # the channel's first sample: where Predict starts
+        start = self.corrected - self.offset
+        if end > start:
+            self.buf[start:end] = self.correction(self.buf[start:end])
+            self.corrected = self.offset + end
 
     @property
     def t0(self) -> float:
@@ -252,8 +268,6 @@ class StreamSession:
         traces = [stream] if isinstance(stream, Trace) else list(stream)
         with self._lock:
             self._admit()
-            if self.inventory is not None and traces:
-                traces = list(remove_sensitivity(Stream(traces), self.inventory))
             touched: dict[tuple[str, str, str], _Station] = {}
             for tr in traces:
                 st = self._ingest(tr)
@@ -286,24 +300,11 @@ class StreamSession:
 
         The same checks and the same result as ``add(ingest.trace_from_array(...))`` (samples are
         taken as float32, the start time on UTCDateTime's nanosecond grid), at a fraction of the
-        cost. With an inventory it goes through ``add`` (sensitivity removal works on Traces).
+        cost.
         """
         sid = f"{network}.{station}.{location}.{channel}"
         if not math.isfinite(starttime):
             raise InvalidInput(f"{sid}: bad starttime")
-        if self.inventory is not None:
-            self.add(
-                trace_from_array(
-                    network,
-                    station,
-                    location,
-                    channel,
-                    sampling_rate,
-                    UTCDateTime(starttime),
-                    np.asarray(samples, dtype=np.float32),
-                )
-            )
-            return
         _, rate, data = checked_samples(
             network, station, location, channel, sampling_rate, samples, dtype=np.float32
         )
@@ -356,7 +357,10 @@ class StreamSession:
         if ch is None:
             if st.track is not None:
                 return st  # started without this component: it stays zero-filled
-            ch = st.channels[comp] = _Channel(channel, rate, start)
+            correction = None
+            if self.inventory is not None:
+                correction = CausalCorrection(self.inventory, tid, UTCDateTime(start), rate)
+            ch = st.channels[comp] = _Channel(channel, rate, start, correction)
         elif ch.code != channel:
             return st  # a second channel for the same component (e.g. BHZ next to HHZ)
         elif abs(ch.rate - rate) > 1e-6 * rate:
@@ -413,6 +417,7 @@ class StreamSession:
         for ch in st.channels.values():
             i = max(ch.index(t_next), 0)
             end = ch.contiguous_end(i, fill_all=final)
+            ch.correct_until(end)
             if end <= i:
                 return 0
             # Samples of the card's grid up to this channel's last contiguous sample; the
