@@ -22,11 +22,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from seismag.export.fused_scan import fused_session, kernel_available
 from seismag.export.onnx_export import example_inputs, export_onnx
 from seismag.export.quantize import quantize_int8
 from seismag.export.scan_function import selective_scan_function
 from seismag.models import build_model, load_cards
+from seismag.serving.executor.ort_backend import fused_session, kernel_available
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -162,7 +162,7 @@ def main() -> None:
         )
         rule = "|---|---:|---:|---:|---:|---:|---:|"
         if fused_ok:
-            # The same file, SelectiveScan run by the numba kernel (seismag.export.fused_scan).
+            # The same file, SelectiveScan run by the numba kernel (serving/executor/ort_backend).
             header += " fused kernel | fused / none | Scan / fused |"
             rule += "---:|---:|---:|"
         else:

@@ -80,9 +80,9 @@ def time_call(
 
 def _ort_session(path: Path, threads: int):
     """The session the server would use: fused scan kernel where the model has scans."""
-    from seismag.serving.executor.runtime import _fused_scan_session, _session
+    from seismag.serving.executor.ort_backend import server_session
 
-    return _fused_scan_session(path, threads) or _session(path, threads, ["CPUExecutionProvider"])
+    return server_session(path, threads)[0]
 
 
 def _runner(runtime: str, model, paths: dict[str, Path], threads: int, batch: int, card):

@@ -23,6 +23,7 @@ from torch import nn
 
 from seismag import __version__
 from seismag.export.scan_function import DOMAIN, OP_TYPE, selective_scan_function
+from seismag.models.artifact import read_card_from_onnx
 from seismag.models.base import MagnitudeModel
 from seismag.models.card import (
     CARD_KEY,
@@ -186,9 +187,5 @@ def export_onnx(
 
 
 def read_card(path: str | Path) -> ModelCard:
-    """The card embedded in an exported ONNX file (reads only the metadata)."""
-    proto = onnx.load(str(path), load_external_data=False)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if CARD_KEY not in meta:
-        raise ExportError(f"{path}: no seismag card in the ONNX metadata")
-    return ModelCard.from_dict(json.loads(meta[CARD_KEY]))
+    """The card embedded in an exported ONNX file (read by :mod:`seismag.models.artifact`)."""
+    return read_card_from_onnx(path)

@@ -15,10 +15,10 @@ from obspy import Stream, Trace, UTCDateTime, read
 
 from seismag.export.onnx_export import INPUT_NAMES, example_inputs
 from seismag.models.base import MagnitudeModel
-from seismag.models.card import ModelCard
+from seismag.models.card import DEFAULT_TOLERANCE, ModelCard
 from seismag.models.preprocess import last_window, model_inputs, stream_to_array
 
-TOLERANCE = 1e-4
+TOLERANCE = DEFAULT_TOLERANCE  # cards without their own ``tolerance``
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,11 @@ class Parity:
     source: str
     max_abs: float
     max_rel: float  # max |a - b| / max |b|: the tolerance for large outputs
+    tolerance: float = TOLERANCE  # the card's
 
     @property
     def ok(self) -> bool:
-        return self.max_abs <= TOLERANCE or self.max_rel <= TOLERANCE
+        return self.max_abs <= self.tolerance or self.max_rel <= self.tolerance
 
 
 def obspy_recordings() -> list[Stream]:
@@ -97,4 +98,5 @@ def compare(model: MagnitudeModel, session, batch: int, source: str = "random") 
     outs = session.run(None, dict(zip(INPUT_NAMES, (waveform, log_amp), strict=True)))
     got = outs[0] if len(outs) == 1 else np.concatenate([o.reshape(batch, -1) for o in outs], -1)
     diff = float(np.max(np.abs(got - expected)))
-    return Parity(batch, source, diff, diff / max(float(np.max(np.abs(expected))), 1e-12))
+    rel = diff / max(float(np.max(np.abs(expected))), 1e-12)
+    return Parity(batch, source, diff, rel, card.tolerance)

@@ -41,8 +41,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-DOMAIN = "seismag"
-OP_TYPE = "SelectiveScan"
+from seismag.models.scan_kernel import OP_DOMAIN as DOMAIN
+from seismag.models.scan_kernel import OP_TYPE
+
 DOMAIN_VERSION = 1
 KINDS = ("chunked", "scan", "none")
 INPUTS = ("u", "delta", "A", "B", "C", "D", "z")

@@ -33,6 +33,8 @@ SIGMA_NAME = "sigma"
 magnitude, in magnitude units, the same shape as ``magnitude``."""
 CARD_KEY = "seismag.card"
 WEIGHTS_KEY = "seismag.weights"
+DEFAULT_TOLERANCE = 1e-4
+"""Magnitude units: float32 reorderings stay far below it, a bf16 run (~1e-3 to 1e-1) does not."""
 
 
 class CardError(ValueError):
@@ -84,6 +86,10 @@ class ModelCard:
     Gaussian negative log-likelihood, as MagNet and TEAM-LM do)."""
     scalar_from_series: Aggregation | None = None
     """How a series model's scalar is derived: aggregated over samples after the P onset only."""
+    tolerance: float = DEFAULT_TOLERANCE
+    """Largest output difference (magnitude and sigma, magnitude units) accepted between two
+    runtimes of this model: the export's parity check against PyTorch, and serving backends
+    against ONNX Runtime before ``backend="auto"`` may pick them."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Constructor arguments of the architecture."""
     training: TrainingDefaults = field(default_factory=TrainingDefaults)
@@ -111,6 +117,8 @@ class ModelCard:
             )
         if self.output == "scalar" and self.scalar_from_series is not None:
             raise CardError(f"{self.name}: a scalar model takes no scalar_from_series")
+        if not self.tolerance > 0:
+            raise CardError(f"{self.name}: tolerance must be positive, got {self.tolerance!r}")
         if self.in_samples < 16:
             raise CardError(f"{self.name}: in_samples must be >= 16, got {self.in_samples}")
         if self.sampling_rate <= 0:

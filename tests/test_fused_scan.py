@@ -13,18 +13,18 @@ pytest.importorskip(
     "onnxruntime_extensions", reason="the fused kernel needs the 'kernels' extra (ORT extensions)"
 )
 
-from seismag.export.fused_scan import (  # noqa: E402
-    KERNEL_DOMAIN,
-    fused_selective_scan,
-    fused_session,
-    kernel_available,
-    use_fused_kernel,
-)
 from seismag.export.onnx_export import example_inputs, export_onnx  # noqa: E402
 from seismag.export.parity import torch_output  # noqa: E402
 from seismag.export.scan_function import DOMAIN, OP_TYPE  # noqa: E402
 from seismag.models import build_model, get_card  # noqa: E402
+from seismag.models.scan_kernel import fused_selective_scan  # noqa: E402
 from seismag.models.selective_scan import selective_scan  # noqa: E402
+from seismag.serving.executor.ort_backend import (  # noqa: E402
+    KERNEL_DOMAIN,
+    fused_session,
+    kernel_available,
+    use_fused_kernel,
+)
 
 D_STATE = 16
 TOLERANCE = 1e-4  # model outputs vs torch, magnitude units (as seismag.export.parity)
@@ -148,8 +148,8 @@ def test_loading_the_kernel_leaves_the_protobuf_setting_of_child_processes_alone
 
     code = (
         "import os, onnxruntime as ort; os.environ.pop('PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION', "
-        "None); from seismag.export import fused_scan; fused_scan.kernel_available(); "
-        "fused_scan.session_options_with_kernel(); "
+        "None); from seismag.serving.executor import ort_backend; ort_backend.kernel_available(); "
+        "ort_backend.session_options_with_kernel(); "
         "assert 'PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION' not in os.environ, os.environ"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -217,11 +217,11 @@ def onnx_predictor(path: str | Path, card: ModelCard, threads: int = 1) -> Predi
 
 
 def _onnx_card(path: Path) -> ModelCard:
-    from seismag.serving.executor.runtime import ModelLoadError, read_card_from_onnx
+    from seismag.models.artifact import ArtifactError, read_card_from_onnx
 
     try:
         return read_card_from_onnx(path)
-    except ModelLoadError as exc:
+    except ArtifactError as exc:
         raise EvaluationError(str(exc)) from exc
 
 

@@ -1,4 +1,4 @@
-"""Exported ONNX models in ONNX Runtime, each behind a dynamic batcher, and a registry of them.
+"""Exported models, each in a runtime backend behind a dynamic batcher, and a registry of them.
 
 Torch-free: a model is an exported file (see :mod:`seismag.export.onnx_export`) whose metadata
 carries its card, so serving needs nothing but the file. Inputs are ``waveform`` (B, C, N) and
@@ -6,11 +6,15 @@ carries its card, so serving needs nothing but the file. Inputs are ``waveform``
 scalar cards, already in magnitude units. Files of cards with ``uncertainty = "gaussian"`` also
 output ``sigma``, its standard deviation in magnitude units, with the same shape; files exported
 before that have no sigma and still serve (:attr:`ModelRows.sigma` is then None).
+
+The model call itself is a backend's (:mod:`seismag.serving.executor.backend`): ONNX Runtime by
+default, OpenVINO or TensorRT on request, or ``backend="auto"``, which measures the available
+ones at warm-up and keeps the fastest whose outputs match ONNX Runtime within the card's
+``tolerance``. The batcher only ever sees ready tensors.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -18,23 +22,46 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
-import onnxruntime as ort
 
-from seismag.models.card import (
-    CARD_KEY,
-    INPUT_NAMES,
-    OUTPUT_NAME,
-    SIGMA_NAME,
-    WEIGHTS_KEY,
-    CardError,
-    ModelCard,
-)
+from seismag.models.artifact import ArtifactError, check_file
+from seismag.models.artifact import read_card_from_onnx as _read_card
+from seismag.models.card import INPUT_NAMES, OUTPUT_NAME, SIGMA_NAME, ModelCard
 from seismag.models.preprocess import model_inputs
 from seismag.serving.errors import InvalidInput, ModelNotFound
+from seismag.serving.executor.backend import (
+    AUTO_BATCH,
+    BACKEND_CHOICES,
+    DEFAULT_BACKEND,
+    Backend,
+    BackendOptions,
+    BackendUnavailable,
+    ModelLoadError,
+    ModelRows,
+    Selection,
+    comparison_inputs,
+    has_sigma,
+    load_backend,
+    select_fastest,
+)
 from seismag.serving.executor.batcher import BatcherStats, DynamicBatcher, OnBatch, Owner, Ticket
+from seismag.serving.executor.ort_backend import resolve_providers, session_options
+
+__all__ = [
+    "BACKEND_CHOICES",
+    "DEFAULT_MAX_QUEUE",
+    "BackendUnavailable",
+    "ModelLoadError",
+    "ModelRegistry",
+    "ModelRows",
+    "ModelRuntime",
+    "default_model_path",
+    "default_workers",
+    "read_card_from_onnx",
+    "resolve_providers",
+    "session_options",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,77 +69,21 @@ DEFAULT_MAX_QUEUE = 8192
 """Windows that may wait per model: a 1 h request at 1 s steps is 3600, and 8192 windows of
 3 x 3001 float32 are ~300 MB, the memory we accept to hold in a queue."""
 
-_PROVIDER_ALIASES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "trt": "TensorrtExecutionProvider",
-}
 
-
-class ModelRows(NamedTuple):
-    """Model output rows for some windows, as the batcher hands them back (see its "Several
-    outputs"): both come from the same ONNX Runtime call."""
-
-    magnitude: np.ndarray
-    """(k, N) for series cards, (k,) for scalar cards, magnitude units."""
-    sigma: np.ndarray | None = None
-    """Its standard deviation, the same shape; None when the file has no sigma output."""
-
-
-class ModelLoadError(RuntimeError):
-    """A model file is missing, not ONNX, has no seismag card, or ONNX Runtime rejects it."""
-
-
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise ModelLoadError(f"model file {path} does not exist")
-    if not path.is_file():
-        raise ModelLoadError(f"model path {path} is not a file")
-
-
-def _card_from_session(session: ort.InferenceSession, path: Path) -> tuple[ModelCard, str]:
-    meta = session.get_modelmeta().custom_metadata_map
-    if CARD_KEY not in meta:
-        raise ModelLoadError(
-            f"{path}: no seismag card in the ONNX metadata (key {CARD_KEY!r}); export the model "
-            "with `seismag export`"
-        )
+def _check_file(path: Path) -> Path:
     try:
-        card = ModelCard.from_dict(json.loads(meta[CARD_KEY]))
-    except (json.JSONDecodeError, CardError, TypeError) as exc:
-        raise ModelLoadError(f"{path}: the embedded model card is unreadable: {exc}") from exc
-    return card, meta.get(WEIGHTS_KEY, "unknown")
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    """The options of the server's plain CPU sessions (``threads`` intra-op threads)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(int(threads), 1)
-    opts.inter_op_num_threads = 1  # one graph at a time; the batcher provides the concurrency
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return opts
-
-
-def _session(path: Path, threads: int, providers: list[str]) -> ort.InferenceSession:
-    try:
-        return ort.InferenceSession(str(path), session_options(threads), providers=providers)
-    except Exception as exc:  # ORT raises its own Fail / InvalidProtobuf / RuntimeException
-        raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+        return check_file(path)
+    except ArtifactError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def read_card_from_onnx(path: str | Path) -> ModelCard:
-    """The card embedded in an exported file, read through ONNX Runtime (no onnx, no torch)."""
-    path = Path(path)
-    _check_file(path)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # metadata only
+    """The card embedded in an exported file (:mod:`seismag.models.artifact`), with a
+    :class:`ModelLoadError` naming the file when it has none."""
     try:
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
-    return _card_from_session(session, path)[0]
+        return _read_card(path)
+    except ArtifactError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 MAX_DEFAULT_WORKERS = 4
@@ -129,57 +100,14 @@ def default_workers(threads: int) -> int:
     return max(1, min(MAX_DEFAULT_WORKERS, cores // max(int(threads), 1)))
 
 
-def resolve_providers(requested: list[str] | None) -> list[str]:
-    """Requested providers that this onnxruntime build has, in order, CPU always last.
-
-    Accepts ORT names or the short forms cpu / cuda / tensorrt. Unavailable ones are skipped with a
-    log line, so a GPU config still starts on a CPU-only host.
-    """
-    available = ort.get_available_providers()
-    chosen: list[str] = []
-    for name in requested or []:
-        full = _PROVIDER_ALIASES.get(name.lower(), name)
-        if full not in available:
-            log.warning("execution provider %s is not available here (have %s)", full, available)
-        elif full not in chosen:
-            chosen.append(full)
-    if "CPUExecutionProvider" in chosen:
-        chosen.remove("CPUExecutionProvider")
-    return [*chosen, "CPUExecutionProvider"]
-
-
-def _fused_scan_session(path: Path, threads: int) -> ort.InferenceSession | None:
-    """A session with the fused SelectiveScan kernel when that is possible here, else None.
-
-    :mod:`seismag.export.fused_scan` is optional (numba, onnxruntime-extensions, onnx); any
-    failure falls back to the plain session, whose standard-op function computes the same scan.
-    """
-    try:
-        from seismag.export import fused_scan
-    except Exception:  # not installed, or onnx missing in a runtime-only install
-        return None
-    try:
-        available = fused_scan.kernel_available()
-        ok = available[0] if isinstance(available, tuple) else bool(available)
-        if not ok:
-            return None
-        import onnx
-
-        proto = onnx.load(str(path))
-        has_scan = any(
-            n.domain == fused_scan.DOMAIN and n.op_type == fused_scan.OP_TYPE
-            for n in proto.graph.node
-        )
-        if not has_scan:
-            return None
-        return fused_scan.fused_session(proto, threads=threads)
-    except Exception as exc:
-        log.warning("%s: fused SelectiveScan kernel unusable, plain session instead: %s", path, exc)
-        return None
-
-
 class ModelRuntime:
-    """One exported model: an ONNX Runtime session behind a :class:`DynamicBatcher`."""
+    """One exported model: a runtime backend behind a :class:`DynamicBatcher`.
+
+    ``backend``: ``ort`` (default), ``openvino``, ``tensorrt`` or ``auto`` (see the module
+    docstring); :attr:`backend_name` is the one running and :attr:`backend_choice` says why.
+    ``precision`` is OpenVINO's (``f32``; ``bf16`` only when asked for). ``engine_cache`` is
+    where the TensorRT backend keeps engines it builds.
+    """
 
     def __init__(
         self,
@@ -194,32 +122,45 @@ class ModelRuntime:
         fused_kernel: bool = True,
         micro_batch: int | None = None,
         workers: int = 1,
+        backend: str = DEFAULT_BACKEND,
+        precision: str = "f32",
+        engine_cache: str | Path | None = None,
     ) -> None:
-        self.path = Path(path)
-        _check_file(self.path)
+        if backend not in BACKEND_CHOICES:
+            raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
+        self.path = _check_file(Path(path))
         self.providers = resolve_providers(providers)
-        session = None
-        if fused_kernel and self.providers == ["CPUExecutionProvider"]:
-            session = _fused_scan_session(self.path, threads)
-        self.kernel = "fused-scan" if session is not None else "onnxruntime"
-        if session is None:
-            session = _session(self.path, threads, self.providers)
-        self._session = session
-        self.card, self.weights = _card_from_session(session, self.path)
+        self._options = BackendOptions(
+            threads=threads,
+            streams=workers,
+            providers=tuple(self.providers),
+            fused_kernel=fused_kernel,
+            precision=precision,
+            engine_cache=Path(engine_cache) if engine_cache is not None else None,
+        )
+        self.backend_requested = backend
+        """What the caller asked for: a backend name or ``auto``."""
+        self.selection: Selection | None = None
+        """``auto`` only, after warm-up: every candidate's ms/window, max |diff| and rejection."""
+        # auto starts on ONNX Runtime: the reference the others are compared with, and what
+        # serves until warm_up() has measured them.
+        self.backend: Backend = load_backend(
+            "ort" if backend == "auto" else backend, self.path, self._options
+        )
+        self.backend_choice = (
+            "auto: ort until warm_up() measures the available backends"
+            if backend == "auto"
+            else f"{backend}: asked for"
+        )
+        """Why :attr:`backend_name` runs this model, in one line (logged at warm-up)."""
+        self.card, self.weights = self.backend.card, self.backend.weights
         self.name = self.card.name
         self.version = self.card.version
-        names = [i.name for i in session.get_inputs()]
-        if sorted(names) != sorted(INPUT_NAMES):
-            raise ModelLoadError(f"{self.path}: inputs {names}, expected {list(INPUT_NAMES)}")
-        outputs = [o.name for o in session.get_outputs()]
-        self.has_sigma = SIGMA_NAME in outputs
+        self.has_sigma = has_sigma(self.backend)
         """The file outputs the magnitude's standard deviation (exports since uncertainty)."""
-        # The first output is the magnitude (also in files exported before the outputs were
-        # named); sigma is fetched in the same run when the file has it.
-        self._outputs = [outputs[0], *([SIGMA_NAME] if self.has_sigma else [])]
         self.micro_batch = micro_batch
-        """Rows per ONNX Runtime call; larger batches run in slices of this size. None = tune it
-        at warm-up (CPU only; see :meth:`tune_micro_batch`)."""
+        """Rows per model call; larger batches run in slices of this size. None = tune it at
+        warm-up (CPU backends only; see :meth:`tune_micro_batch`)."""
         self.batcher = DynamicBatcher(
             self._run,
             max_batch=max_batch,
@@ -231,8 +172,35 @@ class ModelRuntime:
             workers=workers,
         )
 
+    @property
+    def backend_name(self) -> str:
+        """The backend running the model now: ``ort``, ``openvino`` or ``tensorrt``."""
+        return self.backend.name
+
+    @property
+    def kernel(self) -> str:
+        """What runs the model, e.g. ``fused-scan`` (ORT with the compiled scan), ``onnxruntime``,
+        ``openvino-f32+fused-scan``, ``tensorrt-fp32``."""
+        return self.backend.kernel
+
     def __repr__(self) -> str:
         return f"ModelRuntime({self.name} {self.version}, {self.path}, {self.kernel})"
+
+    def select_backend(self) -> Selection | None:
+        """``backend="auto"``: measure the available backends once and keep the fastest that
+        matches ONNX Runtime (:func:`~.backend.select_fastest`); no-op otherwise or when done.
+
+        Call it before serving (:meth:`warm_up` does): the swap is not synchronised with
+        batches in flight.
+        """
+        if self.backend_requested != "auto" or self.selection is not None:
+            return self.selection
+        wave, amp = comparison_inputs(self.card, AUTO_BATCH)
+        self.selection = select_fastest(self.backend, wave, amp, self._options)
+        self.backend = self.selection.backend
+        self.backend_choice = self.selection.reason
+        log.info("%s: %s", self.name, self.backend_choice)
+        return self.selection
 
     def _run(self, waveform: np.ndarray, log_amp: np.ndarray) -> ModelRows:
         step = self.micro_batch or waveform.shape[0]
@@ -248,12 +216,10 @@ class ModelRuntime:
         )
 
     def _run_once(self, waveform: np.ndarray, log_amp: np.ndarray) -> ModelRows:
-        feeds = {"waveform": waveform, "log_amp": log_amp}
-        outs = self._session.run(self._outputs, feeds)  # both outputs from one run
-        return ModelRows(outs[0], outs[1] if self.has_sigma else None)
+        return self.backend.run(waveform, log_amp)  # both outputs from one call
 
     def tune_micro_batch(self, repeats: int = 3, budget_s: float = 0.5) -> int:
-        """Pick the rows per ONNX Runtime call, measured here: the largest size whose time per
+        """Pick the rows per model call, measured here: the largest size whose time per
         window is within ``MICRO_BATCH_SLACK`` of the best.
 
         Why: on CPU a larger batch is not always cheaper per window (once a batch's activations
@@ -424,11 +390,13 @@ class ModelRuntime:
         return model_inputs(raw, self.card)
 
     def warm_up(self) -> None:
-        """One inference, so the first request does not pay ORT's lazy initialisation.
+        """One inference, so the first request does not pay the runtime's lazy initialisation.
 
-        On CPU also chooses the micro-batch (:meth:`tune_micro_batch`) unless one was given.
+        With ``backend="auto"`` first picks the backend (:meth:`select_backend`). On CPU also
+        chooses the micro-batch (:meth:`tune_micro_batch`) unless one was given.
         """
-        if self.micro_batch is None and self.providers == ["CPUExecutionProvider"]:
+        self.select_backend()
+        if self.micro_batch is None and self.backend.device == "cpu":
             log.info("%s: micro-batch %d (tuned)", self.name, self.tune_micro_batch())
         out, _ = self.infer(*self.example_inputs(1))
         if not all(np.all(np.isfinite(a)) for a in out if a is not None):
@@ -439,6 +407,7 @@ class ModelRuntime:
 
     def close(self) -> None:
         self.batcher.close(drain=True)
+        self.backend.close()
 
 
 class ModelRegistry:
@@ -473,8 +442,11 @@ class ModelRegistry:
         max_queue: int = DEFAULT_MAX_QUEUE,
         on_batch: OnBatch | None = None,
         workers: int = 1,
+        backend: str = DEFAULT_BACKEND,
+        precision: str = "f32",
     ) -> ModelRegistry:
-        """Load every ``.onnx`` file named or found directly inside a named directory."""
+        """Load every ``.onnx`` file named or found directly inside a named directory, each in
+        ``backend`` (``auto`` picks per model at warm-up; see :class:`ModelRuntime`)."""
         files: list[Path] = []
         for p in map(Path, paths):
             if p.is_dir():
@@ -500,6 +472,8 @@ class ModelRegistry:
                         providers=providers,
                         on_batch=on_batch,
                         workers=workers,
+                        backend=backend,
+                        precision=precision,
                     )
                 )
             return cls(runtimes, default)
