@@ -2,8 +2,8 @@
 
 ``seismag serve`` builds its flags from these fields (name, type, default and help), the server
 and the executor read them from here, and ListModels/GetModel report them (secrets left out), so
-a client can see how the server it talks to batches, hops and limits. Pure Python: importing it
-needs neither grpc nor onnxruntime, so clients may read the defaults too.
+a client can see how the server it talks to batches, hops and limits. Importing it needs neither
+grpc nor onnxruntime, so clients may read the defaults too.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-BACKENDS = ("ort", "openvino", "tensorrt", "auto")
-"""Tensor executor backends (see :mod:`seismag.serving.executor`)."""
+from seismag.serving.executor.backend import BACKEND_CHOICES, DEFAULT_BACKEND
 
 
 @dataclass(frozen=True)
@@ -26,11 +25,11 @@ class ServeConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind (0.0.0.0 = all)"})
     port: int = field(default=8500, metadata={"help": "gRPC port (0 = any free port)"})
     backend: str = field(
-        default="ort",
+        default=DEFAULT_BACKEND,
         metadata={
             "help": "tensor runtime: ort (ONNX Runtime), openvino, tensorrt, or auto (the "
             "fastest whose outputs match ONNX Runtime, measured per model at warm-up)",
-            "choices": BACKENDS,
+            "choices": BACKEND_CHOICES,
         },
     )
     threads: int = field(default=1, metadata={"help": "runtime threads per model run"})
@@ -110,7 +109,7 @@ class ServeConfig:
         Every message starts with the field's name (the CLI turns it into the flag's).
         """
         checks = [
-            (self.backend in BACKENDS, f"backend must be one of {BACKENDS}"),
+            (self.backend in BACKEND_CHOICES, f"backend must be one of {BACKEND_CHOICES}"),
             (0 <= self.port <= 65535, "port must be in [0, 65535]"),
             (self.threads >= 1, "threads must be >= 1"),
             (self.workers is None or self.workers >= 1, "workers must be >= 1"),

@@ -312,6 +312,7 @@ def serve_forever(config: ServeConfig, models: Sequence[str | Path] | None = Non
             max_batch=config.max_batch,
             max_queue_delay_ms=config.max_queue_delay_ms,
             max_queue=config.max_queue,
+            backend=config.backend,
         )
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
@@ -331,8 +332,8 @@ def serve_forever(config: ServeConfig, models: Sequence[str | Path] | None = Non
             server.start(warm_up=False)
             for rt in registry:
                 log.info(
-                    "model %s %s from %s (weights: %s, backend: %s)",
-                    rt.name, rt.version, rt.path, rt.weights, rt.kernel,
+                    "model %s %s from %s (weights: %s, backend: %s, kernel: %s)",
+                    rt.name, rt.version, rt.path, rt.weights, rt.backend_name, rt.kernel,
                 )  # fmt: skip
                 if "untrained" in str(rt.weights).lower():
                     log.warning(
@@ -348,7 +349,7 @@ def serve_forever(config: ServeConfig, models: Sequence[str | Path] | None = Non
                 registry.default_name,
                 f", metrics on :{server.metrics_port}" if server.metrics_port else "",
             )
-            server.warm_up()
+            server.warm_up()  # with --backend auto this measures and logs each model's choice
             log.info("warm-up done; health SERVING")
             while not stop.wait(0.5):
                 pass
