@@ -1,10 +1,11 @@
 """PyTorch magnitude model -> a checked, optimised ONNX file that carries its card.
 
 The exported graph takes the card's two inputs, ``waveform`` (batch, C, N) and ``log_amp``
-(batch, 1), and returns ``magnitude``: (batch, N) or (batch,) in magnitude units, the card's
-``label_offset`` already removed, so an Open Inference Protocol client needs no seismag code to read
-it. The batch axis is dynamic. Each Mamba selective scan becomes one ``seismag::SelectiveScan``
-node whose model-local function (standard ops) makes the file run in any ONNX runtime.
+(batch, 1), and returns ``magnitude``: (batch, N) or (batch,) in magnitude units (the model's
+forward removes the card's ``label_offset``), so an Open Inference Protocol client needs no seismag
+code to read it. The batch axis is dynamic. Each Mamba selective scan becomes one
+``seismag::SelectiveScan`` node whose model-local function (standard ops) makes the file run in
+any ONNX runtime.
 """
 
 from __future__ import annotations
@@ -42,20 +43,17 @@ class ExportError(RuntimeError):
 
 
 class _MagnitudeOutput(nn.Module):
-    """Adds the card's label transform to the graph, so the file outputs magnitudes; a model with
-    an uncertainty head also outputs its standard deviation (``sigma``)."""
+    """The exported outputs: the magnitude, and for a model with an uncertainty head its standard
+    deviation (``sigma``)."""
 
     def __init__(self, model: MagnitudeModel) -> None:
         super().__init__()
         self.model = model
-        self.offset = float(model.card.label_offset)
 
     def forward(self, waveform: torch.Tensor, log_amp: torch.Tensor):
         if self.model.n_outputs == 2:
-            out, sigma = self.model.forward_with_sigma(waveform, log_amp)
-            return (out - self.offset if self.offset else out), sigma
-        out = self.model(waveform, log_amp)
-        return out - self.offset if self.offset else out
+            return self.model.forward_with_sigma(waveform, log_amp)
+        return self.model(waveform, log_amp)
 
 
 def output_names(card: ModelCard) -> list[str]:

@@ -79,10 +79,8 @@ def torch_output(model: MagnitudeModel, waveform: np.ndarray, log_amp: np.ndarra
     with torch.no_grad():
         if model.n_outputs == 2:
             out, sigma = model.eval().forward_with_sigma(w, a)
-            out = out - model.card.label_offset
             return torch.cat([out.reshape(len(w), -1), sigma.reshape(len(w), -1)], -1).numpy()
-        out = model.eval()(w, a)
-    return (out - model.card.label_offset).numpy()
+        return model.eval()(w, a).numpy()
 
 
 def compare(model: MagnitudeModel, session, batch: int, source: str = "random") -> Parity:

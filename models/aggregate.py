@@ -39,11 +39,11 @@ def series_to_scalar(
 
 
 def to_magnitude(output: np.ndarray, card: ModelCard, onset: int | np.ndarray | None = None):
-    """Model output in label space -> one magnitude per waveform, for either output kind.
+    """Model output (magnitudes) -> one magnitude per waveform, for either output kind.
 
-    The card's ``label_offset`` (AMAG's +1) is removed here and nowhere else.
+    Outputs are already magnitudes: the model removes the card's ``label_offset`` itself.
     """
-    magnitudes = np.asarray(output, dtype=np.float64) - card.label_offset
+    magnitudes = np.asarray(output, dtype=np.float64)
     if card.output == "scalar":
         return magnitudes
     if onset is None:

@@ -7,7 +7,8 @@ encoder/decoder with stride 2 (finer time resolution than PhaseNet's 4), Conv1d 
 whole window, multi-head self-attention lets every step weigh every other, and a linear
 projection, dropout and BatchNorm + ReLU map back to the bottleneck channels for the decoder.
 
-Outputs are in label space (magnitude + 1 for AMAG); the offset is the card's business.
+The body learns magnitude + 1 (the card's ``label_offset``); the base class's ``forward``
+subtracts it, so the module's output is the magnitude.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from seismag.models.phasenet_mag import _BN_EPS, UNetMagnitudeModel, check_posit
 
 
 class MagnitudeNet(UNetMagnitudeModel):
-    """U-Net + LSTM/attention bottleneck: (B, C, N) -> magnitude in label space (B, N)."""
+    """U-Net + LSTM/attention bottleneck: (B, C, N) -> magnitude (B, N)."""
 
     def __init__(
         self,

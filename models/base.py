@@ -11,8 +11,11 @@ Beroza 2020, keeps it; TEAM-LM, Münchmeyer et al. 2021, feeds log10 of the scal
 The one mechanism that gives it back: ``log_amp`` is broadcast along time as an extra input channel,
 so each architecture's first layer sees C + 1 channels. It exports as a plain second ONNX input.
 
-Outputs are in label space (``magnitude + card.label_offset``): (B, N) for series models, (B,)
-for scalar models. :meth:`MagnitudeModel.to_magnitude` shifts them back.
+Outputs are magnitudes: (B, N) for series models, (B,) for scalar models. A card's
+``label_offset`` (AMAG trains on magnitude + 1) is a constant outside the learned weights and is
+subtracted here, in :meth:`MagnitudeModel.forward`, and nowhere else: export, parity, evaluation,
+aggregation and serving see magnitudes only; the training target
+(:func:`seismag.training.windows.target`) is the one other reader of the offset.
 
 A card with ``uncertainty = "gaussian"`` builds the architecture with a second output channel:
 :meth:`MagnitudeModel.forward_with_sigma` returns the magnitude and its standard deviation
@@ -74,25 +77,31 @@ class MagnitudeModel(nn.Module):
         amp = log_amp.to(waveform.dtype).unsqueeze(-1).expand(-1, -1, waveform.shape[-1])
         return self.body(torch.cat([waveform, amp], dim=1))
 
+    @property
+    def label_offset(self) -> float:
+        """The card's label shift: the body learns ``magnitude + label_offset``."""
+        return float(self.card.label_offset) if self.card is not None else 0.0
+
+    def _magnitude(self, body_out: torch.Tensor) -> torch.Tensor:
+        offset = self.label_offset
+        # No Sub node in the exported graph of the models without an offset.
+        return body_out - offset if offset else body_out
+
     def forward(self, waveform: torch.Tensor, log_amp: torch.Tensor) -> torch.Tensor:
         out = self._body_output(waveform, log_amp)
-        return out[:, 0] if self.n_outputs == 2 else out
+        return self._magnitude(out[:, 0] if self.n_outputs == 2 else out)
 
     def forward_with_sigma(
         self, waveform: torch.Tensor, log_amp: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(magnitude in label space, standard deviation in magnitude units)."""
+        """(magnitude, its standard deviation), both in magnitude units."""
         if self.n_outputs != 2:
             raise ValueError(f"{type(self).__name__} was built without an uncertainty output")
         out = self._body_output(waveform, log_amp)
         lo, hi = SIGMA_RANGE
         # A sigmoid between the bounds in log space: smooth, bounded, no exp overflow.
         log_sigma = math.log(lo) + (math.log(hi) - math.log(lo)) * torch.sigmoid(out[:, 1])
-        return out[:, 0], torch.exp(log_sigma)
-
-    def to_magnitude(self, output: torch.Tensor) -> torch.Tensor:
-        offset = self.card.label_offset if self.card is not None else 0.0
-        return output - offset
+        return self._magnitude(out[:, 0]), torch.exp(log_sigma)
 
 
 def count_parameters(model: nn.Module) -> int:

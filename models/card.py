@@ -80,7 +80,8 @@ class ModelCard:
     use_amplitude: bool = True
     """False zeroes ``log_amp`` (the amplitude ablation); the weights' card records it."""
     label_offset: float = 0.0
-    """Training target is ``magnitude + label_offset`` (AMAG's +1); outputs are shifted back."""
+    """The model body learns ``magnitude + label_offset`` (AMAG's +1, zero before P); the model's
+    ``forward`` subtracts it, so every output (PyTorch, ONNX, serving) is a magnitude."""
     uncertainty: Uncertainty = "none"
     """``gaussian``: the model also outputs a standard deviation per value (trained with a
     Gaussian negative log-likelihood, as MagNet and TEAM-LM do)."""

@@ -185,7 +185,7 @@ class UNetMagnitudeModel(MagnitudeModel):
 
 
 class PhaseNetMag(UNetMagnitudeModel):
-    """PhaseNet with a linear output: (B, C, N) -> magnitude (label space) (B, N)."""
+    """PhaseNet with a linear output: (B, C, N) -> magnitude (B, N)."""
 
     def __init__(
         self,

@@ -93,16 +93,20 @@ def test_without_its_function_the_custom_node_needs_a_kernel(tmp_path):
 
 
 def test_label_offset_is_inside_the_graph(tmp_path):
-    # AMAG is trained on M + 1: the exported output must already be a magnitude.
+    # AMAG is trained on M + 1: the exported output must already be a magnitude, the same as the
+    # PyTorch model's forward (which removes the offset), i.e. the body's output minus 1.
     torch.manual_seed(0)
     model = build_model("AMAG_v2").eval()
     path = export_onnx(model, tmp_path / "amag.onnx").path
     waveform, log_amp = example_inputs(model.card, 2)
+    w, a = torch.from_numpy(waveform), torch.from_numpy(log_amp)
     with torch.no_grad():
-        raw = model(torch.from_numpy(waveform), torch.from_numpy(log_amp)).numpy()
+        magnitude = model(w, a).numpy()
+        body = model._body_output(w, a)[:, 0].numpy()  # AMAG_v2's card has a sigma head
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(["magnitude"], {"waveform": waveform, "log_amp": log_amp})
-    np.testing.assert_allclose(out, raw - 1.0, atol=1e-4)
+    np.testing.assert_allclose(out, magnitude, atol=1e-4)
+    np.testing.assert_allclose(out, body - 1.0, atol=1e-4)
 
 
 def test_recordings_ship_with_obspy():

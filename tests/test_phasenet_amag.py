@@ -133,10 +133,14 @@ def test_build_from_card(name, cls, batch):
     assert out.shape == (batch, model.card.in_samples)
 
 
-def test_amag_output_is_not_offset_inside_the_module():
-    # label_offset (+1) is applied by to_magnitude, never in forward.
+def test_amag_forward_removes_the_label_offset():
+    # The body learns M + 1; forward subtracts the card's offset once, so the output is a
+    # magnitude, and the offset is a constant of the card, not a weight.
     model = build_model("AMAG_v2").eval()
-    assert model.card.label_offset == 1.0
+    assert model.card.label_offset == 1.0 == model.label_offset
+    waveform, log_amp = _inputs(1, 3000)
     with torch.no_grad():
-        out = model(*_inputs(1, 3000))
-    torch.testing.assert_close(model.to_magnitude(out), out - 1.0)
+        out = model(waveform, log_amp)
+        body = model._body_output(waveform, log_amp)[:, 0]  # the card has a sigma head
+    torch.testing.assert_close(out, body - 1.0)
+    assert not any("offset" in key for key in model.state_dict())

@@ -19,22 +19,24 @@ from seismag.training.windows import (
     evaluation_end,
     make_batch,
     onset_in_window,
+    target,
     training_ends,
 )
 
 # --- (a) the two mistakes of the original design ------------------------------------------
 
 
-def _four_waveforms(label_offset: float = 0.0):
-    """4 windows of 10 samples: labels zero before P; the prediction is exact before P and off by
-    a known error per waveform after it."""
+def _four_waveforms(model: str = "PhaseNetMag"):
+    """4 windows of 10 samples: targets in the model's output units (zero before P, or minus the
+    card's label offset); the prediction is exact before P and off by a known error per waveform
+    after it."""
+    card = get_card(model)
     mags = np.array([2.0, 3.0, 4.0, 5.0])
     onsets = np.array([2, 5, 7, 0])
     errors = np.array([0.1, -0.2, 0.3, -0.4])
     n = 10
-    labels = np.stack(
-        [magnitude_label(n, o, m, label_offset) for o, m in zip(onsets, mags, strict=True)]
-    ).astype(np.float64)
+    labels = np.stack([target(n, o, m, card) for o, m in zip(onsets, mags, strict=True)])
+    labels = labels.astype(np.float64)
     after = np.arange(n)[None, :] >= onsets[:, None]
     preds = labels + np.where(after, errors[:, None], 0.0)
     return mags, onsets, errors, labels, preds
@@ -43,7 +45,7 @@ def _four_waveforms(label_offset: float = 0.0):
 @pytest.mark.parametrize("model", ["PhaseNetMag", "AMAG_v2"])
 def test_evaluator_is_per_waveform_against_catalogue(model):
     card = get_card(model)
-    mags, onsets, errors, _, preds = _four_waveforms(card.label_offset)
+    mags, onsets, errors, _, preds = _four_waveforms(model)
     got = waveform_metrics(mags, window_magnitudes(preds, card, onsets))
     # By hand: one error per waveform, against the catalogue magnitude.
     assert got["n"] == 4
@@ -52,6 +54,17 @@ def test_evaluator_is_per_waveform_against_catalogue(model):
     assert got["rmse"] == pytest.approx(np.sqrt(0.075))
     assert got["bias"] == pytest.approx(-0.05)
     assert got["r2"] == pytest.approx(1 - np.sum(errors**2) / np.sum((mags - 3.5) ** 2))  # 0.94
+
+
+def test_target_is_the_label_in_the_models_output_units():
+    # AMAG's label is 0 before P and M + 1 from it; its forward removes the +1, so the target the
+    # loss compares the output with is the label minus 1: the offset is read here only.
+    amag = get_card("AMAG_v2")
+    got = target(10, 4, 3.0, amag)
+    np.testing.assert_array_equal(got, magnitude_label(10, 4, 3.0, label_offset=1.0) - 1.0)
+    assert got[:4].tolist() == [-1.0] * 4 and got[4:].tolist() == [3.0] * 6
+    np.testing.assert_array_equal(target(10, 4, 3.0, get_card("PhaseNetMag"))[4:], 3.0)
+    assert target(10, 4, 3.0, get_card("ViTMag")) == np.float32(3.0)  # scalar: the magnitude
 
 
 def test_flattened_evaluation_gives_other_numbers():

@@ -4,7 +4,7 @@ For each trace of a split it cuts the full-information window (ending 25 s after
 trace end) and one window ending k seconds after P for each k of the curve
 (:mod:`seismag.training.windows`). Each window gives ONE magnitude:
 
-* scalar models: the model output, minus the card's ``label_offset``;
+* scalar models: the model output (a magnitude: the model removes the card's ``label_offset``);
 * series models: :func:`seismag.models.aggregate.to_magnitude` with the P onset inside the window,
   i.e. the aggregate of the series *after* P. Averaging the whole window (zeros before P) or
   scoring the flattened (waveform x timestep) arrays are the two mistakes of the original design;
@@ -39,8 +39,8 @@ BASELINE = "baseline"
 """Model name that evaluates the ML baseline alone."""
 
 Predictor = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]
-"""(waveform (B, C, N), log_amp (B, 1)) -> (model output in label space, its standard deviation
-in magnitude units or None for a model without an uncertainty output)."""
+"""(waveform (B, C, N), log_amp (B, 1)) -> (model output in magnitude units, its standard
+deviation in magnitude units or None for a model without an uncertainty output)."""
 
 DISTANCE_BINS_KM = (0.0, 20.0, 50.0, 100.0, 200.0, 300.0, 1000.0)
 MAGNITUDE_BINS = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 10.0)
@@ -84,7 +84,7 @@ def waveform_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float 
 
 
 def window_magnitudes(output: np.ndarray, card: ModelCard, onset: np.ndarray) -> np.ndarray:
-    """Model output (label space) -> one magnitude per window, aggregated after P for series."""
+    """Model output (magnitudes) -> one magnitude per window, aggregated after P for series."""
     return np.asarray(to_magnitude(output, card, onset), dtype=np.float64).reshape(-1)
 
 
@@ -187,12 +187,8 @@ def torch_predictor(model, device: str = "cpu", batch_size: int = 64) -> Predict
     return predict
 
 
-def onnx_predictor(path: str | Path, card: ModelCard, threads: int = 1) -> Predictor:
-    """An exported ONNX file as a predictor.
-
-    The exported graph already subtracts ``label_offset`` (serving wants magnitudes); it is added
-    back here so that :func:`window_magnitudes` stays the one place that removes it.
-    """
+def onnx_predictor(path: str | Path, threads: int = 1) -> Predictor:
+    """An exported ONNX file as a predictor; it outputs magnitudes, like the PyTorch model."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -211,7 +207,7 @@ def onnx_predictor(path: str | Path, card: ModelCard, threads: int = 1) -> Predi
             {"waveform": waveform.astype(np.float32), "log_amp": log_amp.astype(np.float32)},
         )
         sigma = np.asarray(outs[1]) if len(outs) > 1 else None
-        return np.asarray(outs[0]) + card.label_offset, sigma
+        return np.asarray(outs[0]), sigma
 
     return predict
 
@@ -243,7 +239,7 @@ def load_predictor(
         stored = _onnx_card(path)
         if stored.name != card.name:
             raise EvaluationError(f"{path} is an export of {stored.name}, not {card.name}")
-        return stored, onnx_predictor(path, stored), str(path)
+        return stored, onnx_predictor(path), str(path)
     if weights is None:
         raise EvaluationError(f"{model_name}: give --weights (safetensors) or --onnx")
     from seismag.models import build_model

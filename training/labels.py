@@ -14,7 +14,8 @@ def magnitude_label(
     nothing of the event, so there is nothing to estimate. ``p_sample`` may fall outside the
     window: a P before the window start labels every sample, a P at or after the end (or
     ``None``/NaN: no pick) labels none. ``label_offset`` is the card's shift (AMAG trains on
-    magnitude + 1 so the pre-P zero stays distinct from small magnitudes).
+    magnitude + 1 so the pre-P zero stays distinct from small magnitudes); the training target in
+    the model's output units is built from this label by :func:`seismag.training.windows.target`.
     """
     if n_samples < 0:
         raise ValueError(f"n_samples must be >= 0, got {n_samples}")

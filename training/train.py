@@ -3,16 +3,18 @@
 The recipe is the card's :class:`~seismag.models.card.TrainingDefaults`: Adam or AdamW, learning
 rate, batch size, weight decay, gradient clipping (0 = off), a linear warm-up over the first
 ``warmup_epochs`` (per step), then ReduceLROnPlateau on the dev loss, and early stopping on the dev
-per-waveform MAE. Loss is MSE in label space: over the samples for series models (label zero
-before P, magnitude + offset after), per waveform for scalar models (the catalogue magnitude
-+ offset, never a window mean of the series label). Cards with ``uncertainty = "gaussian"`` train
-the magnitude and its standard deviation together with the beta-NLL of Seitzer et al. (2022,
-ICLR) at beta = 1: the Gaussian negative log-likelihood with each value's term weighted by its
-(detached) variance. The magnitude then gets exactly the MSE gradient (the plain NLL would
-down-weight hard examples and trade accuracy for large sigmas), and sigma still converges to the
-error's standard deviation. With beta = 0.5 the gradient of the mean scales as 1/sigma, so the
-per-sample series models chase the easy pre-P zeros, whose sigma is smallest: PhaseNetMag's dev
-MAE after its first epoch on the regime data was 2.0 at beta 0.5 and 1.0 at beta 1 (one run each).
+per-waveform MAE. Loss is MSE against :func:`seismag.training.windows.target`, in the model's
+output units (magnitudes): over the samples for series models (the label, zero before P and
+magnitude + the card's offset after, shifted by the offset the model removes), per waveform for
+scalar models (the catalogue magnitude, never a window mean of the series label). Cards with
+``uncertainty = "gaussian"`` train the magnitude and its standard deviation together with the
+beta-NLL of Seitzer et al. (2022, ICLR) at beta = 1: the Gaussian negative log-likelihood with
+each value's term weighted by its (detached) variance. The magnitude then gets exactly the MSE
+gradient (the plain NLL would down-weight hard examples and trade accuracy for large sigmas), and
+sigma still converges to the error's standard deviation. With beta = 0.5 the gradient of the
+mean scales as 1/sigma, so the per-sample series models chase the easy pre-P zeros, whose sigma
+is smallest: PhaseNetMag's dev MAE after its first epoch on the regime data was 2.0 at beta 0.5
+and 1.0 at beta 1 (one run each).
 
 Examples are windows ending at a drawn time (:mod:`seismag.training.windows`), normalised by the
 one preprocessing path (:func:`seismag.models.preprocess.model_inputs`). Splits are the dataset's
@@ -259,7 +261,7 @@ def _load_checkpoint(ckpt: Path, model, optimizer, scheduler, device: str) -> Tr
 
 
 def magnitude_loss(model, waveform, log_amp, target, card: ModelCard):
-    """(loss, magnitude output in label space) for one batch: MSE, or beta-NLL with a sigma."""
+    """(loss, magnitude output) for one batch: MSE, or beta-NLL with a sigma."""
     import torch
 
     if card.uncertainty != "gaussian":
@@ -272,7 +274,7 @@ def magnitude_loss(model, waveform, log_amp, target, card: ModelCard):
 
 
 def _dev_pass(model, dev: SplitTraces, ends, card, batch_size, device) -> tuple[float, float]:
-    """(dev loss in label space, dev MAE per waveform in magnitude units)."""
+    """(dev loss, dev MAE per waveform in magnitude units)."""
     import torch
 
     model.eval()

@@ -100,7 +100,14 @@ def evaluation_end(
 
 
 def target(n_samples: int, onset: int, magnitude: float, card: ModelCard) -> np.ndarray:
-    """The training target in label space: a series for series cards, a scalar otherwise.
+    """The training target in the model's output units: a series for series cards, a scalar
+    otherwise.
+
+    The one place in training that reads the card's ``label_offset``. A series label is zero
+    before P and ``magnitude + label_offset`` from it (AMAG's +1 keeps "nothing seen yet" apart
+    from small magnitudes); the model's forward subtracts the offset, so the target in its output
+    units is that label minus the offset: ``-label_offset`` before P, the magnitude from P. The
+    loss (MSE, beta-NLL) only sees differences, so this is the same loss as on the label itself.
 
     The scalar target is the catalogue magnitude itself, never the mean of the series label
     (which would be magnitude x the fraction of the window after P, the original design's mistake).
@@ -108,11 +115,10 @@ def target(n_samples: int, onset: int, magnitude: float, card: ModelCard) -> np.
     if card.output == "series":
         from seismag.training.labels import magnitude_label
 
-        return np.asarray(
-            magnitude_label(n_samples, onset, magnitude, label_offset=card.label_offset),
-            dtype=np.float32,
-        )
-    return np.float32(magnitude + card.label_offset)
+        offset = card.label_offset
+        label = magnitude_label(n_samples, onset, magnitude, label_offset=offset)
+        return np.asarray(label - offset, dtype=np.float32)
+    return np.float32(magnitude)
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ class Batch:
 
     waveform: np.ndarray  # (B, C, N) float32, normalised
     log_amp: np.ndarray  # (B, 1) float32
-    target: np.ndarray  # (B, N) or (B,) float32, label space
+    target: np.ndarray  # (B, N) or (B,) float32, the model's output units (see target)
     onset: np.ndarray  # (B,) int64
     magnitude: np.ndarray  # (B,) float64, catalogue magnitude
     raw: np.ndarray  # (B, C, N) the windows before normalisation (velocity)
