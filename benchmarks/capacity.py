@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from seismag.serving.config import DEFAULTS
+
 Progress = Callable[[str], None]
 
 
@@ -85,8 +87,8 @@ def model_capacity(
     warmup_s: int = 10,
     limit_ms: float = 250.0,
     tolerance: float = 0.1,
-    threads: int = 1,
-    workers: int | None = None,
+    threads: int = DEFAULTS.threads,
+    workers: int | None = DEFAULTS.workers,
     batch_ms: float = 0.0,
     progress: Progress | None = None,
 ) -> dict:
@@ -101,7 +103,12 @@ def model_capacity(
 
         def probe(n: int) -> dict:
             cfg = FeedConfig(
-                n, seconds=seconds, warmup_s=warmup_s, limit_ms=limit_ms, batch_ms=batch_ms
+                n,
+                hop=DEFAULTS.stream_hop,
+                seconds=seconds,
+                warmup_s=warmup_s,
+                limit_ms=limit_ms,
+                batch_ms=batch_ms,
             )
             r = run_stream(target.address, cfg)
             keep = ("stations", "ok", "p50", "p99", "completeness", "sender_lag_max_s")
@@ -113,7 +120,7 @@ def model_capacity(
         "capacity": search.capacity,
         "capped": search.capped,
         "limit_ms": limit_ms,
-        "hop": 1.0,
+        "hop": DEFAULTS.stream_hop,
         "probe_seconds": seconds,
         "batch_ms": batch_ms,
         "target": target.description,

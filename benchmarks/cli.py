@@ -69,7 +69,9 @@ def _outputs(p: argparse.ArgumentParser) -> None:
 
 def _feed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="", help="model name (default: the server's default)")
-    p.add_argument("--hop", type=float, default=1.0, help="update interval, seconds")
+    p.add_argument(
+        "--hop", type=float, default=DEFAULTS.stream_hop, help="update interval, seconds"
+    )
     p.add_argument("--calls", type=int, help="StreamPredict calls (default: 1 per 250 stations)")
     p.add_argument("--warmup", type=int, default=10, help="seconds left out of the statistics")
     p.add_argument("--aligned", action="store_true", help="all stations send at the same instant")
@@ -324,7 +326,9 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-ms", type=float, default=0.0, help="feed packets due within this many ms together"
     )
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the server")
+    p.add_argument(
+        "--threads", type=int, default=DEFAULTS.threads, help="ONNX Runtime threads of the server"
+    )
     p.add_argument("--workers", type=int, help="parallel model runs (default: as seismag serve)")
     p.add_argument("--exports", type=Path, default=DEFAULT_EXPORTS, help="ONNX export cache")
     p.set_defaults(func=_cmd_capacity)

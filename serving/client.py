@@ -22,10 +22,9 @@ import grpc
 import numpy as np
 from obspy import Stream, Trace, UTCDateTime
 
+from seismag.serving.config import DEFAULT_ADDRESS
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
-
-DEFAULT_ADDRESS = "127.0.0.1:8500"
 
 
 @dataclass

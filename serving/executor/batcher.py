@@ -56,6 +56,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from seismag.serving.config import DEFAULTS
 from seismag.serving.errors import NotReady, Overloaded
 
 log = logging.getLogger(__name__)
@@ -193,9 +194,9 @@ class DynamicBatcher:
         self,
         run_fn: RunFn,
         *,
-        max_batch: int,
-        max_queue_delay_ms: float,
-        max_queue: int,
+        max_batch: int = DEFAULTS.max_batch,
+        max_queue_delay_ms: float = DEFAULTS.max_queue_delay_ms,
+        max_queue: int = DEFAULTS.max_queue,
         name: str = "",
         on_batch: OnBatch | None = None,
         prepare: PrepareFn | None = None,

@@ -29,6 +29,7 @@ from seismag.models.artifact import ArtifactError, check_file
 from seismag.models.artifact import read_card_from_onnx as _read_card
 from seismag.models.card import INPUT_NAMES, OUTPUT_NAME, SIGMA_NAME, ModelCard
 from seismag.models.preprocess import model_inputs
+from seismag.serving.config import DEFAULTS
 from seismag.serving.errors import InvalidInput, ModelNotFound
 from seismag.serving.executor.backend import (
     AUTO_BATCH,
@@ -50,7 +51,6 @@ from seismag.serving.executor.ort_backend import resolve_providers, session_opti
 
 __all__ = [
     "BACKEND_CHOICES",
-    "DEFAULT_MAX_QUEUE",
     "BackendUnavailable",
     "ModelLoadError",
     "ModelRegistry",
@@ -64,10 +64,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_QUEUE = 8192
-"""Windows that may wait per model: a 1 h request at 1 s steps is 3600, and 8192 windows of
-3 x 3001 float32 are ~300 MB, the memory we accept to hold in a queue."""
 
 
 def _check_file(path: Path) -> Path:
@@ -113,15 +109,15 @@ class ModelRuntime:
         self,
         path: str | Path,
         *,
-        threads: int = 1,
-        max_batch: int = 64,
-        max_queue_delay_ms: float = 2.0,
-        max_queue: int = DEFAULT_MAX_QUEUE,
+        threads: int = DEFAULTS.threads,
+        max_batch: int = DEFAULTS.max_batch,
+        max_queue_delay_ms: float = DEFAULTS.max_queue_delay_ms,
+        max_queue: int = DEFAULTS.max_queue,
         providers: list[str] | None = None,
         on_batch: OnBatch | None = None,
         fused_kernel: bool = True,
         micro_batch: int | None = None,
-        workers: int = 1,
+        workers: int | None = DEFAULTS.workers,
         backend: str = DEFAULT_BACKEND,
         precision: str = "f32",
         engine_cache: str | Path | None = None,
@@ -130,6 +126,7 @@ class ModelRuntime:
             raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
         self.path = _check_file(Path(path))
         self.providers = resolve_providers(providers)
+        workers = workers or default_workers(threads)  # None: as seismag serve does
         self._options = BackendOptions(
             threads=threads,
             streams=workers,
@@ -435,13 +432,13 @@ class ModelRegistry:
         paths: list[str | Path],
         default: str | None = None,
         *,
-        threads: int = 1,
-        max_batch: int = 64,
-        max_queue_delay_ms: float = 2.0,
+        threads: int = DEFAULTS.threads,
+        max_batch: int = DEFAULTS.max_batch,
+        max_queue_delay_ms: float = DEFAULTS.max_queue_delay_ms,
         providers: list[str] | None = None,
-        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_queue: int = DEFAULTS.max_queue,
         on_batch: OnBatch | None = None,
-        workers: int = 1,
+        workers: int | None = DEFAULTS.workers,
         backend: str = DEFAULT_BACKEND,
         precision: str = "f32",
     ) -> ModelRegistry:
