@@ -305,60 +305,6 @@ def test_cli_errors_are_clean(tiny_data, tmp_path, capsys):
     assert doc["model"] == "baseline_ML" and doc["metrics"]["full"]["n"] == doc["n_waveforms"]
 
 
-def test_default_weights_doc_has_every_set_bins_calibration_and_keeps_commentary(
-    tmp_path, monkeypatch
-):
-    from seismag.training import train_defaults
-    from seismag.training.evaluate import breakdown
-
-    rng = np.random.default_rng(0)
-    true = rng.uniform(1, 6, 200)
-    meta = pd.DataFrame({"path_ep_distance_km": rng.uniform(5, 290, 200)})
-
-    def result(err: float, sigma: float | None) -> dict:
-        pred = true + err + rng.normal(0, 0.1, 200)
-        full = {"n": 200, "mae": abs(err), "rmse": abs(err), "r2": 0.9, "bias": err}
-        res = {
-            "metrics": {"full": full, "1s": {"mae": 2 * abs(err)}},
-            "breakdown": breakdown(true, pred, meta),
-            "baseline": {
-                "metrics": {"full": {**full, "mae": 0.4, "bias": 0.0}},
-                "breakdown": breakdown(true, true + 0.3, meta),
-            },
-        }
-        if sigma is not None:
-            res["calibration"] = {
-                "full": {
-                    "n": 200,
-                    "within_1_sigma": 0.7,
-                    "within_2_sigma": 0.96,
-                    "median_sigma": sigma,
-                }
-            }
-        return res
-
-    row = {
-        "minutes": 3.0,
-        "epochs": 2,
-        "command": "python -m seismag.training.train_defaults --data d/train",
-        "data": "d/train",
-        "sets": {"in-distribution": {"path": "d/train", "split": "test"}},
-        "evals": {"in-distribution": result(0.2, 0.25), "real": result(1.5, None)},
-    }
-    doc = tmp_path / "evaluation.md"
-    doc.write_text("# old\n\n## Reading this run\n\nhand-written notes\n")
-    monkeypatch.setattr(train_defaults, "DOC", doc)
-    train_defaults._write_docs({"A": row})
-    text = doc.read_text()
-    assert "python -m seismag.training.train_defaults --data d/train" in text
-    assert "| A | 3.0 min, 2 ep | 0.200 | 1.500 |" in text
-    assert "| ML baseline (Hutton & Boore 1987) | - | 0.400 | 0.400 |" in text
-    assert "70% / 96%, 0.25" in text
-    assert "### real: bias (predicted - true) by epicentral distance" in text
-    assert "| 0-20 km (n=" in text
-    assert text.rstrip().endswith("## Reading this run\n\nhand-written notes")
-
-
 def test_breakdown_slope_bins_and_offset():
     from seismag.training.evaluate import breakdown, calibration
 
@@ -371,18 +317,6 @@ def test_breakdown_slope_bins_and_offset():
     assert near["bin"] == [0.0, 20.0] and near["n"] == 4
     c = calibration(np.zeros(4), np.array([0.5, -0.5, 1.5, -3.0]), np.ones(4))
     assert c["within_1_sigma"] == 0.5 and c["within_2_sigma"] == 0.75
-
-
-def test_eval_set_spec_with_split_and_sensitivity():
-    from seismag.training.train_defaults import _eval_set
-
-    assert _eval_set("real=data/stead:test@6.29e8") == ("real", "data/stead", "test", 6.29e8)
-    assert _eval_set("unseen=/d/heldout") == ("unseen", "/d/heldout", "test", None)
-    assert _eval_set("dev=/d/x:dev") == ("dev", "/d/x", "dev", None)
-    with pytest.raises(Exception, match="NAME=PATH"):
-        _eval_set("no-equals-sign")
-    with pytest.raises(Exception, match="bad sensitivity"):
-        _eval_set("real=/d@abc")
 
 
 def test_evaluate_divides_counts_by_the_given_sensitivity(tiny_data, tmp_path):

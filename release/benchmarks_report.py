@@ -1,7 +1,10 @@
 """Regenerate docs/benchmarks.md: every number in it is measured by this run, on this machine.
 
-    python -m seismag.benchmarks.report --out docs/benchmarks.md            # ~15-20 min, 2 cores
-    python -m seismag.benchmarks.report --out /tmp/b.md --quick             # ~5 min
+    python release/benchmarks_report.py --out docs/benchmarks.md            # ~15-20 min, 2 cores
+    python release/benchmarks_report.py --out /tmp/b.md --quick             # ~5 min
+
+A release script, run from a checkout (it writes into the repository, so it is not part of the
+installed package); it imports ``seismag`` from the editable install (``pip install -e '.[dev]'``).
 
 Sections: the machine; Predict latency (concurrency sweep, constant and Poisson rates) with the
 server-side split; a 1000-station feed; the runtime comparison; station capacity per model; and
@@ -21,6 +24,9 @@ import time
 from pathlib import Path
 
 from seismag.benchmarks.cli import DEFAULT_EXPORTS, progress
+
+SCRIPT = "python release/benchmarks_report.py"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def machine() -> dict:
@@ -138,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
     names = args.models or list(load_cards())
     out: dict = {
         "machine": machine(),
-        "command": " ".join(["python -m", __spec__.name, *sys.argv[1:]]),
+        "command": " ".join([SCRIPT, *sys.argv[1:]]),
     }
     window = 1.0 if quick else 2.0
     common = {"window_s": window, "max_windows": 6 if quick else 10, "progress": progress}
@@ -344,7 +350,7 @@ def render(res: dict, docs: Path, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--out", type=Path, default=DOC)
     parser.add_argument("--quick", action="store_true", help="shorter windows and probes")
     parser.add_argument("--models", nargs="+", help="models for the runtime table (default all)")
     parser.add_argument("--capacity-models", nargs="+", help="models for capacity (default all)")
@@ -354,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-ms", type=float, default=10.0, help="feed batching of the batched stream runs"
     )
     args = parser.parse_args(argv)
-    command = " ".join(["python -m seismag.benchmarks.report", *(argv or sys.argv[1:])])
+    command = " ".join([SCRIPT, *(argv or sys.argv[1:])])
     t0 = time.perf_counter()
     res = run(args)
     res["seconds"] = time.perf_counter() - t0

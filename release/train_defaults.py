@@ -2,8 +2,11 @@
 
     seismag synth --out data/regimes_train --events 6000 --seed 1 --regimes train --workers 2
     seismag synth --out data/regimes_heldout --events 2500 --seed 2 --regimes held-out --workers 2
-    python -m seismag.training.train_defaults --data data/regimes_train --minutes 14 --threads 2 \\
+    python release/train_defaults.py --data data/regimes_train --minutes 14 --threads 2 \\
         --eval unseen-regimes=data/regimes_heldout --eval stead=PATH/stead-109c:test
+
+A release script, run from a checkout (it writes into the repository, so it is not part of the
+installed package); it imports ``seismag`` from the editable install (``pip install -e '.[dev]'``).
 
 For every model: train on ``--data`` within the time budget (the card's recipe), evaluate with the
 one evaluator on the held-out test events of ``--data`` (in-distribution) and on every ``--eval``
@@ -27,7 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: release/ sits at its top
+SCRIPT = "python release/train_defaults.py"
+OLD_SCRIPT = "python -m seismag.training.train_defaults"
 WEIGHTS_DIR = ROOT / "models" / "weights"
 DOC = ROOT / "docs" / "evaluation.md"
 COMMENTARY = "## Reading"
@@ -109,7 +114,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     budgets = dict(args.minutes_for)
-    command = "python -m seismag.training.train_defaults " + shlex.join(sys.argv[1:])
+    command = f"{SCRIPT} {shlex.join(sys.argv[1:])}"
     sets = [(IN_DISTRIBUTION, args.data, "test", None), *args.eval]
 
     runs = Path(args.runs)
@@ -332,7 +337,8 @@ def _write_docs(summary: dict) -> None:
     commentary = old[old.index(COMMENTARY) :] if COMMENTARY in old else ""
     commands = list(
         dict.fromkeys(
-            c
+            # Runs recorded before this script left the package name its old module path.
+            c.replace(OLD_SCRIPT, SCRIPT)
             for row in summary.values()
             for c in [row["command"], *row.get("resumed_by", []), *row.get("evaluated_by", [])]
         )

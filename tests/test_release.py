@@ -1,0 +1,125 @@
+"""The release scripts (``release/``): they write into the checkout, so they are not installed,
+yet they run from a checkout and import ``seismag`` from the editable install."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE = ROOT / "release"
+SCRIPTS = ("train_defaults", "benchmarks_report")
+
+
+def release_script(name: str):
+    """A release script imported from its file, as ``python release/NAME.py`` would run it."""
+    spec = importlib.util.spec_from_file_location(f"release_{name}", RELEASE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_release_is_not_an_installed_package():
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert not any("release" in p for p in packages["packages"])
+    assert not (RELEASE / "__init__.py").exists()
+    for name in SCRIPTS:
+        assert not (ROOT / "training" / f"{name}.py").exists()
+        assert not (ROOT / "benchmarks" / f"{name}.py").exists()
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_runs_from_the_checkout(name):
+    # From another directory too: the scripts find the checkout from their own path.
+    done = subprocess.run(
+        [sys.executable, str(RELEASE / f"{name}.py"), "--help"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--out" in done.stdout or "--data" in done.stdout
+
+
+def test_scripts_write_into_the_checkout():
+    assert release_script("train_defaults").DOC == ROOT / "docs" / "evaluation.md"
+    assert release_script("train_defaults").WEIGHTS_DIR == ROOT / "models" / "weights"
+    assert release_script("benchmarks_report").DOC == ROOT / "docs" / "benchmarks.md"
+
+
+def test_default_weights_doc_has_every_set_bins_calibration_and_keeps_commentary(
+    tmp_path, monkeypatch
+):
+    from seismag.training.evaluate import breakdown
+
+    train_defaults = release_script("train_defaults")
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(1, 6, 200)
+    meta = pd.DataFrame({"path_ep_distance_km": rng.uniform(5, 290, 200)})
+
+    def result(err: float, sigma: float | None) -> dict:
+        pred = true + err + rng.normal(0, 0.1, 200)
+        full = {"n": 200, "mae": abs(err), "rmse": abs(err), "r2": 0.9, "bias": err}
+        res = {
+            "metrics": {"full": full, "1s": {"mae": 2 * abs(err)}},
+            "breakdown": breakdown(true, pred, meta),
+            "baseline": {
+                "metrics": {"full": {**full, "mae": 0.4, "bias": 0.0}},
+                "breakdown": breakdown(true, true + 0.3, meta),
+            },
+        }
+        if sigma is not None:
+            res["calibration"] = {
+                "full": {
+                    "n": 200,
+                    "within_1_sigma": 0.7,
+                    "within_2_sigma": 0.96,
+                    "median_sigma": sigma,
+                }
+            }
+        return res
+
+    row = {
+        "minutes": 3.0,
+        "epochs": 2,
+        "command": "python release/train_defaults.py --data d/train",
+        "evaluated_by": ["python -m seismag.training.train_defaults --evaluate-only"],
+        "data": "d/train",
+        "sets": {"in-distribution": {"path": "d/train", "split": "test"}},
+        "evals": {"in-distribution": result(0.2, 0.25), "real": result(1.5, None)},
+    }
+    doc = tmp_path / "evaluation.md"
+    doc.write_text("# old\n\n## Reading this run\n\nhand-written notes\n")
+    monkeypatch.setattr(train_defaults, "DOC", doc)
+    train_defaults._write_docs({"A": row})
+    text = doc.read_text()
+    assert "python release/train_defaults.py --data d/train" in text
+    assert "python release/train_defaults.py --evaluate-only" in text  # recorded before the move
+    assert "seismag.training.train_defaults" not in text
+    assert "| A | 3.0 min, 2 ep | 0.200 | 1.500 |" in text
+    assert "| ML baseline (Hutton & Boore 1987) | - | 0.400 | 0.400 |" in text
+    assert "70% / 96%, 0.25" in text
+    assert "### real: bias (predicted - true) by epicentral distance" in text
+    assert "| 0-20 km (n=" in text
+    assert text.rstrip().endswith("## Reading this run\n\nhand-written notes")
+
+
+def test_eval_set_spec_with_split_and_sensitivity():
+    _eval_set = release_script("train_defaults")._eval_set
+
+    assert _eval_set("real=data/stead:test@6.29e8") == ("real", "data/stead", "test", 6.29e8)
+    assert _eval_set("unseen=/d/heldout") == ("unseen", "/d/heldout", "test", None)
+    assert _eval_set("dev=/d/x:dev") == ("dev", "/d/x", "dev", None)
+    with pytest.raises(Exception, match="NAME=PATH"):
+        _eval_set("no-equals-sign")
+    with pytest.raises(Exception, match="bad sensitivity"):
+        _eval_set("real=/d@abc")
