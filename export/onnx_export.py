@@ -24,7 +24,6 @@ from torch import nn
 
 from seismag import __version__
 from seismag.export.scan_function import DOMAIN, OP_TYPE, selective_scan_function
-from seismag.models.artifact import read_card_from_onnx
 from seismag.models.base import MagnitudeModel
 from seismag.models.card import (
     CARD_KEY,
@@ -182,8 +181,3 @@ def export_onnx(
         n_nodes=len(proto.graph.node),
         custom_nodes=custom,
     )
-
-
-def read_card(path: str | Path) -> ModelCard:
-    """The card embedded in an exported ONNX file (read by :mod:`seismag.models.artifact`)."""
-    return read_card_from_onnx(path)

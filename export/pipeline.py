@@ -8,7 +8,7 @@ from pathlib import Path
 
 from seismag.models import build_model, get_card
 from seismag.models.card import ModelCard
-from seismag.models.weights import file_digest, load_weights, read_card, shipped_weights
+from seismag.models.weights import file_digest, load_weights, model_from_weights, shipped_weights
 
 TARGETS = ("onnx", "triton", "tensorrt")
 
@@ -30,18 +30,14 @@ def _say(msg: str) -> None:
 def load_model(name: str | None, weights: str | Path | None):
     """Build a model from its card and load weights: given, shipped, or none (says which)."""
     if weights is not None:
-        card = read_card(weights)
-        if name is not None and name != card.name:
-            from seismag.models.weights import WeightsError
-
-            raise WeightsError(f"{weights} holds weights for {card.name}, not {name}")
+        model = model_from_weights(weights, name)  # the card the weights were trained with
     else:
-        card = get_card(name)
+        card = get_card(name)  # shipped weights serve the card as it is now
+        model = build_model(card)
         weights = shipped_weights(card)
-    model = build_model(card)
-    if weights is None:
-        return model, "untrained (random initialisation)"
-    load_weights(model, weights)
+        if weights is None:
+            return model, "untrained (random initialisation)"
+        load_weights(model, weights)
     return model, f"{Path(weights).name} sha256:{file_digest(weights)}"
 
 

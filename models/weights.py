@@ -65,6 +65,20 @@ def load_weights(model, path: str | Path) -> None:
         raise WeightsError(f"{path}: does not fit {stored.name}: {exc}") from exc
 
 
+def model_from_weights(path: str | Path, name: str | None = None):
+    """The model a weights file holds, built from the card stored in it (the card it was trained
+    with, e.g. an amplitude ablation) with the weights loaded; ``name``, when given, must be that
+    model's (weights for another model are an error, not a silent mismatch). Imports torch."""
+    from seismag.models import build_model
+
+    card = read_card(path)
+    if name is not None and name != card.name:
+        raise WeightsError(f"{path} holds weights for {card.name}, not {name}")
+    model = build_model(card)
+    load_weights(model, path)
+    return model
+
+
 def file_digest(path: str | Path) -> str:
     """sha256 of a file, recorded in exported artifacts as the weights' provenance."""
     h = hashlib.sha256()

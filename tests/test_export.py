@@ -16,11 +16,11 @@ from seismag.export.onnx_export import (  # noqa: E402
     example_inputs,
     export_onnx,
     output_names,
-    read_card,
 )
 from seismag.export.parity import compare, obspy_recordings  # noqa: E402
 from seismag.export.scan_function import DOMAIN, OP_TYPE  # noqa: E402
 from seismag.models import build_model, get_card, load_cards  # noqa: E402
+from seismag.models.artifact import read_card_from_onnx  # noqa: E402
 from seismag.models.weights import save_weights  # noqa: E402
 
 MODEL_NAMES = list(load_cards())
@@ -49,7 +49,7 @@ def test_file_is_checked_and_carries_the_card(exported):
     model, result, _ = exported
     proto = onnx.load(str(result.path))
     onnx.checker.check_model(proto, full_check=True)
-    assert read_card(result.path) == model.card
+    assert read_card_from_onnx(result.path) == model.card
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["seismag.weights"].startswith("untrained")
     assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) >= 17

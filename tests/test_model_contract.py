@@ -111,3 +111,23 @@ def test_built_model_carries_its_card(name):
     assert isinstance(model, MagnitudeModel)
     assert model.card == get_card(name)
     assert count_parameters(model) > 1000
+
+
+def test_model_from_weights_uses_the_stored_card_and_checks_the_name(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from seismag.models.weights import WeightsError, model_from_weights, save_weights
+
+    # The card the weights were trained with (here the amplitude ablation), not today's card.
+    card = dataclasses.replace(get_card("ViTMag"), use_amplitude=False)
+    torch.manual_seed(0)
+    model = build_model(card)
+    path = save_weights(model, tmp_path / "vit.safetensors")
+    loaded = model_from_weights(path, "ViTMag")
+    assert loaded.card == card != get_card("ViTMag")
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(WeightsError, match="holds weights for ViTMag, not PhaseNetMag"):
+        model_from_weights(path, "PhaseNetMag")

@@ -212,15 +212,6 @@ def onnx_predictor(path: str | Path, threads: int = 1) -> Predictor:
     return predict
 
 
-def _onnx_card(path: Path) -> ModelCard:
-    from seismag.models.artifact import ArtifactError, read_card_from_onnx
-
-    try:
-        return read_card_from_onnx(path)
-    except ArtifactError as exc:
-        raise EvaluationError(str(exc)) from exc
-
-
 def load_predictor(
     model_name: str,
     weights: str | Path | None,
@@ -236,31 +227,28 @@ def load_predictor(
         path = Path(onnx)
         if not path.is_file():
             raise EvaluationError(f"ONNX file not found: {path}")
-        stored = _onnx_card(path)
+        from seismag.models.artifact import ArtifactError, read_card_from_onnx
+
+        try:
+            stored = read_card_from_onnx(path)
+        except ArtifactError as exc:
+            raise EvaluationError(str(exc)) from exc
         if stored.name != card.name:
             raise EvaluationError(f"{path} is an export of {stored.name}, not {card.name}")
         return stored, onnx_predictor(path), str(path)
     if weights is None:
         raise EvaluationError(f"{model_name}: give --weights (safetensors) or --onnx")
-    from seismag.models import build_model
-    from seismag.models.weights import WeightsError, load_weights, read_card
+    from seismag.models.weights import WeightsError, model_from_weights
 
     path = Path(weights)
     if not path.is_file():
         raise EvaluationError(f"weights file not found: {path}")
     try:
-        stored = read_card(path)
+        # Built from the card the weights were trained with (e.g. the amplitude ablation).
+        model = model_from_weights(path, card.name)
     except WeightsError as exc:
         raise EvaluationError(str(exc)) from exc
-    if stored.name != card.name:
-        raise EvaluationError(f"{path} holds weights for {stored.name}, not {card.name}")
-    card = stored  # the card the weights were trained with (e.g. the amplitude ablation)
-    model = build_model(card)
-    try:
-        load_weights(model, path)
-    except WeightsError as exc:
-        raise EvaluationError(str(exc)) from exc
-    return card, torch_predictor(model, device, batch_size), str(path)
+    return model.card, torch_predictor(model, device, batch_size), str(path)
 
 
 def _window_label(k: float | None) -> str:
