@@ -15,10 +15,12 @@ from pathlib import Path
 
 from seismag.export.onnx_export import INPUT_NAMES, OUTPUT_NAME, SIGMA_NAME
 from seismag.models.card import ModelCard
+from seismag.models.trt_engine import MAX_BATCH  # the engine profile's: a plan takes no more
 
-MAX_BATCH = 256
 PREFERRED_BATCHES = (8, 32, 64)
 MAX_QUEUE_DELAY_US = 2000
+"""The wait of ``seismag serve``'s batcher (``ServeConfig.max_queue_delay_ms``); written again
+here because export does not import serving (docs/architecture.md)."""
 
 
 def _tensor(name: str, dims: tuple[int, ...], reshape_to_scalar: bool = False) -> str:
