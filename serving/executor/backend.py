@@ -39,7 +39,7 @@ _MODULES = {
     "tensorrt": "seismag.serving.executor.tensorrt_backend",
 }
 AUTO_BATCH = 32
-AUTO_REPEATS = 3
+AUTO_REPEATS = 5
 
 
 class ModelLoadError(RuntimeError):
@@ -183,10 +183,17 @@ def max_abs_difference(a: ModelRows, b: ModelRows) -> float:
 
 
 def time_run(
-    backend: Backend, waveform: np.ndarray, log_amp: np.ndarray, repeats: int = AUTO_REPEATS
+    backend: Backend,
+    waveform: np.ndarray,
+    log_amp: np.ndarray,
+    repeats: int = AUTO_REPEATS,
+    *,
+    warm: bool = True,
 ) -> float:
-    """Best of ``repeats`` calls, in ms per window, after one untimed call (first-shape costs)."""
-    backend.run(waveform, log_amp)
+    """Best of ``repeats`` calls, in ms per window, after one untimed call (first-shape costs)
+    unless ``warm`` is False."""
+    if warm:
+        backend.run(waveform, log_amp)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -247,8 +254,14 @@ def select_fastest(
             backend.close()
             continue
         loaded[name] = backend
-    for name, backend in loaded.items():
-        sel.ms_per_window[name] = time_run(backend, waveform, log_amp, repeats)
+    # Round-robin, best of ``repeats`` each: a load change on a shared machine then hits every
+    # candidate alike instead of whichever happened to be timed during it.
+    for backend in loaded.values():
+        backend.run(waveform, log_amp)  # first-shape costs, untimed
+    for _ in range(repeats):
+        for name, backend in loaded.items():
+            ms = time_run(backend, waveform, log_amp, repeats=1, warm=False)
+            sel.ms_per_window[name] = min(sel.ms_per_window.get(name, ms), ms)
     best = min(sel.ms_per_window, key=sel.ms_per_window.__getitem__)
     sel.backend = loaded[best]
     for name, backend in loaded.items():
