@@ -2,12 +2,17 @@
 
     from seismag.serving.client import SeismagClient
     with SeismagClient("127.0.0.1:8500") as client:
-        for r in client.predict(obspy.read("event.mseed")):
-            print(r.station_id, r.magnitude, "+/-", r.magnitude_sigma)
+        for r in client.predict(obspy.read("event.mseed"), stationxml="event.xml"):
+            print(r.station_id, r.magnitude, "+/-", r.magnitude_sigma, r.warnings)
             r.series  # the evolving magnitude as an ObsPy Trace
             r.sigma_series  # its standard deviation, the same times (None without sigma)
 
-Failures arrive as :class:`grpc.RpcError` with the server's status code and message.
+Units: samples are counts unless ``units="m/s"`` declares them ground velocity; counts need the
+channels' StationXML (``stationxml=``) or a server started with ``--inventory``, otherwise the
+server answers FAILED_PRECONDITION.
+
+Failures arrive as :class:`grpc.RpcError` with the server's status code and message (or this
+client's own, e.g. a request over ``max_message_mb``: see :func:`refused_by_client`).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class Prediction:
     magnitude_sigma: float = math.nan
     """One standard deviation of ``magnitude`` as the model predicts it; NaN without sigma."""
     sigma_series: Trace | None = None
+    warnings: list[str] = field(default_factory=list)
+    """What to read the magnitude with (components left out, clipped, upsampled)."""
 
     @property
     def station_id(self) -> str:
@@ -77,6 +84,7 @@ class Prediction:
             "model": self.model,
             "model_version": self.model_version,
             "missing_components": self.missing_components,
+            "warnings": self.warnings,
             "timings_ms": self.timings_ms,
         }
 
@@ -124,6 +132,7 @@ def _prediction(m: pb.StationMagnitude) -> Prediction:
         m.onset_confidence,
         m.magnitude_sigma if m.has_sigma else math.nan,
         sigma_series,
+        list(m.warnings),
     )
 
 
@@ -148,6 +157,22 @@ def raw_trace(tr: Trace) -> pb.RawTrace:
         starttime=tr.stats.starttime.timestamp,
         samples=np.asarray(tr.data, dtype=np.float32).tolist(),
     )
+
+
+def _bytes(stationxml: bytes | str | Path | None) -> bytes:
+    if stationxml is None:
+        return b""
+    return Path(stationxml).read_bytes() if isinstance(stationxml, (str, Path)) else stationxml
+
+
+def refused_by_client(exc: grpc.RpcError) -> bool:
+    """True when ``exc`` is this client's own refusal (a request over its message limit, its
+    deadline), not a status the server sent."""
+    details = exc.details() if hasattr(exc, "details") else ""
+    code = exc.code() if hasattr(exc, "code") else None
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Sent message larger than max" in details:
+        return True
+    return code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded"
 
 
 def _picks(p_picks: dict[str, UTCDateTime] | None) -> list[pb.PPick]:
@@ -199,13 +224,19 @@ class SeismagClient:
         p_picks: dict[str, UTCDateTime] | None = None,
         series_interval: float = 1.0,
         raw: bool = False,
+        units: str = "",
     ) -> list[Prediction]:
         """Magnitudes for every station in ``data`` (a Stream, miniSEED bytes or a file path).
 
+        ``units``: "counts" (also when empty: then ``stationxml`` or the server's inventory must
+        hold each channel's response) or "m/s" (the samples are ground velocity already).
         ``raw=True`` sends a Stream as plain arrays instead of miniSEED.
         """
         request = pb.PredictRequest(
-            model=model, series_interval=series_interval, p_picks=_picks(p_picks)
+            model=model,
+            series_interval=series_interval,
+            p_picks=_picks(p_picks),
+            input_units=units,
         )
         if isinstance(data, (str, Path)):
             data = Path(data).read_bytes()
@@ -215,10 +246,7 @@ class SeismagClient:
             request.raw.traces.extend(raw_trace(tr) for tr in data)
         else:
             request.miniseed = stream_to_miniseed(data)
-        if stationxml is not None:
-            request.stationxml = (
-                Path(stationxml).read_bytes() if isinstance(stationxml, (str, Path)) else stationxml
-            )
+        request.stationxml = _bytes(stationxml)
         response = self._stub.Predict(request, timeout=self.timeout, metadata=self._metadata)
         return [_prediction(m) for m in response.results]
 
@@ -228,16 +256,19 @@ class SeismagClient:
         *,
         model: str = "",
         hop: float = 0.0,
-        stationxml: bytes | None = None,
+        stationxml: bytes | str | Path | None = None,
         p_picks: dict[str, UTCDateTime] | None = None,
+        units: str = "",
     ) -> Iterator[pb.StreamUpdate]:
         """Send packets (Streams or miniSEED bytes) as they come; yield magnitude updates
-        (``magnitude_sigma`` is valid where ``has_sigma``)."""
+        (``magnitude_sigma`` is valid where ``has_sigma``; ``warnings`` as in Predict).
+        ``stationxml`` and ``units`` as in :meth:`predict`."""
+        config = pb.StreamConfig(
+            model=model, hop_seconds=hop, stationxml=_bytes(stationxml), input_units=units
+        )
 
         def requests() -> Iterator[pb.StreamRequest]:
-            yield pb.StreamRequest(
-                config=pb.StreamConfig(model=model, hop_seconds=hop, stationxml=stationxml or b"")
-            )
+            yield pb.StreamRequest(config=config)
             for pick in _picks(p_picks):
                 yield pb.StreamRequest(pick=pick)
             for packet in packets:

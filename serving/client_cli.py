@@ -22,8 +22,32 @@ class CliError(Exception):
     """A user-facing problem: printed as `seismag: error: ...` with exit status 2."""
 
 
+def describe_rpc_error(exc, server: str, args: argparse.Namespace | None = None) -> str:
+    """Who refused and why: this client (its message limit, its deadline), the connection, or
+    the server (its status and message)."""
+    import grpc
+
+    from seismag.serving.client import refused_by_client
+
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if refused_by_client(exc):
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            timeout = getattr(args, "timeout", None)
+            return f"no answer from server {server} within this client's --timeout {timeout} s"
+        limit = getattr(args, "max_message_mb", None)
+        return (
+            f"this client refused to send the request ({details}): its limit is "
+            f"--max-message-mb {limit}; the server was not asked"
+        )
+    if code == grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
+        return f"cannot reach server {server}: {details}"
+    name = code.name if code is not None else "UNKNOWN"
+    return f"server {server} answered {name}: {details}"
+
+
 def _server_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """A gRPC failure becomes a one-line CLI error naming the status, not a traceback."""
+    """A gRPC failure becomes a one-line CLI error naming who refused, not a traceback."""
 
     @wraps(fn)
     def wrapper(args: argparse.Namespace) -> int:
@@ -32,9 +56,7 @@ def _server_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argpars
         try:
             return fn(args)
         except grpc.RpcError as exc:
-            code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            raise CliError(f"server {args.server} answered {code}: {details}") from None
+            raise CliError(describe_rpc_error(exc, args.server, args)) from None
 
     return wrapper
 
@@ -47,6 +69,20 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", help="client certificate (mutual TLS)")
     p.add_argument("--tls-key", help="client key (mutual TLS)")
     p.add_argument("--timeout", type=float, default=60.0, help="deadline per request, seconds")
+    p.add_argument(
+        "--max-message-mb", type=int, default=64, help="largest message this client sends, MiB"
+    )
+
+
+def _units_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stationxml", help="StationXML to convert counts to ground velocity (m/s)")
+    p.add_argument(
+        "--units",
+        choices=("counts", "m/s"),
+        default="",
+        help="units of the samples: counts (the default; they need --stationxml or a server "
+        "started with --inventory) or m/s (ground velocity already)",
+    )
 
 
 def _client(args: argparse.Namespace):
@@ -60,6 +96,7 @@ def _client(args: argparse.Namespace):
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         timeout=args.timeout,
+        max_message_mb=args.max_message_mb,
     )
 
 
@@ -89,8 +126,17 @@ def _picks(values: list[str] | None) -> dict:
     return picks
 
 
+def _stationxml(args: argparse.Namespace) -> bytes | None:
+    if not args.stationxml:
+        return None
+    try:
+        return Path(args.stationxml).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read --stationxml: {exc}") from None
+
+
 def _predict(args: argparse.Namespace, path: str):
-    stationxml = Path(args.stationxml).read_bytes() if args.stationxml else None
+    stationxml = _stationxml(args)
     with _client(args) as client:
         return client.predict(
             _read(path),
@@ -98,6 +144,7 @@ def _predict(args: argparse.Namespace, path: str):
             stationxml=stationxml,
             p_picks=_picks(args.pick),
             series_interval=args.interval,
+            units=args.units,
         )
 
 
@@ -127,6 +174,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"{r.series.stats.delta:g} s from {r.series.stats.starttime}; "
                 f"{r.timings_ms.get('total', 0):.1f} ms on the server"
             )
+            for warning in r.warnings:
+                print(f"{'':<16} warning: {warning}")
     if args.json:
         json.dump(everything, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -201,8 +250,17 @@ def cmd_stream(args: argparse.Namespace) -> int:
         _read(args.file)  # fail early and clearly on a bad file
         packets = replay_records(args.file, args.speed)
     picks = _picks(args.pick)
+    stationxml = _stationxml(args)
     with _client(args) as client:
-        for u in client.stream(packets, model=args.model, hop=args.hop, p_picks=picks):
+        updates = client.stream(
+            packets,
+            model=args.model,
+            hop=args.hop,
+            p_picks=picks,
+            stationxml=stationxml,
+            units=args.units,
+        )
+        for u in updates:
             if args.json:
                 print(
                     json.dumps(
@@ -215,6 +273,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
                             "onset_source": u.onset_source,
                             "onset_confidence": u.onset_confidence,
                             "lag_s": u.lag_seconds,
+                            "warnings": list(u.warnings),
                         }
                     ),
                     flush=True,
@@ -225,7 +284,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
                 print(
                     f"{UTCDateTime(u.time)}  {u.network}.{u.station}.{u.location:<3} "
                     f"M {_magnitude(u.magnitude, u.magnitude_sigma, u.has_sigma)}  "
-                    f"lag {u.lag_seconds:6.2f} s",
+                    f"lag {u.lag_seconds:6.2f} s" + "".join(f"  [{w}]" for w in u.warnings),
                     flush=True,
                 )
     return 0
@@ -271,7 +330,7 @@ def add_client_commands(sub) -> None:
     _connection_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--pick", action="append", help="P pick NET.STA[.LOC]=TIME (repeatable)")
-    p.add_argument("--stationxml", help="StationXML to remove the instrument response")
+    _units_args(p)
     p.add_argument("--interval", type=float, default=1.0, help="magnitude series spacing, s")
     p.set_defaults(func=cmd_predict)
 
@@ -283,6 +342,7 @@ def add_client_commands(sub) -> None:
     p.add_argument("--seedlink", help="SeedLink server HOST:PORT to forward instead of a file")
     p.add_argument("--select", action="append", help="SeedLink stream NET.STA[:CHANNELS]")
     p.add_argument("--pick", action="append", help="P pick NET.STA[.LOC]=TIME (repeatable)")
+    _units_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per update")
     p.set_defaults(func=cmd_stream)
 
@@ -291,6 +351,6 @@ def add_client_commands(sub) -> None:
     _connection_args(p)
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--pick", action="append", help="P pick NET.STA[.LOC]=TIME (repeatable)")
-    p.add_argument("--stationxml", help="StationXML to remove the instrument response")
+    _units_args(p)
     p.add_argument("--interval", type=float, default=1.0, help="magnitude series spacing, s")
     p.set_defaults(func=cmd_plot)

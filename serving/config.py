@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seismag.serving.executor.backend import BACKEND_CHOICES, DEFAULT_BACKEND
+from seismag.serving.pipeline.limits import MIN_INTERVAL_SECONDS
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,23 @@ class ServeConfig:
         default=1.0, metadata={"help": "Predict's magnitude series spacing, by default, s"}
     )
     grace: float = field(
-        default=10.0, metadata={"help": "seconds in-flight RPCs get after SIGTERM"}
+        default=10.0,
+        metadata={
+            "help": "seconds in-flight RPCs get after SIGTERM; the process exits within a "
+            "second after"
+        },
+    )
+    inventory: str | None = field(
+        default=None,
+        metadata={
+            "help": "StationXML file, or folder of *.xml files: instrument responses for data "
+            "sent in counts without StationXML (reloaded on SIGHUP and when the files change)",
+            "path": True,
+        },
+    )
+    inventory_poll: float = field(
+        default=10.0,
+        metadata={"help": "seconds between looks for changed inventory files (0 = SIGHUP only)"},
     )
     gil_switch_ms: float = field(
         default=0.2,
@@ -120,10 +137,13 @@ class ServeConfig:
             (self.work_threads >= 1, "work_threads must be >= 1"),
             (math.isfinite(self.max_message_mb) and self.max_message_mb > 0,
              "max_message_mb must be positive"),
-            (math.isfinite(self.stream_hop) and self.stream_hop > 0, "stream_hop must be positive"),
-            (math.isfinite(self.series_interval) and self.series_interval > 0,
-             "series_interval must be positive"),
+            (math.isfinite(self.stream_hop) and self.stream_hop >= MIN_INTERVAL_SECONDS,
+             f"stream_hop must be >= {MIN_INTERVAL_SECONDS:g} s"),
+            (math.isfinite(self.series_interval) and self.series_interval >= MIN_INTERVAL_SECONDS,
+             f"series_interval must be >= {MIN_INTERVAL_SECONDS:g} s"),
             (math.isfinite(self.grace) and self.grace >= 0, "grace must be >= 0"),
+            (math.isfinite(self.inventory_poll) and self.inventory_poll >= 0,
+             "inventory_poll must be >= 0"),
             (0 <= self.gil_switch_ms <= 100, "gil_switch_ms must be in [0, 100]"),
             ((self.tls_cert is None) == (self.tls_key is None),
              "tls_cert and --tls-key go together"),
@@ -140,6 +160,9 @@ class ServeConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.metadata.get("secret") or f.name.startswith("tls_"):
+                continue
+            if f.metadata.get("path"):
+                out[f.name] = getattr(self, f.name) is not None  # whether set, not where
                 continue
             out[f.name] = getattr(self, f.name)
         out["tls"] = self.tls_cert is not None
@@ -163,7 +186,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         if not f.metadata.get("cli", True):
             continue
         default = getattr(defaults, f.name)
-        kind = {"host": str, "backend": str}.get(
+        kind = {"host": str, "backend": str, "inventory": str}.get(
             f.name, type(default) if default is not None else int
         )
         shown = "" if default is None else f" (default: {default})"

@@ -29,3 +29,16 @@ class NotReady(ServingError):
     """The server is starting (models not warmed up) or draining after SIGTERM."""
 
     code_name = "UNAVAILABLE"
+
+
+class MissingResponse(ServingError):
+    """Data in counts whose instrument response is known neither from the request nor from the
+    server's inventory: the server will not guess the units."""
+
+    code_name = "FAILED_PRECONDITION"
+
+
+class Cancelled(ServingError):
+    """The client cancelled or went away; the work stopped."""
+
+    code_name = "CANCELLED"

@@ -1,4 +1,8 @@
-"""The Python client and the predict / stream / plot commands against a real loopback server."""
+"""The Python client and the predict / stream / plot commands against a real loopback server.
+
+ObsPy's RJOB record is in counts: the client sends its StationXML (``--stationxml``); the server
+here has no inventory, so without it the answer is FAILED_PRECONDITION, never a magnitude.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 import numpy as np
 import obspy
 import pytest
+from station_metadata import stationxml
 
 from seismag.cli import main
 from seismag.serving.client import SeismagClient
@@ -25,31 +30,38 @@ def server():
 
 @pytest.fixture(scope="module")
 def event(tmp_path_factory):
+    """RJOB (float32), its file, a --pick and its StationXML file."""
     st = obspy.read()  # BW.RJOB..EH[ZNE], 30 s at 100 Hz; P about 5 s in
-    path = tmp_path_factory.mktemp("data") / "rjob.mseed"
+    folder = tmp_path_factory.mktemp("data")
+    path = folder / "rjob.mseed"
     for tr in st:
         tr.data = tr.data.astype(np.float32)
     st.write(str(path), format="MSEED")
     pick = f"BW.RJOB={st[0].stats.starttime + 5.0}"
-    return st, str(path), pick
+    xml = folder / "rjob.xml"
+    xml.write_bytes(stationxml())
+    return st, str(path), pick, str(xml)
 
 
 def test_client_returns_obspy_objects(server, event):
-    st, _, _ = event
+    st, _, _, xml = event
+    picks = {"BW.RJOB": st[0].stats.starttime + 5.0}
     with SeismagClient(server) as client:
-        (result,) = client.predict(st, p_picks={"BW.RJOB": st[0].stats.starttime + 5.0})
-        (raw,) = client.predict(st, p_picks={"BW.RJOB": st[0].stats.starttime + 5.0}, raw=True)
+        (result,) = client.predict(st, p_picks=picks, stationxml=xml)
+        (raw,) = client.predict(st, p_picks=picks, raw=True, stationxml=xml)
     assert result.station_id == "BW.RJOB." and np.isfinite(result.magnitude)
     assert isinstance(result.series, obspy.Trace) and result.series.stats.delta == 1.0
     assert result.series.data[-1] == pytest.approx(result.magnitude)
     assert result.onset == st[0].stats.starttime + 5.0 and result.onset_source == "request"
+    assert result.warnings == [] and result.to_dict()["warnings"] == []
     # miniSEED (float32) and raw arrays carry the same samples: the same answer.
     np.testing.assert_allclose(raw.series.data, result.series.data, atol=1e-5)
 
 
 def test_predict_json_has_magnitude_and_series(server, event, capsys):
-    _, path, pick = event
-    assert main(["predict", path, "--server", server, "--pick", pick, "--json"]) == 0
+    _, path, pick, xml = event
+    args = ["predict", path, "--server", server, "--pick", pick, "--stationxml", xml, "--json"]
+    assert main(args) == 0
     (station,) = json.loads(capsys.readouterr().out)
     assert station["station"] == "BW.RJOB." and isinstance(station["magnitude"], float)
     assert station["series"]["values"][-1] == pytest.approx(station["magnitude"])
@@ -57,33 +69,70 @@ def test_predict_json_has_magnitude_and_series(server, event, capsys):
 
 
 def test_predict_readable_output(server, event, capsys):
-    _, path, pick = event
-    assert main(["predict", path, "--server", server, "--pick", pick]) == 0
+    _, path, pick, xml = event
+    assert main(["predict", path, "--server", server, "--pick", pick, "--stationxml", xml]) == 0
     out = capsys.readouterr().out
     assert "BW.RJOB." in out and " M " in out and "PhaseNetMag" in out
 
 
+def test_rjob_is_refused_in_counts_and_m_2_with_its_response(server, event, capsys):
+    """The README's example: ObsPy's RJOB record (counts) once answered M 8.26 without
+    StationXML and M 2.1 with it, silently. Now: refused without a response, M ~2 with one."""
+    _, path, _, xml = event
+    pick = "BW.RJOB=2009-08-24T00:20:08"
+    assert main(["predict", path, "--server", server, "--pick", pick]) == 2
+    err = capsys.readouterr().err
+    assert "FAILED_PRECONDITION" in err and "BW.RJOB..EH" in err and "--stationxml" in err
+    assert main(["predict", path, "--server", server, "--pick", pick, "--units", "m/s"]) == 2
+    err = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in err and "look like counts" in err
+    assert main(["predict", path, "--server", server, "--pick", pick, "--stationxml", xml]) == 0
+    out = capsys.readouterr().out
+    magnitude = float(out.split(" M ")[1].split()[0])
+    assert 1.5 < magnitude < 2.7, out  # about 2.1 with the shipped weights
+    assert main(["stream", path, "--server", server, "--speed", "0", "--pick", pick]) == 2
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err
+
+
+def test_cli_says_who_refused(server, event, capsys):
+    _, path, pick, xml = event
+    common = ["--server", server, "--pick", pick, "--stationxml", xml]
+    assert main(["predict", path, *common, "--max-message-mb", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "this client refused to send" in err and "--max-message-mb 0" in err
+    assert "server 127.0.0.1" not in err
+    assert main(["predict", path, *common, "--model", "Nope"]) == 2
+    assert f"server {server} answered NOT_FOUND" in capsys.readouterr().err
+    assert main(["predict", path, "--server", "127.0.0.1:1", "--timeout", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach server 127.0.0.1:1" in err or "within this client's --timeout" in err
+
+
 def test_predict_errors_are_one_line_messages(server, event, tmp_path, capsys):
-    _, path, pick = event
+    _, path, pick, xml = event
     assert main(["predict", str(tmp_path / "missing.mseed"), "--server", server]) == 2
     assert "no such file" in capsys.readouterr().err
     junk = tmp_path / "junk.mseed"
     junk.write_bytes(b"\x00" * 100)
     assert main(["predict", str(junk), "--server", server]) == 2
     assert "not a waveform file" in capsys.readouterr().err
-    assert main(["predict", path, "--server", server, "--model", "Nope", "--pick", pick]) == 2
+    nope = ["--model", "Nope", "--pick", pick, "--stationxml", xml]
+    assert main(["predict", path, "--server", server, *nope]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err
     assert main(["predict", path, "--server", server, "--pick", "BW.RJOB"]) == 2
     assert "--pick takes" in capsys.readouterr().err
 
 
 def test_stream_replay_matches_predict(server, event, capsys):
-    st, path, pick = event
-    assert main(["stream", path, "--server", server, "--speed", "0", "--pick", pick, "--json"]) == 0
+    st, path, pick, xml = event
+    args = ["stream", path, "--server", server, "--speed", "0", "--pick", pick, "--json"]
+    assert main([*args, "--stationxml", xml]) == 0
     updates = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert updates and {u["station"] for u in updates} == {"BW.RJOB."}
+    assert all(u["warnings"] == [] for u in updates)
     with SeismagClient(server) as client:
-        (result,) = client.predict(st, p_picks={"BW.RJOB": st[0].stats.starttime + 5.0})
+        picks = {"BW.RJOB": st[0].stats.starttime + 5.0}
+        (result,) = client.predict(st, p_picks=picks, stationxml=xml)
     # A replayed feed sees what predict's causal series saw: the last values agree.
     assert updates[-1]["magnitude"] == pytest.approx(result.magnitude, abs=1e-4)
 
@@ -95,19 +144,20 @@ def test_stream_needs_a_source(capsys):
 
 def test_plot_writes_a_png(server, event, tmp_path):
     pytest.importorskip("matplotlib")
-    _, path, pick = event
+    _, path, pick, xml = event
     out = tmp_path / "rjob.png"
-    assert main(["plot", path, "--server", server, "--pick", pick, "--out", str(out)]) == 0
+    args = ["plot", path, "--server", server, "--pick", pick, "--stationxml", xml]
+    assert main([*args, "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_no_value_once_p_is_older_than_the_trained_windows(server, event):
     # Training windows hold P at 5-95% of the window: a window whose P slid further out was
     # never seen in training, so the series stops there instead of extrapolating.
-    st, _, _ = event
+    st, _, _, xml = event
     pick = st[0].stats.starttime + 0.5
     with SeismagClient(server) as client:
-        (r,) = client.predict(st, p_picks={"BW.RJOB": pick})
+        (r,) = client.predict(st, p_picks={"BW.RJOB": pick}, stationxml=xml)
     last = r.series.stats.starttime + (len(r.series.data) - 1) * r.series.stats.delta
     assert last <= pick + 0.95 * 30.01
     assert last < st[0].stats.endtime

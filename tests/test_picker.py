@@ -11,6 +11,7 @@ import numpy as np
 import obspy
 import pytest
 from obspy import Stream, UTCDateTime
+from station_metadata import rjob_inventory, write_inventory
 
 from seismag.serving.client import raw_trace
 from seismag.serving.executor.runtime import ModelRegistry, default_model_path
@@ -23,6 +24,7 @@ from seismag.training.synthetic import SyntheticConfig, simulate_event
 
 RATE = 100.0
 RJOB_P = UTCDateTime(2009, 8, 24, 0, 20, 7, 800000)  # the pick the other tests send for RJOB
+INV = rjob_inventory()  # RJOB's record is in counts: its response
 
 
 @pytest.fixture(scope="module")
@@ -156,12 +158,12 @@ def registry():
 
 
 def test_predict_without_pick_on_a_record_starting_5_s_before_p(registry):
-    r = predict(registry, obspy.read())[0]
+    r = predict(registry, obspy.read(), inventory=INV)[0]
     assert r.onset_source == PICKER_NAME and abs(r.onset - RJOB_P) < 0.5
     assert 0.0 < r.onset_confidence <= 1.0
-    z_only = predict(registry, obspy.read().select(component="Z"))[0]
+    z_only = predict(registry, obspy.read().select(component="Z"), inventory=INV)[0]
     assert z_only.missing_components == ("N", "E") and z_only.onset == r.onset
-    picked = predict(registry, obspy.read(), p_picks={"BW.RJOB": RJOB_P})[0]
+    picked = predict(registry, obspy.read(), p_picks={"BW.RJOB": RJOB_P}, inventory=INV)[0]
     assert picked.onset_source == "request" and picked.onset_confidence == 1.0
 
 
@@ -169,8 +171,11 @@ def test_predict_without_pick_on_a_record_starting_5_s_before_p(registry):
 
 
 @pytest.fixture(scope="module")
-def stub(registry):
-    srv = build_server(registry, address="127.0.0.1:0", metrics_port=0).start()
+def stub(registry, tmp_path_factory):
+    inventory = write_inventory(tmp_path_factory.mktemp("inventory") / "rjob.xml")
+    srv = build_server(
+        registry, address="127.0.0.1:0", metrics_port=0, inventory=str(inventory)
+    ).start()
     channel = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
     yield pb_grpc.MagnitudeServiceStub(channel)
     channel.close()
@@ -187,7 +192,7 @@ def test_grpc_predict_and_stream_carry_the_onset_source_and_confidence(stub, reg
     st = obspy.read()
     reply = stub.Predict(pb.PredictRequest(miniseed=_miniseed(st)), timeout=30)
     r = reply.results[0]
-    expected = predict(registry, obspy.read())[0]
+    expected = predict(registry, obspy.read(), inventory=INV)[0]
     assert r.has_onset and r.onset_source == PICKER_NAME
     assert r.onset == pytest.approx(expected.onset.timestamp, abs=1e-6)
     assert r.onset_confidence == pytest.approx(expected.onset_confidence)

@@ -2,6 +2,10 @@
 
 One registry (the embedded default model) is shared by every server in this module; servers with
 special settings (auth, TLS, small limits, no warm-up) are cheap next to loading the model.
+
+ObsPy's RJOB record is in counts: the module's server loads its StationXML (and copies of it
+under the station codes the stream tests give RJOB's record) with ``inventory=``, the
+``seismag serve --inventory`` setting, so requests without StationXML are converted.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from obspy import Stream
+from station_metadata import write_inventory
 
 from seismag.serving.client import raw_trace
 from seismag.serving.executor.runtime import ModelRegistry, default_model_path
@@ -34,6 +39,8 @@ from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parent.parent
+STREAM_CODES = [f"S{i:03d}" for i in range(50)]
+"""Station codes the stream tests give copies of RJOB's record."""
 
 
 def _pick_time(st: Stream) -> float:
@@ -74,8 +81,15 @@ def registry():
 
 
 @pytest.fixture(scope="module")
-def server(registry):
-    srv = build_server(registry, address="127.0.0.1:0", metrics_port=0).start()
+def inventory(tmp_path_factory) -> Path:
+    return write_inventory(tmp_path_factory.mktemp("inventory") / "rjob.xml", STREAM_CODES)
+
+
+@pytest.fixture(scope="module")
+def server(registry, inventory):
+    srv = build_server(
+        registry, address="127.0.0.1:0", metrics_port=0, inventory=str(inventory)
+    ).start()
     yield srv
     srv.stop(1)
 
@@ -561,7 +575,8 @@ def test_thousands_of_idle_streams_leave_health_and_predict_served(server, rjob)
                     starttime=t0,
                     samples=[0.0] * 100,
                 )
-                await call.write(pb.StreamRequest(raw_chunk=chunk))
+                config = pb.StreamConfig(input_units="m/s")
+                await call.write(pb.StreamRequest(config=config, raw_chunk=chunk))
                 calls.append(call)
             end = time.monotonic() + 30
             while server.open_streams < n and time.monotonic() < end:
@@ -617,9 +632,10 @@ def test_metrics_endpoint(server, stub, registry, rjob):
 # -- graceful shutdown ----------------------------------------------------------------------------
 
 
-def test_sigterm_drains_and_exits_zero(rjob):
+def test_sigterm_drains_and_exits_zero(rjob, inventory):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "seismag", "serve", "--port", "0", "--grace", "5"]
+    cmd += ["--inventory", str(inventory)]
     proc = subprocess.Popen(cmd, cwd=REPO.parent, env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     port = None

@@ -1,4 +1,8 @@
-"""Serving core without gRPC: model registry, dynamic batcher, ingest, causal predict, streams."""
+"""Serving core without gRPC: model registry, dynamic batcher, ingest, causal predict, streams.
+
+ObsPy's RJOB record is in counts: it is sent with its StationXML (``inventory=INV``); the
+synthetic records are ground velocity and say so (``units="m/s"``).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,15 @@ import pytest
 from obspy import Stream, Trace, UTCDateTime, read, read_inventory
 from obspy.signal.trigger import recursive_sta_lta
 from scipy.signal import butter, sosfilt, sosfilt_zi
+from station_metadata import rjob_inventory
 
-from seismag.serving.errors import InvalidInput, ModelNotFound, NotReady, Overloaded
+from seismag.serving.errors import (
+    InvalidInput,
+    MissingResponse,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+)
 from seismag.serving.executor.batcher import DynamicBatcher
 from seismag.serving.executor.runtime import (
     ModelLoadError,
@@ -60,6 +71,7 @@ def rjob() -> Stream:
 
 
 RJOB_P = UTCDateTime(2009, 8, 24, 0, 20, 7, 800000)
+INV = read_inventory()  # holds BW.RJOB's response
 
 
 def three_stations() -> Stream:
@@ -469,7 +481,8 @@ def test_picker_matches_obspy_and_is_chunk_independent():
 
 def test_predict_one_result_per_station_with_request_picks(registry):
     picks = {"BW.RJOB": RJOB_P, "BW.RJOC.": RJOB_P, "BW.RJOD": RJOB_P}
-    results = predict(registry, three_stations(), p_picks=picks)
+    inv = rjob_inventory(["RJOC", "RJOD"])
+    results = predict(registry, three_stations(), p_picks=picks, inventory=inv)
     assert [r.station for r in results] == ["RJOB", "RJOC", "RJOD"]
     for r in results:
         assert r.onset_source == "request" and abs(r.onset - RJOB_P) < 0.011
@@ -485,9 +498,9 @@ def test_predict_one_result_per_station_with_request_picks(registry):
 
 def test_predict_series_is_causal(registry):
     picks = {"BW.RJOB": RJOB_P}
-    full = predict(registry, rjob(), p_picks=picks)[0]
+    full = predict(registry, rjob(), p_picks=picks, inventory=INV)[0]
     cut_at = full.series_start + 9 * full.series_interval  # a grid point
-    short = predict(registry, rjob().slice(endtime=cut_at), p_picks=picks)[0]
+    short = predict(registry, rjob().slice(endtime=cut_at), p_picks=picks, inventory=INV)[0]
     assert short.series_start == full.series_start
     assert len(short.series) == 10
     np.testing.assert_allclose(short.series, full.series[:10], atol=1e-5)
@@ -495,14 +508,14 @@ def test_predict_series_is_causal(registry):
 
 def test_predict_final_value_alone_matches_series_end(registry):
     picks = {"BW.RJOB": RJOB_P}
-    series = predict(registry, rjob(), p_picks=picks)[0]
-    single = predict(registry, rjob(), p_picks=picks, series_interval=30.0)[0]
+    series = predict(registry, rjob(), p_picks=picks, inventory=INV)[0]
+    single = predict(registry, rjob(), p_picks=picks, series_interval=30.0, inventory=INV)[0]
     assert len(single.series) == 1
     assert single.magnitude == pytest.approx(series.magnitude, abs=1e-5)
 
 
 def test_predict_picks_onset_with_sta_lta(registry):
-    r = predict(registry, synthetic())[0]
+    r = predict(registry, synthetic(), units="m/s")[0]
     assert r.onset_source == "sta_lta_aic"
     assert abs(r.onset - UTCDateTime(2024, 1, 1, 0, 0, 15)) < 0.5
     assert r.series_start >= r.onset + 2.0
@@ -511,35 +524,37 @@ def test_predict_picks_onset_with_sta_lta(registry):
 def test_predict_errors_name_the_station(registry):
     # RJOB cut 0.5 s before its P holds only noise: without a pick there is no onset.
     with pytest.raises(InvalidInput, match=r"BW\.RJOB\..*no P onset"):
-        predict(registry, rjob().slice(endtime=RJOB_P - 0.5))
+        predict(registry, rjob().slice(endtime=RJOB_P - 0.5), inventory=INV)
     with pytest.raises(InvalidInput, match="match no station"):
-        predict(registry, rjob(), p_picks={"XX.NONE": RJOB_P})
+        predict(registry, rjob(), p_picks={"XX.NONE": RJOB_P}, inventory=INV)
     with pytest.raises(InvalidInput, match="less than 2 s"):
-        predict(registry, rjob(), p_picks={"BW.RJOB": rjob()[0].stats.endtime - 1})
+        predict(registry, rjob(), p_picks={"BW.RJOB": rjob()[0].stats.endtime - 1}, inventory=INV)
     nan = rjob()
     nan[1].data[100] = np.nan
     with pytest.raises(InvalidInput, match="NaN"):
-        predict(registry, nan, p_picks={"BW.RJOB": RJOB_P})
+        predict(registry, nan, p_picks={"BW.RJOB": RJOB_P}, inventory=INV)
     with pytest.raises(InvalidInput, match=r"only 0\.50 s"):
-        predict(registry, rjob().slice(endtime=rjob()[0].stats.starttime + 0.495))
+        predict(registry, rjob().slice(endtime=rjob()[0].stats.starttime + 0.495), inventory=INV)
     with pytest.raises(InvalidInput, match="no traces"):
         predict(registry, Stream())
     with pytest.raises(InvalidInput, match="series_interval"):
-        predict(registry, rjob(), series_interval=0.0)
+        predict(registry, rjob(), series_interval=0.0, inventory=INV)
     with pytest.raises(ModelNotFound):
-        predict(registry, rjob(), model="Nope")
+        predict(registry, rjob(), model="Nope", inventory=INV)
+    with pytest.raises(MissingResponse, match=r"BW\.RJOB\.\.EH.*--stationxml"):
+        predict(registry, rjob(), p_picks={"BW.RJOB": RJOB_P})
 
 
 def test_single_component_is_zero_filled_and_reported(registry):
     z_only = rjob().select(component="Z")
-    r = predict(registry, z_only, p_picks={"BW.RJOB": RJOB_P})[0]
+    r = predict(registry, z_only, p_picks={"BW.RJOB": RJOB_P}, inventory=INV)[0]
     assert r.missing_components == ("N", "E")
     with pytest.raises(InvalidInput, match="missing components"):
-        predict(registry, z_only, p_picks={"BW.RJOB": RJOB_P}, missing="error")
+        predict(registry, z_only, p_picks={"BW.RJOB": RJOB_P}, missing="error", inventory=INV)
 
 
 def test_scalar_model_series_starts_after_one_second(registry):
-    r = predict(registry, rjob(), model=SCALAR_MODEL)[0]
+    r = predict(registry, rjob(), model=SCALAR_MODEL, inventory=INV)[0]
     assert r.onset_source == "none" and r.onset is None
     assert len(r.series) == 30 and r.series_start == rjob()[0].stats.starttime + 0.99
 
@@ -579,21 +594,22 @@ def _assert_matches(updates, result, end: UTCDateTime, *, all_points: bool) -> N
 
 def test_stream_replay_equals_predict_sta_lta(registry):
     st = synthetic()
-    updates, session = replay(registry, st, hop=1.0, coalesce=False)
-    expected = predict(registry, synthetic(), series_interval=1.0)[0]
+    updates, session = replay(registry, st, hop=1.0, coalesce=False, units="m/s")
+    expected = predict(registry, synthetic(), series_interval=1.0, units="m/s")[0]
     _assert_matches(updates, expected, st[0].stats.endtime, all_points=True)
     assert updates[-1].onset == expected.onset and updates[-1].lag_s > 0
     assert session.done and session.stats.late_samples == 0
 
 
 def test_stream_replay_equals_predict_with_client_pick(registry):
-    session = StreamSession(registry, hop=2.0, coalesce=False)
+    session = StreamSession(registry, hop=2.0, coalesce=False, inventory=INV)
     session.set_pick("BW.RJOB", RJOB_P)
     for rec in records(rjob()):
         session.add(rec)
     session.finish()
     updates = list(session.updates(poll=0.1))
-    expected = predict(registry, rjob(), p_picks={"BW.RJOB": RJOB_P}, series_interval=2.0)[0]
+    picks = {"BW.RJOB": RJOB_P}
+    expected = predict(registry, rjob(), p_picks=picks, series_interval=2.0, inventory=INV)[0]
     _assert_matches(updates, expected, rjob()[0].stats.endtime, all_points=True)
 
 
@@ -612,9 +628,13 @@ def test_stream_replay_equals_predict_with_stationxml(registry):
         registry, rjob(), inventory=inv, p_picks={"BW.RJOB": RJOB_P}, series_interval=2.0
     )[0]
     _assert_matches(updates, expected, rjob()[0].stats.endtime, all_points=True)
-    # In counts without the inventory the same record reads as ~1e9 times larger ground motion.
-    raw = predict(registry, rjob(), p_picks={"BW.RJOB": RJOB_P})[0]
-    assert raw.magnitude > expected.magnitude + 3
+    # Counts without a response are never read as m/s (they once answered M 8 for this M 2).
+    with pytest.raises(MissingResponse):
+        predict(registry, rjob(), p_picks={"BW.RJOB": RJOB_P})
+    with pytest.raises(MissingResponse):
+        StreamSession(registry).add(records(rjob())[0])
+    with pytest.raises(InvalidInput, match="look like counts"):
+        predict(registry, rjob(), p_picks={"BW.RJOB": RJOB_P}, units="m/s")
 
 
 def test_causal_correction_matches_deconvolution_and_any_chunking():
@@ -650,13 +670,14 @@ def test_stream_out_of_order_packets(registry):
         block = recs[i : i + 4]
         rng.shuffle(block)
         recs[i : i + 4] = block
-    session = StreamSession(registry, hop=1.0, coalesce=False)
+    session = StreamSession(registry, hop=1.0, coalesce=False, units="m/s")
     for rec in recs:
         session.add(rec)
     session.finish()
     updates = list(session.updates(poll=0.1))
     end = synthetic()[0].stats.endtime
-    _assert_matches(updates, predict(registry, synthetic())[0], end, all_points=True)
+    expected = predict(registry, synthetic(), units="m/s")[0]
+    _assert_matches(updates, expected, end, all_points=True)
 
 
 def _raw_chunks(st: Stream, seconds: float = 1.3) -> list[tuple]:
@@ -683,7 +704,7 @@ def test_stream_raw_fast_path_equals_trace_path(registry):
     """add_raw (StreamPredict raw chunks, no ObsPy) gives add(Trace)'s updates exactly."""
     results, late = [], []
     for fast in (False, True):
-        session = StreamSession(registry, hop=1.0, coalesce=False)
+        session = StreamSession(registry, hop=1.0, coalesce=False, units="m/s")
         for net, sta, loc, cha, rate, start, data in _raw_chunks(synthetic()):
             if fast:
                 session.add_raw(net, sta, loc, cha, rate, start, data.tolist())
@@ -697,12 +718,12 @@ def test_stream_raw_fast_path_equals_trace_path(registry):
     assert len(results[0]) == len(results[1]) > 20
     for (t_a, m_a), (t_b, m_b) in zip(*results, strict=True):
         assert t_a == t_b and m_a == pytest.approx(m_b, abs=1e-6)
-    bad = StreamSession(registry)
+    bad = StreamSession(registry, units="m/s")
     with pytest.raises(InvalidInput, match="NaN"):
         bad.add_raw("XX", "SYN", "", "HHZ", 100.0, 0.0, [0.0, float("nan")])
     with pytest.raises(InvalidInput, match="sampling rate"):
         bad.add_raw("XX", "SYN", "", "HHZ", -1.0, 0.0, [0.0])
-    with pytest.raises(InvalidInput, match="starttime"):
+    with pytest.raises(InvalidInput, match=r"start: time inf s .* not plausible"):
         bad.add_raw("XX", "SYN", "", "HHZ", 100.0, float("inf"), [0.0])
 
 
@@ -726,19 +747,20 @@ def test_batched_raw_windows_normalise_like_single_ones(registry):
 def test_stream_coalesces_under_load(model_dir):
     slow = ModelRegistry.from_paths([model_dir / "PhaseNetMag.onnx"], max_queue_delay_ms=300.0)
     try:
-        updates, session = replay(slow, synthetic(), hop=1.0)
+        updates, session = replay(slow, synthetic(), hop=1.0, units="m/s")
         assert session.stats.coalesced > 0
         assert session.stats.submitted < session.stats.evaluations
         assert slow.get().stats().rows == session.stats.submitted
         end = synthetic()[0].stats.endtime
-        _assert_matches(updates, predict(slow, synthetic())[0], end, all_points=False)
+        expected = predict(slow, synthetic(), units="m/s")[0]
+        _assert_matches(updates, expected, end, all_points=False)
         assert updates[-1].time == synthetic()[0].stats.endtime  # the newest always arrives
     finally:
         slow.close()
 
 
 def test_stream_close_frees_state_and_limits(registry):
-    session = StreamSession(registry, hop=1.0, max_pending=1)
+    session = StreamSession(registry, hop=1.0, max_pending=1, inventory=INV)
     recs = records(rjob())
     session.add(recs[0])
     assert session.n_stations == 1
@@ -759,7 +781,7 @@ def test_stream_close_frees_state_and_limits(registry):
 
 def test_stream_callback_and_rejects_bad_packets(registry):
     got = []
-    session = StreamSession(registry, hop=5.0, on_update=got.append)
+    session = StreamSession(registry, hop=5.0, on_update=got.append, inventory=INV)
     session.set_pick("BW.RJOB.", RJOB_P)
     bad = rjob()[:1]
     bad[0].data[5] = np.inf

@@ -19,12 +19,14 @@ import obspy
 import onnxruntime as ort
 import pytest
 from obspy import Stream
+from station_metadata import rjob_inventory, write_inventory
 
 from seismag.cli import main
 from seismag.models.card import OUTPUT_NAME, SIGMA_NAME
 from seismag.models.preprocess import last_window, model_inputs, stream_to_array
 from seismag.serving.client import SeismagClient, raw_trace
 from seismag.serving.executor.runtime import ModelRegistry
+from seismag.serving.pipeline.response import correct_trace
 from seismag.serving.protocols.server import build_server
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
@@ -65,8 +67,10 @@ def registry(model_dir):
 
 
 @pytest.fixture(scope="module")
-def server(registry):
-    srv = build_server(registry, address="127.0.0.1:0").start()
+def server(registry, tmp_path_factory):
+    # RJOB's record is in counts: the server converts it with its StationXML (--inventory).
+    inventory = write_inventory(tmp_path_factory.mktemp("inventory") / "rjob.xml")
+    srv = build_server(registry, address="127.0.0.1:0", inventory=str(inventory)).start()
     yield srv
     srv.stop(1)
 
@@ -136,10 +140,12 @@ def test_predict_sigma_matches_onnxruntime_and_the_evaluator(stub, registry, mod
     assert all(s > 0 and math.isfinite(s) for s in r.series.sigmas)
     assert r.series.sigmas[-1] == pytest.approx(r.magnitude_sigma, abs=1e-6)
 
-    # The reference: the window ending at the data end, run by ONNX Runtime directly, and the
-    # evaluator's per-window aggregation after the (client's) P onset.
+    # The reference: the window ending at the data end (in m/s through the instrument
+    # correction the server runs), run by ONNX Runtime directly, and the evaluator's
+    # per-window aggregation after the (client's) P onset.
     card = registry.get(SERIES).card
-    arr = stream_to_array(st, card)
+    inv = rjob_inventory()
+    arr = stream_to_array(Stream([correct_trace(tr, inv) for tr in st]), card)
     x, log_amp = model_inputs(last_window(arr.data, card.in_samples), card)
     magnitude, sigma = _session(model_dir, SERIES).run(
         [OUTPUT_NAME, SIGMA_NAME], {"waveform": x[None], "log_amp": log_amp[None]}
@@ -148,7 +154,7 @@ def test_predict_sigma_matches_onnxruntime_and_the_evaluator(stub, registry, mod
     onset = round((_pick(st) - arr.starttime.timestamp) * card.sampling_rate)
     in_window = np.array([max(0, onset - (n - card.in_samples))])
     want_sigma = window_sigmas(sigma, card, in_window)[0]
-    want_magnitude = window_magnitudes(magnitude + card.label_offset, card, in_window)[0]
+    want_magnitude = window_magnitudes(magnitude, card, in_window)[0]
     assert r.magnitude_sigma == pytest.approx(want_sigma, abs=1e-5)
     assert abs(want_sigma - sigma.mean()) > 1e-3  # the onset matters: the check can fail
     assert r.magnitude == pytest.approx(want_magnitude, abs=1e-5)

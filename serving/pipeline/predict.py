@@ -21,10 +21,20 @@ Rules (constants below):
 * missing components (``missing="zeros"``) are zero-filled and reported; the picker then uses the
   components present only.
 
-With an inventory, ``response="causal"`` (the default, and what ``StreamSession`` runs) corrects
-each trace with its causal instrument filter (:mod:`~seismag.serving.pipeline.response`), so a
-replayed stream reproduces Predict. ``"full"`` deconvolves over the whole record in the frequency
-domain (non-causal; for offline comparison) and ``"sensitivity"`` divides by the flat gain.
+Units (:mod:`~seismag.serving.pipeline.units`): samples are counts unless ``units="m/s"``;
+counts need each channel's response, from ``inventory`` (the request's StationXML) or
+``server_inventory``, and are refused with MissingResponse without one. ``response="causal"``
+(the default, and what ``StreamSession`` runs) corrects each trace with its causal instrument
+filter (:mod:`~seismag.serving.pipeline.response`), so a replayed stream reproduces Predict.
+``"full"`` deconvolves over the whole record in the frequency domain (non-causal; for offline
+comparison) and ``"sensitivity"`` divides by the flat gain; both need ``inventory``.
+
+Checks (:mod:`~seismag.serving.pipeline.limits`, :mod:`~seismag.serving.pipeline.quality`): the
+work a request implies (samples after resampling, series points) is estimated from its headers
+and refused before any of it is done; dead, flat and unknown components are left out and said
+so in the station's ``warnings`` (a station with none left is refused), clipped ones flagged;
+samples that cannot be ground velocity are refused. ``budget`` (deadline, cancel flag) is checked
+between stations, every few hundred series points and before the model.
 """
 
 from __future__ import annotations
@@ -43,10 +53,24 @@ from seismag.models.preprocess import PreprocessError, model_inputs, stream_to_a
 from seismag.serving.errors import InvalidInput, Overloaded
 from seismag.serving.executor.batcher import Ticket
 from seismag.serving.executor.runtime import ModelRegistry, ModelRuntime
-from seismag.serving.pipeline.ingest import remove_response, remove_sensitivity
+from seismag.serving.pipeline.ingest import check_stream, remove_response, remove_sensitivity
+from seismag.serving.pipeline.limits import (
+    MAX_CARD_SAMPLES,
+    MAX_INPUT_SAMPLES,
+    MAX_SERIES_POINTS,
+    MAX_STATIONS,
+    MAX_WINDOWS,
+    Budget,
+    check_count,
+    check_interval,
+    check_model_name,
+    shown,
+)
 from seismag.serving.pipeline.onset import PICKER_NAME, PPicker
+from seismag.serving.pipeline.quality import check_velocity, clipped, component, unusable
 from seismag.serving.pipeline.response import correct_trace
 from seismag.serving.pipeline.results import StationResult
+from seismag.serving.pipeline.units import COUNTS, Responses, StationInventory
 
 RESPONSE_MODES = ("causal", "full", "sensitivity")
 MIN_DATA_SECONDS = 1.0
@@ -57,8 +81,8 @@ MAX_ONSET_AGE = 0.95
 """Fraction of a window after which an onset is too old: training windows hold P at 5-95% of the
 window (or end 1-20 s after it), so a window whose P has slid further out is one the model never
 saw. No value is produced for it; a later onset (the next event) starts values again."""
-MAX_WINDOWS = 4096
-"""Windows per request (~150 MB of float32 inputs at 3 x 3001); more is Overloaded."""
+CHECK_EVERY = 256
+"""Series points between two looks at the request's deadline and cancel flag."""
 
 _AGG_WORDS = {"mean_after_onset": "mean", "median_after_onset": "median"}
 
@@ -97,6 +121,8 @@ class Evaluation:
     preprocess_ms: float = 0.0
     confidence: float = 0.0
     """The onset's confidence: the picker's, 1 for the client's pick, 0 without an onset."""
+    warnings: tuple[str, ...] = ()
+    """What the answer for this window should be read with (StreamPredict's flat components)."""
 
 
 class StationTrack:
@@ -277,10 +303,8 @@ def grid(n: int, step: int) -> list[int]:
     return points
 
 
-def interval_samples(series_interval: float, rate: float) -> int:
-    if not np.isfinite(series_interval) or series_interval <= 0:
-        raise InvalidInput(f"series_interval must be a positive number, got {series_interval}")
-    return max(round(series_interval * rate), 1)
+def interval_samples(series_interval: float, rate: float, what: str = "series_interval") -> int:
+    return max(round(check_interval(what, series_interval) * rate), 1)
 
 
 def _group(stream: Stream) -> dict[tuple[str, str, str], Stream]:
@@ -291,14 +315,74 @@ def _group(stream: Stream) -> dict[tuple[str, str, str], Stream]:
     return groups
 
 
-def _check_stream(stream: Stream) -> None:
-    if stream is None or len(stream) == 0:
-        raise InvalidInput("the request holds no traces")
-    for tr in stream:
-        if tr.stats.npts == 0:
-            raise InvalidInput(f"{tr.id}: trace holds no samples")
-        if not np.all(np.isfinite(np.asarray(tr.data, dtype=np.float64))):
-            raise InvalidInput(f"{tr.id}: contains NaN or Inf samples")
+def _check_work(groups: dict[tuple[str, str, str], Stream], card: ModelCard, step: int) -> None:
+    """Refuse a request whose work is too large, from its headers alone.
+
+    Per component the span from its first to its last sample counts (gaps are filled), both at
+    its own rate (merging) and at the card's (resampling), and per station the series points
+    that ``step`` gives over its longest component.
+    """
+    rate = card.sampling_rate
+    native = resampled = points = 0
+    for st in groups.values():
+        spans: dict[str, list[float]] = {}
+        for tr in st:
+            if component(tr.stats.channel) not in card.component_order:
+                continue
+            s = tr.stats
+            first, last = s.starttime.timestamp, s.endtime.timestamp
+            span = spans.setdefault(tr.id, [first, last, s.sampling_rate])
+            span[0], span[1] = min(span[0], first), max(span[1], last)
+        for first, last, native_rate in spans.values():
+            native += math.floor((last - first) * native_rate) + 1
+            resampled += math.floor((last - first) * rate) + 1
+        if spans:
+            longest = max(last - first for first, last, _ in spans.values())
+            points += (math.floor(longest * rate) + 1) // step + 1
+    advice = "send shorter records or fewer stations, or close the gaps between traces"
+    check_count("samples, gaps filled,", native, MAX_INPUT_SAMPLES, advice)
+    check_count(f"samples after resampling to {rate:g} Hz", resampled, MAX_CARD_SAMPLES, advice)
+    if points > MAX_SERIES_POINTS:
+        raise Overloaded(
+            f"the request asks for {points} series points (limit {MAX_SERIES_POINTS}) at "
+            f"series_interval {step / rate:g} s; use a larger series_interval or send less data"
+        )
+
+
+def _channel_notes(sid: str, st: Stream, card: ModelCard) -> tuple[Stream, list[str]]:
+    """The traces worth using, why others were left out, and warnings about the rest.
+
+    Components are judged per channel on the samples as sent (counts are still counts): a dead
+    or flat one carries no signal, an unknown one (EHX, BDF, ...) is not what the model reads.
+    """
+    usable, dropped, notes = Stream(), [], []
+    by_channel: dict[str, list] = {}
+    for tr in st:
+        by_channel.setdefault(tr.stats.channel, []).append(tr)
+    reads = f"{card.name} reads {''.join(card.component_order)} (or 1, 2, 3)"
+    for channel, traces in by_channel.items():
+        if component(channel) not in card.component_order:
+            dropped.append(f"{channel}: component {channel[-1:]!r} is not one {reads}; left out")
+            continue
+        data = traces[0].data if len(traces) == 1 else np.concatenate([t.data for t in traces])
+        why = unusable(data)
+        if why:
+            dropped.append(f"{channel}: {why}; left out")
+            continue
+        clip = clipped(data)
+        if clip:
+            notes.append(f"{channel}: {clip}")
+        rate = traces[0].stats.sampling_rate
+        if rate < card.sampling_rate * (1 - 1e-6):
+            notes.append(
+                f"{channel}: {rate:g} Hz resampled to {card.sampling_rate:g} Hz: nothing above "
+                f"{rate / 2:g} Hz, where the model was trained with data up to "
+                f"{card.sampling_rate / 2:g} Hz"
+            )
+        usable.extend(traces)
+    if not usable:
+        raise InvalidInput(f"{sid}: no usable component: {'; '.join(dropped)}")
+    return usable, dropped + notes
 
 
 @dataclass
@@ -307,6 +391,29 @@ class _StationWork:
     track: StationTrack
     evals: list[Evaluation]
     preprocess_ms: float
+    warnings: tuple[str, ...] = ()
+
+
+def _to_velocity(
+    st: Stream, responses: Responses, mode: str, inventory: Inventory | None
+) -> Stream:
+    """The station's traces in m/s: as declared, or corrected with each channel's response."""
+    if responses.declared:
+        for tr in st:
+            check_velocity(tr.id, tr.data, declared=True)
+        return st
+    found = [responses.require(tr.id, tr.stats.starttime) for tr in st]
+    if mode == "causal":
+        out = Stream([correct_trace(tr, resp) for tr, resp in zip(st, found, strict=True)])
+    elif inventory is None:
+        raise InvalidInput(f"response mode {mode!r} needs the request's StationXML")
+    elif mode == "full":
+        out = remove_response(st, inventory)
+    else:
+        out = remove_sensitivity(st, inventory)
+    for tr in out:
+        check_velocity(tr.id, tr.data, declared=False)
+    return out
 
 
 def _prepare_station(
@@ -315,20 +422,18 @@ def _prepare_station(
     card: ModelCard,
     step: int,
     *,
+    responses: Responses,
     inventory: Inventory | None,
     response: str,
     pick: UTCDateTime | None,
     missing: str,
+    budget: Budget,
+    windows_left: int,
 ) -> _StationWork:
     t0 = time.perf_counter()
     sid = station_id(*key)
-    if inventory is not None:
-        if response == "causal":
-            st = Stream([correct_trace(tr, inventory) for tr in st])
-        elif response == "full":
-            st = remove_response(st, inventory)
-        else:
-            st = remove_sensitivity(st, inventory)
+    st, warnings = _channel_notes(sid, st, card)
+    st = _to_velocity(st, responses, response, inventory)
     try:
         arr = stream_to_array(st, card, missing=missing)
     except PreprocessError as exc:
@@ -342,15 +447,22 @@ def _prepare_station(
         )
     evals: list[Evaluation] = []
     done = 0
-    for i in grid(n, step):
+    for j, i in enumerate(grid(n, step)):
+        if j % CHECK_EVERY == CHECK_EVERY - 1:
+            budget.check(f"while computing {sid}'s series")
         track.extend(arr.data[:, done : i + 1])
         done = i + 1
         ev = track.evaluate()
         if ev is not None:
             evals.append(ev)
+            if len(evals) > windows_left:
+                raise Overloaded(
+                    f"the request needs more than {MAX_WINDOWS} model windows (at {sid}); use a "
+                    "larger series_interval or send less data"
+                )
     if not evals:
         raise InvalidInput(f"{sid}: no magnitude: {track.no_value_reason()}")
-    return _StationWork(key, track, evals, (time.perf_counter() - t0) * 1e3)
+    return _StationWork(key, track, evals, (time.perf_counter() - t0) * 1e3, tuple(warnings))
 
 
 def predict(
@@ -358,35 +470,46 @@ def predict(
     stream: Stream,
     *,
     model: str = "",
+    units: str = COUNTS,
     inventory: Inventory | None = None,
+    server_inventory: StationInventory | None = None,
     p_picks: Mapping[str, UTCDateTime] | None = None,
     series_interval: float = 1.0,
     missing: str = "zeros",
     response: str = "causal",
     timeout: float | None = None,
     started: float | None = None,
+    budget: Budget | None = None,
+    checked: bool = False,
 ) -> list[StationResult]:
     """One :class:`StationResult` per (network, station, location) in ``stream``.
 
     All windows of all stations go to the model in one batched call. Raises InvalidInput naming
-    the station when any station cannot give a magnitude, Overloaded beyond ``MAX_WINDOWS``.
-    ``started`` (a ``time.perf_counter()`` value) is when the request arrived, so that the
-    reported total includes decoding it.
+    the station when any station cannot give a magnitude, MissingResponse for counts without a
+    response, Overloaded beyond the limits of :mod:`~seismag.serving.pipeline.limits`,
+    TimeoutError or Cancelled when ``budget`` (or ``timeout``) runs out. ``started`` (a
+    ``time.perf_counter()`` value) is when the request arrived, so that the reported total
+    includes decoding it. ``checked``: the stream came from a reader of
+    :mod:`~seismag.serving.pipeline.ingest` that has already checked its samples.
     """
     t_start = time.perf_counter() if started is None else started
-    runtime = registry.get(model)
+    budget = budget or Budget(timeout)
+    runtime = registry.get(check_model_name(model))
+    responses = Responses(units, inventory, server_inventory)
     # Announce the submission now: the batcher then knows nothing else is coming when this is
     # the only request in flight, and runs it without waiting for companions.
     with runtime.expect() as ticket:
         return _predict(
             runtime,
             stream,
+            responses=responses,
             inventory=inventory,
             p_picks=p_picks,
             series_interval=series_interval,
             missing=missing,
             response=response,
-            timeout=timeout,
+            budget=budget,
+            checked=checked,
             t_start=t_start,
             ticket=ticket,
         )
@@ -396,12 +519,14 @@ def _predict(
     runtime: ModelRuntime,
     stream: Stream,
     *,
+    responses: Responses,
     inventory: Inventory | None,
     p_picks: Mapping[str, UTCDateTime] | None,
     series_interval: float,
     missing: str,
     response: str,
-    timeout: float | None,
+    budget: Budget,
+    checked: bool,
     t_start: float,
     ticket: Ticket,
 ) -> list[StationResult]:
@@ -411,38 +536,41 @@ def _predict(
     if response not in RESPONSE_MODES:
         raise InvalidInput(f"response must be one of {RESPONSE_MODES}, got {response!r}")
     step = interval_samples(series_interval, card.sampling_rate)
-    _check_stream(stream)
+    check_stream(stream, samples=not checked)  # headers always: the totals are per request
     groups = _group(stream)
+    check_count("stations", len(groups), MAX_STATIONS, "split them over several requests")
+    _check_work(groups, card, step)
     if p_picks:
         known = {station_id(*k) for k in groups} | {f"{k[0]}.{k[1]}" for k in groups}
         unknown = sorted(set(p_picks) - known)
         if unknown:
             raise InvalidInput(
-                f"P picks for {unknown} match no station in the request "
-                f"(stations: {sorted(station_id(*k) for k in groups)})"
+                f"P picks for {[shown(u) for u in unknown[:5]]} match no station in the request "
+                f"(stations: {sorted(station_id(*k) for k in groups)[:5]})"
             )
-    work = [
-        _prepare_station(
+    work: list[_StationWork] = []
+    n_windows = 0
+    for key, st in groups.items():
+        budget.check("while preparing the stations")
+        w = _prepare_station(
             key,
             st,
             card,
             step,
+            responses=responses,
             inventory=inventory,
             response=response,
             pick=find_pick(p_picks, *key),
             missing=missing,
+            budget=budget,
+            windows_left=MAX_WINDOWS - n_windows,
         )
-        for key, st in groups.items()
-    ]
-    n_windows = sum(len(w.evals) for w in work)
-    if n_windows > MAX_WINDOWS:
-        raise Overloaded(
-            f"the request needs {n_windows} model windows (limit {MAX_WINDOWS}); use a larger "
-            "series_interval or send less data"
-        )
+        work.append(w)
+        n_windows += len(w.evals)
+    budget.check("before the model ran")
     waveform = np.stack([ev.waveform for w in work for ev in w.evals])
     log_amp = np.stack([ev.log_amp for w in work for ev in w.evals])
-    rows, timings = runtime.infer(waveform, log_amp, timeout, ticket=ticket)
+    rows, timings = runtime.infer(waveform, log_amp, budget.remaining(), ticket=ticket)
     total_ms = (time.perf_counter() - t_start) * 1e3
     results = []
     at = 0
@@ -477,6 +605,7 @@ def _predict(
                 model=runtime.name,
                 model_version=runtime.version,
                 missing_components=w.track.missing,
+                warnings=w.warnings,
                 timings_ms={
                     "preprocess": w.preprocess_ms,
                     "queue": timings["queue"],

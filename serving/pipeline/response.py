@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 from obspy import Inventory, Trace, UTCDateTime
+from obspy.core.inventory import Response
 from scipy import signal
 
 from seismag.serving.errors import InvalidInput
@@ -48,10 +49,15 @@ def _response(inventory: Inventory, seed_id: str, time: UTCDateTime):
 
 
 class CausalCorrection:
-    """Counts -> ground velocity (m/s) for one channel; call it on consecutive chunks."""
+    """Counts -> ground velocity (m/s) for one channel; call it on consecutive chunks.
 
-    def __init__(self, inventory: Inventory, seed_id: str, time: UTCDateTime, rate: float):
-        response = _response(inventory, seed_id, time)
+    ``source`` is the channel's ObsPy ``Response`` or an ``Inventory`` to look it up in.
+    """
+
+    def __init__(
+        self, source: Inventory | Response, seed_id: str, time: UTCDateTime, rate: float
+    ) -> None:
+        response = source if isinstance(source, Response) else _response(source, seed_id, time)
         sens = response.instrument_sensitivity
         if sens is None or not sens.value:
             raise InvalidInput(f"{seed_id}: the inventory gives no overall sensitivity")
@@ -130,10 +136,10 @@ def _design(zeros, poles, integrations: int, rate: float) -> np.ndarray:
     return signal.zpk2sos(z, p, k)
 
 
-def correct_trace(trace: Trace, inventory: Inventory) -> Trace:
+def correct_trace(trace: Trace, source: Inventory | Response) -> Trace:
     """A copy of ``trace`` in m/s through a fresh :class:`CausalCorrection` (Predict's path)."""
     out = trace.copy()
-    corr = CausalCorrection(inventory, trace.id, trace.stats.starttime, trace.stats.sampling_rate)
+    corr = CausalCorrection(source, trace.id, trace.stats.starttime, trace.stats.sampling_rate)
     out.data = corr(out.data)
     if not np.all(np.isfinite(out.data)):
         raise InvalidInput(f"{trace.id}: instrument correction produced NaN or Inf")

@@ -41,6 +41,9 @@ class StationResult:
     sigma_series: np.ndarray | None = None
     """The standard deviation of each :attr:`series` value (same times); None when the model has
     no sigma output (files exported before uncertainty)."""
+    warnings: tuple[str, ...] = ()
+    """What to read the magnitude with: components left out (dead, flat, unknown), clipped or
+    upsampled ones."""
 
     @property
     def has_sigma(self) -> bool:
@@ -68,6 +71,8 @@ class StationUpdate:
     """As in :attr:`StationResult.onset_confidence`."""
     magnitude_sigma: float = math.nan
     """As in :attr:`StationResult.magnitude_sigma`, for this update's magnitude."""
+    warnings: tuple[str, ...] = ()
+    """As in :attr:`StationResult.warnings`, for this update's window."""
 
     @property
     def has_sigma(self) -> bool:

@@ -23,9 +23,19 @@ Design (why it reproduces :func:`~seismag.serving.pipeline.predict.predict`):
   meanwhile waits in one slot, and a newer one replaces it. Under load a station therefore skips
   points rather than falling behind; every value delivered still equals ``predict``'s value at
   that time. ``coalesce=False`` submits every window (bounded by the model's queue).
-* With an inventory, each channel goes through its causal instrument correction in sample order
-  as its data becomes contiguous: the filter Predict runs over the whole record
-  (:mod:`~seismag.serving.pipeline.response`), so a replay reproduces Predict with StationXML too.
+* Units as in Predict (:mod:`~seismag.serving.pipeline.units`): counts (the default) go through
+  each channel's causal instrument correction, in sample order as the data become contiguous,
+  the filter Predict runs over the whole record (:mod:`~seismag.serving.pipeline.response`), so a
+  replay reproduces Predict with StationXML too; a channel without a response ends the call with
+  MissingResponse at its first packet. Declared m/s is used as sent, after a plausibility check.
+* Bounds (:mod:`~seismag.serving.pipeline.limits`): codes, rates and times are checked per
+  packet; a packet that would stretch its channel's buffer beyond ``max_buffer_seconds`` (a
+  time jump, a packet from long ago) is refused before anything is allocated, naming its time;
+  the samples buffered over all stations and the stations per call are bounded.
+* A component whose samples have not changed over a window (dead, flat) is reported in that
+  update's ``warnings``; when every component of the window is flat no update is made: a model
+  shown nothing still answers with a magnitude. Channels of unknown components are ignored and
+  reported the same way.
 * Cost: :meth:`StreamSession.add_raw` takes a raw chunk without building an ObsPy Trace (same
   checks, same numbers as ``add``), an in-order packet is one append, and due windows go to the
   model raw (:meth:`~seismag.serving.executor.runtime.ModelRuntime.submit_raw`) so that the
@@ -50,12 +60,19 @@ from dataclasses import dataclass, field
 import numpy as np
 from obspy import Inventory, Stream, Trace, UTCDateTime
 
-from seismag.models.preprocess import COMPONENT_ALIASES, PreprocessError, stream_to_array
+from seismag.models.preprocess import PreprocessError, stream_to_array
 from seismag.serving.errors import InvalidInput, NotReady, Overloaded, ServingError
 from seismag.serving.executor.runtime import ModelRegistry, ModelRows
-from seismag.serving.pipeline.ingest import (
-    MAX_SAMPLING_RATE,
-    checked_samples,
+from seismag.serving.pipeline.ingest import checked_samples
+from seismag.serving.pipeline.limits import (
+    MAX_STREAM_SAMPLES,
+    MAX_STREAM_STATIONS,
+    check_codes,
+    check_model_name,
+    check_rate,
+    check_span,
+    check_station_id,
+    check_time,
 )
 from seismag.serving.pipeline.predict import (
     Evaluation,
@@ -65,8 +82,10 @@ from seismag.serving.pipeline.predict import (
     output_value,
     station_id,
 )
+from seismag.serving.pipeline.quality import check_velocity, component
 from seismag.serving.pipeline.response import CausalCorrection
 from seismag.serving.pipeline.results import StationUpdate
+from seismag.serving.pipeline.units import COUNTS, Responses, StationInventory
 
 GAP_WAIT_SECONDS = 10.0
 """How long a hole may wait for a late packet before it is interpolated (SeedLink reordering is
@@ -76,8 +95,11 @@ START_WAIT_SECONDS = 5.0
 reordered packet from before the first one received still counts."""
 RESAMPLE_CONTEXT_SECONDS = 2.0
 """Samples before a new span that off-rate channels keep for the resampler's edge."""
-MAX_UPDATES_WAITING = 100_000
-"""Unread updates in the queue; past this the consumer is not keeping up and add() refuses."""
+MAX_UPDATES_WAITING = 20_000
+"""Unread updates in the queue (20 s of 1,000 stations at 1 s hops, ~1 KB each); past this the
+consumer is not keeping up and add() refuses."""
+MAX_IGNORED_CHANNELS = 8
+"""Unknown channels remembered per station for its warnings."""
 
 _END = object()
 
@@ -89,7 +111,18 @@ class _Channel:
     start times over hours of packets would drift by whole samples.
     """
 
-    __slots__ = ("anchor", "buf", "code", "corrected", "correction", "holes", "offset", "rate")
+    __slots__ = (
+        "anchor",
+        "buf",
+        "changed",
+        "code",
+        "corrected",
+        "correction",
+        "holes",
+        "last",
+        "offset",
+        "rate",
+    )
 
     def __init__(
         self, code: str, rate: float, t0: float, correction: CausalCorrection | None = None
@@ -103,6 +136,10 @@ class _Channel:
         self.correction = correction
         """Instrument correction, applied in sample order as the data becomes contiguous."""
         self.corrected: int | None = None  # grid index (from the anchor) corrected so far
+        self.changed: int | None = None
+        """Grid index (from the anchor) of the last sample that differed from the one before it,
+        as sent (before the correction); None while every sample so far is the same."""
+        self.last: float | None = None  # the last sample as sent, for the next packet's test
 
     def correct_until(self, end: int) -> None:
         """Run the instrument correction over ``buf[:end]`` (contiguous) not yet corrected."""
@@ -112,7 +149,9 @@ class _Channel:
             self.corrected = self.offset  # the channel's first sample: where Predict starts
         start = self.corrected - self.offset
         if end > start:
-            self.buf[start:end] = self.correction(self.buf[start:end])
+            out = self.correction(self.buf[start:end])
+            check_velocity(self.correction.seed_id, out, declared=False)
+            self.buf[start:end] = out
             self.corrected = self.offset + end
 
     @property
@@ -123,6 +162,29 @@ class _Channel:
     def index(self, t: float) -> int:
         return round((t - self.anchor) * self.rate) - self.offset
 
+    def note_changes(self, off: int, data: np.ndarray) -> None:
+        """Track where the samples last changed (``off``: buffer index of ``data[0]``). Exact for
+        packets in order; a reordered packet is judged on its own samples."""
+        moved = np.flatnonzero(data[1:] != data[:-1])
+        at = None
+        if moved.size:
+            at = off + int(moved[-1]) + 1
+        elif self.last is not None and data[0] != self.last:
+            at = off
+        if at is not None and (self.changed is None or self.offset + at > self.changed):
+            self.changed = self.offset + at
+        if off + data.size >= self.buf.size:
+            self.last = float(data[-1])
+
+    def flat_since(self, t: float) -> bool:
+        """No sample changed from time ``t`` on (as far as received)."""
+        return self.changed is None or self.anchor + self.changed / self.rate < t
+
+    def span_after_write(self, start: float, size: int) -> tuple[int, int]:
+        """Buffer indices [lo, hi) the buffer would cover once a packet is written."""
+        off = self.index(start)
+        return min(off, 0), max(off + size, self.buf.size)
+
     def write(self, start: float, data: np.ndarray, floor: float | None) -> None:
         off = self.index(start)
         if floor is not None:  # samples before what was already consumed are too late
@@ -130,6 +192,7 @@ class _Channel:
             data, off = data[skip:], off + skip
         if data.size == 0:
             return
+        self.note_changes(off, data)
         if off == self.buf.size:  # the usual case: the next packet, right after the last one
             self.buf = np.concatenate([self.buf, data])  # a copy: never the caller's array
             return
@@ -186,6 +249,8 @@ class _Station:
     last_eval: int = -1
     inflight: int = 0
     slot: Evaluation | None = None
+    notes: list[str] = field(default_factory=list)
+    """Warnings every update of this station carries (ignored channels, upsampled ones)."""
 
     @property
     def sid(self) -> str:
@@ -202,6 +267,8 @@ class SessionStats:
     coalesced: int = 0
     updates: int = 0
     dropped_updates: int = 0
+    flat_windows: int = 0
+    """Windows not run because every component was flat over them."""
 
 
 class StreamSession:
@@ -217,18 +284,20 @@ class StreamSession:
         *,
         model: str = "",
         hop: float = 1.0,
+        units: str = COUNTS,
         inventory: Inventory | None = None,
-        max_pending: int = 10000,
+        server_inventory: StationInventory | None = None,
+        max_pending: int = MAX_STREAM_STATIONS,
         on_update: Callable[[StationUpdate], None] | None = None,
         on_ready: Callable[[], None] | None = None,
         coalesce: bool = True,
         max_buffer_seconds: float = 300.0,
     ) -> None:
-        self.runtime = registry.get(model)
+        self.runtime = registry.get(check_model_name(model))
         self.card = self.runtime.card
-        self.step = interval_samples(hop, self.card.sampling_rate)
+        self.step = interval_samples(hop, self.card.sampling_rate, "hop_seconds")
         self.hop = self.step / self.card.sampling_rate
-        self.inventory = inventory
+        self.responses = Responses(units, inventory, server_inventory)
         self.max_pending = max_pending
         self.on_update = on_update
         self.on_ready = on_ready
@@ -238,6 +307,7 @@ class StreamSession:
         self.missing: dict[str, tuple[str, ...]] = {}
         """Station id -> components zero-filled for it (set when the station starts)."""
         self._stations: dict[tuple[str, str, str], _Station] = {}
+        self._buffered = 0  # samples in all channel buffers
         self._picks: dict[str, UTCDateTime] = {}
         self._lock = threading.RLock()
         self._queue: queue.Queue = queue.Queue()
@@ -251,8 +321,12 @@ class StreamSession:
 
     def set_pick(self, station_key: str, time: UTCDateTime) -> None:
         """A client's P pick for "NET.STA.LOC" (or "NET.STA"): used instead of the picker."""
+        check_station_id(station_key)
+        time = UTCDateTime(check_time(f"P pick for {station_key}", UTCDateTime(time).timestamp))
         with self._lock:
-            self._picks[station_key] = UTCDateTime(time)
+            if station_key not in self._picks and len(self._picks) >= self.max_pending:
+                raise Overloaded(f"this stream already holds {len(self._picks)} P picks")
+            self._picks[station_key] = time
             for st in self._stations.values():
                 if st.track is not None:
                     pick = find_pick(self._picks, *st.key)
@@ -302,12 +376,10 @@ class StreamSession:
         taken as float32, the start time on UTCDateTime's nanosecond grid), at a fraction of the
         cost.
         """
-        sid = f"{network}.{station}.{location}.{channel}"
-        if not math.isfinite(starttime):
-            raise InvalidInput(f"{sid}: bad starttime")
-        _, rate, data = checked_samples(
+        sid, rate, data = checked_samples(
             network, station, location, channel, sampling_rate, samples, dtype=np.float32
         )
+        check_span(sid, starttime, data.size, rate)
         start = round(float(starttime) * 1e9) / 1e9  # UTCDateTime(t).timestamp, exactly
         with self._lock:
             self._admit()
@@ -318,10 +390,28 @@ class StreamSession:
 
     def _ingest(self, tr: Trace) -> _Station | None:
         s = tr.stats
-        rate = float(s.sampling_rate)
+        sid = check_codes(s.network, s.station, s.location, s.channel)
+        rate = check_rate(sid, s.sampling_rate)
         data = np.asarray(tr.data, dtype=np.float64)
         start = float(s.starttime.timestamp)
+        check_span(sid, start, data.size, rate)
+        if not np.isfinite(data).all():
+            raise InvalidInput(f"{sid}: contains NaN or Inf samples")
         return self._ingest_values(s.network, s.station, s.location, s.channel, rate, start, data)
+
+    def _new_station(self, key: tuple[str, str, str]) -> _Station:
+        if len(self._stations) >= self.max_pending:
+            raise Overloaded(
+                f"this stream already tracks {len(self._stations)} stations "
+                f"(limit {self.max_pending}); {station_id(*key)} refused: open another stream"
+            )
+        st = self._stations[key] = _Station(key)
+        self.stats.stations = len(self._stations)
+        return st
+
+    def _note(self, st: _Station, note: str) -> None:
+        if note not in st.notes and len(st.notes) < MAX_IGNORED_CHANNELS:
+            st.notes.append(note)
 
     def _ingest_values(
         self,
@@ -333,34 +423,36 @@ class StreamSession:
         start: float,
         data: np.ndarray,
     ) -> _Station | None:
-        comp = COMPONENT_ALIASES.get(channel[-1:].upper(), "")
-        if comp not in self.card.component_order:
-            return None  # not a component this model reads (pressure, strain, ...)
+        """Write one checked packet (codes, rate, times, finite samples) into its channel."""
+        key = (network, station, location)
         tid = f"{network}.{station}.{location}.{channel}"
-        if not np.isfinite(rate) or not 0 < rate <= MAX_SAMPLING_RATE:
-            raise InvalidInput(f"{tid}: impossible sampling rate {rate} Hz")
+        comp = component(channel)
+        st = self._stations.get(key)
+        if comp not in self.card.component_order:
+            # Not a component this model reads (EHX, pressure, strain, ...): said in updates.
+            st = st or self._new_station(key)
+            reads = "".join(self.card.component_order)
+            note = f"{channel}: component {channel[-1:]!r} is not one {self.card.name} reads"
+            self._note(st, f"{note} ({reads} or 1, 2, 3); ignored")
+            return None
         if data.size == 0:
             return None
-        if not np.isfinite(data).all():
-            raise InvalidInput(f"{tid}: contains NaN or Inf samples")
-        key = (network, station, location)
-        st = self._stations.get(key)
-        if st is None:
-            if len(self._stations) >= self.max_pending:
-                raise Overloaded(
-                    f"this stream already tracks {len(self._stations)} stations "
-                    f"(limit {self.max_pending}); {station_id(*key)} refused"
-                )
-            st = self._stations[key] = _Station(key)
-            self.stats.stations = len(self._stations)
+        if self.responses.declared:
+            check_velocity(tid, data, declared=True)
+        st = st or self._new_station(key)
         ch = st.channels.get(comp)
         if ch is None:
             if st.track is not None:
                 return st  # started without this component: it stays zero-filled
             correction = None
-            if self.inventory is not None:
-                correction = CausalCorrection(self.inventory, tid, UTCDateTime(start), rate)
+            if not self.responses.declared:
+                t0 = UTCDateTime(start)
+                response = self.responses.require(tid, t0)
+                correction = CausalCorrection(response, tid, t0, rate)
             ch = st.channels[comp] = _Channel(channel, rate, start, correction)
+            if rate < self.card.sampling_rate * (1 - 1e-6):
+                self._note(st, f"{channel}: {rate:g} Hz resampled to {self.card.sampling_rate:g} "
+                           f"Hz: nothing above {rate / 2:g} Hz")  # fmt: skip
         elif ch.code != channel:
             return st  # a second channel for the same component (e.g. BHZ next to HHZ)
         elif abs(ch.rate - rate) > 1e-6 * rate:
@@ -373,13 +465,54 @@ class StreamSession:
             before = ch.index(floor) - ch.index(start)
             if before > 0:
                 self.stats.late_samples += min(before, data.size)
+                if before >= data.size:
+                    return st  # all of it already consumed: too late
+        self._check_extent(st, ch, tid, start, data.size, floor)
+        size = ch.buf.size
         ch.write(start, data, floor)
+        self._buffered += ch.buf.size - size
         if ch.span_seconds() > self.max_buffer_seconds:
             raise Overloaded(
                 f"{st.sid}: {ch.span_seconds():.0f} s of {ch.code} buffered (limit "
-                f"{self.max_buffer_seconds:.0f} s): another component of this station stalled"
+                f"{self.max_buffer_seconds:.0f} s) waiting for another component of this "
+                "station, which stalled"
             )
         return st
+
+    def _check_extent(
+        self, st: _Station, ch: _Channel, tid: str, start: float, size: int, floor: float | None
+    ) -> None:
+        """Refuse a packet that would stretch the channel's buffer beyond ``max_buffer_seconds``
+        (a time jump, a packet from long before) or the call's samples beyond
+        ``MAX_STREAM_SAMPLES``, before anything is allocated."""
+        lo, hi = ch.span_after_write(start, size)
+        if floor is not None:
+            lo = max(lo, min(ch.index(floor), 0))
+        limit = self.max_buffer_seconds
+        if size / ch.rate > limit:
+            raise InvalidInput(
+                f"{tid}: a packet of {size / ch.rate:.6g} s starting at {UTCDateTime(start)} is "
+                f"longer than the {limit:.0f} s a stream buffers per channel; send shorter packets"
+            )
+        if (hi - lo) / ch.rate > limit:
+            first, end = ch.t0, ch.t0 + ch.buf.size / ch.rate
+            if start >= end:
+                where = f"{start - end:.6g} s after the end of this channel's data"
+                at = UTCDateTime(end)
+            else:
+                where = f"{first - start:.6g} s before the start of this channel's buffered data"
+                at = UTCDateTime(first)
+            raise InvalidInput(
+                f"{tid}: a packet starting at {UTCDateTime(start)} lies {where} ({at}): a gap "
+                f"or time jump over {self.max_buffer_seconds:.0f} s cannot be buffered (start a "
+                "new stream for a new time range)"
+            )
+        grow = (hi - lo) - ch.buf.size
+        if self._buffered + grow > MAX_STREAM_SAMPLES:
+            raise Overloaded(
+                f"{tid}: this stream would buffer more than {MAX_STREAM_SAMPLES} samples over "
+                f"its {len(self._stations)} stations (one or more components stalled)"
+            )
 
     # -- assembly and evaluation ----------------------------------------------------------
 
@@ -448,7 +581,9 @@ class StreamSession:
         for ch in st.channels.values():
             # Keep the last consumed sample: it is the left end of any hole's interpolation.
             keep = RESAMPLE_CONTEXT_SECONDS if ch.rate != rate else 0.0
+            size = ch.buf.size
             ch.drop_before(ch.index(t_done - keep) - 1)
+            self._buffered -= size - ch.buf.size
         return out
 
     def _resample(
@@ -495,11 +630,36 @@ class StreamSession:
         if final and track.n > 0 and st.last_eval < track.n - 1:
             self._due(st)
 
+    def _warnings(self, st: _Station) -> tuple[str, ...] | None:
+        """The notes for the window ending now; None when every component present is flat over
+        it (no update: the model would answer a magnitude for nothing)."""
+        track = st.track
+        since = track.start.timestamp + max(track.n - self.card.in_samples, 0) / track.rate
+        notes, live = [], 0
+        for ch in st.channels.values():
+            if ch.flat_since(since):
+                what = (
+                    "dead (every sample 0)" if ch.last == 0 else f"flat (every sample {ch.last:g})"
+                )
+                notes.append(f"{ch.code}: {what} over this window")
+            else:
+                live += 1
+        if not live:
+            return None
+        if track.missing:
+            notes.append(f"{''.join(track.missing)}: missing, zero-filled")
+        return (*notes, *st.notes)
+
     def _due(self, st: _Station) -> None:
         st.last_eval = st.track.n - 1
+        warnings = self._warnings(st)
+        if warnings is None:
+            self.stats.flat_windows += 1
+            return
         ev = st.track.evaluate(normalise=False)  # normalised with its batch, in the worker
         if ev is None:
             return
+        ev.warnings = warnings
         self.stats.evaluations += 1
         if self.coalesce and st.inflight:
             if st.slot is not None:
@@ -568,6 +728,7 @@ class StreamSession:
             onset=None if ev.onset is None else track.time_of(ev.onset),
             onset_source=ev.source,
             onset_confidence=ev.confidence if ev.onset is not None else 0.0,
+            warnings=ev.warnings,
             model=self.runtime.name,
             lag_s=wall - ev.time.timestamp,
             timings_ms={
@@ -692,6 +853,7 @@ class StreamSession:
                 return
             self._closed = True  # the batcher drops this session's queued windows unrun
             self._stations.clear()
+            self._buffered = 0
             self._picks.clear()
             self._put(_END)
 

@@ -2,6 +2,13 @@
 
 Health is exempt from both: orchestrators probe without a secret, and probes would swamp the
 request metrics.
+
+It also makes undecodable requests INVALID_ARGUMENT. gRPC parses a request before any handler
+runs, and a parse error there surfaced as UNKNOWN ("Unexpected DecodeError") with a traceback in
+the log; the interceptor wraps each method's request deserializer so that bytes which are not
+the method's message become an :class:`~seismag.serving.protocols.rpc.Undecodable` value, which
+the handler wrapper (unary requests) or ``stream_rpc`` (StreamPredict's reads) answers with
+INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from seismag.serving.protocols.metrics import ServerMetrics
+from seismag.serving.protocols.rpc import Undecodable
 
 _HEALTH_PREFIX = f"/{health_pb2.DESCRIPTOR.services_by_name['Health'].full_name}/"
+_READS_CHECKED = frozenset({"/seismag.v1.MagnitudeService/StreamPredict"})
+"""Request-streaming methods whose handler checks each read for Undecodable (stream_rpc)."""
 
 
 def short_method(full: str) -> str:
@@ -36,10 +46,28 @@ def _code_name(context: grpc.aio.ServicerContext, exc: BaseException | None) -> 
     return "UNKNOWN" if exc is not None else "OK"
 
 
-def _handler_like(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]):
-    """A method handler of the same kind (unary/stream) as ``handler`` with another behaviour."""
+def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` that returns Undecodable instead of raising."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return Undecodable(f"{type(exc).__name__}: {exc}", len(data))
+
+    return parse
+
+
+def _handler_like(
+    handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any], *, safe: bool = False
+):
+    """A method handler of the same kind (unary/stream) as ``handler`` with another behaviour;
+    ``safe``: its request deserializer returns Undecodable instead of raising."""
+    deserializer = handler.request_deserializer
     kw = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _safe(deserializer) if safe else deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.request_streaming and handler.response_streaming:
@@ -77,9 +105,14 @@ class Interceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(_HEALTH_PREFIX):
+        if handler is None:
             return handler
-        method = short_method(handler_call_details.method)
+        full = handler_call_details.method
+        # Only requests the wrapper below (unary) or the handler (StreamPredict) can check.
+        safe = not handler.request_streaming or full in _READS_CHECKED
+        if full.startswith(_HEALTH_PREFIX):
+            return _undecodable_checked(handler) if safe else handler
+        method = short_method(full)
         metrics = self._metrics
         if not self._authorised(handler_call_details):
 
@@ -90,14 +123,17 @@ class Interceptor(grpc.aio.ServerInterceptor):
                     "missing or invalid bearer token (metadata `authorization: Bearer <token>`)",
                 )
 
-            return _handler_like(handler, deny)
+            return _handler_like(handler, deny, safe=safe)
 
         inner = _behaviour(handler)
+        unary_request = not handler.request_streaming
         if inspect.isasyncgenfunction(inner):
 
             async def timed_stream(request, context):
                 t0, failure = time.perf_counter(), None
                 try:
+                    if unary_request and isinstance(request, Undecodable):
+                        await request.abort(context)
                     async for item in inner(request, context):
                         yield item
                 except BaseException as exc:
@@ -107,11 +143,13 @@ class Interceptor(grpc.aio.ServerInterceptor):
                     code = _code_name(context, failure)
                     metrics.observe_request(method, code, time.perf_counter() - t0)
 
-            return _handler_like(handler, timed_stream)
+            return _handler_like(handler, timed_stream, safe=safe)
 
         async def timed(request, context):
             t0, failure = time.perf_counter(), None
             try:
+                if unary_request and isinstance(request, Undecodable):
+                    await request.abort(context)
                 return await inner(request, context)
             except BaseException as exc:
                 failure = exc
@@ -120,4 +158,26 @@ class Interceptor(grpc.aio.ServerInterceptor):
                 code = _code_name(context, failure)
                 metrics.observe_request(method, code, time.perf_counter() - t0)
 
-        return _handler_like(handler, timed)
+        return _handler_like(handler, timed, safe=safe)
+
+
+def _undecodable_checked(handler: grpc.RpcMethodHandler):
+    """``handler`` (unary request) answering undecodable requests with INVALID_ARGUMENT, without
+    metrics (health)."""
+    inner = _behaviour(handler)
+    if inspect.isasyncgenfunction(inner):
+
+        async def streaming(request, context):
+            if isinstance(request, Undecodable):
+                await request.abort(context)
+            async for item in inner(request, context):
+                yield item
+
+        return _handler_like(handler, streaming, safe=True)
+
+    async def unary(request, context):
+        if isinstance(request, Undecodable):
+            await request.abort(context)
+        return await inner(request, context)
+
+    return _handler_like(handler, unary, safe=True)

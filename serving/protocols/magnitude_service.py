@@ -2,7 +2,11 @@
 
 Predict's preprocessing (decoding, response removal, resampling, the picker) is CPU work in
 NumPy/ObsPy and waits on the batcher, so it runs in the server's work threads; the event loop only
-converts messages. StreamPredict runs on the loop (see :mod:`.stream_rpc`). No model logic here.
+converts messages. The work carries a :class:`~seismag.serving.pipeline.limits.Budget`: its
+deadline is the client's, and its cancel flag is set when the call is cancelled (the client went
+away, or the server stopped after its grace period), so the thread stops at its next check
+instead of finishing an answer nobody reads. StreamPredict runs on the loop (see
+:mod:`.stream_rpc`). No model logic here.
 """
 
 from __future__ import annotations
@@ -16,6 +20,13 @@ from obspy import Stream
 
 from seismag.serving.errors import InvalidInput
 from seismag.serving.pipeline import ingest
+from seismag.serving.pipeline.limits import (
+    MAX_STATIONS,
+    MAX_TRACES,
+    Budget,
+    check_count,
+    check_model_name,
+)
 from seismag.serving.pipeline.predict import predict
 from seismag.serving.protocols import stream_rpc
 from seismag.serving.protocols.messages import model_info, pick_time, raw_trace, station_magnitude
@@ -33,27 +44,35 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
         self._registry = server.registry
 
     def _predict(
-        self, request: pb.PredictRequest, timeout: float | None, started: float
+        self, request: pb.PredictRequest, budget: Budget, started: float
     ) -> pb.PredictResponse:
         """The blocking part of Predict (a work thread)."""
+        budget.check("before it started")
         kind = request.WhichOneof("input")
         if kind == "miniseed":
             stream = ingest.read_miniseed(request.miniseed)
         elif kind == "raw":
-            stream = Stream([raw_trace(t) for t in request.raw.traces])
+            traces = request.raw.traces
+            check_count("traces", len(traces), MAX_TRACES, "send fewer stations or fewer gaps")
+            stream = Stream([raw_trace(t) for t in traces])
         else:
             raise InvalidInput("the request has no input: set `miniseed` or `raw`")
-        inventory = ingest.read_stationxml(request.stationxml) if request.stationxml else None
+        check_count("P picks", len(request.p_picks), MAX_STATIONS, "send one per station")
         picks = {p.station_id: pick_time(p) for p in request.p_picks}
+        inventory = ingest.read_stationxml(request.stationxml) if request.stationxml else None
+        budget.check("after decoding")
         results = predict(
             self._registry,
             stream,
             model=request.model,
+            units=request.input_units,
             inventory=inventory,
+            server_inventory=self._server.inventory,
             p_picks=picks or None,
             series_interval=request.series_interval or self._server.config.series_interval,
-            timeout=timeout,
             started=started,
+            budget=budget,
+            checked=True,
         )
         return pb.PredictResponse(results=[station_magnitude(r) for r in results])
 
@@ -61,9 +80,15 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
     async def Predict(self, request, context):
         started = time.perf_counter()
         self._server.require_ready()
-        timeout = await check_deadline(context)
-        work = functools.partial(self._predict, request, timeout, started)
-        return await asyncio.get_running_loop().run_in_executor(self._server.work, work)
+        check_model_name(request.model)
+        budget = Budget(await check_deadline(context))
+        work = functools.partial(self._predict, request, budget, started)
+        future = asyncio.get_running_loop().run_in_executor(self._server.work, work)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            budget.cancelled.set()  # nobody waits for the answer: stop at the next check
+            raise
 
     @rpc
     async def ListModels(self, request, context):

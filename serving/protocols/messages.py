@@ -8,8 +8,8 @@ import math
 import numpy as np
 from obspy import Trace, UTCDateTime
 
-from seismag.serving.errors import InvalidInput
 from seismag.serving.pipeline import ingest
+from seismag.serving.pipeline.limits import check_codes, check_station_id, check_time
 from seismag.serving.pipeline.results import StationResult, StationUpdate
 from seismag.serving.v1 import seismag_pb2 as pb
 
@@ -53,6 +53,7 @@ def station_magnitude(r: StationResult) -> pb.StationMagnitude:
         model_version=str(r.model_version),
         missing_components=list(r.missing_components),
         timings=_timings(r.timings_ms),
+        warnings=list(r.warnings),
     )
 
 
@@ -73,6 +74,7 @@ def stream_update(u: StationUpdate) -> pb.StreamUpdate:
         model=u.model,
         lag_seconds=float(u.lag_s),
         timings=_timings(u.timings_ms),
+        warnings=list(u.warnings),
     )
 
 
@@ -111,22 +113,21 @@ def model_info(runtime, default_name: str, server_config_json: str = "") -> pb.M
 
 
 def raw_trace(t: pb.RawTrace) -> Trace:
-    if not math.isfinite(t.starttime):
-        raise InvalidInput(f"{t.network}.{t.station}.{t.location}.{t.channel}: bad starttime")
+    """A checked Trace (codes, rate, times, finite samples; see ingest.trace_from_array)."""
+    sid = check_codes(t.network, t.station, t.location, t.channel)
+    start = check_time(f"{sid} start", t.starttime)
     return ingest.trace_from_array(
         t.network,
         t.station,
         t.location,
         t.channel,
         t.sampling_rate,
-        UTCDateTime(t.starttime),
+        UTCDateTime(start),
         np.asarray(t.samples, dtype=np.float32),
     )
 
 
 def pick_time(p: pb.PPick) -> UTCDateTime:
-    if not p.station_id or not math.isfinite(p.time):
-        raise InvalidInput(
-            f"bad P pick {p.station_id!r} at {p.time}: needs a station id and a time"
-        )
-    return UTCDateTime(p.time)
+    """The pick's time after checking its station id and that the time is plausible."""
+    check_station_id(p.station_id)
+    return UTCDateTime(check_time(f"P pick for {p.station_id}", p.time))

@@ -27,6 +27,23 @@ _NO_DEADLINE = 1e8
 """grpc reports "no deadline" as a huge time_remaining(); anything beyond ~3 years is none."""
 
 
+class Undecodable:
+    """A request whose bytes are not the method's message (see the interceptor)."""
+
+    __slots__ = ("error", "size")
+
+    def __init__(self, error: str, size: int) -> None:
+        self.error = error
+        self.size = size
+
+    @property
+    def details(self) -> str:
+        return f"the request ({self.size} bytes) is not a valid message: {self.error[:200]}"
+
+    async def abort(self, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self.details)
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and details a client should see for ``exc``."""
     if isinstance(exc, ServingError):
@@ -39,7 +56,7 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 async def _fail(context: grpc.aio.ServicerContext, name: str, exc: Exception) -> None:
     code, details = status_of(exc)
-    if code == grpc.StatusCode.INTERNAL:
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
         log.error("%s failed", name, exc_info=exc)
     else:
         log.debug("%s: %s: %s", name, code.name, details)

@@ -19,8 +19,15 @@ Design choices, and why:
 * **Explicit message limits.** gRPC's default receive limit is 4 MiB, less than one hour of
   3-component 100 Hz float32; the limit here is a server option and oversized messages get
   RESOURCE_EXHAUSTED from gRPC itself, before any of our code allocates anything.
-* **Deadlines are honoured**: the time left is passed to the batcher, so a request whose client
-  gave up is cancelled in the queue instead of spending model time.
+* **Deadlines and cancellation reach the work**: Predict's work thread checks the client's
+  deadline and a cancel flag (set when the call is cancelled) between stations, series points and
+  before the model; the time left is passed to the batcher, so a request whose client gave up is
+  cancelled in the queue instead of spending model time.
+* **Shutdown is bounded**: ``stop(grace)`` gives in-flight RPCs ``grace`` seconds, then cancels
+  them; work threads are daemon threads that stop at their next check, and nothing waits on them,
+  so :func:`serve_forever` returns within a second after the grace period whatever is in flight.
+* **Station metadata** (``--inventory``): StationXML the server converts counts with when a request
+  carries none; reloaded on SIGHUP and when its files change, without a restart.
 * **Auth is one interceptor** (bearer tokens, constant-time compare) that exempts only health.
 * **One configuration object** (:class:`~seismag.serving.config.ServeConfig`), reported by
   ListModels and GetModel.
@@ -30,11 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import signal
 import sys
 import threading
-from collections.abc import Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +54,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from seismag.serving.config import DEFAULTS, ServeConfig
 from seismag.serving.errors import NotReady
 from seismag.serving.oip import grpc_service_pb2 as oip_pb2
+from seismag.serving.pipeline.units import StationInventory
 from seismag.serving.protocols.health import HealthServicer
 from seismag.serving.protocols.interceptor import Interceptor
 from seismag.serving.protocols.magnitude_service import MagnitudeServicer
@@ -59,6 +69,72 @@ log = logging.getLogger("seismag.serving")
 MAGNITUDE_SERVICE = pb.DESCRIPTOR.services_by_name["MagnitudeService"].full_name
 OIP_SERVICE = oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+CLOSE_WAIT_SECONDS = 0.5
+"""After the grace period, how long serve_forever waits for the models to close before exiting."""
+
+
+class DaemonPool(Executor):
+    """Up to ``workers`` daemon threads, started as work arrives.
+
+    ThreadPoolExecutor's threads are joined when the interpreter exits, so one stuck
+    preprocessing call (ObsPy cannot be interrupted) held the process past its grace period;
+    nothing waits on these threads, and the work in them stops at its budget's next check.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._workers, self._name = workers, name
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new work after shutdown")
+            future: Future = Future()
+            self._queue.put((future, fn, args, kwargs))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._workers:
+                t = threading.Thread(
+                    target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+                )
+                t.start()
+                self._threads.append(t)
+            return future
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args, kwargs = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del item, future, fn, args, kwargs  # the request's objects, before waiting again
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item[0].cancel()
+            for _ in self._threads:
+                self._queue.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
 
 
 def _read_pem(value: str | Path | bytes | None) -> bytes | None:
@@ -107,7 +183,9 @@ class SeismagServer:
         self._draining = threading.Event()
         self._stopped = threading.Event()
         self._streams: set = set()  # open StreamCalls (touched on the loop only)
-        self.work = ThreadPoolExecutor(config.work_threads, thread_name_prefix="seismag-work")
+        self.inventory = StationInventory(config.inventory) if config.inventory else None
+        """The server's station metadata (``--inventory``), or None."""
+        self.work = DaemonPool(config.work_threads, "seismag-work")
         self.health = HealthServicer()
         self._health_services = ("", MAGNITUDE_SERVICE, OIP_SERVICE)
         self._loop = asyncio.new_event_loop()
@@ -214,6 +292,24 @@ class SeismagServer:
         for call in list(self._streams):
             call.wake.set()  # each sees `draining`, stops reading and finishes its session
 
+    def reload_inventory(self, *, only_if_changed: bool = False) -> bool:
+        """Read the inventory's files again (all of them, or only when one changed); True when
+        it was reloaded. A file that does not parse is logged and the previous metadata kept."""
+        if self.inventory is None:
+            return False
+        try:
+            if only_if_changed:
+                changed = self.inventory.reload_if_changed()
+            else:
+                self.inventory.reload()
+                changed = True
+        except (OSError, ValueError) as exc:
+            log.error("inventory not reloaded, the previous one stays: %s", exc)
+            return False
+        if changed:
+            log.info("inventory %s: %d channels", self.inventory.path, self.inventory.channels)
+        return changed
+
     def stop(self, grace: float | None = DEFAULTS.grace) -> None:
         """Drain, stop accepting, give in-flight RPCs ``grace`` seconds, then cancel the rest.
 
@@ -223,7 +319,11 @@ class SeismagServer:
             return
         self.drain()
         self.health.end_watches()
-        self._call(self._grpc.stop(grace))
+        try:
+            # grpc cancels what is left after `grace`; the margin covers its own bookkeeping.
+            self._call(self._grpc.stop(grace), None if grace is None else grace + 0.5)
+        except TimeoutError:
+            log.warning("the gRPC server did not stop within %.1f s of grace", grace)
         self.metrics.stop_http()
         for rt in self.registry:  # hand the batch hook back if a server started before us had it
             if rt.batcher.on_batch == self.metrics.on_batch:
@@ -323,11 +423,13 @@ def serve_forever(config: ServeConfig, models: Sequence[str | Path] | None = Non
         except (OSError, RuntimeError, ValueError) as exc:
             log.error("cannot start: %s", exc)
             return 2
-        stop = threading.Event()
+        stop, reload = threading.Event(), threading.Event()
         previous = {
             sig: signal.signal(sig, lambda signum, frame: stop.set())
             for sig in (signal.SIGTERM, signal.SIGINT)
         }
+        if hasattr(signal, "SIGHUP"):
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: reload.set())
         try:
             server.start(warm_up=False)
             for rt in registry:
@@ -349,18 +451,40 @@ def serve_forever(config: ServeConfig, models: Sequence[str | Path] | None = Non
                 registry.default_name,
                 f", metrics on :{server.metrics_port}" if server.metrics_port else "",
             )
+            if server.inventory is not None:
+                log.info(
+                    "inventory %s: %d channels (reloaded on SIGHUP%s)",
+                    server.inventory.path,
+                    server.inventory.channels,
+                    f" and every {config.inventory_poll:g} s when changed"
+                    if config.inventory_poll
+                    else "",
+                )
             server.warm_up()  # with --backend auto this measures and logs each model's choice
             log.info("warm-up done; health SERVING")
+            next_poll = time.monotonic() + config.inventory_poll
             while not stop.wait(0.5):
-                pass
+                if reload.is_set():
+                    reload.clear()
+                    log.info("SIGHUP: reloading the inventory")
+                    server.reload_inventory()
+                elif config.inventory_poll and time.monotonic() >= next_poll:
+                    server.reload_inventory(only_if_changed=True)
+                    next_poll = time.monotonic() + config.inventory_poll
             log.info("signal received: draining (grace %.1f s)", config.grace)
+            t_stop = time.monotonic()
             server.stop(config.grace)
-            log.info("stopped")
+            log.info("stopped in %.2f s", time.monotonic() - t_stop)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     finally:
-        registry.close()
+        # Closing runs the models' queued windows; past the grace period nobody waits for them.
+        closing = threading.Thread(target=registry.close, name="seismag-close", daemon=True)
+        closing.start()
+        closing.join(CLOSE_WAIT_SECONDS)
+        if closing.is_alive():
+            log.warning("models still busy after the grace period; exiting anyway")
     return 0
 
 

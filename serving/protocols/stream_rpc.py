@@ -15,7 +15,6 @@ packs the updates ready at that moment (at most ``MAX_UPDATES_PER_MESSAGE``).
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -26,6 +25,7 @@ from seismag.serving.pipeline import ingest
 from seismag.serving.pipeline.predict import station_id
 from seismag.serving.pipeline.stream_session import StreamSession
 from seismag.serving.protocols.messages import pick_time, stream_update
+from seismag.serving.protocols.rpc import Undecodable
 from seismag.serving.v1 import seismag_pb2 as pb
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ async def serve_stream(
     config = pb.StreamConfig()
     first = None
     while first is None:
-        req = await context.read()
+        req = _decoded(await context.read())
         if req is grpc.aio.EOF:
             return  # the client closed without sending data
         if req.HasField("config"):
@@ -59,13 +59,24 @@ async def serve_stream(
         server.stream_closed(call)
 
 
+def _decoded(req):
+    """A read request, or InvalidInput when its bytes were not a StreamRequest."""
+    if isinstance(req, Undecodable):
+        raise InvalidInput(req.details)
+    return req
+
+
 def _new_session(server: SeismagServer, config: pb.StreamConfig, on_ready) -> StreamSession:
     hop = config.hop_seconds or server.stream_hop
-    if not (math.isfinite(hop) and hop > 0):
-        raise InvalidInput(f"StreamConfig.hop_seconds must be positive, got {hop}")
     inventory = ingest.read_stationxml(config.stationxml) if config.stationxml else None
     return StreamSession(
-        server.registry, model=config.model, hop=hop, inventory=inventory, on_ready=on_ready
+        server.registry,
+        model=config.model,
+        hop=hop,
+        units=config.input_units,
+        inventory=inventory,
+        server_inventory=server.inventory,
+        on_ready=on_ready,
     )
 
 
@@ -126,7 +137,7 @@ class StreamCall:
         try:
             self._handle(first)
             while not self.stop_reading:
-                req = await self.context.read()
+                req = _decoded(await self.context.read())
                 if req is grpc.aio.EOF:
                     break
                 self._handle(req)

@@ -39,20 +39,22 @@ class PPick(_message.Message):
     def __init__(self, station_id: _Optional[str] = ..., time: _Optional[float] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("miniseed", "raw", "stationxml", "p_picks", "model", "series_interval")
+    __slots__ = ("miniseed", "raw", "stationxml", "p_picks", "model", "series_interval", "input_units")
     MINISEED_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
     STATIONXML_FIELD_NUMBER: _ClassVar[int]
     P_PICKS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SERIES_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_UNITS_FIELD_NUMBER: _ClassVar[int]
     miniseed: bytes
     raw: RawTraces
     stationxml: bytes
     p_picks: _containers.RepeatedCompositeFieldContainer[PPick]
     model: str
     series_interval: float
-    def __init__(self, miniseed: _Optional[bytes] = ..., raw: _Optional[_Union[RawTraces, _Mapping]] = ..., stationxml: _Optional[bytes] = ..., p_picks: _Optional[_Iterable[_Union[PPick, _Mapping]]] = ..., model: _Optional[str] = ..., series_interval: _Optional[float] = ...) -> None: ...
+    input_units: str
+    def __init__(self, miniseed: _Optional[bytes] = ..., raw: _Optional[_Union[RawTraces, _Mapping]] = ..., stationxml: _Optional[bytes] = ..., p_picks: _Optional[_Iterable[_Union[PPick, _Mapping]]] = ..., model: _Optional[str] = ..., series_interval: _Optional[float] = ..., input_units: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("preprocess_ms", "queue_ms", "compute_ms", "total_ms")
@@ -79,7 +81,7 @@ class MagnitudeSeries(_message.Message):
     def __init__(self, start: _Optional[float] = ..., interval: _Optional[float] = ..., values: _Optional[_Iterable[float]] = ..., sigmas: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class StationMagnitude(_message.Message):
-    __slots__ = ("network", "station", "location", "magnitude", "derivation", "series", "onset", "has_onset", "onset_source", "model", "model_version", "missing_components", "timings", "onset_confidence", "magnitude_sigma", "has_sigma")
+    __slots__ = ("network", "station", "location", "magnitude", "derivation", "series", "onset", "has_onset", "onset_source", "model", "model_version", "missing_components", "timings", "onset_confidence", "magnitude_sigma", "has_sigma", "warnings")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     STATION_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +98,7 @@ class StationMagnitude(_message.Message):
     ONSET_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     MAGNITUDE_SIGMA_FIELD_NUMBER: _ClassVar[int]
     HAS_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     network: str
     station: str
     location: str
@@ -112,7 +115,8 @@ class StationMagnitude(_message.Message):
     onset_confidence: float
     magnitude_sigma: float
     has_sigma: bool
-    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., magnitude: _Optional[float] = ..., derivation: _Optional[str] = ..., series: _Optional[_Union[MagnitudeSeries, _Mapping]] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., onset_source: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., missing_components: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_confidence: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., magnitude: _Optional[float] = ..., derivation: _Optional[str] = ..., series: _Optional[_Union[MagnitudeSeries, _Mapping]] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., onset_source: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., missing_components: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_confidence: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("results",)
@@ -121,14 +125,16 @@ class PredictResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[StationMagnitude, _Mapping]]] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("model", "hop_seconds", "stationxml")
+    __slots__ = ("model", "hop_seconds", "stationxml", "input_units")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     HOP_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STATIONXML_FIELD_NUMBER: _ClassVar[int]
+    INPUT_UNITS_FIELD_NUMBER: _ClassVar[int]
     model: str
     hop_seconds: float
     stationxml: bytes
-    def __init__(self, model: _Optional[str] = ..., hop_seconds: _Optional[float] = ..., stationxml: _Optional[bytes] = ...) -> None: ...
+    input_units: str
+    def __init__(self, model: _Optional[str] = ..., hop_seconds: _Optional[float] = ..., stationxml: _Optional[bytes] = ..., input_units: _Optional[str] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
     __slots__ = ("config", "miniseed", "raw_chunk", "raw_chunks", "pick")
@@ -145,7 +151,7 @@ class StreamRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., miniseed: _Optional[bytes] = ..., raw_chunk: _Optional[_Union[RawTrace, _Mapping]] = ..., raw_chunks: _Optional[_Union[RawTraces, _Mapping]] = ..., pick: _Optional[_Union[PPick, _Mapping]] = ...) -> None: ...
 
 class StreamUpdate(_message.Message):
-    __slots__ = ("network", "station", "location", "time", "magnitude", "onset", "has_onset", "model", "lag_seconds", "timings", "onset_source", "onset_confidence", "magnitude_sigma", "has_sigma")
+    __slots__ = ("network", "station", "location", "time", "magnitude", "onset", "has_onset", "model", "lag_seconds", "timings", "onset_source", "onset_confidence", "magnitude_sigma", "has_sigma", "warnings")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     STATION_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +166,7 @@ class StreamUpdate(_message.Message):
     ONSET_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     MAGNITUDE_SIGMA_FIELD_NUMBER: _ClassVar[int]
     HAS_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     network: str
     station: str
     location: str
@@ -174,7 +181,8 @@ class StreamUpdate(_message.Message):
     onset_confidence: float
     magnitude_sigma: float
     has_sigma: bool
-    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., time: _Optional[float] = ..., magnitude: _Optional[float] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., model: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_source: _Optional[str] = ..., onset_confidence: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., time: _Optional[float] = ..., magnitude: _Optional[float] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., model: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_source: _Optional[str] = ..., onset_confidence: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StreamUpdates(_message.Message):
     __slots__ = ("updates",)

@@ -71,7 +71,8 @@ class MagnitudeServiceServicer:
         of each station's evolving magnitude every hop of data time. A StreamConfig may ride on any
         message up to and including the first one with a packet or pick (the last one seen then
         applies); later it may only be repeated unchanged. A bad packet ends the call with
-        INVALID_ARGUMENT naming the packet; half-closing the request stream flushes the last values
+        INVALID_ARGUMENT naming the packet (a packet more than 300 s from its channel's buffered data
+        is one: the call ends); half-closing the request stream flushes the last values
         and ends the call with OK; so does a server drain (SIGTERM).
         Each response carries the updates ready at that moment: one when idle, many under load
         (fewer messages for the same updates).
