@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from seismag.benchmarks.stats import summary
+from seismag.serving.config import DEFAULT_ADDRESS
 
 
 def rss_mb(pid: int) -> float:
@@ -38,6 +39,7 @@ def _chunks(station: int, seconds: float, t0: float):
     n = round(seconds * 100)
     rng = np.random.default_rng(station)
     return [
+        pb.StreamRequest(config=pb.StreamConfig(input_units="m/s")),
         pb.StreamRequest(
             raw_chunks=pb.RawTraces(
                 traces=[
@@ -52,7 +54,7 @@ def _chunks(station: int, seconds: float, t0: float):
                     for c in "ZNE"
                 ]
             )
-        )
+        ),
     ]
 
 
@@ -148,5 +150,5 @@ def report(result: dict) -> str:
 __all__ = ["measure", "report", "rss_mb", "run"]
 
 if __name__ == "__main__":  # pragma: no cover
-    print(report(run(os.environ.get("SEISMAG_ADDRESS", "127.0.0.1:8500"), streams=100,
+    print(report(run(os.environ.get("SEISMAG_ADDRESS", DEFAULT_ADDRESS), streams=100,
                      seconds=1.0, probes=20, pid=None)))  # fmt: skip

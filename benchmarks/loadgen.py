@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+import numpy as np
 
 from seismag.benchmarks.stats import PERCENTILES, STABILITY_WINDOWS, is_stable, summary
 from seismag.serving.v1 import seismag_pb2 as pb
@@ -44,21 +45,29 @@ class Workload:
 
     @classmethod
     def rjob(cls, *, model: str = "", series_interval: float = 30.0) -> Workload:
-        """obspy.read()'s BW.RJOB record (30 s, 100 Hz, ZNE) with a P pick 5 s in.
+        """obspy.read()'s BW.RJOB record (30 s, 100 Hz, ZNE) with a P pick 5 s in, converted to
+        ground velocity with its StationXML's sensitivity and sent as float32 miniSEED declared
+        ``input_units="m/s"`` (the server then needs no response; counts would need one).
 
         ``series_interval=30`` asks for the final magnitude only (one model window);
         ``1`` asks for the evolving series as well (one window per second of data).
         """
         import obspy
 
-        st = obspy.read()
+        st = obspy.read().remove_sensitivity(obspy.read_inventory())
+        for tr in st:
+            tr.data = tr.data.astype(np.float32)
         buf = io.BytesIO()
-        st.write(buf, format="MSEED")
+        st.write(buf, format="MSEED", encoding="FLOAT32")
         pick = pb.PPick(station_id="BW.RJOB", time=(st[0].stats.starttime + 5.0).timestamp)
         request = pb.PredictRequest(
-            miniseed=buf.getvalue(), p_picks=[pick], model=model, series_interval=series_interval
+            miniseed=buf.getvalue(),
+            p_picks=[pick],
+            model=model,
+            series_interval=series_interval,
+            input_units="m/s",
         )
-        what = f"30 s 3-component miniSEED (BW.RJOB), series_interval {series_interval:g} s"
+        what = f"30 s 3-component miniSEED in m/s (BW.RJOB), series_interval {series_interval:g} s"
         return cls(request, what)
 
 
