@@ -18,8 +18,23 @@ from pathlib import Path
 import numpy as np
 
 Progress = Callable[[str], None]
-RUNTIMES = ("torch-eager", "torchscript", "torch-compile", "ort-fp32", "ort-int8", "tensorrt")
-DEFAULT_RUNTIMES = ("torch-eager", "torchscript", "ort-fp32", "ort-int8", "tensorrt")
+RUNTIMES = (
+    "torch-eager",
+    "torchscript",
+    "torch-compile",
+    "ort-fp32",
+    "ort-int8",
+    "openvino-fp32",
+    "tensorrt",
+)
+DEFAULT_RUNTIMES = (
+    "torch-eager",
+    "torchscript",
+    "ort-fp32",
+    "ort-int8",
+    "openvino-fp32",
+    "tensorrt",
+)
 CSV_FIELDS = (
     "model", "runtime", "batch", "ms_per_call", "ms_per_window", "windows_per_s", "gflops",
     "peak_fraction", "note",
@@ -122,6 +137,11 @@ def _runner(runtime: str, model, paths: dict[str, Path], threads: int, batch: in
         sess = _ort_session(paths[key], threads)
         feeds = {"waveform": wave, "log_amp": amp}
         return lambda: sess.run(None, feeds)
+    if runtime == "openvino-fp32":  # the server's OpenVINO backend (scan extension included)
+        from seismag.serving.executor.backend import BackendOptions, load_backend
+
+        backend = load_backend("openvino", paths[card.name], BackendOptions(threads=threads))
+        return lambda: backend.run(wave, amp)
     if runtime == "tensorrt":
         return _tensorrt_runner(paths[card.name], wave, amp)
     raise ValueError(f"unknown runtime {runtime!r}; choose from {RUNTIMES}")
