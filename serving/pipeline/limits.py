@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from seismag.serving.errors import Cancelled, InvalidInput, Overloaded
 
@@ -58,9 +59,14 @@ MAX_STATIONS = 1_000
 MAX_INPUT_SAMPLES = 20_000_000
 """Samples at their own rates in one Predict request (160 MB as float64; a 64 MiB message of
 float32 holds 16.8 M, compressed miniSEED may hold more)."""
-MAX_CARD_SAMPLES = 12_000_000
-"""Samples at the model's rate (after resampling, gaps filled) in one Predict request: e.g. 11
-hours of 3-component 100 Hz data (96 MB as float64)."""
+MAX_CARD_SAMPLES = 6_000_000
+"""Samples at the model's rate (after resampling, gaps filled) in one Predict request: e.g. 5.5
+hours of 3-component 100 Hz data (48 MB as float64). Preparing a request at this limit (5.5 h of
+3-component 20 Hz data, upsampled) took 0.47 s and raised the process's peak memory by 170 MB
+(resampling works on copies and spectra); at twice the limit, 1.1 s and 370 MB."""
+MAX_SAMPLES_IN_FLIGHT = 4 * MAX_CARD_SAMPLES
+"""Samples all Predict requests being prepared at once may hold; a request that would pass it is
+RESOURCE_EXHAUSTED (retry later) unless it is the only one."""
 MAX_SERIES_POINTS = 16_384
 """Points of the evolving series over all stations of one Predict request (series_interval
 decides how many: a 1 h record at 1 s is 3,600)."""
@@ -181,3 +187,31 @@ class Budget:
         left = self.remaining()
         if left is not None and left <= 0:
             raise TimeoutError(f"deadline exceeded {stage}")
+
+
+class InFlight:
+    """The samples the requests being prepared hold, over the whole process: each request may
+    be within its limits while sixteen of them at once are not."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def hold(self, samples: int) -> Iterator[None]:
+        with self._lock:
+            if self.used and self.used + samples > self.limit:
+                raise Overloaded(
+                    f"the server is preparing {self.used} samples for other requests and this "
+                    f"one needs {samples} (limit {self.limit} at once); retry shortly"
+                )
+            self.used += samples
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.used -= samples
+
+
+IN_FLIGHT = InFlight(MAX_SAMPLES_IN_FLIGHT)

@@ -55,6 +55,7 @@ from seismag.serving.executor.batcher import Ticket
 from seismag.serving.executor.runtime import ModelRegistry, ModelRuntime
 from seismag.serving.pipeline.ingest import check_stream, remove_response, remove_sensitivity
 from seismag.serving.pipeline.limits import (
+    IN_FLIGHT,
     MAX_CARD_SAMPLES,
     MAX_INPUT_SAMPLES,
     MAX_SERIES_POINTS,
@@ -67,7 +68,7 @@ from seismag.serving.pipeline.limits import (
     shown,
 )
 from seismag.serving.pipeline.onset import PICKER_NAME, PPicker
-from seismag.serving.pipeline.quality import check_velocity, clipped, component, unusable
+from seismag.serving.pipeline.quality import check_velocity, clipped, read_by, unusable
 from seismag.serving.pipeline.response import correct_trace
 from seismag.serving.pipeline.results import StationResult
 from seismag.serving.pipeline.units import COUNTS, Responses, StationInventory
@@ -315,7 +316,7 @@ def _group(stream: Stream) -> dict[tuple[str, str, str], Stream]:
     return groups
 
 
-def _check_work(groups: dict[tuple[str, str, str], Stream], card: ModelCard, step: int) -> None:
+def _check_work(groups: dict[tuple[str, str, str], Stream], card: ModelCard, step: int) -> int:
     """Refuse a request whose work is too large, from its headers alone.
 
     Per component the span from its first to its last sample counts (gaps are filled), both at
@@ -327,7 +328,7 @@ def _check_work(groups: dict[tuple[str, str, str], Stream], card: ModelCard, ste
     for st in groups.values():
         spans: dict[str, list[float]] = {}
         for tr in st:
-            if component(tr.stats.channel) not in card.component_order:
+            if read_by(card.component_order, tr.stats.channel) is None:
                 continue
             s = tr.stats
             first, last = s.starttime.timestamp, s.endtime.timestamp
@@ -347,6 +348,7 @@ def _check_work(groups: dict[tuple[str, str, str], Stream], card: ModelCard, ste
             f"the request asks for {points} series points (limit {MAX_SERIES_POINTS}) at "
             f"series_interval {step / rate:g} s; use a larger series_interval or send less data"
         )
+    return native + resampled
 
 
 def _channel_notes(sid: str, st: Stream, card: ModelCard) -> tuple[Stream, list[str]]:
@@ -361,7 +363,7 @@ def _channel_notes(sid: str, st: Stream, card: ModelCard) -> tuple[Stream, list[
         by_channel.setdefault(tr.stats.channel, []).append(tr)
     reads = f"{card.name} reads {''.join(card.component_order)} (or 1, 2, 3)"
     for channel, traces in by_channel.items():
-        if component(channel) not in card.component_order:
+        if read_by(card.component_order, channel) is None:
             dropped.append(f"{channel}: component {channel[-1:]!r} is not one {reads}; left out")
             continue
         data = traces[0].data if len(traces) == 1 else np.concatenate([t.data for t in traces])
@@ -539,7 +541,29 @@ def _predict(
     check_stream(stream, samples=not checked)  # headers always: the totals are per request
     groups = _group(stream)
     check_count("stations", len(groups), MAX_STATIONS, "split them over several requests")
-    _check_work(groups, card, step)
+    with IN_FLIGHT.hold(_check_work(groups, card, step)):
+        work = _prepare(
+            groups, card, step, responses, inventory, p_picks, response, missing, budget
+        )
+    budget.check("before the model ran")
+    waveform = np.stack([ev.waveform for w in work for ev in w.evals])
+    log_amp = np.stack([ev.log_amp for w in work for ev in w.evals])
+    rows, timings = runtime.infer(waveform, log_amp, budget.remaining(), ticket=ticket)
+    return _results(runtime, work, rows, timings, step, t_start)
+
+
+def _prepare(
+    groups: dict[tuple[str, str, str], Stream],
+    card: ModelCard,
+    step: int,
+    responses: Responses,
+    inventory: Inventory | None,
+    p_picks: Mapping[str, UTCDateTime] | None,
+    response: str,
+    missing: str,
+    budget: Budget,
+) -> list[_StationWork]:
+    """Every station's windows, in request order (the checks of _predict passed)."""
     if p_picks:
         known = {station_id(*k) for k in groups} | {f"{k[0]}.{k[1]}" for k in groups}
         unknown = sorted(set(p_picks) - known)
@@ -567,10 +591,18 @@ def _predict(
         )
         work.append(w)
         n_windows += len(w.evals)
-    budget.check("before the model ran")
-    waveform = np.stack([ev.waveform for w in work for ev in w.evals])
-    log_amp = np.stack([ev.log_amp for w in work for ev in w.evals])
-    rows, timings = runtime.infer(waveform, log_amp, budget.remaining(), ticket=ticket)
+    return work
+
+
+def _results(
+    runtime: ModelRuntime,
+    work: list[_StationWork],
+    rows,
+    timings: dict[str, float],
+    step: int,
+    t_start: float,
+) -> list[StationResult]:
+    card = runtime.card
     total_ms = (time.perf_counter() - t_start) * 1e3
     results = []
     at = 0

@@ -30,6 +30,16 @@ def component(channel: str) -> str:
     return COMPONENT_ALIASES.get(channel[-1:].upper(), "")
 
 
+def read_by(component_order: str, channel: str) -> str | None:
+    """The component of ``channel`` if the card reads it, else None.
+
+    (``"" in "ZNE"`` is True: a bare membership test once let EHX, EHY and EHW through as a
+    station whose every component was then zero-filled, answered with a magnitude.)
+    """
+    comp = component(channel)
+    return comp if comp and comp in component_order else None
+
+
 def unusable(data: np.ndarray) -> str | None:
     """Why a component carries no signal ("dead", "flat"), or None."""
     lo, hi = float(np.min(data)), float(np.max(data))

@@ -82,7 +82,7 @@ from seismag.serving.pipeline.predict import (
     output_value,
     station_id,
 )
-from seismag.serving.pipeline.quality import check_velocity, component
+from seismag.serving.pipeline.quality import check_velocity, read_by
 from seismag.serving.pipeline.response import CausalCorrection
 from seismag.serving.pipeline.results import StationUpdate
 from seismag.serving.pipeline.units import COUNTS, Responses, StationInventory
@@ -426,9 +426,9 @@ class StreamSession:
         """Write one checked packet (codes, rate, times, finite samples) into its channel."""
         key = (network, station, location)
         tid = f"{network}.{station}.{location}.{channel}"
-        comp = component(channel)
+        comp = read_by(self.card.component_order, channel)
         st = self._stations.get(key)
-        if comp not in self.card.component_order:
+        if comp is None:
             # Not a component this model reads (EHX, pressure, strain, ...): said in updates.
             st = st or self._new_station(key)
             reads = "".join(self.card.component_order)
@@ -471,41 +471,45 @@ class StreamSession:
         size = ch.buf.size
         ch.write(start, data, floor)
         self._buffered += ch.buf.size - size
-        if ch.span_seconds() > self.max_buffer_seconds:
-            raise Overloaded(
-                f"{st.sid}: {ch.span_seconds():.0f} s of {ch.code} buffered (limit "
-                f"{self.max_buffer_seconds:.0f} s) waiting for another component of this "
-                "station, which stalled"
-            )
         return st
 
     def _check_extent(
         self, st: _Station, ch: _Channel, tid: str, start: float, size: int, floor: float | None
     ) -> None:
-        """Refuse a packet that would stretch the channel's buffer beyond ``max_buffer_seconds``
-        (a time jump, a packet from long before) or the call's samples beyond
-        ``MAX_STREAM_SAMPLES``, before anything is allocated."""
+        """Refuse, before anything is allocated, a packet that would stretch its channel's buffer
+        beyond ``max_buffer_seconds``: a time jump (InvalidInput naming the packet's time) or data
+        piling up behind a stalled component (Overloaded), or the call's samples beyond
+        ``MAX_STREAM_SAMPLES``."""
+        limit, rate = self.max_buffer_seconds, ch.rate
+        when = UTCDateTime(start)
+        if size / rate > limit:
+            raise InvalidInput(
+                f"{tid}: a packet of {size / rate:.6g} s starting at {when} is longer than the "
+                f"{limit:.0f} s a stream buffers per channel; send shorter packets"
+            )
+        off = ch.index(start)
+        first, end = ch.t0, ch.t0 + ch.buf.size / rate
+        jump = None
+        if (off - ch.buf.size) / rate > limit:
+            jump = f"{start - end:.6g} s after the end of this channel's data ({UTCDateTime(end)})"
+        elif -off / rate > limit and floor is None:
+            jump = (
+                f"{first - start:.6g} s before the start of this channel's buffered data "
+                f"({UTCDateTime(first)})"
+            )
+        if jump:
+            raise InvalidInput(
+                f"{tid}: a packet starting at {when} lies {jump}: a gap or time jump over "
+                f"{limit:.0f} s cannot be buffered (start a new stream for a new time range)"
+            )
         lo, hi = ch.span_after_write(start, size)
         if floor is not None:
             lo = max(lo, min(ch.index(floor), 0))
-        limit = self.max_buffer_seconds
-        if size / ch.rate > limit:
-            raise InvalidInput(
-                f"{tid}: a packet of {size / ch.rate:.6g} s starting at {UTCDateTime(start)} is "
-                f"longer than the {limit:.0f} s a stream buffers per channel; send shorter packets"
-            )
-        if (hi - lo) / ch.rate > limit:
-            first, end = ch.t0, ch.t0 + ch.buf.size / ch.rate
-            if start >= end:
-                where = f"{start - end:.6g} s after the end of this channel's data"
-                at = UTCDateTime(end)
-            else:
-                where = f"{first - start:.6g} s before the start of this channel's buffered data"
-                at = UTCDateTime(first)
-            raise InvalidInput(
-                f"{tid}: a packet starting at {UTCDateTime(start)} lies {where} ({at}): a gap "
-                f"or time jump over {self.max_buffer_seconds:.0f} s cannot be buffered (start a "
-                "new stream for a new time range)"
+        if (hi - lo) / rate > limit:
+            raise Overloaded(
+                f"{st.sid}: {ch.code} would hold {(hi - lo) / rate:.0f} s of data not yet used "
+                f"(limit {limit:.0f} s) with the packet at {when}: another component of this "
+                "station stalled"
             )
         grow = (hi - lo) - ch.buf.size
         if self._buffered + grow > MAX_STREAM_SAMPLES:

@@ -38,7 +38,8 @@ class ServerMetrics:
         )
         self.failures = Counter(
             "seismag_request_failures",
-            "RPCs that ended with a status other than OK",
+            "RPCs that ended with a status other than OK or CANCELLED (a client that went away "
+            "is not a failure)",
             ["method", "code"],
             registry=r,
         )
@@ -88,7 +89,7 @@ class ServerMetrics:
     # -- RPCs ---------------------------------------------------------------------------------
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()
-        if code != "OK":
+        if code not in ("OK", "CANCELLED"):
             self.failures.labels(method, code).inc()
         self.duration.labels(method).observe(seconds)
 
