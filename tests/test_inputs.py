@@ -40,6 +40,8 @@ from obspy import Stream, Trace, UTCDateTime
 from station_metadata import rjob_inventory, stationxml, write_inventory
 
 from seismag.serving.executor.runtime import ModelRegistry, default_model_path
+from seismag.serving.oip import grpc_service_pb2 as oip_pb
+from seismag.serving.oip import grpc_service_pb2_grpc as oip_grpc
 from seismag.serving.pipeline import limits
 from seismag.serving.protocols.server import build_server
 from seismag.serving.v1 import seismag_pb2 as pb
@@ -232,6 +234,15 @@ def predict_call(stub, request: pb.PredictRequest, timeout: float = CALL_TIMEOUT
     except grpc.RpcError as exc:
         return _failed(exc, t0)
     return Outcome("OK", "", list(reply.results), time.perf_counter() - t0)
+
+
+def unary_call(method, request) -> Outcome:
+    t0 = time.perf_counter()
+    try:
+        reply = method(request, timeout=CALL_TIMEOUT)
+    except grpc.RpcError as exc:
+        return _failed(exc, t0)
+    return Outcome("OK", "", reply, time.perf_counter() - t0)
 
 
 def stream_call(stub, messages: list[pb.StreamRequest]) -> Outcome:
@@ -557,6 +568,19 @@ def build_corpus(server, stub, channel) -> list[Case]:
         "INVALID_ARGUMENT",
         P(arrays(zne(v), input_units="m/s", p_picks=pick(station_id="X" * 10_000))),
         says("station id"),
+    )
+    add(
+        "GetModel name of 10,000 characters",
+        "INVALID_ARGUMENT",
+        lambda: unary_call(stub.GetModel, pb.GetModelRequest(name="M" * 10_000)),
+        says("10000 characters"),
+    )
+    oip = oip_grpc.GRPCInferenceServiceStub(channel)
+    add(
+        "ModelMetadata name of 10,000 characters",
+        "INVALID_ARGUMENT",
+        lambda: unary_call(oip.ModelMetadata, oip_pb.ModelMetadataRequest(name="M" * 10_000)),
+        says("10000 characters"),
     )
     # ---- malformed payloads
     add("no input", "INVALID_ARGUMENT", P(pb.PredictRequest()))

@@ -103,7 +103,9 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
     async def GetModel(self, request, context):
         reg = self._registry
         return model_info(
-            reg.get(request.name), reg.default_name, self._server.config.public_json()
+            reg.get(check_model_name(request.name)),
+            reg.default_name,
+            self._server.config.public_json(),
         )
 
     @rpc

@@ -22,6 +22,7 @@ from seismag import __version__
 from seismag.serving.errors import InvalidInput, ModelNotFound, NotReady
 from seismag.serving.oip import grpc_service_pb2 as pb
 from seismag.serving.oip import grpc_service_pb2_grpc as pb_grpc
+from seismag.serving.pipeline.limits import check_model_name, shown
 from seismag.serving.protocols.rpc import check_deadline, rpc
 
 PLATFORM = "onnxruntime_onnx"
@@ -37,10 +38,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._work = work  # threads for the blocking batcher wait; the event loop never blocks
 
     def _runtime(self, name: str, version: str):
-        runtime = self._registry.get(name)
+        runtime = self._registry.get(check_model_name(name))
         if version and version != str(runtime.version):
             raise ModelNotFound(
-                f"model {runtime.name!r} has version {runtime.version!r}, not {version!r}"
+                f"model {runtime.name!r} has version {runtime.version!r}, not {shown(version)}"
             )
         return runtime
 
@@ -57,7 +58,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Like Triton: an unknown model (or version) is "not ready", not an error.
         try:
             self._runtime(request.name, request.version)
-        except ModelNotFound:
+        except (ModelNotFound, InvalidInput):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self._is_ready())
 
