@@ -164,7 +164,7 @@ def stream_to_array(stream, card: ModelCard, *, missing: str = "error") -> Stati
     by_comp: dict[str, object] = {}
     for tr in st:
         comp = _component(tr.stats.channel)
-        if comp in card.component_order and comp not in by_comp:
+        if comp and comp in card.component_order and comp not in by_comp:  # "" is in "ZNE"
             by_comp[comp] = tr
     absent = tuple(c for c in card.component_order if c not in by_comp)
     if not by_comp:

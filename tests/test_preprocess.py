@@ -81,6 +81,11 @@ def test_stream_to_array_missing_components():
         stream_to_array(st, card)
     arr = stream_to_array(st, card, missing="zeros")
     assert arr.missing == ("N", "E") and not arr.data[1:].any()
+    unknown = read()
+    for tr, code in zip(unknown, "XYW", strict=True):  # no component the model reads
+        tr.stats.channel = "EH" + code
+    with pytest.raises(PreprocessError, match="no usable components"):
+        stream_to_array(unknown, card, missing="zeros")
 
 
 def test_stream_to_array_rejects_bad_streams():
