@@ -51,7 +51,6 @@ from seismag.models.aggregate import series_to_scalar
 from seismag.models.card import ModelCard
 from seismag.models.preprocess import PreprocessError, model_inputs, stream_to_array
 from seismag.serving.errors import InvalidInput, Overloaded
-from seismag.serving.executor.batcher import Ticket
 from seismag.serving.executor.runtime import ModelRegistry, ModelRuntime
 from seismag.serving.pipeline.ingest import check_stream, remove_response, remove_sensitivity
 from seismag.serving.pipeline.limits import (
@@ -494,44 +493,66 @@ def predict(
     includes decoding it. ``checked``: the stream came from a reader of
     :mod:`~seismag.serving.pipeline.ingest` that has already checked its samples.
     """
-    t_start = time.perf_counter() if started is None else started
     budget = budget or Budget(timeout)
     runtime = registry.get(check_model_name(model))
-    responses = Responses(units, inventory, server_inventory)
     # Announce the submission now: the batcher then knows nothing else is coming when this is
     # the only request in flight, and runs it without waiting for companions.
     with runtime.expect() as ticket:
-        return _predict(
+        prepared = prepare(
             runtime,
             stream,
-            responses=responses,
+            units=units,
             inventory=inventory,
+            server_inventory=server_inventory,
             p_picks=p_picks,
             series_interval=series_interval,
             missing=missing,
             response=response,
             budget=budget,
             checked=checked,
-            t_start=t_start,
-            ticket=ticket,
+            started=started,
         )
+        rows, timings = runtime.infer(
+            prepared.waveform, prepared.log_amp, budget.remaining(), ticket=ticket
+        )
+    return prepared.results(rows, timings)
 
 
-def _predict(
+@dataclass
+class PreparedRequest:
+    """A request's model inputs, ready for the batcher, and what turns the rows into results
+    (so an asyncio caller can await the model instead of blocking a thread on it)."""
+
+    runtime: ModelRuntime
+    work: list[_StationWork]
+    waveform: np.ndarray
+    log_amp: np.ndarray
+    step: int
+    t_start: float
+
+    def results(self, rows, timings: dict[str, float]) -> list[StationResult]:
+        return _results(self.runtime, self.work, rows, timings, self.step, self.t_start)
+
+
+def prepare(
     runtime: ModelRuntime,
     stream: Stream,
     *,
-    responses: Responses,
-    inventory: Inventory | None,
-    p_picks: Mapping[str, UTCDateTime] | None,
-    series_interval: float,
-    missing: str,
-    response: str,
-    budget: Budget,
-    checked: bool,
-    t_start: float,
-    ticket: Ticket,
-) -> list[StationResult]:
+    units: str = COUNTS,
+    inventory: Inventory | None = None,
+    server_inventory: StationInventory | None = None,
+    p_picks: Mapping[str, UTCDateTime] | None = None,
+    series_interval: float = 1.0,
+    missing: str = "zeros",
+    response: str = "causal",
+    budget: Budget | None = None,
+    checked: bool = False,
+    started: float | None = None,
+) -> PreparedRequest:
+    """Everything :func:`predict` does before the model: checks, units, windows."""
+    t_start = time.perf_counter() if started is None else started
+    budget = budget or Budget()
+    responses = Responses(units, inventory, server_inventory)
     card = runtime.card
     if missing not in ("zeros", "error"):
         raise InvalidInput(f"missing must be 'zeros' or 'error', got {missing!r}")
@@ -548,8 +569,7 @@ def _predict(
     budget.check("before the model ran")
     waveform = np.stack([ev.waveform for w in work for ev in w.evals])
     log_amp = np.stack([ev.log_amp for w in work for ev in w.evals])
-    rows, timings = runtime.infer(waveform, log_amp, budget.remaining(), ticket=ticket)
-    return _results(runtime, work, rows, timings, step, t_start)
+    return PreparedRequest(runtime, work, waveform, log_amp, step, t_start)
 
 
 def _prepare(

@@ -1,11 +1,13 @@
 """seismag.v1.MagnitudeService on the asyncio server: wire messages <-> the station pipeline.
 
 Predict's preprocessing (decoding, response removal, resampling, the picker) is CPU work in
-NumPy/ObsPy and waits on the batcher, so it runs in the server's work threads; the event loop only
-converts messages. The work carries a :class:`~seismag.serving.pipeline.limits.Budget`: its
-deadline is the client's, and its cancel flag is set when the call is cancelled (the client went
-away, or the server stopped after its grace period), so the thread stops at its next check
-instead of finishing an answer nobody reads. StreamPredict runs on the loop (see
+NumPy/ObsPy. A small request (a few model windows, no StationXML: the usual real-time query) is
+prepared on the event loop, which then awaits the batcher's future: one thread hand-off each way
+instead of three. Anything larger is prepared in the server's work threads, so the loop never
+stalls on a long record. The work carries a :class:`~seismag.serving.pipeline.limits.Budget`:
+its deadline is the client's, and its cancel flag is set when the call is cancelled (the client
+went away, or the server stopped after its grace period), so a work thread stops at its next
+check instead of finishing an answer nobody reads. StreamPredict runs on the loop (see
 :mod:`.stream_rpc`). No model logic here.
 """
 
@@ -27,7 +29,7 @@ from seismag.serving.pipeline.limits import (
     check_count,
     check_model_name,
 )
-from seismag.serving.pipeline.predict import predict
+from seismag.serving.pipeline.predict import PreparedRequest, prepare
 from seismag.serving.protocols import stream_rpc
 from seismag.serving.protocols.messages import model_info, pick_time, raw_trace, station_magnitude
 from seismag.serving.protocols.rpc import check_deadline, rpc
@@ -37,16 +39,35 @@ from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
 if TYPE_CHECKING:
     from seismag.serving.protocols.server import SeismagServer
 
+LOOP_MAX_BYTES = 128 * 1024
+"""Payloads up to this size are decoded on the event loop (a 30 s 3-component record: ~40 KB)."""
+LOOP_MAX_WINDOWS = 8
+"""Requests needing at most this many model windows are also prepared on the loop (~0.1 ms
+each); more (a long record, a 1 s series) go to a work thread."""
+
 
 class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
     def __init__(self, server: SeismagServer) -> None:
         self._server = server
         self._registry = server.registry
 
-    def _predict(
-        self, request: pb.PredictRequest, budget: Budget, started: float
-    ) -> pb.PredictResponse:
-        """The blocking part of Predict (a work thread)."""
+    @staticmethod
+    def _small(request: pb.PredictRequest) -> bool:
+        """Cheap enough to decode on the loop (see ``LOOP_MAX_BYTES``)."""
+        if request.stationxml:
+            return False
+        kind = request.WhichOneof("input")
+        if kind == "miniseed":
+            return len(request.miniseed) <= LOOP_MAX_BYTES
+        if kind == "raw":
+            return sum(len(t.samples) for t in request.raw.traces) * 4 <= LOOP_MAX_BYTES
+        return True  # no input: refused at once
+
+    def _interval(self, request: pb.PredictRequest) -> float:
+        return request.series_interval or self._server.config.series_interval
+
+    def _decode(self, request: pb.PredictRequest, budget: Budget):
+        """The request's stream, picks and StationXML, checked."""
         budget.check("before it started")
         kind = request.WhichOneof("input")
         if kind == "miniseed":
@@ -61,34 +82,58 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
         picks = {p.station_id: pick_time(p) for p in request.p_picks}
         inventory = ingest.read_stationxml(request.stationxml) if request.stationxml else None
         budget.check("after decoding")
-        results = predict(
-            self._registry,
+        return stream, picks, inventory
+
+    def _prepare(
+        self, request: pb.PredictRequest, decoded, runtime, budget: Budget, started: float
+    ) -> PreparedRequest:
+        stream, picks, inventory = decoded or self._decode(request, budget)
+        return prepare(
+            runtime,
             stream,
-            model=request.model,
             units=request.input_units,
             inventory=inventory,
             server_inventory=self._server.inventory,
             p_picks=picks or None,
-            series_interval=request.series_interval or self._server.config.series_interval,
+            series_interval=self._interval(request),
             started=started,
             budget=budget,
             checked=True,
         )
-        return pb.PredictResponse(results=[station_magnitude(r) for r in results])
 
     @rpc
     async def Predict(self, request, context):
         started = time.perf_counter()
         self._server.require_ready()
-        check_model_name(request.model)
+        runtime = self._registry.get(check_model_name(request.model))
         budget = Budget(await check_deadline(context))
-        work = functools.partial(self._predict, request, budget, started)
-        future = asyncio.get_running_loop().run_in_executor(self._server.work, work)
+        loop = asyncio.get_running_loop()
+        # Announce the submission now: the batcher then knows nothing else is coming when this
+        # is the only request in flight, and runs it without waiting for companions.
+        ticket = runtime.expect()
         try:
-            return await future
-        except asyncio.CancelledError:
-            budget.cancelled.set()  # nobody waits for the answer: stop at the next check
+            decoded = self._decode(request, budget) if self._small(request) else None
+            if decoded is not None and _windows(decoded[0], self._interval(request)) <= (
+                LOOP_MAX_WINDOWS
+            ):
+                prepared = self._prepare(request, decoded, runtime, budget, started)
+            else:
+                work = functools.partial(self._prepare, request, decoded, runtime, budget, started)
+                prepared = await loop.run_in_executor(self._server.work, work)
+            future = runtime.submit(prepared.waveform, prepared.log_amp, ticket=ticket)
+        except BaseException:
+            ticket.release()
+            budget.cancelled.set()  # nobody waits for the answer: a work thread stops
             raise
+        try:
+            rows, timings = await asyncio.wait_for(asyncio.wrap_future(future), budget.remaining())
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            future.cancel()  # still queued: it will not spend model time
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise TimeoutError(f"{runtime.name}: deadline exceeded waiting for the model") from None
+        results = prepared.results(rows, timings)
+        return pb.PredictResponse(results=[station_magnitude(r) for r in results])
 
     @rpc
     async def ListModels(self, request, context):
@@ -113,3 +158,10 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
         self._server.require_ready()
         async for message in stream_rpc.serve_stream(self._server, context):
             yield message
+
+
+def _windows(stream: Stream, interval: float) -> float:
+    """Model windows a Predict of ``stream`` needs, at most (one per interval of its longest
+    trace; decoding has bounded the sizes already)."""
+    longest = max((tr.stats.npts / tr.stats.sampling_rate for tr in stream), default=0.0)
+    return longest / max(interval, 1e-3) + 1
