@@ -24,6 +24,13 @@ def series_to_scalar(
     """
     if method not in ("mean_after_onset", "median_after_onset"):
         raise ValueError(f"unknown aggregation {method!r}")
+    if np.ndim(series) == 1 and np.ndim(onset) == 0:
+        # One window (a stream update): slicing is ~10x cheaper than masking the whole row.
+        n, start = len(series), int(onset)
+        if not 0 <= start < n:
+            raise ValueError(f"onset must lie inside the window [0, {n}), got [{start}]")
+        tail = np.asarray(series[start:], dtype=np.float64)
+        return np.float64(np.nanmedian(tail) if method == "median_after_onset" else tail.mean())
     s = np.atleast_2d(np.asarray(series, dtype=np.float64))
     n = s.shape[-1]
     onsets = np.broadcast_to(np.asarray(onset, dtype=np.int64), (s.shape[0],))

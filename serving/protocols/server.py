@@ -62,6 +62,7 @@ from seismag.serving.protocols.magnitude_service import MagnitudeServicer
 from seismag.serving.protocols.metrics import ServerMetrics
 from seismag.serving.protocols.oip_service import InferenceServicer
 from seismag.serving.protocols.oip_service import add_to_server as add_oip
+from seismag.serving.protocols.stream_rpc import Waker
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
 
@@ -223,6 +224,7 @@ class SeismagServer:
             ],
         )
         self.health.bind(asyncio.get_running_loop())
+        self.waker = Waker(asyncio.get_running_loop())
         pb_grpc.add_MagnitudeServiceServicer_to_server(MagnitudeServicer(self), server)
         add_oip(InferenceServicer(self.registry, self.is_ready, self.work), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

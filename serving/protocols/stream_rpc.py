@@ -4,7 +4,7 @@ handler answering with the updates.
 No thread per stream: an idle stream is two suspended coroutines, so thousands of station feeds
 can stay open while health and Predict are served. Packets are handed to the session on the loop
 (an in-order packet is one append); model results arrive on the batcher's worker threads, which
-wake the handler through ``loop.call_soon_threadsafe``.
+wake the handler through :class:`Waker` (one ``loop.call_soon_threadsafe`` per burst).
 
 The session is created from the first message that carries a packet or a pick, with the latest
 StreamConfig seen before it. It is closed in ``finally``, which also runs when the client cancels
@@ -15,6 +15,7 @@ packs the updates ready at that moment (at most ``MAX_UPDATES_PER_MESSAGE``).
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -80,6 +81,38 @@ def _new_session(server: SeismagServer, config: pb.StreamConfig, on_ready) -> St
     )
 
 
+class Waker:
+    """Wakes stream handlers on the loop from any thread, with one loop wake-up per burst.
+
+    A batch of the model holds windows of many stations; with one stream per station that is as
+    many sessions to wake. A ``call_soon_threadsafe`` each would write the loop's self-pipe and
+    queue a callback per session; here the first wake of a burst schedules one flush and the
+    others only join the set it will wake.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: set[StreamCall] = set()
+        self._scheduled = False
+
+    def wake(self, call: StreamCall) -> None:
+        with self._lock:
+            self._pending.add(call)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            calls, self._pending = self._pending, set()
+            self._scheduled = False
+        for call in calls:
+            call.wake.set()
+
+
 class StreamCall:
     """The state of one StreamPredict: its session, reader task, wake-up event and first error."""
 
@@ -98,8 +131,7 @@ class StreamCall:
 
     def wake_soon(self) -> None:
         """Wake the handler (safe from any thread: the batcher's workers call it)."""
-        if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.wake.set)
+        self.server.waker.wake(self)
 
     def _handle(self, req: pb.StreamRequest) -> None:
         if req.HasField("config") and req.config != self.config:
