@@ -180,6 +180,8 @@ def run(args: argparse.Namespace) -> dict:
                 progress,
             )
         )
+    # A fresh server: memory per stream is read from its RSS, which earlier load would blur.
+    with open_target("spawn", options=options) as target:
         out["idle_streams"] = idle_streams.run(
             target.address, streams=2000, seconds=1.0, probes=50, pid=target.pid
         )

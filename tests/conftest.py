@@ -5,3 +5,21 @@ import pytest
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+# A module that starts a gRPC server defines its own ``server`` fixture (with the settings it
+# tests); these two connect to whichever server that module has.
+@pytest.fixture(scope="module")
+def channel(server):
+    import grpc
+
+    ch = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield ch
+    ch.close()
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
+
+    return pb_grpc.MagnitudeServiceStub(channel)

@@ -73,18 +73,6 @@ def server(registry):
     srv.stop(1)
 
 
-@pytest.fixture(scope="module")
-def channel(server):
-    ch = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    yield ch
-    ch.close()
-
-
-@pytest.fixture(scope="module")
-def stub(channel):
-    return pb_grpc.MagnitudeServiceStub(channel)
-
-
 def memory_mb(field: str = "VmRSS") -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):

@@ -95,18 +95,6 @@ def server(registry, inventory):
 
 
 @pytest.fixture(scope="module")
-def channel(server):
-    ch = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    yield ch
-    ch.close()
-
-
-@pytest.fixture(scope="module")
-def stub(channel):
-    return pb_grpc.MagnitudeServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
 def rjob() -> Stream:
     return obspy.read()
 

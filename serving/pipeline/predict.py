@@ -471,47 +471,25 @@ def predict(
     stream: Stream,
     *,
     model: str = "",
-    units: str = COUNTS,
-    inventory: Inventory | None = None,
-    server_inventory: StationInventory | None = None,
-    p_picks: Mapping[str, UTCDateTime] | None = None,
-    series_interval: float = 1.0,
-    missing: str = "zeros",
-    response: str = "causal",
     timeout: float | None = None,
-    started: float | None = None,
     budget: Budget | None = None,
-    checked: bool = False,
+    **options,
 ) -> list[StationResult]:
     """One :class:`StationResult` per (network, station, location) in ``stream``.
 
-    All windows of all stations go to the model in one batched call. Raises InvalidInput naming
-    the station when any station cannot give a magnitude, MissingResponse for counts without a
-    response, Overloaded beyond the limits of :mod:`~seismag.serving.pipeline.limits`,
-    TimeoutError or Cancelled when ``budget`` (or ``timeout``) runs out. ``started`` (a
-    ``time.perf_counter()`` value) is when the request arrived, so that the reported total
-    includes decoding it. ``checked``: the stream came from a reader of
-    :mod:`~seismag.serving.pipeline.ingest` that has already checked its samples.
+    ``options`` are :func:`prepare`'s (units, inventories, picks, series interval, missing and
+    response policies, ``started``, ``checked``). All windows of all stations go to the model in
+    one batched call. Raises InvalidInput naming the station when any station cannot give a
+    magnitude, MissingResponse for counts without a response, Overloaded beyond the limits of
+    :mod:`~seismag.serving.pipeline.limits`, TimeoutError or Cancelled when ``budget`` (or
+    ``timeout``) runs out.
     """
     budget = budget or Budget(timeout)
     runtime = registry.get(check_model_name(model))
     # Announce the submission now: the batcher then knows nothing else is coming when this is
     # the only request in flight, and runs it without waiting for companions.
     with runtime.expect() as ticket:
-        prepared = prepare(
-            runtime,
-            stream,
-            units=units,
-            inventory=inventory,
-            server_inventory=server_inventory,
-            p_picks=p_picks,
-            series_interval=series_interval,
-            missing=missing,
-            response=response,
-            budget=budget,
-            checked=checked,
-            started=started,
-        )
+        prepared = prepare(runtime, stream, budget=budget, **options)
         rows, timings = runtime.infer(
             prepared.waveform, prepared.log_amp, budget.remaining(), ticket=ticket
         )
@@ -549,7 +527,12 @@ def prepare(
     checked: bool = False,
     started: float | None = None,
 ) -> PreparedRequest:
-    """Everything :func:`predict` does before the model: checks, units, windows."""
+    """Everything :func:`predict` does before the model: checks, units, windows.
+
+    ``started`` (a ``time.perf_counter()`` value) is when the request arrived, so that the
+    reported total includes decoding it. ``checked``: the stream came from a reader of
+    :mod:`~seismag.serving.pipeline.ingest` that has already checked its samples.
+    """
     t_start = time.perf_counter() if started is None else started
     budget = budget or Budget()
     responses = Responses(units, inventory, server_inventory)
