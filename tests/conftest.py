@@ -7,6 +7,16 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
 
 
+@pytest.fixture(scope="module")
+def registry():
+    """The packaged default model behind a batcher; modules that need other models override it."""
+    from seismag.serving.executor.runtime import ModelRegistry, default_model_path
+
+    reg = ModelRegistry.from_paths([default_model_path()], max_queue_delay_ms=2.0)
+    yield reg
+    reg.close()
+
+
 # A module that starts a gRPC server defines its own ``server`` fixture (with the settings it
 # tests); these two connect to whichever server that module has.
 @pytest.fixture(scope="module")

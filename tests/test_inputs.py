@@ -39,7 +39,6 @@ from grpc_health.v1 import health_pb2
 from obspy import Stream, Trace, UTCDateTime
 from station_metadata import rjob_inventory, stationxml, write_inventory
 
-from seismag.serving.executor.runtime import ModelRegistry, default_model_path
 from seismag.serving.oip import grpc_service_pb2 as oip_pb
 from seismag.serving.oip import grpc_service_pb2_grpc as oip_grpc
 from seismag.serving.pipeline import limits
@@ -56,13 +55,6 @@ MAX_RSS_GROWTH_MB = 200.0
 
 
 # -- the server ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def registry():
-    reg = ModelRegistry.from_paths([default_model_path()], max_queue_delay_ms=2.0)
-    yield reg
-    reg.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from obspy import Stream, UTCDateTime
 from station_metadata import rjob_inventory, write_inventory
 
 from seismag.serving.client import raw_trace
-from seismag.serving.executor.runtime import ModelRegistry, default_model_path
 from seismag.serving.pipeline.onset import KEEP_ONSETS, PICKER_NAME, PPicker, first_p_onset
 from seismag.serving.pipeline.predict import StationTrack, predict
 from seismag.serving.protocols.server import build_server
@@ -148,13 +147,6 @@ def test_station_track_uses_an_onset_only_once_it_is_decided(registry):
     assert track.onset()[0] is None
     track.extend(w[:, usable_from : usable_from + 1])
     assert track.onset() == (o.sample, PICKER_NAME, o.confidence)
-
-
-@pytest.fixture(scope="module")
-def registry():
-    reg = ModelRegistry.from_paths([default_model_path()], max_queue_delay_ms=2.0)
-    yield reg
-    reg.close()
 
 
 def test_predict_without_pick_on_a_record_starting_5_s_before_p(registry):

@@ -33,7 +33,7 @@ from obspy import Stream
 from station_metadata import write_inventory
 
 from seismag.serving.client import raw_trace
-from seismag.serving.executor.runtime import ModelRegistry, default_model_path
+from seismag.serving.executor.runtime import default_model_path
 from seismag.serving.protocols.server import build_server
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
@@ -71,13 +71,6 @@ def _wait_for(predicate, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return predicate()
-
-
-@pytest.fixture(scope="module")
-def registry():
-    reg = ModelRegistry.from_paths([default_model_path()], max_queue_delay_ms=2.0)
-    yield reg
-    reg.close()
 
 
 @pytest.fixture(scope="module")

@@ -130,35 +130,36 @@ class Interceptor(grpc.aio.ServerInterceptor):
         if inspect.isasyncgenfunction(inner):
 
             async def timed_stream(request, context):
-                t0, failure = time.perf_counter(), None
-                try:
+                with _Observed(metrics, method, context):
                     if unary_request and isinstance(request, Undecodable):
                         await request.abort(context)
                     async for item in inner(request, context):
                         yield item
-                except BaseException as exc:
-                    failure = exc
-                    raise
-                finally:
-                    code = _code_name(context, failure)
-                    metrics.observe_request(method, code, time.perf_counter() - t0)
 
             return _handler_like(handler, timed_stream, safe=safe)
 
         async def timed(request, context):
-            t0, failure = time.perf_counter(), None
-            try:
+            with _Observed(metrics, method, context):
                 if unary_request and isinstance(request, Undecodable):
                     await request.abort(context)
                 return await inner(request, context)
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:
-                code = _code_name(context, failure)
-                metrics.observe_request(method, code, time.perf_counter() - t0)
 
         return _handler_like(handler, timed, safe=safe)
+
+
+class _Observed:
+    """Counts one RPC in the metrics when it ends, with the status it ended with."""
+
+    def __init__(self, metrics: ServerMetrics, method: str, context) -> None:
+        self._metrics, self._method, self._context = metrics, method, context
+        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        code = _code_name(self._context, exc)
+        self._metrics.observe_request(self._method, code, time.perf_counter() - self._t0)
 
 
 def _undecodable_checked(handler: grpc.RpcMethodHandler):
