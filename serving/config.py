@@ -80,6 +80,14 @@ class ServeConfig:
             "path": True,
         },
     )
+    station_table: str | None = field(
+        default=None,
+        metadata={
+            "help": "TOML station table (seismag station-table): station corrections and the "
+            "shared error fraction for event magnitudes",
+            "path": True,
+        },
+    )
     inventory_poll: float = field(
         default=10.0,
         metadata={"help": "seconds between looks for changed inventory files (0 = SIGHUP only)"},

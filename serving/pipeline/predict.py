@@ -227,13 +227,15 @@ class StationTrack:
         i = self.n - 1
         onset, source, confidence = None, "none", 0.0
         in_window = 0
-        if self.card.output == "series" or self.pick is not None:
-            onset, source, confidence = self.onset()
-            if onset is None:
-                if self.card.output == "series":
-                    return None
-                source = "none"
-        if onset is not None:
+        onset, source, confidence = self.onset()
+        if onset is None:
+            if self.card.output == "series":
+                return None
+            source = "none"
+        # A scalar card's model never sees the onset; a picked one is still reported (the event
+        # magnitude needs every station's onset), but only the client's pick limits its age.
+        uses_onset = self.card.output == "series" or self.pick is not None
+        if onset is not None and uses_onset:
             if i + 1 - onset > MAX_ONSET_AGE * self.card.in_samples:
                 return None
             in_window = max(0, onset - (i + 1 - self.card.in_samples))
@@ -632,6 +634,7 @@ def _results(
                 series_start=w.evals[0].time,
                 series_interval=step / card.sampling_rate,
                 series=values,
+                series_end=last.time,
                 onset=None if last.onset is None else w.track.time_of(last.onset),
                 onset_source=last.source,
                 onset_confidence=last.confidence if last.onset is not None else 0.0,

@@ -44,6 +44,9 @@ class StationResult:
     warnings: tuple[str, ...] = ()
     """What to read the magnitude with: components left out (dead, flat, unknown), clipped or
     upsampled ones."""
+    series_end: UTCDateTime | None = None
+    """Time of the last series value (the data end; it may follow the previous value by less
+    than ``series_interval``)."""
 
     @property
     def has_sigma(self) -> bool:

@@ -22,6 +22,7 @@ from obspy import Stream
 
 from seismag.serving.errors import InvalidInput
 from seismag.serving.pipeline import ingest
+from seismag.serving.pipeline.event import event_magnitude
 from seismag.serving.pipeline.limits import (
     MAX_STATIONS,
     MAX_TRACES,
@@ -31,7 +32,7 @@ from seismag.serving.pipeline.limits import (
 )
 from seismag.serving.pipeline.predict import PreparedRequest, prepare
 from seismag.serving.protocols import stream_rpc
-from seismag.serving.protocols.messages import model_info, pick_time, raw_trace, station_magnitude
+from seismag.serving.protocols.messages import model_info, pick_time, predict_response, raw_trace
 from seismag.serving.protocols.rpc import check_deadline, rpc
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
@@ -133,7 +134,11 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
                 raise
             raise TimeoutError(f"{runtime.name}: deadline exceeded waiting for the model") from None
         results = prepared.results(rows, timings)
-        return pb.PredictResponse(results=[station_magnitude(r) for r in results])
+        table = self._server.station_table
+        event = event_magnitude(
+            results, corrections=table.corrections, shared=table.shared_error_fraction
+        )
+        return predict_response(results, event)
 
     @rpc
     async def ListModels(self, request, context):

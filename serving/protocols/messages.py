@@ -9,6 +9,7 @@ import numpy as np
 from obspy import Trace, UTCDateTime
 
 from seismag.serving.pipeline import ingest
+from seismag.serving.pipeline.event import EventResult
 from seismag.serving.pipeline.limits import check_codes, check_station_id, check_time
 from seismag.serving.pipeline.results import StationResult, StationUpdate
 from seismag.serving.v1 import seismag_pb2 as pb
@@ -55,6 +56,36 @@ def station_magnitude(r: StationResult) -> pb.StationMagnitude:
         timings=_timings(r.timings_ms),
         warnings=list(r.warnings),
     )
+
+
+def event_magnitude(e: EventResult) -> pb.EventMagnitude:
+    has_sigma = bool(np.isfinite(e.final.sigma))
+    return pb.EventMagnitude(
+        magnitude=float(e.final.magnitude),
+        magnitude_sigma=float(e.final.sigma),
+        has_sigma=has_sigma,
+        first_onset=float(UTCDateTime(e.first_onset).timestamp),
+        stations=list(e.final.used),
+        rejected=list(e.final.rejected),
+        not_associated=list(e.not_associated),
+        series=pb.MagnitudeSeries(
+            start=float(UTCDateTime(e.series_start).timestamp),
+            interval=float(e.series_interval),
+            values=np.asarray(e.series, dtype=np.float32).tolist(),
+            sigmas=np.asarray(e.sigma_series, np.float32).tolist() if has_sigma else [],
+        ),
+        station_counts=[int(c) for c in e.station_counts],
+        method=e.method,
+        corrections=e.corrections,
+    )
+
+
+def predict_response(results: list[StationResult], event: EventResult | None) -> pb.PredictResponse:
+    response = pb.PredictResponse(results=[station_magnitude(r) for r in results])
+    if event is not None:
+        response.event.CopyFrom(event_magnitude(event))
+        response.has_event = True
+    return response
 
 
 def stream_update(u: StationUpdate) -> pb.StreamUpdate:

@@ -55,6 +55,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from seismag.serving.config import DEFAULTS, ServeConfig
 from seismag.serving.errors import NotReady
 from seismag.serving.oip import grpc_service_pb2 as oip_pb2
+from seismag.serving.pipeline.station_table import StationTable
 from seismag.serving.pipeline.units import StationInventory
 from seismag.serving.protocols.health import HealthServicer
 from seismag.serving.protocols.interceptor import Interceptor
@@ -187,6 +188,10 @@ class SeismagServer:
         self._streams: set = set()  # open StreamCalls (touched on the loop only)
         self.inventory = StationInventory(config.inventory) if config.inventory else None
         """The server's station metadata (``--inventory``), or None."""
+        self.station_table = (
+            StationTable.read(config.station_table) if config.station_table else StationTable()
+        )
+        """Station corrections for event magnitudes (``--station-table``); empty without one."""
         self.work = DaemonPool(config.work_threads, "seismag-work")
         self.health = HealthServicer()
         self._health_services = ("", MAGNITUDE_SERVICE, OIP_SERVICE)

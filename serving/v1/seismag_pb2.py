@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n seismag/serving/v1/seismag.proto\x12\nseismag.v1\"\x8a\x01\n\x08RawTrace\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\x0f\n\x07station\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x15\n\rsampling_rate\x18\x05 \x01(\x01\x12\x11\n\tstarttime\x18\x06 \x01(\x01\x12\x0f\n\x07samples\x18\x07 \x03(\x02\"1\n\tRawTraces\x12$\n\x06traces\x18\x01 \x03(\x0b\x32\x14.seismag.v1.RawTrace\")\n\x05PPick\x12\x12\n\nstation_id\x18\x01 \x01(\t\x12\x0c\n\x04time\x18\x02 \x01(\x01\"\xc8\x01\n\x0ePredictRequest\x12\x12\n\x08miniseed\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.seismag.v1.RawTracesH\x00\x12\x12\n\nstationxml\x18\x03 \x01(\x0c\x12\"\n\x07p_picks\x18\x04 \x03(\x0b\x32\x11.seismag.v1.PPick\x12\r\n\x05model\x18\x05 \x01(\t\x12\x17\n\x0fseries_interval\x18\x06 \x01(\x01\x12\x13\n\x0binput_units\x18\x07 \x01(\tB\x07\n\x05input\"X\n\x07Timings\x12\x15\n\rpreprocess_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"R\n\x0fMagnitudeSeries\x12\r\n\x05start\x18\x01 \x01(\x01\x12\x10\n\x08interval\x18\x02 \x01(\x01\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12\x0e\n\x06sigmas\x18\x04 \x03(\x02\"\x92\x03\n\x10StationMagnitude\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\x0f\n\x07station\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\x12\x11\n\tmagnitude\x18\x04 \x01(\x01\x12\x12\n\nderivation\x18\x05 \x01(\t\x12+\n\x06series\x18\x06 \x01(\x0b\x32\x1b.seismag.v1.MagnitudeSeries\x12\r\n\x05onset\x18\x07 \x01(\x01\x12\x11\n\thas_onset\x18\x08 \x01(\x08\x12\x14\n\x0conset_source\x18\t \x01(\t\x12\r\n\x05model\x18\n \x01(\t\x12\x15\n\rmodel_version\x18\x0b \x01(\t\x12\x1a\n\x12missing_components\x18\x0c \x03(\t\x12$\n\x07timings\x18\r \x01(\x0b\x32\x13.seismag.v1.Timings\x12\x18\n\x10onset_confidence\x18\x0e \x01(\x01\x12\x17\n\x0fmagnitude_sigma\x18\x0f \x01(\x01\x12\x11\n\thas_sigma\x18\x10 \x01(\x08\x12\x10\n\x08warnings\x18\x11 \x03(\t\"@\n\x0fPredictResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.seismag.v1.StationMagnitude\"[\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bhop_seconds\x18\x02 \x01(\x01\x12\x12\n\nstationxml\x18\x03 \x01(\x0c\x12\x13\n\x0binput_units\x18\x04 \x01(\t\"\xd0\x01\n\rStreamRequest\x12(\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.seismag.v1.StreamConfig\x12\x12\n\x08miniseed\x18\x02 \x01(\x0cH\x00\x12)\n\traw_chunk\x18\x03 \x01(\x0b\x32\x14.seismag.v1.RawTraceH\x00\x12+\n\nraw_chunks\x18\x05 \x01(\x0b\x32\x15.seismag.v1.RawTracesH\x00\x12\x1f\n\x04pick\x18\x04 \x01(\x0b\x32\x11.seismag.v1.PPickB\x08\n\x06packet\"\xbd\x02\n\x0cStreamUpdate\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\x0f\n\x07station\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\x12\x0c\n\x04time\x18\x04 \x01(\x01\x12\x11\n\tmagnitude\x18\x05 \x01(\x01\x12\r\n\x05onset\x18\x06 \x01(\x01\x12\x11\n\thas_onset\x18\x07 \x01(\x08\x12\r\n\x05model\x18\x08 \x01(\t\x12\x13\n\x0blag_seconds\x18\t \x01(\x01\x12$\n\x07timings\x18\n \x01(\x0b\x32\x13.seismag.v1.Timings\x12\x14\n\x0conset_source\x18\x0b \x01(\t\x12\x18\n\x10onset_confidence\x18\x0c \x01(\x01\x12\x17\n\x0fmagnitude_sigma\x18\r \x01(\x01\x12\x11\n\thas_sigma\x18\x0e \x01(\x08\x12\x10\n\x08warnings\x18\x0f \x03(\t\":\n\rStreamUpdates\x12)\n\x07updates\x18\x01 \x03(\x0b\x32\x18.seismag.v1.StreamUpdate\"\x13\n\x11ListModelsRequest\";\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xe5\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tcard_json\x18\x03 \x01(\t\x12\x0f\n\x07weights\x18\x04 \x01(\t\x12\x12\n\nis_default\x18\x05 \x01(\x08\x12&\n\x06inputs\x18\x06 \x03(\x0b\x32\x16.seismag.v1.TensorSpec\x12\'\n\x07outputs\x18\x07 \x03(\x0b\x32\x16.seismag.v1.TensorSpec\x12\x14\n\x0cruntime_json\x18\x08 \x01(\t\x12\x1a\n\x12server_config_json\x18\t \x01(\t\"n\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.seismag.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\x12\x1a\n\x12server_config_json\x18\x03 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xae\x02\n\x10MagnitudeService\x12\x42\n\x07Predict\x12\x1a.seismag.v1.PredictRequest\x1a\x1b.seismag.v1.PredictResponse\x12I\n\rStreamPredict\x12\x19.seismag.v1.StreamRequest\x1a\x19.seismag.v1.StreamUpdates(\x01\x30\x01\x12K\n\nListModels\x12\x1d.seismag.v1.ListModelsRequest\x1a\x1e.seismag.v1.ListModelsResponse\x12>\n\x08GetModel\x12\x1b.seismag.v1.GetModelRequest\x1a\x15.seismag.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n seismag/serving/v1/seismag.proto\x12\nseismag.v1\"\x8a\x01\n\x08RawTrace\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\x0f\n\x07station\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x15\n\rsampling_rate\x18\x05 \x01(\x01\x12\x11\n\tstarttime\x18\x06 \x01(\x01\x12\x0f\n\x07samples\x18\x07 \x03(\x02\"1\n\tRawTraces\x12$\n\x06traces\x18\x01 \x03(\x0b\x32\x14.seismag.v1.RawTrace\")\n\x05PPick\x12\x12\n\nstation_id\x18\x01 \x01(\t\x12\x0c\n\x04time\x18\x02 \x01(\x01\"\xc8\x01\n\x0ePredictRequest\x12\x12\n\x08miniseed\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.seismag.v1.RawTracesH\x00\x12\x12\n\nstationxml\x18\x03 \x01(\x0c\x12\"\n\x07p_picks\x18\x04 \x03(\x0b\x32\x11.seismag.v1.PPick\x12\r\n\x05model\x18\x05 \x01(\t\x12\x17\n\x0fseries_interval\x18\x06 \x01(\x01\x12\x13\n\x0binput_units\x18\x07 \x01(\tB\x07\n\x05input\"X\n\x07Timings\x12\x15\n\rpreprocess_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"R\n\x0fMagnitudeSeries\x12\r\n\x05start\x18\x01 \x01(\x01\x12\x10\n\x08interval\x18\x02 \x01(\x01\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12\x0e\n\x06sigmas\x18\x04 \x03(\x02\"\x92\x03\n\x10StationMagnitude\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\x0f\n\x07station\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\x12\x11\n\tmagnitude\x18\x04 \x01(\x01\x12\x12\n\nderivation\x18\x05 \x01(\t\x12+\n\x06series\x18\x06 \x01(\x0b\x32\x1b.seismag.v1.MagnitudeSeries\x12\r\n\x05onset\x18\x07 \x01(\x01\x12\x11\n\thas_onset\x18\x08 \x01(\x08\x12\x14\n\x0conset_source\x18\t \x01(\t\x12\r\n\x05model\x18\n \x01(\t\x12\x15\n\rmodel_version\x18\x0b \x01(\t\x12\x1a\n\x12missing_components\x18\x0c \x03(\t\x12$\n\x07timings\x18\r \x01(\x0b\x32\x13.seismag.v1.Timings\x12\x18\n\x10onset_confidence\x18\x0e \x01(\x01\x12\x17\n\x0fmagnitude_sigma\x18\x0f \x01(\x01\x12\x11\n\thas_sigma\x18\x10 \x01(\x08\x12\x10\n\x08warnings\x18\x11 \x03(\t\"\xeb\x02\n\x0e\x45ventMagnitude\x12\x11\n\tmagnitude\x18\x01 \x01(\x01\x12\x17\n\x0fmagnitude_sigma\x18\x02 \x01(\x01\x12\x11\n\thas_sigma\x18\x03 \x01(\x08\x12\x13\n\x0b\x66irst_onset\x18\x04 \x01(\x01\x12\x10\n\x08stations\x18\x05 \x03(\t\x12\x10\n\x08rejected\x18\x06 \x03(\t\x12\x16\n\x0enot_associated\x18\x07 \x03(\t\x12+\n\x06series\x18\x08 \x01(\x0b\x32\x1b.seismag.v1.MagnitudeSeries\x12\x16\n\x0estation_counts\x18\t \x03(\r\x12\x0e\n\x06method\x18\n \x01(\t\x12@\n\x0b\x63orrections\x18\x0b \x03(\x0b\x32+.seismag.v1.EventMagnitude.CorrectionsEntry\x1a\x32\n\x10\x43orrectionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"~\n\x0fPredictResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.seismag.v1.StationMagnitude\x12)\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1a.seismag.v1.EventMagnitude\x12\x11\n\thas_event\x18\x03 \x01(\x08\"[\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bhop_seconds\x18\x02 \x01(\x01\x12\x12\n\nstationxml\x18\x03 \x01(\x0c\x12\x13\n\x0binput_units\x18\x04 \x01(\t\"\xd0\x01\n\rStreamRequest\x12(\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.seismag.v1.StreamConfig\x12\x12\n\x08miniseed\x18\x02 \x01(\x0cH\x00\x12)\n\traw_chunk\x18\x03 \x01(\x0b\x32\x14.seismag.v1.RawTraceH\x00\x12+\n\nraw_chunks\x18\x05 \x01(\x0b\x32\x15.seismag.v1.RawTracesH\x00\x12\x1f\n\x04pick\x18\x04 \x01(\x0b\x32\x11.seismag.v1.PPickB\x08\n\x06packet\"\xbd\x02\n\x0cStreamUpdate\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\x0f\n\x07station\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\x12\x0c\n\x04time\x18\x04 \x01(\x01\x12\x11\n\tmagnitude\x18\x05 \x01(\x01\x12\r\n\x05onset\x18\x06 \x01(\x01\x12\x11\n\thas_onset\x18\x07 \x01(\x08\x12\r\n\x05model\x18\x08 \x01(\t\x12\x13\n\x0blag_seconds\x18\t \x01(\x01\x12$\n\x07timings\x18\n \x01(\x0b\x32\x13.seismag.v1.Timings\x12\x14\n\x0conset_source\x18\x0b \x01(\t\x12\x18\n\x10onset_confidence\x18\x0c \x01(\x01\x12\x17\n\x0fmagnitude_sigma\x18\r \x01(\x01\x12\x11\n\thas_sigma\x18\x0e \x01(\x08\x12\x10\n\x08warnings\x18\x0f \x03(\t\":\n\rStreamUpdates\x12)\n\x07updates\x18\x01 \x03(\x0b\x32\x18.seismag.v1.StreamUpdate\"\x13\n\x11ListModelsRequest\";\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xe5\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tcard_json\x18\x03 \x01(\t\x12\x0f\n\x07weights\x18\x04 \x01(\t\x12\x12\n\nis_default\x18\x05 \x01(\x08\x12&\n\x06inputs\x18\x06 \x03(\x0b\x32\x16.seismag.v1.TensorSpec\x12\'\n\x07outputs\x18\x07 \x03(\x0b\x32\x16.seismag.v1.TensorSpec\x12\x14\n\x0cruntime_json\x18\x08 \x01(\t\x12\x1a\n\x12server_config_json\x18\t \x01(\t\"n\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.seismag.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\x12\x1a\n\x12server_config_json\x18\x03 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xae\x02\n\x10MagnitudeService\x12\x42\n\x07Predict\x12\x1a.seismag.v1.PredictRequest\x1a\x1b.seismag.v1.PredictResponse\x12I\n\rStreamPredict\x12\x19.seismag.v1.StreamRequest\x1a\x19.seismag.v1.StreamUpdates(\x01\x30\x01\x12K\n\nListModels\x12\x1d.seismag.v1.ListModelsRequest\x1a\x1e.seismag.v1.ListModelsResponse\x12>\n\x08GetModel\x12\x1b.seismag.v1.GetModelRequest\x1a\x15.seismag.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'seismag.serving.v1.seismag_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_EVENTMAGNITUDE_CORRECTIONSENTRY']._loaded_options = None
+  _globals['_EVENTMAGNITUDE_CORRECTIONSENTRY']._serialized_options = b'8\001'
   _globals['_RAWTRACE']._serialized_start=49
   _globals['_RAWTRACE']._serialized_end=187
   _globals['_RAWTRACES']._serialized_start=189
@@ -45,26 +47,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MAGNITUDESERIES']._serialized_end=658
   _globals['_STATIONMAGNITUDE']._serialized_start=661
   _globals['_STATIONMAGNITUDE']._serialized_end=1063
-  _globals['_PREDICTRESPONSE']._serialized_start=1065
-  _globals['_PREDICTRESPONSE']._serialized_end=1129
-  _globals['_STREAMCONFIG']._serialized_start=1131
-  _globals['_STREAMCONFIG']._serialized_end=1222
-  _globals['_STREAMREQUEST']._serialized_start=1225
-  _globals['_STREAMREQUEST']._serialized_end=1433
-  _globals['_STREAMUPDATE']._serialized_start=1436
-  _globals['_STREAMUPDATE']._serialized_end=1753
-  _globals['_STREAMUPDATES']._serialized_start=1755
-  _globals['_STREAMUPDATES']._serialized_end=1813
-  _globals['_LISTMODELSREQUEST']._serialized_start=1815
-  _globals['_LISTMODELSREQUEST']._serialized_end=1834
-  _globals['_TENSORSPEC']._serialized_start=1836
-  _globals['_TENSORSPEC']._serialized_end=1895
-  _globals['_MODELINFO']._serialized_start=1898
-  _globals['_MODELINFO']._serialized_end=2127
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2129
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2239
-  _globals['_GETMODELREQUEST']._serialized_start=2241
-  _globals['_GETMODELREQUEST']._serialized_end=2272
-  _globals['_MAGNITUDESERVICE']._serialized_start=2275
-  _globals['_MAGNITUDESERVICE']._serialized_end=2577
+  _globals['_EVENTMAGNITUDE']._serialized_start=1066
+  _globals['_EVENTMAGNITUDE']._serialized_end=1429
+  _globals['_EVENTMAGNITUDE_CORRECTIONSENTRY']._serialized_start=1379
+  _globals['_EVENTMAGNITUDE_CORRECTIONSENTRY']._serialized_end=1429
+  _globals['_PREDICTRESPONSE']._serialized_start=1431
+  _globals['_PREDICTRESPONSE']._serialized_end=1557
+  _globals['_STREAMCONFIG']._serialized_start=1559
+  _globals['_STREAMCONFIG']._serialized_end=1650
+  _globals['_STREAMREQUEST']._serialized_start=1653
+  _globals['_STREAMREQUEST']._serialized_end=1861
+  _globals['_STREAMUPDATE']._serialized_start=1864
+  _globals['_STREAMUPDATE']._serialized_end=2181
+  _globals['_STREAMUPDATES']._serialized_start=2183
+  _globals['_STREAMUPDATES']._serialized_end=2241
+  _globals['_LISTMODELSREQUEST']._serialized_start=2243
+  _globals['_LISTMODELSREQUEST']._serialized_end=2262
+  _globals['_TENSORSPEC']._serialized_start=2264
+  _globals['_TENSORSPEC']._serialized_end=2323
+  _globals['_MODELINFO']._serialized_start=2326
+  _globals['_MODELINFO']._serialized_end=2555
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2557
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2667
+  _globals['_GETMODELREQUEST']._serialized_start=2669
+  _globals['_GETMODELREQUEST']._serialized_end=2700
+  _globals['_MAGNITUDESERVICE']._serialized_start=2703
+  _globals['_MAGNITUDESERVICE']._serialized_end=3005
 # @@protoc_insertion_point(module_scope)

@@ -118,11 +118,48 @@ class StationMagnitude(_message.Message):
     warnings: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., magnitude: _Optional[float] = ..., derivation: _Optional[str] = ..., series: _Optional[_Union[MagnitudeSeries, _Mapping]] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., onset_source: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., missing_components: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_confidence: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class EventMagnitude(_message.Message):
+    __slots__ = ("magnitude", "magnitude_sigma", "has_sigma", "first_onset", "stations", "rejected", "not_associated", "series", "station_counts", "method", "corrections")
+    class CorrectionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MAGNITUDE_FIELD_NUMBER: _ClassVar[int]
+    MAGNITUDE_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    HAS_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ONSET_FIELD_NUMBER: _ClassVar[int]
+    STATIONS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    NOT_ASSOCIATED_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    STATION_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CORRECTIONS_FIELD_NUMBER: _ClassVar[int]
+    magnitude: float
+    magnitude_sigma: float
+    has_sigma: bool
+    first_onset: float
+    stations: _containers.RepeatedScalarFieldContainer[str]
+    rejected: _containers.RepeatedScalarFieldContainer[str]
+    not_associated: _containers.RepeatedScalarFieldContainer[str]
+    series: MagnitudeSeries
+    station_counts: _containers.RepeatedScalarFieldContainer[int]
+    method: str
+    corrections: _containers.ScalarMap[str, float]
+    def __init__(self, magnitude: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ..., first_onset: _Optional[float] = ..., stations: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[str]] = ..., not_associated: _Optional[_Iterable[str]] = ..., series: _Optional[_Union[MagnitudeSeries, _Mapping]] = ..., station_counts: _Optional[_Iterable[int]] = ..., method: _Optional[str] = ..., corrections: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class PredictResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "event", "has_event")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    HAS_EVENT_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[StationMagnitude]
-    def __init__(self, results: _Optional[_Iterable[_Union[StationMagnitude, _Mapping]]] = ...) -> None: ...
+    event: EventMagnitude
+    has_event: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[StationMagnitude, _Mapping]]] = ..., event: _Optional[_Union[EventMagnitude, _Mapping]] = ..., has_event: _Optional[bool] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
     __slots__ = ("model", "hop_seconds", "stationxml", "input_units")

@@ -1,0 +1,232 @@
+"""One magnitude per event from its stations' estimates, with its uncertainty, as data arrive.
+
+Observatories publish one magnitude per event. Each station gives a magnitude ``m_i`` and a
+standard deviation ``s_i`` (the model's sigma); the event magnitude is their inverse-variance
+weighted mean after station corrections, with stations rejected that disagree with the others by
+more than ``REJECT_SIGMAS`` of their own sigma (one at a time, worst first, never below
+``MIN_KEEP`` stations), as in the station-magnitude screening of routine practice (Bormann,
+NMSOP-2, 2012, ch. 3.2).
+
+The uncertainty does not treat stations as independent. Part of every station's error is common
+to the event (source spectrum, stress drop, a regional attenuation the model did not learn), and
+averaging stations does not remove it. With a share ``rho`` of each station's error variance
+common to the event (standardised errors correlated by ``rho``) the variance of the weighted mean
+with weights ``w_i = 1 / s_i**2`` is
+
+    V = ((1 - rho) * k * sum(w_i) + rho * sum(sqrt(w_i))**2) / sum(w_i)**2
+
+where ``k = max(1, chi2 / (n - 1))`` inflates the independent part when the stations scatter more
+than their sigmas say (Birge ratio). With equal sigmas that is ``s**2 * (rho + (1 - rho) / n)``:
+``s / sqrt(n)`` for independent stations, ``s`` when everything is shared. ``rho`` is measured on
+events from the training regimes (``python -m seismag.benchmarks.event_accuracy`` prints it) and
+can be refitted, with station corrections, from a network's own past events
+(:mod:`seismag.serving.pipeline.station_table`).
+
+Association: a Predict carries the stations of one event. Stations without a P onset (none sent,
+none picked) cannot be placed in time and are left out; so are stations whose onset lies more than
+``ASSOCIATION_WINDOW_S`` after the earliest onset of the largest group of onsets, which are another
+event or a false trigger. The evolving event magnitude is causal: its value at time t combines each
+station's latest value at or before t, counted only from ``MIN_AFTER_ONSET_SECONDS`` after that
+station's onset (when the picker has decided it and the model has seen P).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from obspy import UTCDateTime
+
+from seismag.serving.pipeline.predict import MIN_AFTER_ONSET_SECONDS, station_id
+from seismag.serving.pipeline.results import StationResult
+
+SHARED_ERROR_FRACTION = 0.35
+"""``rho``: share of a station's error variance common to the event. Measured on in-distribution
+synthetic events (training regimes, test split): 0.25-0.41 across the six shipped models at the
+full window (``python -m seismag.benchmarks.event_accuracy``, docs/evaluation.md)."""
+REJECT_SIGMAS = 3.0
+"""A station further than this many of its own sigmas from the others' mean is an outlier."""
+MIN_KEEP = 2
+"""Rejection never leaves fewer stations than this (with two, neither can be told wrong)."""
+ASSOCIATION_WINDOW_S = 60.0
+"""Latest P onset after the event's first one: P travel time to ~400 km, the farthest distance
+the models were trained for."""
+METHOD = (
+    "inverse-variance weighted mean of the station magnitudes after station corrections, stations "
+    f"beyond {REJECT_SIGMAS:g} sigma rejected; sigma with a shared error fraction"
+)
+
+
+@dataclass(frozen=True)
+class StationEstimate:
+    station: str
+    """NET.STA.LOC"""
+    magnitude: float
+    sigma: float
+    """NaN when the model has no sigma output."""
+
+
+@dataclass(frozen=True)
+class EventEstimate:
+    magnitude: float
+    sigma: float
+    """NaN when a station has no sigma."""
+    used: tuple[str, ...]
+    rejected: tuple[str, ...]
+
+
+@dataclass
+class EventResult:
+    """The event magnitude of a Predict: the final estimate and its causal evolution."""
+
+    final: EventEstimate
+    first_onset: UTCDateTime
+    series_start: UTCDateTime
+    series_interval: float
+    series: np.ndarray
+    sigma_series: np.ndarray
+    station_counts: np.ndarray
+    """Stations combined in each series value (after rejection)."""
+    not_associated: tuple[str, ...]
+    """Stations left out: no onset, or an onset outside the association window."""
+    corrections: dict[str, float]
+    """The station corrections applied (station -> magnitude units added)."""
+    method: str = METHOD
+
+
+def _variance(w: np.ndarray, shared: float, birge: float) -> float:
+    total = w.sum()
+    return float(((1.0 - shared) * birge * total + shared * np.sqrt(w).sum() ** 2) / total**2)
+
+
+def combine(
+    estimates: Sequence[StationEstimate], shared: float = SHARED_ERROR_FRACTION
+) -> EventEstimate:
+    """The event magnitude of (already corrected) station estimates; see the module docstring.
+
+    Without sigmas (a model exported without them) the stations count equally and the event
+    sigma is NaN: an uncertainty is not guessed.
+    """
+    if not estimates:
+        raise ValueError("no station estimates to combine")
+    names = [e.station for e in estimates]
+    m = np.array([e.magnitude for e in estimates], dtype=np.float64)
+    s = np.array([e.sigma for e in estimates], dtype=np.float64)
+    has_sigma = bool(np.all(np.isfinite(s) & (s > 0)))
+    w = 1.0 / s**2 if has_sigma else np.ones_like(m)
+    keep = np.ones(m.size, dtype=bool)
+    while keep.sum() > MIN_KEEP:
+        # Each candidate is judged against the mean of the others (its own weight would pull the
+        # mean towards it), in units of its sigma, or of the others' spread without sigmas.
+        score = np.full(m.size, -np.inf)
+        for i in np.flatnonzero(keep):
+            others = keep.copy()
+            others[i] = False
+            mean_o = np.sum(w[others] * m[others]) / w[others].sum()
+            scale = s[i] if has_sigma else max(float(np.std(m[others])), 0.1)
+            score[i] = abs(m[i] - mean_o) / scale
+        worst = int(np.argmax(score))
+        if score[worst] <= REJECT_SIGMAS:
+            break
+        keep[worst] = False
+    mean = float(np.sum(w[keep] * m[keep]) / w[keep].sum())
+    sigma = math.nan
+    if has_sigma:
+        n = int(keep.sum())
+        chi2 = float(np.sum(w[keep] * (m[keep] - mean) ** 2))
+        birge = max(1.0, chi2 / (n - 1)) if n > 1 else 1.0
+        sigma = math.sqrt(_variance(w[keep], shared, birge))
+    used = tuple(n for n, k in zip(names, keep, strict=True) if k)
+    rejected = tuple(n for n, k in zip(names, keep, strict=True) if not k)
+    return EventEstimate(mean, sigma, used, rejected)
+
+
+def associate(onsets: Mapping[str, UTCDateTime | None]) -> tuple[UTCDateTime | None, list[str]]:
+    """The event's first onset and its stations: the largest group of onsets that fits in
+    ``ASSOCIATION_WINDOW_S`` (the earliest such group on a tie)."""
+    timed = sorted((t, s) for s, t in onsets.items() if t is not None)
+    best: tuple[int, int] = (0, 0)
+    for i, (t0, _) in enumerate(timed):
+        j = i
+        while j < len(timed) and timed[j][0] - t0 <= ASSOCIATION_WINDOW_S:
+            j += 1
+        if j - i > best[1] - best[0]:
+            best = (i, j)
+    group = timed[best[0] : best[1]]
+    return (group[0][0] if group else None), [s for _, s in group]
+
+
+def correction_for(corrections: Mapping[str, float] | None, key: str) -> float:
+    """A station's correction by NET.STA.LOC, else NET.STA, else 0."""
+    if not corrections:
+        return 0.0
+    if key in corrections:
+        return float(corrections[key])
+    return float(corrections.get(".".join(key.split(".")[:2]), 0.0))
+
+
+def _times(r: StationResult) -> np.ndarray:
+    """Seconds after series_start of each series value (the last one at the data end)."""
+    t = np.arange(len(r.series), dtype=np.float64) * r.series_interval
+    if r.series_end is not None and len(t):
+        t[-1] = float(UTCDateTime(r.series_end) - UTCDateTime(r.series_start))
+    return t
+
+
+def event_magnitude(
+    results: Sequence[StationResult],
+    *,
+    corrections: Mapping[str, float] | None = None,
+    shared: float = SHARED_ERROR_FRACTION,
+) -> EventResult | None:
+    """The event magnitude of a Predict's stations and its causal series; None when no station
+    has an onset."""
+    by_id = {station_id(r.network, r.station, r.location): r for r in results}
+    first, members = associate({k: r.onset for k, r in by_id.items()})
+    if first is None:
+        return None
+    not_associated = tuple(k for k in by_id if k not in members)
+    applied = {k: correction_for(corrections, k) for k in members}
+    # Each station's values as (absolute time in s after `first`, value, sigma), usable ones only.
+    tracks = {}
+    for k in members:
+        r = by_id[k]
+        t = _times(r) + float(UTCDateTime(r.series_start) - first)
+        usable = t >= float(r.onset - first) + MIN_AFTER_ONSET_SECONDS - 1e-9
+        sig = r.sigma_series if r.sigma_series is not None else np.full(len(r.series), np.nan)
+        if usable.any():
+            tracks[k] = (t[usable], np.asarray(r.series)[usable] + applied[k], sig[usable])
+    if not tracks:
+        return None
+    interval = min(by_id[k].series_interval for k in tracks)
+    start = min(t[0] for t, _, _ in tracks.values())
+    end = max(t[-1] for t, _, _ in tracks.values())
+    grid = start + np.arange(int(np.floor((end - start) / interval + 1e-9)) + 1) * interval
+    if end - grid[-1] > 1e-6:
+        grid = np.append(grid, end)
+    values, sigmas, counts = [], [], []
+    final = None
+    for at in grid:
+        now = []
+        for k, (t, v, sg) in tracks.items():
+            j = int(np.searchsorted(t, at + 1e-9, side="right")) - 1
+            if j >= 0:
+                now.append(StationEstimate(k, float(v[j]), float(sg[j])))
+        final = combine(now, shared)
+        values.append(final.magnitude)
+        sigmas.append(final.sigma)
+        counts.append(len(final.used))
+    assert final is not None
+    return EventResult(
+        final=final,
+        first_onset=first,
+        series_start=first + float(grid[0]),
+        series_interval=interval,
+        series=np.array(values),
+        sigma_series=np.array(sigmas),
+        station_counts=np.array(counts, dtype=np.int64),
+        not_associated=not_associated,
+        corrections={k: v for k, v in applied.items() if v},
+    )

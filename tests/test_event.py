@@ -1,0 +1,194 @@
+"""Event magnitudes: stations combined with their sigmas, outliers rejected, station corrections,
+a causal evolving event series; through the real gRPC server with synthetic multi-station events."""
+
+import io
+import math
+
+import grpc
+import numpy as np
+import pytest
+from obspy import Stream, Trace, UTCDateTime
+
+from seismag.serving.errors import InvalidInput
+from seismag.serving.pipeline.event import (
+    StationEstimate,
+    associate,
+    combine,
+    event_magnitude,
+)
+from seismag.serving.pipeline.predict import predict
+from seismag.serving.pipeline.station_table import StationTable, fit, shared_fraction
+from seismag.serving.protocols.server import build_server
+from seismag.serving.v1 import seismag_pb2 as pb
+from seismag.training.synthetic import SyntheticConfig, simulate_event
+
+
+def est(name, m, s=0.3):
+    return StationEstimate(name, m, s)
+
+
+def test_combine_is_the_weighted_mean_with_a_shared_error():
+    w = np.array([25.0, 6.25])
+    close = combine([est("A", 4.0, 0.2), est("B", 4.4, 0.4)], shared=0.0)
+    assert close.magnitude == pytest.approx((4.0 * 25 + 4.4 * 6.25) / w.sum())
+    # chi2 = sum w (m - mean)^2 = 0.16 * 25 * 6.25 / 31.25 = 0.8 < n - 1: as independent.
+    assert close.sigma == pytest.approx(math.sqrt(1 / w.sum()))
+    # chi2 = 1.0 * 25 * 6.25 / 31.25 = 5 > n - 1: the Birge ratio inflates the sigma.
+    apart = combine([est("A", 4.0, 0.2), est("B", 5.0, 0.4)], shared=0.0)
+    assert apart.sigma == pytest.approx(math.sqrt(5 / w.sum()))
+    same = [est(c, 5.0, 0.3) for c in "ABCD"]
+    assert combine(same, shared=0.0).sigma == pytest.approx(0.3 / 2)
+    assert combine(same, shared=1.0).sigma == pytest.approx(0.3)
+    assert combine(same, shared=0.5).sigma == pytest.approx(0.3 * math.sqrt(0.5 + 0.5 / 4))
+
+
+def test_combine_rejects_an_outlier_but_keeps_two():
+    e = combine([est("A", 4.0), est("B", 4.1), est("C", 3.9), est("D", 6.0)])
+    assert e.rejected == ("D",) and e.magnitude == pytest.approx(4.0)
+    two = combine([est("A", 4.0), est("B", 6.0)])
+    assert two.rejected == () and two.magnitude == pytest.approx(5.0)
+
+
+def test_combine_without_sigmas_does_not_guess_one():
+    e = combine([est("A", 4.0, math.nan), est("B", 4.2, math.nan)])
+    assert e.magnitude == pytest.approx(4.1) and math.isnan(e.sigma)
+    with pytest.raises(ValueError):
+        combine([])
+
+
+def test_association_keeps_the_largest_group_of_onsets():
+    t = UTCDateTime(2024, 1, 1)
+    first, members = associate(
+        {"early.noise": t - 500, "A": t, "B": t + 5, "C": t + 40, "late": t + 300, "none": None}
+    )
+    assert first == t and members == ["A", "B", "C"]
+    assert associate({"A": None}) == (None, [])
+
+
+def test_station_table_fit_recovers_corrections_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    offsets = {"XX.A.": 0.3, "XX.B.": -0.2, "XX.C.": 0.0}
+    rows = []
+    for ev in range(200):
+        mag, shared = rng.uniform(2, 5), rng.normal(0, 0.2)
+        for sta, off in offsets.items():
+            pred = mag + off + shared + rng.normal(0, 0.2)
+            rows.append(
+                dict(source_id=str(ev), station_id=sta, magnitude=str(pred),
+                     catalogue_magnitude=str(mag))
+            )  # fmt: skip
+    table = fit(rows, model="M")
+    for sta, off in offsets.items():  # shrinkage of 3 pseudo-events out of 200 is 1.5 %
+        assert table.corrections[sta] == pytest.approx(-off, abs=0.06)
+    assert table.shared_error_fraction == pytest.approx(0.5, abs=0.1)
+    table.write(tmp_path / "t.toml")
+    back = StationTable.read(tmp_path / "t.toml")
+    assert back.corrections == pytest.approx(table.corrections, abs=1e-4)
+    assert back.events == 200 and back.model == "M"
+    (tmp_path / "bad.toml").write_text("[corrections]\n'XX.A.' = 'high'\n")
+    with pytest.raises(InvalidInput, match="within"):
+        StationTable.read(tmp_path / "bad.toml")
+    with pytest.raises(InvalidInput, match="columns"):
+        fit([{"station": "A"}])
+    assert shared_fraction([np.array([1.0])]) > 0  # no multi-station event: the default
+
+
+def synthetic_event(index: int = 3, seed: int = 11):
+    """A multi-station synthetic event as an ObsPy stream in m/s, its P picks and magnitude."""
+    ev = simulate_event(seed, index, SyntheticConfig(p_window_s=(4.0, 8.0)))
+    st, picks = Stream(), {}
+    for wave, meta in zip(ev.waveforms, ev.metadata, strict=True):
+        start = UTCDateTime(meta["trace_start_time"])
+        for comp, data in zip("ZNE", wave, strict=True):
+            st += Trace(
+                data.astype(np.float64),
+                dict(network="SY", station=meta["station_code"], channel=f"HH{comp}",
+                     sampling_rate=100.0, starttime=start),
+            )  # fmt: skip
+        picks[f"SY.{meta['station_code']}"] = start + meta["trace_p_arrival_sample"] / 100.0
+    return st, picks, ev.metadata[0]["source_magnitude"]
+
+
+def test_event_of_a_predict_is_causal_and_combines_its_stations(registry):
+    st, picks, _ = synthetic_event()
+    results = predict(registry, st, units="m/s", p_picks=picks)
+    ev = event_magnitude(results)
+    assert len(results) >= 3 and set(ev.final.used) | set(ev.final.rejected) == {
+        f"SY.{r.station}." for r in results
+    }
+    used = [r for r in results if f"SY.{r.station}." in ev.final.used]
+    again = combine([est(f"SY.{r.station}.", r.magnitude, r.magnitude_sigma) for r in used])
+    assert ev.final.magnitude == pytest.approx(again.magnitude)
+    assert ev.series[-1] == pytest.approx(ev.final.magnitude)
+    assert ev.first_onset == min(picks.values())
+    assert ev.series_start >= ev.first_onset + 2.0 - 1e-6
+    assert np.all(np.diff(ev.station_counts) >= -1)  # stations join (a rejection may drop one)
+    # Causal: with every trace cut 6 s after the first onset, the event series up to the cut is
+    # the same (the values at the cut itself come from each station's data end, off the grid).
+    cut = ev.first_onset + 6.0
+    short = event_magnitude(predict(registry, st.slice(endtime=cut), units="m/s", p_picks=picks))
+    assert short.series_start == ev.series_start
+    offsets = np.arange(len(short.series)) * ev.series_interval
+    before = offsets < (cut - ev.series_start) - 0.05
+    assert before.sum() >= 2
+    np.testing.assert_allclose(short.series[before], ev.series[: len(before)][before], atol=1e-5)
+    np.testing.assert_allclose(
+        short.sigma_series[before], ev.sigma_series[: len(before)][before], atol=1e-5
+    )
+
+
+@pytest.fixture(scope="module")
+def server(registry, tmp_path_factory):
+    path = tmp_path_factory.mktemp("table") / "stations.toml"
+    st, _, _ = synthetic_event()
+    first = st[0].stats.station
+    StationTable({f"SY.{first}": 0.25}, 0.3, "PhaseNetMag", 10).write(path)
+    srv = build_server(registry, address="127.0.0.1:0", station_table=str(path)).start()
+    yield srv
+    srv.stop(1)
+
+
+def test_predict_returns_the_event_over_grpc(stub):
+    st, picks, true_m = synthetic_event()
+    buf = io.BytesIO()
+    st.write(buf, format="MSEED", encoding="FLOAT64")
+    request = pb.PredictRequest(
+        miniseed=buf.getvalue(),
+        input_units="m/s",
+        p_picks=[pb.PPick(station_id=k, time=float(t.timestamp)) for k, t in picks.items()],
+    )
+    reply = stub.Predict(request, timeout=60)
+    assert reply.has_event
+    e = reply.event
+    first = f"SY.{st[0].stats.station}."
+    assert dict(e.corrections) == {first: 0.25}
+    stations = {f"SY.{r.station}.": r for r in reply.results}
+    corrected = [
+        est(k, r.magnitude + (0.25 if k == first else 0.0), r.magnitude_sigma)
+        for k, r in stations.items()
+    ]
+    expect = combine(corrected, shared=0.3)
+    assert e.magnitude == pytest.approx(expect.magnitude, abs=1e-5)
+    assert e.magnitude_sigma == pytest.approx(expect.sigma, abs=1e-5) and e.has_sigma
+    assert set(e.stations) == set(expect.used) and not e.not_associated
+    assert len(e.series.values) == len(e.station_counts) == len(e.series.sigmas)
+    assert abs(e.magnitude - true_m) < 1.0  # a sanity bound, not an accuracy claim
+
+
+def test_predict_without_onsets_has_no_event(stub):
+    st, picks, _ = synthetic_event()
+    one = st.select(station=st[0].stats.station)
+    p = picks[f"SY.{st[0].stats.station}"]
+    noise = one.slice(endtime=p - 0.5)  # only noise: no onset, so no value and no event
+    buf = io.BytesIO()
+    noise.write(buf, format="MSEED", encoding="FLOAT64")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(pb.PredictRequest(miniseed=buf.getvalue(), input_units="m/s"), timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_bad_station_table_stops_the_server_with_a_message(registry, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("shared_error_fraction = 3\n")
+    with pytest.raises(InvalidInput, match="shared_error_fraction"):
+        build_server(registry, address="127.0.0.1:0", station_table=str(bad))
