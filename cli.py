@@ -118,6 +118,22 @@ def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_station_table(args: argparse.Namespace) -> int:
+    from seismag.serving.pipeline.station_table import fit, read_predictions
+
+    try:
+        table = fit(read_predictions(args.predictions), model=args.model)
+    except ValueError as exc:
+        print(f"seismag: error: {exc}", file=sys.stderr)
+        return 2
+    table.write(args.out)
+    print(
+        f"wrote {args.out}: {len(table.corrections)} stations, {table.events} events, "
+        f"shared error fraction {table.shared_error_fraction:.2f}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seismag", description="Deep-learning earthquake magnitude models: export and serve."
@@ -182,6 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer tokens, one a line; every RPC but health then needs one",
     )
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "station-table",
+        help="fit station corrections for event magnitudes from past events' predictions",
+        description="Station corrections (minus each station's mean residual, shrunk towards 0 "
+        "for stations with few events) and the share of the error common to an event, from "
+        "per-station magnitudes of past events with catalogue magnitudes. Serve the result "
+        "with `seismag serve --station-table FILE`.",
+    )
+    p.add_argument(
+        "predictions",
+        help="CSV, one row per station and event: source_id, station_id (NET.STA.LOC), "
+        "magnitude, catalogue_magnitude",
+    )
+    p.add_argument("--out", required=True, help="TOML file to write")
+    p.add_argument("--model", default="", help="model the magnitudes came from (recorded)")
+    p.set_defaults(func=_cmd_station_table)
 
     p = sub.add_parser(
         "import-checkpoint",

@@ -111,8 +111,34 @@ class ServeConfig:
     tls_client_ca: str | None = field(
         default=None, metadata={"help": "CA for client certificates (mutual TLS)", "cli": False}
     )
+    ensemble: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "NAME=MODEL,MODEL[,...]: also serve the members' mean as model NAME, its "
+            "sigma including their spread (Predict only; repeatable)",
+            "multiple": True,
+        },
+    )
     tokens: tuple[str, ...] = field(default=(), metadata={"secret": True, "cli": False})
     """Bearer tokens; every RPC but health then needs one."""
+
+    def __post_init__(self) -> None:
+        # Flags given several times arrive as a list, or None when absent.
+        object.__setattr__(self, "ensemble", tuple(self.ensemble or ()))
+
+    def ensembles(self) -> dict[str, tuple[str, ...]]:
+        """``ensemble`` as {name: members}; ValueError naming a malformed entry."""
+        out: dict[str, tuple[str, ...]] = {}
+        for entry in self.ensemble:
+            name, _, members = entry.partition("=")
+            names = tuple(m.strip() for m in members.split(",") if m.strip())
+            if not name.strip() or len(names) < 2 or len(set(names)) != len(names):
+                raise ValueError(
+                    f"ensemble {entry!r} must be NAME=MODEL,MODEL[,...] with two or more "
+                    "different models"
+                )
+            out[name.strip()] = names
+        return out
 
     @property
     def address(self) -> str:
@@ -164,6 +190,7 @@ class ServeConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self.ensembles()
         return self
 
     def public(self) -> dict[str, Any]:
@@ -197,8 +224,13 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         if not f.metadata.get("cli", True):
             continue
         default = getattr(defaults, f.name)
-        kind = {"host": str, "backend": str, "inventory": str}.get(
-            f.name, type(default) if default is not None else int
+        if f.metadata.get("multiple"):
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"), action="append", help=f.metadata["help"]
+            )
+            continue
+        kind = {"host": str, "backend": str}.get(
+            f.name, str if f.metadata.get("path") else type(default) if default is not None else int
         )
         shown = "" if default is None else f" (default: {default})"
         parser.add_argument(

@@ -33,3 +33,21 @@ def stub(channel):
     from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
 
     return pb_grpc.MagnitudeServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """The shipped default model plus a freshly exported (untrained) scalar model, ViTMag, in
+    one folder: for tests that need two models or a scalar one (exported once per session)."""
+    import shutil
+
+    torch = pytest.importorskip("torch")
+    from seismag.export.onnx_export import export_onnx
+    from seismag.models import build_model
+    from seismag.serving.executor.runtime import default_model_path
+
+    folder = tmp_path_factory.mktemp("models")
+    shutil.copy(default_model_path(), folder / "PhaseNetMag.onnx")
+    torch.manual_seed(0)
+    export_onnx(build_model("ViTMag").eval(), folder / "ViTMag.onnx")
+    return folder

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from obspy import Stream, Trace, UTCDateTime
 
-from seismag.serving.errors import InvalidInput
 from seismag.serving.pipeline.event import (
     StationEstimate,
     associate,
@@ -20,6 +19,7 @@ from seismag.serving.pipeline.predict import predict
 from seismag.serving.pipeline.station_table import StationTable, fit, shared_fraction
 from seismag.serving.protocols.server import build_server
 from seismag.serving.v1 import seismag_pb2 as pb
+from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
 from seismag.training.synthetic import SyntheticConfig, simulate_event
 
 
@@ -86,9 +86,9 @@ def test_station_table_fit_recovers_corrections_and_round_trips(tmp_path):
     assert back.corrections == pytest.approx(table.corrections, abs=1e-4)
     assert back.events == 200 and back.model == "M"
     (tmp_path / "bad.toml").write_text("[corrections]\n'XX.A.' = 'high'\n")
-    with pytest.raises(InvalidInput, match="within"):
+    with pytest.raises(ValueError, match="within"):
         StationTable.read(tmp_path / "bad.toml")
-    with pytest.raises(InvalidInput, match="columns"):
+    with pytest.raises(ValueError, match="columns"):
         fit([{"station": "A"}])
     assert shared_fraction([np.array([1.0])]) > 0  # no multi-station event: the default
 
@@ -190,5 +190,90 @@ def test_predict_without_onsets_has_no_event(stub):
 def test_a_bad_station_table_stops_the_server_with_a_message(registry, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("shared_error_fraction = 3\n")
-    with pytest.raises(InvalidInput, match="shared_error_fraction"):
+    with pytest.raises(ValueError, match="shared_error_fraction"):
         build_server(registry, address="127.0.0.1:0", station_table=str(bad))
+
+
+# -- ensembles ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_models(model_dir):
+    from seismag.serving.executor.runtime import ModelRegistry
+
+    reg = ModelRegistry.from_paths([model_dir], default="PhaseNetMag", max_queue_delay_ms=1.0)
+    yield reg
+    reg.close()
+
+
+def test_ensemble_station_is_the_members_mean_with_their_spread(two_models):
+    from seismag.serving.pipeline.ensemble import predict_ensemble
+
+    st, picks, _ = synthetic_event()
+    members = ["PhaseNetMag", "ViTMag"]
+    got = predict_ensemble(two_models, st, members, "E", units="m/s", p_picks=picks)
+    alone = {m: predict(two_models, st, model=m, units="m/s", p_picks=picks) for m in members}
+    assert [r.station for r in got] == [r.station for r in alone["PhaseNetMag"]]
+    for i, r in enumerate(got):
+        a, b = alone["PhaseNetMag"][i], alone["ViTMag"][i]
+        assert r.model == "E" and r.onset == a.onset and r.series_end == a.series_end
+        assert r.magnitude == pytest.approx((a.magnitude + b.magnitude) / 2)
+        spread = ((a.magnitude - b.magnitude) / 2) ** 2
+        mean_var = (a.magnitude_sigma**2 + b.magnitude_sigma**2) / 2
+        assert r.magnitude_sigma == pytest.approx(math.sqrt(mean_var + spread))
+        # The series starts where both members have values: the series model's start.
+        assert r.series_start == max(a.series_start, b.series_start)
+
+
+def test_an_ensemble_is_served_by_predict_and_listed(two_models):
+    srv = build_server(
+        two_models, address="127.0.0.1:0", ensemble=("E=PhaseNetMag,ViTMag",)
+    ).start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = pb_grpc.MagnitudeServiceStub(ch)
+            st, picks, _ = synthetic_event()
+            buf = io.BytesIO()
+            st.write(buf, format="MSEED", encoding="FLOAT64")
+            picks_pb = [pb.PPick(station_id=k, time=float(t.timestamp)) for k, t in picks.items()]
+            request = pb.PredictRequest(
+                miniseed=buf.getvalue(), input_units="m/s", p_picks=picks_pb, model="E"
+            )
+            reply = stub.Predict(request, timeout=60)
+            assert {r.model for r in reply.results} == {"E"} and reply.has_event
+            assert all(r.has_sigma for r in reply.results)
+            listed = {m.name: m for m in stub.ListModels(pb.ListModelsRequest()).models}
+            assert '"ensemble": ["PhaseNetMag", "ViTMag"]' in listed["E"].card_json
+            assert stub.GetModel(pb.GetModelRequest(name="E")).name == "E"
+            chunk = pb.RawTrace(
+                network="SY", station="A", channel="HHZ", sampling_rate=100.0,
+                starttime=1.7e9, samples=[0.0] * 100,
+            )  # fmt: skip
+            first = pb.StreamRequest(config=pb.StreamConfig(model="E"), raw_chunk=chunk)
+            stream = stub.StreamPredict(iter([first]), timeout=10)
+            with pytest.raises(grpc.RpcError) as err:
+                list(stream)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "Predict only" in err.value.details()
+    finally:
+        srv.stop(1)
+    with pytest.raises(ValueError, match="not loaded"):
+        build_server(two_models, address="127.0.0.1:0", ensemble=("E=PhaseNetMag,Nope",))
+    with pytest.raises(ValueError, match="two or more"):
+        build_server(two_models, address="127.0.0.1:0", ensemble=("E=PhaseNetMag",))
+
+
+def test_station_table_cli_fits_and_the_server_reads_it(tmp_path, capsys):
+    from seismag.cli import main
+
+    csv = tmp_path / "past.csv"
+    csv.write_text(
+        "source_id,station_id,magnitude,catalogue_magnitude\n"
+        "e1,XX.A.,3.3,3.0\ne1,XX.B.,2.9,3.0\ne2,XX.A.,4.3,4.0\ne2,XX.B.,4.0,4.0\n"
+    )
+    out = tmp_path / "table.toml"
+    assert main(["station-table", str(csv), "--out", str(out), "--model", "M"]) == 0
+    table = StationTable.read(out)
+    assert table.corrections["XX.A."] == pytest.approx(-0.6 / 5)  # 2 events + 3 pseudo-events
+    assert main(["station-table", str(tmp_path / "none.csv"), "--out", str(out)]) == 2
+    assert "none.csv" in capsys.readouterr().err

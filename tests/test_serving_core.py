@@ -7,7 +7,6 @@ synthetic records are ground velocity and say so (``units="m/s"``).
 from __future__ import annotations
 
 import io
-import shutil
 import threading
 import time
 
@@ -42,20 +41,6 @@ SCALAR_MODEL = "ViTMag"
 
 
 # -- fixtures --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
-    """The shipped default model plus a freshly exported scalar model, in one folder."""
-    torch = pytest.importorskip("torch")
-    from seismag.export.onnx_export import export_onnx
-    from seismag.models import build_model
-
-    folder = tmp_path_factory.mktemp("models")
-    shutil.copy(default_model_path(), folder / "PhaseNetMag.onnx")
-    torch.manual_seed(0)
-    export_onnx(build_model(SCALAR_MODEL).eval(), folder / f"{SCALAR_MODEL}.onnx")
-    return folder
 
 
 @pytest.fixture(scope="session")

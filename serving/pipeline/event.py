@@ -84,6 +84,9 @@ class EventResult:
     final: EventEstimate
     first_onset: UTCDateTime
     series_start: UTCDateTime
+    series_end: UTCDateTime
+    """Time of the last series value (the latest data end; it may follow the previous value by
+    less than ``series_interval``)."""
     series_interval: float
     series: np.ndarray
     sigma_series: np.ndarray
@@ -223,6 +226,7 @@ def event_magnitude(
         final=final,
         first_onset=first,
         series_start=first + float(grid[0]),
+        series_end=first + float(grid[-1]),
         series_interval=interval,
         series=np.array(values),
         sigma_series=np.array(sigmas),

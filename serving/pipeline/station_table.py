@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from seismag.serving.errors import InvalidInput
 from seismag.serving.pipeline.event import SHARED_ERROR_FRACTION
 
 PRIOR_EVENTS = 3.0
@@ -50,14 +49,18 @@ class StationTable:
         try:
             raw = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"station table {path}: {exc}") from None
+            raise ValueError(f"station table {path}: {exc}") from None
         corrections = raw.get("corrections", {})
         rho = raw.get("shared_error_fraction", SHARED_ERROR_FRACTION)
         bad = [k for k, v in corrections.items() if not _finite(v) or abs(v) > 2.0]
-        if bad or not _finite(rho) or not 0.0 <= rho <= 1.0:
-            raise InvalidInput(
+        if bad:
+            raise ValueError(
                 f"station table {path}: corrections must be numbers within +-2 magnitude units "
-                f"(bad: {bad[:5]}) and shared_error_fraction within [0, 1] (got {rho!r})"
+                f"(bad: {bad[:5]})"
+            )
+        if not _finite(rho) or not 0.0 <= rho <= 1.0:
+            raise ValueError(
+                f"station table {path}: shared_error_fraction must be within [0, 1], got {rho!r}"
             )
         return cls(
             {str(k): float(v) for k, v in corrections.items()},
@@ -86,10 +89,10 @@ def _finite(v) -> bool:
 def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
     """Corrections and the shared fraction from per-station predictions of past events."""
     if not rows:
-        raise InvalidInput("no predictions to fit a station table from")
+        raise ValueError("no predictions to fit a station table from")
     missing = [c for c in COLUMNS if c not in rows[0]]
     if missing:
-        raise InvalidInput(f"the predictions CSV lacks the columns {missing} (needs {COLUMNS})")
+        raise ValueError(f"the predictions CSV lacks the columns {missing} (needs {COLUMNS})")
     res = defaultdict(list)
     events: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for r in rows:
@@ -121,4 +124,4 @@ def read_predictions(path: str | Path) -> list[dict[str, str]]:
         with open(path, newline="") as f:
             return list(csv.DictReader(f))
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{path}: {exc}") from None
+        raise ValueError(f"{path}: {exc}") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ from obspy import Stream
 
 from seismag.serving.errors import InvalidInput
 from seismag.serving.pipeline import ingest
+from seismag.serving.pipeline.ensemble import METHOD as ENSEMBLE_METHOD
+from seismag.serving.pipeline.ensemble import predict_ensemble
 from seismag.serving.pipeline.event import event_magnitude
 from seismag.serving.pipeline.limits import (
     MAX_STATIONS,
@@ -102,10 +105,44 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
             checked=True,
         )
 
+    def _event(self, results):
+        table = self._server.station_table
+        return event_magnitude(
+            results, corrections=table.corrections, shared=table.shared_error_fraction
+        )
+
+    def _predict_ensemble(self, request, members, budget: Budget, started: float):
+        """An ensemble's Predict (in a work thread): every member, then the per-station mean."""
+        stream, picks, inventory = self._decode(request, budget)
+        return predict_ensemble(
+            self._registry,
+            stream,
+            members,
+            request.model,
+            budget=budget,
+            units=request.input_units,
+            inventory=inventory,
+            server_inventory=self._server.inventory,
+            p_picks=picks or None,
+            series_interval=self._interval(request),
+            started=started,
+            checked=True,
+        )
+
     @rpc
     async def Predict(self, request, context):
         started = time.perf_counter()
         self._server.require_ready()
+        members = self._server.ensembles.get(request.model)
+        if members is not None:
+            budget = Budget(await check_deadline(context))
+            work = functools.partial(self._predict_ensemble, request, members, budget, started)
+            try:
+                results = await asyncio.get_running_loop().run_in_executor(self._server.work, work)
+            except asyncio.CancelledError:
+                budget.cancelled.set()
+                raise
+            return predict_response(results, self._event(results))
         runtime = self._registry.get(check_model_name(request.model))
         budget = Budget(await check_deadline(context))
         loop = asyncio.get_running_loop()
@@ -134,29 +171,34 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
                 raise
             raise TimeoutError(f"{runtime.name}: deadline exceeded waiting for the model") from None
         results = prepared.results(rows, timings)
-        table = self._server.station_table
-        event = event_magnitude(
-            results, corrections=table.corrections, shared=table.shared_error_fraction
+        return predict_response(results, self._event(results))
+
+    def _ensemble_info(self, name: str, config: str) -> pb.ModelInfo:
+        members = self._server.ensembles[name]
+        return pb.ModelInfo(
+            name=name,
+            version="+".join(f"{m}:{self._registry.get(m).version}" for m in members),
+            card_json=json.dumps({"ensemble": list(members), "combination": ENSEMBLE_METHOD}),
+            server_config_json=config,
         )
-        return predict_response(results, event)
 
     @rpc
     async def ListModels(self, request, context):
         reg, config = self._registry, self._server.config.public_json()
         return pb.ListModelsResponse(
-            models=[model_info(reg.get(n), reg.default_name, config) for n in reg.names()],
+            models=[model_info(reg.get(n), reg.default_name, config) for n in reg.names()]
+            + [self._ensemble_info(n, config) for n in self._server.ensembles],
             default_model=reg.default_name,
             server_config_json=config,
         )
 
     @rpc
     async def GetModel(self, request, context):
-        reg = self._registry
-        return model_info(
-            reg.get(check_model_name(request.name)),
-            reg.default_name,
-            self._server.config.public_json(),
-        )
+        reg, config = self._registry, self._server.config.public_json()
+        name = check_model_name(request.name)
+        if name in self._server.ensembles:
+            return self._ensemble_info(name, config)
+        return model_info(reg.get(name), reg.default_name, config)
 
     @rpc
     async def StreamPredict(self, request_iterator, context):

@@ -192,6 +192,16 @@ class SeismagServer:
             StationTable.read(config.station_table) if config.station_table else StationTable()
         )
         """Station corrections for event magnitudes (``--station-table``); empty without one."""
+        self.ensembles = config.ensembles()
+        """Ensemble models (``--ensemble``): name -> member model names."""
+        for name, members in self.ensembles.items():
+            unknown = [m for m in members if m not in registry.names()]
+            if name in registry.names() or unknown:
+                raise ValueError(
+                    f"ensemble {name}: "
+                    + (f"members {unknown} are not loaded" if unknown else "a model has that name")
+                    + f" (models: {', '.join(registry.names())})"
+                )
         self.work = DaemonPool(config.work_threads, "seismag-work")
         self.health = HealthServicer()
         self._health_services = ("", MAGNITUDE_SERVICE, OIP_SERVICE)

@@ -68,6 +68,11 @@ def _decoded(req):
 
 
 def _new_session(server: SeismagServer, config: pb.StreamConfig, on_ready) -> StreamSession:
+    if config.model in server.ensembles:
+        raise InvalidInput(
+            f"{config.model} is an ensemble, served by Predict only; stream one of its members "
+            f"({', '.join(server.ensembles[config.model])})"
+        )
     hop = config.hop_seconds or server.stream_hop
     inventory = ingest.read_stationxml(config.stationxml) if config.stationxml else None
     return StreamSession(

@@ -1,0 +1,250 @@
+"""Event magnitudes against seconds after the first P: accuracy and calibration, per model and
+for an ensemble, with and without station corrections learnt from earlier events.
+
+    python -m seismag.benchmarks.event_accuracy --data DATASET --models ONNX... [--events 150]
+
+Each test event of ``DATASET`` (SeisBench format, velocity in m/s) is sent through the serving
+pipeline as one request holding all its stations (:func:`~seismag.serving.pipeline.predict.predict`,
+the same code as a Predict) and the event magnitude of
+:mod:`~seismag.serving.pipeline.event` is read at t seconds after the first P: the latest value
+of its causal series at or before that time, so every number is what a live system would have
+published then. P onsets are the catalogue's picks unless ``--picker``. Station corrections and
+the shared error fraction are fitted on ``--table-events`` events of the dataset's ``train``
+split (earlier events of the same stations, never the test events) and applied to the test events
+as a second row. The ensemble is the members' mean per station
+(:mod:`~seismag.serving.pipeline.ensemble`). Columns: MAE and bias of the event magnitude, and the
+share of events whose error is within one and two of its sigmas (68 % and 95 % when calibrated).
+``n`` counts events that have a value at that time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from obspy import Stream, Trace, UTCDateTime
+
+from seismag.serving.errors import InvalidInput
+from seismag.serving.executor.runtime import ModelRegistry
+from seismag.serving.pipeline.ensemble import ensemble_station
+from seismag.serving.pipeline.event import SHARED_ERROR_FRACTION, event_magnitude
+from seismag.serving.pipeline.predict import predict, station_id
+from seismag.serving.pipeline.station_table import StationTable, fit
+
+TIMES = (2.0, 3.0, 5.0, 10.0, 20.0)
+"""Seconds after the first P (no value exists before 2 s: a station counts from 2 s after its P)."""
+SERIES_INTERVAL = 0.5
+
+
+def event_streams(data: Path, split: str, limit: int, seed: int = 0):
+    """(source_id, catalogue magnitude, Stream in m/s, P picks) for ``limit`` events of a split."""
+    from seismag.training.dataset import WaveformDataset
+
+    ds = WaveformDataset(data).split(split)
+    meta = ds.metadata
+    ids = meta["source_id"].drop_duplicates().to_numpy()
+    rng = np.random.default_rng(seed)
+    if len(ids) > limit:
+        ids = rng.choice(ids, size=limit, replace=False)
+    rows = defaultdict(list)
+    for i, sid in enumerate(meta["source_id"].to_numpy()):
+        rows[sid].append(i)
+    for sid in ids:
+        st, picks = Stream(), {}
+        for i in rows[sid]:
+            m = meta.iloc[i]
+            rate = float(m["trace_sampling_rate_hz"])
+            start = UTCDateTime(m["trace_start_time"])
+            net, sta = str(m["station_network_code"]), str(m["station_code"])
+            loc = m.get("station_location_code", "")
+            loc = "" if not isinstance(loc, str) else loc
+            wave = ds.get_waveform(i)
+            for comp, x in zip("ZNE", wave, strict=True):
+                header = dict(network=net, station=sta, location=loc, sampling_rate=rate)
+                st += Trace(
+                    x.astype(np.float64), dict(header, channel=f"HH{comp}", starttime=start)
+                )
+            picks[f"{net}.{sta}"] = start + float(m["trace_p_arrival_sample"]) / rate
+        yield str(sid), float(meta.iloc[rows[sid][0]]["source_magnitude"]), st, picks
+
+
+def run_models(registry, names, events, picker: bool):
+    """{model: {event: [StationResult]}} plus the catalogue magnitudes.
+
+    Each station is its own request: a Predict is refused as a whole when one of its stations
+    has no value (no onset with ``--picker``), and such a station cannot join the event anyway.
+    """
+    out = {n: {} for n in names}
+    truth = {}
+    for sid, mag, st, picks in events:
+        truth[sid] = mag
+        stations = sorted({(tr.stats.network, tr.stats.station) for tr in st})
+        for n in names:
+            results = []
+            for net, sta in stations:
+                try:
+                    results += predict(
+                        registry,
+                        st.select(network=net, station=sta),
+                        model=n,
+                        units="m/s",
+                        p_picks=None if picker else {f"{net}.{sta}": picks[f"{net}.{sta}"]},
+                        series_interval=SERIES_INTERVAL,
+                    )
+                except InvalidInput:
+                    continue
+            if results:
+                out[n][sid] = results
+    return out, truth
+
+
+def with_ensemble(results: dict, members: list[str], name: str) -> None:
+    events = set.intersection(*(set(results[m]) for m in members))
+    results[name] = {}
+    for sid in events:
+        by_station = defaultdict(list)
+        for m in members:
+            for r in results[m][sid]:
+                by_station[station_id(r.network, r.station, r.location)].append(r)
+        results[name][sid] = [
+            ensemble_station(rs, name) for rs in by_station.values() if len(rs) == len(members)
+        ]
+
+
+def score(results: dict, truth: dict, table: StationTable | None) -> dict:
+    """Per time: errors and sigmas of the event magnitudes."""
+    rows = {t: [] for t in (*TIMES, "full")}
+    for sid, stations in results.items():
+        ev = event_magnitude(
+            stations,
+            corrections=table.corrections if table else None,
+            shared=table.shared_error_fraction if table else SHARED_ERROR_FRACTION,
+        )
+        if ev is None:
+            continue
+        offsets = ev.series_interval * np.arange(len(ev.series))
+        offsets[-1] = float(ev.series_end - ev.series_start)
+        start = float(ev.series_start - ev.first_onset)
+        for t in TIMES:
+            k = int(np.searchsorted(start + offsets, t + 1e-9, side="right")) - 1
+            if k >= 0:
+                rows[t].append((ev.series[k] - truth[sid], ev.sigma_series[k]))
+        rows["full"].append((ev.final.magnitude - truth[sid], ev.final.sigma))
+    summary = {}
+    for t, pairs in rows.items():
+        if not pairs:
+            summary[str(t)] = {"n": 0}
+            continue
+        err, sig = np.array(pairs).T
+        summary[str(t)] = {
+            "n": len(pairs),
+            "mae": float(np.mean(np.abs(err))),
+            "bias": float(np.mean(err)),
+            "within_1sigma": float(np.mean(np.abs(err) <= sig)),
+            "within_2sigma": float(np.mean(np.abs(err) <= 2 * sig)),
+        }
+    return summary
+
+
+def station_rows(results: dict, truth: dict) -> list[dict[str, str]]:
+    """Per-station full-record magnitudes, as the station table's fit reads them."""
+    return [
+        {
+            "source_id": sid,
+            "station_id": station_id(r.network, r.station, r.location),
+            "magnitude": str(r.magnitude),
+            "catalogue_magnitude": str(truth[sid]),
+        }
+        for sid, stations in results.items()
+        for r in stations
+    ]
+
+
+def markdown(label: str, summary: dict) -> str:
+    cells = []
+    n = summary["full"]["n"]
+    for t in (*TIMES, "full"):
+        s = summary[str(t)]
+        if not s["n"]:
+            cells.append("-")
+            continue
+        fewer = f", {s['n']} ev" if s["n"] < n else ""
+        cells.append(
+            f"{s['mae']:.2f} ({s['bias']:+.2f}; {100 * s['within_1sigma']:.0f}/"
+            f"{100 * s['within_2sigma']:.0f}%{fewer})"
+        )
+    return f"| {label} | {n} | " + " | ".join(cells) + " |"
+
+
+HEADER = (
+    "| model | events | "
+    + " | ".join(f"{t:g} s" for t in TIMES)
+    + " | full |\n|"
+    + "---|" * (len(TIMES) + 3)
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True, help="SeisBench-format dataset (m/s)")
+    ap.add_argument("--models", nargs="+", required=True, help="ONNX files")
+    ap.add_argument("--events", type=int, default=150, help="test events (random sample)")
+    ap.add_argument("--table-events", type=int, default=150, help="train-split events to fit on")
+    ap.add_argument(
+        "--ensemble",
+        nargs="+",
+        action="append",
+        help="an ensemble's members (repeat for several; default: one of all models)",
+    )
+    ap.add_argument(
+        "--picker", action="store_true", help="onsets from the picker, not the catalogue"
+    )
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args(argv)
+
+    registry = ModelRegistry.from_paths(args.models, max_queue_delay_ms=0.0)
+    names = registry.names()
+    ensembles = args.ensemble or [names]
+    try:
+        test, truth = run_models(
+            registry, names, event_streams(args.data, "test", args.events), args.picker
+        )
+        past, past_truth = run_models(
+            registry, names, event_streams(args.data, "train", args.table_events, 1), args.picker
+        )
+    finally:
+        registry.close()
+    for members in ensembles:
+        if len(members) > 1:
+            ens = "ensemble(" + "+".join(members) + ")"
+            with_ensemble(test, members, ens)
+            with_ensemble(past, members, ens)
+    figures = {}
+    print(f"{args.data}: event magnitude at t s after the first P; MAE (bias; within 1/2 sigma)\n")
+    print(HEADER)
+    for name in test:
+        table = fit(station_rows(past[name], past_truth), model=name)
+        plain = score(test[name], truth, None)
+        corrected = score(test[name], truth, table)
+        figures[name] = {
+            "no_corrections": plain,
+            "station_table": corrected,
+            "fitted_shared_error_fraction": table.shared_error_fraction,
+            "table_events": table.events,
+        }
+        print(markdown(name, plain))
+        print(markdown(f"{name} + station table", corrected))
+    print(
+        "\nShared error fraction of the station residuals (train-split events, after corrections):"
+    )
+    for name, f in figures.items():
+        print(f"- {name}: {f['fitted_shared_error_fraction']:.2f} ({f['table_events']} events)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1, default=lambda x: None))
+
+
+if __name__ == "__main__":
+    main()
