@@ -138,12 +138,17 @@ def test_event_of_a_predict_is_causal_and_combines_its_stations(registry):
 
 
 @pytest.fixture(scope="module")
-def server(registry, tmp_path_factory):
+def table_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("table") / "stations.toml"
     st, _, _ = synthetic_event()
     first = st[0].stats.station
     StationTable({f"SY.{first}": 0.25}, 0.3, "PhaseNetMag", 10).write(path)
-    srv = build_server(registry, address="127.0.0.1:0", station_table=str(path)).start()
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(registry, table_path):
+    srv = build_server(registry, address="127.0.0.1:0", station_table=str(table_path)).start()
     yield srv
     srv.stop(1)
 
@@ -277,3 +282,75 @@ def test_station_table_cli_fits_and_the_server_reads_it(tmp_path, capsys):
     assert table.corrections["XX.A."] == pytest.approx(-0.6 / 5)  # 2 events + 3 pseudo-events
     assert main(["station-table", str(tmp_path / "none.csv"), "--out", str(out)]) == 2
     assert "none.csv" in capsys.readouterr().err
+
+
+# -- live events in StreamPredict -----------------------------------------------------------------
+
+
+def station_update(sta, time, onset, magnitude, sigma=0.3):
+    from seismag.serving.pipeline.results import StationUpdate
+
+    return StationUpdate("XX", sta, "", time, magnitude, onset, "M", 0.0, magnitude_sigma=sigma)
+
+
+def test_tracker_associates_by_onset_and_follows_a_station_to_its_next_event():
+    from seismag.serving.pipeline.event import EventTracker
+
+    t = UTCDateTime(2024, 1, 1)
+    tracker = EventTracker(shared=0.0)
+    out = tracker.add([station_update("A", t + 3, t, 4.0), station_update("B", t + 12, t + 9, 4.2)])
+    assert [e.event_id for e in out] == ["ev1"] and out[0].estimate.used == ("XX.A.", "XX.B.")
+    assert out[0].time == t + 12 and out[0].first_onset == t
+    assert tracker.add([station_update("C", t + 1.5, t, 9.0)]) == []  # P seen for < 2 s
+    later = tracker.add([station_update("A", t + 303, t + 300, 2.0)])  # A's next event
+    assert [e.event_id for e in later] == ["ev2"] and later[0].estimate.used == ("XX.A.",)
+    again = tracker.add([station_update("B", t + 13, t + 9, 4.4)])
+    assert again[0].event_id == "ev1" and again[0].estimate.used == ("XX.B.",)
+    fixed = EventTracker(event_id="quake")
+    got = fixed.add([station_update("A", t + 3, t, 4.0), station_update("B", t + 503, t + 500, 4)])
+    assert {e.event_id for e in got} == {"quake"} and len(got[0].estimate.used) == 2
+
+
+def test_stream_events_end_at_the_predict_event(stub, registry, table_path):
+    st, picks, _ = synthetic_event()
+    start = min(tr.stats.starttime for tr in st)
+    end = max(tr.stats.endtime for tr in st)
+    config = pb.StreamConfig(input_units="m/s", hop_seconds=1.0, events=True)
+    requests = [pb.StreamRequest(config=config)]
+    requests += [
+        pb.StreamRequest(pick=pb.PPick(station_id=k, time=float(t.timestamp)))
+        for k, t in picks.items()
+    ]
+    t = start
+    while t < end:  # one message per second of data, every station's components in it
+        piece = st.slice(t, t + 1 - 0.005)
+        chunks = [
+            pb.RawTrace(
+                network=tr.stats.network,
+                station=tr.stats.station,
+                channel=tr.stats.channel,
+                sampling_rate=100.0,
+                starttime=float(tr.stats.starttime.timestamp),
+                samples=tr.data.astype(np.float32).tolist(),
+            )
+            for tr in piece
+            if tr.stats.npts
+        ]
+        requests.append(pb.StreamRequest(raw_chunks=pb.RawTraces(traces=chunks)))
+        t += 1
+    events = [e for reply in stub.StreamPredict(iter(requests), timeout=120) for e in reply.events]
+    assert events and {e.event_id for e in events} == {"ev1"}
+    table = StationTable.read(table_path)
+    st32 = st.copy()
+    for tr in st32:  # the stream carried float32 samples: compare with the same samples
+        tr.data = tr.data.astype(np.float32).astype(np.float64)
+    expect = event_magnitude(
+        predict(registry, st32, units="m/s", p_picks=picks),
+        corrections=table.corrections,
+        shared=table.shared_error_fraction,
+    )
+    last = events[-1]
+    assert last.magnitude == pytest.approx(expect.final.magnitude, abs=1e-4)
+    assert last.magnitude_sigma == pytest.approx(expect.final.sigma, abs=1e-4)
+    assert set(last.stations) == set(expect.final.used)
+    assert last.first_onset == pytest.approx(float(min(picks.values()).timestamp))

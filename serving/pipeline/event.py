@@ -234,3 +234,108 @@ def event_magnitude(
         not_associated=not_associated,
         corrections={k: v for k, v in applied.items() if v},
     )
+
+
+# -- live: events assembled from a stream's station updates ---------------------------------------
+
+MAX_LIVE_EVENTS = 32
+"""Events a stream keeps (the oldest is forgotten first)."""
+EVENT_EXPIRY_S = 600.0
+"""An event no station has updated for this long (in data time) is forgotten."""
+
+
+@dataclass
+class EventUpdate:
+    event_id: str
+    time: UTCDateTime
+    """Data time of the newest station value in the estimate."""
+    first_onset: UTCDateTime
+    estimate: EventEstimate
+
+
+@dataclass
+class _LiveEvent:
+    event_id: str
+    first_onset: UTCDateTime
+    last_time: UTCDateTime
+    stations: dict[str, tuple[UTCDateTime, StationEstimate]]
+    """Station -> (its onset, its latest corrected estimate)."""
+
+
+class EventTracker:
+    """Associates a stream's station updates to events and recombines an event whenever one of
+    its stations reports (module docstring: the same combination as a Predict's event).
+
+    A station belongs to the event of its current onset: within ``ASSOCIATION_WINDOW_S`` of an
+    event's first onset, else it opens a new event; when its picker finds a new onset (a later
+    event) it moves. With ``event_id`` every station joins that one event. Memory is bounded by
+    ``MAX_LIVE_EVENTS`` and the stream's own bound on stations.
+    """
+
+    def __init__(
+        self,
+        *,
+        corrections: Mapping[str, float] | None = None,
+        shared: float = SHARED_ERROR_FRACTION,
+        event_id: str = "",
+    ) -> None:
+        self.corrections = dict(corrections or {})
+        self.shared = shared
+        self.fixed_id = event_id
+        self.events: list[_LiveEvent] = []
+        self._count = 0
+
+    def add(self, updates) -> list[EventUpdate]:
+        """Station updates (:class:`~seismag.serving.pipeline.results.StationUpdate`) in; the
+        events they changed, recombined, out."""
+        changed: dict[str, _LiveEvent] = {}
+        for u in updates:
+            if u.onset is None or u.time - u.onset < MIN_AFTER_ONSET_SECONDS - 1e-9:
+                continue  # not placed in time yet, or the model has not seen P
+            sid = station_id(u.network, u.station, u.location)
+            onset = UTCDateTime(u.onset)
+            ev = self._event_for(sid, onset)
+            estimate = StationEstimate(
+                sid, u.magnitude + correction_for(self.corrections, sid), u.magnitude_sigma
+            )
+            ev.stations[sid] = (onset, estimate)
+            ev.first_onset = min(ev.first_onset, onset)
+            ev.last_time = max(ev.last_time, UTCDateTime(u.time))
+            changed[ev.event_id] = ev
+        out = [
+            EventUpdate(
+                ev.event_id,
+                ev.last_time,
+                ev.first_onset,
+                combine([e for _, e in ev.stations.values()], self.shared),
+            )
+            for ev in changed.values()
+        ]
+        self._expire()
+        return out
+
+    def _event_for(self, sid: str, onset: UTCDateTime) -> _LiveEvent:
+        for ev in self.events:
+            held = ev.stations.get(sid)
+            if held is not None and abs(held[0] - onset) > 1e-6 and not self.fixed_id:
+                del ev.stations[sid]  # the station's picker moved on to another event
+        if self.fixed_id:
+            candidates = self.events
+        else:
+            candidates = [
+                ev for ev in self.events if abs(onset - ev.first_onset) <= ASSOCIATION_WINDOW_S
+            ]
+        if candidates:
+            return min(candidates, key=lambda ev: abs(onset - ev.first_onset))
+        self._count += 1
+        ev = _LiveEvent(self.fixed_id or f"ev{self._count}", onset, onset, {})
+        self.events.append(ev)
+        return ev
+
+    def _expire(self) -> None:
+        if not self.events:
+            return
+        newest = max(ev.last_time for ev in self.events)
+        self.events = [
+            ev for ev in self.events if ev.stations and newest - ev.last_time <= EVENT_EXPIRY_S
+        ][-MAX_LIVE_EVENTS:]

@@ -9,7 +9,7 @@ import numpy as np
 from obspy import Trace, UTCDateTime
 
 from seismag.serving.pipeline import ingest
-from seismag.serving.pipeline.event import EventResult
+from seismag.serving.pipeline.event import EventResult, EventUpdate
 from seismag.serving.pipeline.limits import check_codes, check_station_id, check_time
 from seismag.serving.pipeline.results import StationResult, StationUpdate
 from seismag.serving.v1 import seismag_pb2 as pb
@@ -86,6 +86,19 @@ def predict_response(results: list[StationResult], event: EventResult | None) ->
         response.event.CopyFrom(event_magnitude(event))
         response.has_event = True
     return response
+
+
+def event_update(e: EventUpdate) -> pb.EventUpdate:
+    return pb.EventUpdate(
+        event_id=e.event_id,
+        time=float(UTCDateTime(e.time).timestamp),
+        first_onset=float(UTCDateTime(e.first_onset).timestamp),
+        magnitude=float(e.estimate.magnitude),
+        magnitude_sigma=float(e.estimate.sigma),
+        has_sigma=bool(np.isfinite(e.estimate.sigma)),
+        stations=list(e.estimate.used),
+        rejected=list(e.estimate.rejected),
+    )
 
 
 def stream_update(u: StationUpdate) -> pb.StreamUpdate:

@@ -23,9 +23,10 @@ import grpc
 
 from seismag.serving.errors import InvalidInput
 from seismag.serving.pipeline import ingest
+from seismag.serving.pipeline.event import EventTracker
 from seismag.serving.pipeline.predict import station_id
 from seismag.serving.pipeline.stream_session import StreamSession
-from seismag.serving.protocols.messages import pick_time, stream_update
+from seismag.serving.protocols.messages import event_update, pick_time, stream_update
 from seismag.serving.protocols.rpc import Undecodable
 from seismag.serving.v1 import seismag_pb2 as pb
 
@@ -128,6 +129,16 @@ class StreamCall:
         self.loop = asyncio.get_running_loop()
         self.wake = asyncio.Event()
         self.session = _new_session(server, config, self.wake_soon)
+        table = server.station_table
+        self.events = (
+            EventTracker(
+                corrections=table.corrections,
+                shared=table.shared_error_fraction,
+                event_id=config.event_id,
+            )
+            if config.events or config.event_id
+            else None
+        )
         self.stations: set[str] = set()
         self.error: BaseException | None = None
         self.stop_reading = False
@@ -213,7 +224,11 @@ class StreamCall:
                     self.stations.add(sid)
                     metrics.station_seen(sid)
                 metrics.set_lag(sid, update.lag_s)
-            yield pb.StreamUpdates(updates=[stream_update(u) for u in ready])
+            events = self.events.add(ready) if self.events is not None else ()
+            yield pb.StreamUpdates(
+                updates=[stream_update(u) for u in ready],
+                events=[event_update(e) for e in events],
+            )
         if self.error is not None:
             raise self.error
 

@@ -162,16 +162,20 @@ class PredictResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[StationMagnitude, _Mapping]]] = ..., event: _Optional[_Union[EventMagnitude, _Mapping]] = ..., has_event: _Optional[bool] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("model", "hop_seconds", "stationxml", "input_units")
+    __slots__ = ("model", "hop_seconds", "stationxml", "input_units", "events", "event_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     HOP_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STATIONXML_FIELD_NUMBER: _ClassVar[int]
     INPUT_UNITS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     hop_seconds: float
     stationxml: bytes
     input_units: str
-    def __init__(self, model: _Optional[str] = ..., hop_seconds: _Optional[float] = ..., stationxml: _Optional[bytes] = ..., input_units: _Optional[str] = ...) -> None: ...
+    events: bool
+    event_id: str
+    def __init__(self, model: _Optional[str] = ..., hop_seconds: _Optional[float] = ..., stationxml: _Optional[bytes] = ..., input_units: _Optional[str] = ..., events: _Optional[bool] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
     __slots__ = ("config", "miniseed", "raw_chunk", "raw_chunks", "pick")
@@ -221,11 +225,33 @@ class StreamUpdate(_message.Message):
     warnings: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., time: _Optional[float] = ..., magnitude: _Optional[float] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., model: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_source: _Optional[str] = ..., onset_confidence: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class EventUpdate(_message.Message):
+    __slots__ = ("event_id", "time", "first_onset", "magnitude", "magnitude_sigma", "has_sigma", "stations", "rejected")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ONSET_FIELD_NUMBER: _ClassVar[int]
+    MAGNITUDE_FIELD_NUMBER: _ClassVar[int]
+    MAGNITUDE_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    HAS_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    STATIONS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    time: float
+    first_onset: float
+    magnitude: float
+    magnitude_sigma: float
+    has_sigma: bool
+    stations: _containers.RepeatedScalarFieldContainer[str]
+    rejected: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, event_id: _Optional[str] = ..., time: _Optional[float] = ..., first_onset: _Optional[float] = ..., magnitude: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ..., stations: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class StreamUpdates(_message.Message):
-    __slots__ = ("updates",)
+    __slots__ = ("updates", "events")
     UPDATES_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     updates: _containers.RepeatedCompositeFieldContainer[StreamUpdate]
-    def __init__(self, updates: _Optional[_Iterable[_Union[StreamUpdate, _Mapping]]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[EventUpdate]
+    def __init__(self, updates: _Optional[_Iterable[_Union[StreamUpdate, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[EventUpdate, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
