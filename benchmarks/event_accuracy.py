@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
         "--picker", action="store_true", help="onsets from the picker, not the catalogue"
     )
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument(
+        "--plot", type=Path, help="PNG of the first test event of the first model (or ensemble)"
+    )
     args = ap.parse_args(argv)
 
     registry = ModelRegistry.from_paths(args.models, max_queue_delay_ms=0.0)
@@ -244,6 +247,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"- {name}: {f['fitted_shared_error_fraction']:.2f} ({f['table_events']} events)")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1, default=lambda x: None))
+    if args.plot:
+        from seismag.benchmarks.plots import plot_event
+
+        name = list(test)[-1]  # the last ensemble, else the last model
+        sid = sorted(test[name])[0]
+        event = event_magnitude(test[name][sid])
+        if event is not None:
+            title = f"{name}: event {sid}, {len(test[name][sid])} stations ({args.data.name})"
+            print(f"wrote {plot_event(event, test[name][sid], truth[sid], args.plot, title)}")
 
 
 if __name__ == "__main__":

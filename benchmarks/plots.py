@@ -109,3 +109,42 @@ def plot_capacity(results: list[dict], path: str | Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(plt, fig, path)
+
+
+def plot_event(event, stations, truth: float | None, path: str | Path, title: str = "") -> Path:
+    """An evolving event magnitude (:class:`~seismag.serving.pipeline.event.EventResult`) with
+    its one-sigma band, each station's series (thin) and P onset (ticks), against seconds
+    after the event's first P."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for r in stations:
+        t0 = float(r.series_start - event.first_onset)
+        t = t0 + np.arange(len(r.series)) * r.series_interval
+        sid = f"{r.network}.{r.station}"
+        line = ax.plot(t, r.series, lw=0.8, alpha=0.6, label=sid)[0]
+        if r.onset is not None:
+            ax.axvline(float(r.onset - event.first_onset), color=line.get_color(), lw=0.6, ls=":")
+    t = float(event.series_start - event.first_onset) + np.arange(len(event.series)) * (
+        event.series_interval
+    )
+    t[-1] = float(event.series_end - event.first_onset)
+    ax.plot(t, event.series, color="k", lw=2, label="event")
+    if np.all(np.isfinite(event.sigma_series)):
+        ax.fill_between(
+            t,
+            event.series - event.sigma_series,
+            event.series + event.sigma_series,
+            color="k",
+            alpha=0.15,
+            label="event +- 1 sigma",
+        )
+    if truth is not None:
+        ax.axhline(truth, color="tab:red", ls="--", lw=1, label=f"catalogue M {truth:.2f}")
+    ax.set_xlabel("seconds after the event's first P (dotted: each station's P)")
+    ax.set_ylabel("magnitude")
+    ax.set_xlim(left=-1)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    return _save(plt, fig, path)
