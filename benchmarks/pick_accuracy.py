@@ -37,6 +37,23 @@ OTHER_CONFIG = replace(
 )
 
 
+P_SNR_BINS = [(-np.inf, 3.0), (3.0, 6.0), (6.0, 10.0), (10.0, np.inf)]
+
+
+def p_snr_db(w: np.ndarray, p: int, rate: float) -> float:
+    """How visible P is on Z: power in the first second after P over the power before it
+    (1 s after the record start to 0.1 s before P), both 3-20 Hz (causal 4th-order Butterworth),
+    in dB. The generator's trace_snr_db measures the S wave, which is 10-20 dB stronger."""
+    from scipy.signal import butter, sosfilt
+
+    sos = butter(4, (3.0, min(20.0, 0.45 * rate)), "bandpass", fs=rate, output="sos")
+    x = sosfilt(sos, np.asarray(w[0], dtype=np.float64))
+    skip, gap, n = round(rate), round(0.1 * rate), round(rate)
+    noise = x[skip : max(p - gap, skip + 10)]
+    signal = x[p : p + n]
+    return float(10 * np.log10(np.mean(signal**2) / max(np.mean(noise**2), 1e-300)))
+
+
 @dataclass
 class TraceSet:
     name: str
@@ -201,6 +218,14 @@ def main() -> None:
             for name in ("old sta_lta", "new sta_lta_aic"):
                 kind, err, _ = res[name]
                 print(row(f"{ts.name}, SNR {lo:g}-{hi:g} dB: {name}", kind[m], err[m]))
+    print("\nBy the SNR of P itself (p_snr_db: first second of P on Z, 3-20 Hz):\n")
+    print(HEADER)
+    for ts, res in by_set:
+        psnr = np.array([p_snr_db(w, p, ts.rate) for w, p in zip(ts.waveforms, ts.p, strict=True)])
+        kind, err, _ = res["new sta_lta_aic"]
+        for lo, hi in P_SNR_BINS:
+            m = (psnr >= lo) & (psnr < hi)
+            print(row(f"{ts.name}, P SNR {lo:g}-{hi:g} dB: new", kind[m], err[m]))
     print("\nBy noise before P (new picker):\n")
     print(HEADER)
     for ts, res in by_set:
