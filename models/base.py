@@ -17,6 +17,10 @@ subtracted here, in :meth:`MagnitudeModel.forward`, and nowhere else: export, pa
 aggregation and serving see magnitudes only; the training target
 (:func:`seismag.training.windows.target`) is the one other reader of the offset.
 
+A card with ``amplitude_additive`` adds ``log_amp`` to the magnitude instead (the body's
+amplitude channel then gets zeros): the body learns magnitude minus log10 amplitude from the
+waveform's shape, as the local-magnitude formula corrects log A for distance.
+
 A card with ``uncertainty = "gaussian"`` builds the architecture with a second output channel:
 :meth:`MagnitudeModel.forward_with_sigma` returns the magnitude and its standard deviation
 (magnitude units, same shape); ``forward`` still returns the magnitude alone.
@@ -74,22 +78,31 @@ class MagnitudeModel(nn.Module):
                 f"{name} expects log_amp of shape ({waveform.shape[0]}, 1), "
                 f"got {tuple(log_amp.shape)}"
             )
+        if self.additive:  # the amplitude is added at the output, never seen by the body
+            log_amp = torch.zeros_like(log_amp)
         amp = log_amp.to(waveform.dtype).unsqueeze(-1).expand(-1, -1, waveform.shape[-1])
         return self.body(torch.cat([waveform, amp], dim=1))
+
+    @property
+    def additive(self) -> bool:
+        return self.card is not None and self.card.amplitude_additive
 
     @property
     def label_offset(self) -> float:
         """The card's label shift: the body learns ``magnitude + label_offset``."""
         return float(self.card.label_offset) if self.card is not None else 0.0
 
-    def _magnitude(self, body_out: torch.Tensor) -> torch.Tensor:
+    def _magnitude(self, body_out: torch.Tensor, log_amp: torch.Tensor) -> torch.Tensor:
         offset = self.label_offset
         # No Sub node in the exported graph of the models without an offset.
-        return body_out - offset if offset else body_out
+        out = body_out - offset if offset else body_out
+        if self.additive:  # (B, N) + (B, 1) for series, (B,) + (B,) for scalars
+            out = out + (log_amp if out.dim() == 2 else log_amp[:, 0]).to(out.dtype)
+        return out
 
     def forward(self, waveform: torch.Tensor, log_amp: torch.Tensor) -> torch.Tensor:
         out = self._body_output(waveform, log_amp)
-        return self._magnitude(out[:, 0] if self.n_outputs == 2 else out)
+        return self._magnitude(out[:, 0] if self.n_outputs == 2 else out, log_amp)
 
     def forward_with_sigma(
         self, waveform: torch.Tensor, log_amp: torch.Tensor
@@ -101,7 +114,7 @@ class MagnitudeModel(nn.Module):
         lo, hi = SIGMA_RANGE
         # A sigmoid between the bounds in log space: smooth, bounded, no exp overflow.
         log_sigma = math.log(lo) + (math.log(hi) - math.log(lo)) * torch.sigmoid(out[:, 1])
-        return self._magnitude(out[:, 0]), torch.exp(log_sigma)
+        return self._magnitude(out[:, 0], log_amp), torch.exp(log_sigma)
 
 
 def count_parameters(model: nn.Module) -> int:

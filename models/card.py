@@ -79,6 +79,11 @@ class ModelCard:
     """Causal high-pass corner applied to each window before scaling; 0 = none."""
     use_amplitude: bool = True
     """False zeroes ``log_amp`` (the amplitude ablation); the weights' card records it."""
+    amplitude_additive: bool = False
+    """True: the magnitude is ``log_amp`` plus what the body infers from the normalised waveform
+    alone (its amplitude channel gets zeros), the structure of the local-magnitude formula
+    (log A plus a correction). A constant gain error then shifts every magnitude by exactly its
+    log10: it cannot compress the magnitude scale, and extrapolates in amplitude by construction."""
     label_offset: float = 0.0
     """The model body learns ``magnitude + label_offset`` (AMAG's +1, zero before P); the model's
     ``forward`` subtracts it, so every output (PyTorch, ONNX, serving) is a magnitude."""
@@ -128,12 +133,15 @@ class ModelCard:
             raise CardError(f"{self.name}: highpass_hz must be in [0, Nyquist)")
         if ":" not in self.architecture:
             raise CardError(f"{self.name}: architecture must be 'module:Class'")
+        if self.amplitude_additive and not self.use_amplitude:
+            raise CardError(f"{self.name}: amplitude_additive needs use_amplitude")
 
     def input_contract(self) -> dict[str, Any]:
         """Everything that decides what the model's inputs mean: weights are only valid with it."""
         names = (
             "in_samples", "sampling_rate", "component_order", "units", "normalisation",
-            "highpass_hz", "use_amplitude", "label_offset", "output", "uncertainty",
+            "highpass_hz", "use_amplitude", "amplitude_additive", "label_offset", "output",
+            "uncertainty",
         )  # fmt: skip
         return {n: getattr(self, n) for n in names}
 

@@ -264,13 +264,15 @@ def magnitude_loss(model, waveform, log_amp, target, card: ModelCard):
     """(loss, magnitude output) for one batch: MSE, or beta-NLL with a sigma."""
     import torch
 
+    known = torch.isfinite(target)  # NaN: samples without a label (windows.target)
+    target = torch.where(known, target, torch.zeros_like(target))
     if card.uncertainty != "gaussian":
         out = model(waveform, log_amp)
-        return torch.nn.functional.mse_loss(out, target), out
+        return (((out - target) ** 2) * known).sum() / known.sum().clamp(min=1), out
     mean, sigma = model.forward_with_sigma(waveform, log_amp)
     nll = torch.log(sigma) + 0.5 * ((target - mean) / sigma) ** 2
     weight = sigma.detach() ** (2 * BETA_NLL)
-    return (weight * nll).mean(), mean
+    return (weight * nll * known).sum() / known.sum().clamp(min=1), mean
 
 
 def _dev_pass(model, dev: SplitTraces, ends, card, batch_size, device) -> tuple[float, float]:

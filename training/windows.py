@@ -116,8 +116,16 @@ def target(n_samples: int, onset: int, magnitude: float, card: ModelCard) -> np.
         from seismag.training.labels import magnitude_label
 
         offset = card.label_offset
-        label = magnitude_label(n_samples, onset, magnitude, label_offset=offset)
-        return np.asarray(label - offset, dtype=np.float32)
+        label = np.asarray(
+            magnitude_label(n_samples, onset, magnitude, label_offset=offset) - offset,
+            dtype=np.float32,
+        )
+        if card.amplitude_additive:
+            # Before P the output is log_amp plus what the body infers from noise alone: no
+            # constant is right there, and those samples are never read (the scalar is taken
+            # after the onset). NaN marks them out of the loss.
+            label[: max(int(onset), 0)] = np.nan
+        return label
     return np.float32(magnitude)
 
 
