@@ -64,6 +64,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
+        self.ModelStatistics = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelStatistics',
+                request_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer:
@@ -107,6 +112,13 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelStatistics(self, request, context):
+        """Per-model counts and cumulative durations (Triton's statistics extension).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +151,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelInfer,
                     request_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferRequest.FromString,
                     response_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
+            ),
+            'ModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStatistics,
+                    request_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -303,6 +320,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelInfer',
             seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
             seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelStatistics',
+            seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
+            seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,
