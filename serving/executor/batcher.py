@@ -36,11 +36,15 @@ and each job gets the same kind of tuple back (a NamedTuple is rebuilt with ``_m
 entry (an output this model lacks) stays None. A job whose rows all ran in one batch gets views
 of the batch's outputs, not copies.
 
-Metrics hook: pass ``on_batch(model_name, batch_rows, queue_ms, compute_ms)`` (or set the
-``on_batch`` attribute later). It is called in the worker thread after every model run;
-``queue_ms`` is how long the oldest row of the batch waited before the run started. Exceptions
-from the hook are logged and swallowed: metrics must never fail a request. ``stats()`` returns
-cumulative counters for a cheap snapshot.
+Statistics: with ``statistics`` (a :class:`~.statistics.ModelStatistics`) every model run is
+recorded there before its results are handed out (windows, execution, queue and compute time per
+batch and per finished submission), so a caller that has its result also sees it counted. The
+server's metrics and the ModelStatistics RPC read that object. A plain hook is also available:
+``on_batch(model_name, batch_rows, queue_ms, compute_ms)`` (or set the ``on_batch`` attribute
+later), called in the worker thread after every model run; ``queue_ms`` is how long the oldest
+row of the batch waited before the run started. Exceptions from either are logged and
+swallowed: metrics must never fail a request. ``stats()`` returns cumulative counters for a
+cheap snapshot.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ import numpy as np
 
 from seismag.serving.config import DEFAULTS
 from seismag.serving.errors import NotReady, Overloaded
+from seismag.serving.executor.statistics import ModelStatistics, Submission
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +206,7 @@ class DynamicBatcher:
         on_batch: OnBatch | None = None,
         prepare: PrepareFn | None = None,
         workers: int = 1,
+        statistics: ModelStatistics | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -216,6 +222,7 @@ class DynamicBatcher:
         self.max_queue = int(max_queue)
         self.name = name
         self.on_batch = on_batch
+        self.statistics = statistics
         self.prepare = prepare
         """``prepare(raw (B, C, N)) -> (waveform, log_amp)`` for :meth:`submit_raw` rows; run
         once per batch on all raw rows together (one vectorised normalisation)."""
@@ -443,10 +450,13 @@ class DynamicBatcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        compute_ms = (time.perf_counter() - t_model) * 1e3
+        t_out = time.perf_counter()
+        compute_ms = (t_out - t_model) * 1e3
         self._account(rows, queue_ms, compute_ms)
         at = 0
         t_end = time.perf_counter()
+        resolved: list[tuple[Future, Any]] = []  # resolved after the statistics are recorded
+        submissions: list[Submission] = []
         finished: dict[int, tuple[Owner, list]] = {}  # id(owner) -> (owner, results)
         for job, first, n in taken:
             if job.failed():  # an earlier part of this job failed, or its owner closed
@@ -474,10 +484,17 @@ class DynamicBatcher:
                     timings["prepare"] = job.prepare_ms
                 result = _like(out, job.out)
                 if job.owner is None:
-                    job.future.set_result((result, timings))
+                    resolved.append((job.future, (result, timings)))
                 else:
                     entry = finished.setdefault(id(job.owner), (job.owner, []))
                     entry[1].append((job.tag, result, timings))
+                if self.statistics is not None:
+                    submissions.append(_submission(timings, time.perf_counter() - t_out))
+        if self.statistics is not None:
+            output_s = time.perf_counter() - t_out  # splitting the batch's rows into results
+            self._record(rows, queue_ms, t_model - t0, t_out - t_model, output_s, submissions)
+        for future, value in resolved:
+            future.set_result(value)
         for owner, results in finished.values():
             try:
                 owner.on_rows(results)
@@ -519,6 +536,28 @@ class DynamicBatcher:
                 parts.append((j.waveform[f : f + n], j.log_amp[f : f + n]))
         return parts
 
+    def _record(
+        self,
+        rows: int,
+        queue_ms: float,
+        input_s: float,
+        infer_s: float,
+        output_s: float,
+        submissions: list[Submission],
+    ) -> None:
+        """One successful run into :attr:`statistics`."""
+        try:
+            self.statistics.record_execution(
+                rows,
+                int(queue_ms * 1e6),
+                int(input_s * 1e9),
+                int(infer_s * 1e9),
+                int(output_s * 1e9),
+                submissions,
+            )
+        except Exception:
+            log.exception("statistics not recorded (ignored)")
+
     def _account(self, rows: int, queue_ms: float, compute_ms: float) -> None:
         with self._cond:
             self._batches += 1
@@ -532,6 +571,16 @@ class DynamicBatcher:
                 hook(self.name, rows, queue_ms, compute_ms)
             except Exception:
                 log.exception("on_batch hook failed (ignored)")
+
+
+def _submission(timings: dict[str, float], output_s: float) -> Submission:
+    """A finished job's timings (ms) as a statistics record (ns)."""
+    return Submission(
+        queue_ns=int(timings["queue"] * 1e6),
+        input_ns=int(timings.get("prepare", 0.0) * 1e6),
+        infer_ns=int(timings["compute"] * 1e6),
+        output_ns=int(output_s * 1e9),
+    )
 
 
 def _output_arrays(out: Outputs) -> list[np.ndarray | None]:

@@ -48,6 +48,7 @@ from seismag.serving.executor.backend import (
 )
 from seismag.serving.executor.batcher import BatcherStats, DynamicBatcher, OnBatch, Owner, Ticket
 from seismag.serving.executor.ort_backend import resolve_providers, session_options
+from seismag.serving.executor.statistics import ModelStatistics
 
 __all__ = [
     "BACKEND_CHOICES",
@@ -155,6 +156,9 @@ class ModelRuntime:
         self.version = self.card.version
         self.has_sigma = has_sigma(self.backend)
         """The file outputs the magnitude's standard deviation (exports since uncertainty)."""
+        self.statistics = ModelStatistics(self.name, str(self.version))
+        """Counts and durations of this model since it was loaded (the batcher records model
+        runs, the server the requests); read by the metrics and the ModelStatistics RPC."""
         self.micro_batch = micro_batch
         """Rows per model call; larger batches run in slices of this size. None = tune it at
         warm-up (CPU backends only; see :meth:`tune_micro_batch`)."""
@@ -167,6 +171,7 @@ class ModelRuntime:
             on_batch=on_batch,
             prepare=self._prepare,
             workers=workers,
+            statistics=self.statistics,
         )
 
     @property
