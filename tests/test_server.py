@@ -600,13 +600,14 @@ def test_metrics_endpoint(server, stub, registry, rjob):
         in text
     )
     assert "seismag_models_loaded 1.0" in text
-    name = registry.default_name
+    rt = registry.get()
+    model = {"model": rt.name, "version": str(rt.version)}
     for family in (
         "seismag_batch_size",
-        "seismag_queue_duration_ms",
-        "seismag_compute_duration_ms",
+        "seismag_batch_queue_duration_seconds",
+        "seismag_batch_compute_duration_seconds",
     ):
-        assert server.metrics.registry.get_sample_value(f"{family}_count", {"model": name}) > 0
+        assert server.metrics.registry.get_sample_value(f"{family}_count", model) > 0
     assert "seismag_open_streams 0.0" in text
 
 

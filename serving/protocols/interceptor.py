@@ -1,7 +1,10 @@
-"""One asyncio interceptor around every RPC but health: bearer-token auth and per-RPC metrics.
+"""One asyncio interceptor around every RPC: bearer-token auth and per-RPC metrics.
 
-Health is exempt from both: orchestrators probe without a secret, and probes would swamp the
-request metrics.
+Health is exempt from auth (orchestrators probe without a secret) but counted like every other
+RPC, under its own ``method`` label. A method no service has is answered UNIMPLEMENTED here, and
+counted as ``method="unknown"`` (the name is the client's, so it is not a label). Predict and
+ModelInfer are also counted for the model they name (its success and failure counts and
+end-to-end time; see :mod:`seismag.serving.executor.statistics`).
 
 It also makes undecodable requests INVALID_ARGUMENT. gRPC parses a request before any handler
 runs, and a parse error there surfaced as UNKNOWN ("Unexpected DecodeError") with a traceback in
@@ -23,12 +26,33 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
+from seismag.serving.executor.statistics import ModelStatistics
+from seismag.serving.oip import grpc_service_pb2 as oip_pb2
 from seismag.serving.protocols.metrics import ServerMetrics
 from seismag.serving.protocols.rpc import Undecodable
+from seismag.serving.v1 import seismag_pb2 as pb
 
 _HEALTH_PREFIX = f"/{health_pb2.DESCRIPTOR.services_by_name['Health'].full_name}/"
 _READS_CHECKED = frozenset({"/seismag.v1.MagnitudeService/StreamPredict"})
 """Request-streaming methods whose handler checks each read for Undecodable (stream_rpc)."""
+UNKNOWN_METHOD = "unknown"
+"""The ``method`` label of calls to a method no service has."""
+
+
+def _full_name(descriptor, service: str, method: str) -> str:
+    """'/package.Service/Method' as gRPC names the call (KeyError for a name that is not there)."""
+    found = descriptor.services_by_name[service]
+    return f"/{found.full_name}/{found.methods_by_name[method].name}"
+
+
+_MODEL_FIELDS = {
+    _full_name(pb.DESCRIPTOR, "MagnitudeService", "Predict"): ("model", None),
+    _full_name(oip_pb2.DESCRIPTOR, "GRPCInferenceService", "ModelInfer"): (
+        "model_name",
+        "model_version",
+    ),
+}
+"""Unary methods that run a model: the request fields naming it and its version."""
 
 
 def short_method(full: str) -> str:
@@ -92,6 +116,15 @@ class Interceptor(grpc.aio.ServerInterceptor):
         self._metrics = metrics
         self._tokens = [t.encode() for t in tokens or () if t]
 
+    def _model(self, full: str, request) -> ModelStatistics | None:
+        """The loaded model (or ensemble) a request of method ``full`` names, if any."""
+        fields = _MODEL_FIELDS.get(full)
+        if fields is None or isinstance(request, Undecodable):
+            return None
+        name_field, version_field = fields
+        version = getattr(request, version_field) if version_field else ""
+        return self._metrics.statistics.find(getattr(request, name_field), version)
+
     def _authorised(self, details: grpc.HandlerCallDetails) -> bool:
         if not self._tokens:
             return True
@@ -105,15 +138,15 @@ class Interceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
+        metrics = self._metrics
         if handler is None:
-            return handler
+            return _unimplemented(metrics, self._authorised(handler_call_details))
         full = handler_call_details.method
         # Only requests the wrapper below (unary) or the handler (StreamPredict) can check.
         safe = not handler.request_streaming or full in _READS_CHECKED
-        if full.startswith(_HEALTH_PREFIX):
-            return _undecodable_checked(handler) if safe else handler
         method = short_method(full)
-        metrics = self._metrics
+        if full.startswith(_HEALTH_PREFIX):
+            return _counted(_undecodable_checked(handler) if safe else handler, metrics, method)
         if not self._authorised(handler_call_details):
 
             async def deny(request, context):
@@ -139,7 +172,8 @@ class Interceptor(grpc.aio.ServerInterceptor):
             return _handler_like(handler, timed_stream, safe=safe)
 
         async def timed(request, context):
-            with _Observed(metrics, method, context):
+            model = self._model(full, request) if unary_request else None
+            with _Observed(metrics, method, context, model):
                 if unary_request and isinstance(request, Undecodable):
                     await request.abort(context)
                 return await inner(request, context)
@@ -150,8 +184,11 @@ class Interceptor(grpc.aio.ServerInterceptor):
 class _Observed:
     """Counts one RPC in the metrics when it ends, with the status it ended with."""
 
-    def __init__(self, metrics: ServerMetrics, method: str, context) -> None:
+    def __init__(
+        self, metrics: ServerMetrics, method: str, context, model: ModelStatistics | None = None
+    ) -> None:
         self._metrics, self._method, self._context = metrics, method, context
+        self._model = model
         self._t0 = time.perf_counter()
 
     def __enter__(self) -> None:
@@ -159,7 +196,48 @@ class _Observed:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         code = _code_name(self._context, exc)
-        self._metrics.observe_request(self._method, code, time.perf_counter() - self._t0)
+        seconds = time.perf_counter() - self._t0
+        self._metrics.observe_request(self._method, code, seconds, self._model)
+
+
+def _counted(handler: grpc.RpcMethodHandler, metrics: ServerMetrics, method: str):
+    """``handler`` counted in the per-method metrics (health: no auth, no model)."""
+    inner = _behaviour(handler)
+    if inspect.isasyncgenfunction(inner):
+
+        async def streaming(request, context):
+            with _Observed(metrics, method, context):
+                async for item in inner(request, context):
+                    yield item
+
+        return _handler_like(handler, streaming)
+
+    async def unary(request, context):
+        with _Observed(metrics, method, context):
+            return await inner(request, context)
+
+    return _handler_like(handler, unary)
+
+
+def _unimplemented(metrics: ServerMetrics, authorised: bool) -> grpc.RpcMethodHandler:
+    """A handler for a method no service has: UNIMPLEMENTED (UNAUTHENTICATED without a valid
+    token, as for every other method), counted. A stream-stream handler that reads nothing
+    answers any kind of call; requests stay bytes, never parsed."""
+    code, text = (
+        (grpc.StatusCode.UNIMPLEMENTED, "no such method on this server")
+        if authorised
+        else (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or invalid bearer token (metadata `authorization: Bearer <token>`)",
+        )
+    )
+
+    async def refuse(request_iterator, context):
+        metrics.observe_request(UNKNOWN_METHOD, code.name, 0.0)
+        await context.abort(code, text)
+        yield  # pragma: no cover - makes this an async generator (a streaming handler)
+
+    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 def _undecodable_checked(handler: grpc.RpcMethodHandler):

@@ -2,13 +2,21 @@
 
 A private ``CollectorRegistry`` (not the process-global default) keeps two servers in one process
 - the tests start several - from colliding on metric names, and keeps the scrape free of
-unrelated process metrics unless we ask for them. Queue and compute time are separate histograms,
+unrelated process metrics unless we ask for them.
+
+Names follow Prometheus's conventions, so ``promtool check metrics`` passes: base units
+(seconds), ``_total`` on counters. The per-model metrics take Triton's names and concepts
+(``nv_inference_request_success`` -> ``seismag_inference_request_success_total``, ...) with
+seconds instead of microseconds, and are not kept here: a collector renders each model's
+:class:`~seismag.serving.executor.statistics.ModelStatistics` at scrape time, the same numbers
+the Open Inference Protocol's ModelStatistics RPC returns. Queue and compute time are separate,
 as in Triton, because "slow" means something different in each: a long queue wants more
 capacity, a long compute wants a smaller model or a GPU.
 
-Label cardinality is bounded: ``method`` and ``code`` come from fixed sets, ``model`` from the
-loaded models, and the per-station lag gauge drops a station's label when the last stream that
-carried it closes, so a long-running server does not accumulate every station it ever saw.
+Label cardinality is bounded: ``method`` comes from the services' methods (any other name is
+``method="unknown"``), ``code`` from gRPC's status codes, ``model``/``version`` from the loaded
+models, and the per-station lag gauge drops a station's label when the last stream that carried
+it closes, so a long-running server does not accumulate every station it ever saw.
 """
 
 from __future__ import annotations
@@ -16,23 +24,132 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import Counter as _Refcount
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+from seismag.serving.executor.statistics import Histogram as Buckets
+from seismag.serving.executor.statistics import ModelStatistics, Snapshot, StatisticsTable
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_MS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_MODEL_LABELS = ("model", "version")
+
+_COUNTERS = (
+    # (name without seismag_ and _total, help, value of a snapshot)
+    (
+        "inference_request_success",
+        "Predict and ModelInfer calls for this model that ended OK (Triton: "
+        "nv_inference_request_success)",
+        lambda s: s.success.count,
+    ),
+    (
+        "inference_request_failure",
+        "Predict and ModelInfer calls for this model that ended with a status other than OK or "
+        "CANCELLED (Triton: nv_inference_request_failure)",
+        lambda s: s.fail.count,
+    ),
+    (
+        "inference_count",
+        "Windows run by the model; a batch of n counts n (Triton: nv_inference_count)",
+        lambda s: s.inference_count,
+    ),
+    (
+        "inference_exec_count",
+        "Model executions (batches) (Triton: nv_inference_exec_count)",
+        lambda s: s.execution_count,
+    ),
+    (
+        "inference_request_duration_seconds",
+        "Cumulative end-to-end time of this model's Predict and ModelInfer calls, OK or failed "
+        "(Triton: nv_inference_request_duration_us)",
+        lambda s: (s.success.ns + s.fail.ns) / 1e9,
+    ),
+    (
+        "inference_queue_duration_seconds",
+        "Cumulative time submissions waited in the batcher (Triton: "
+        "nv_inference_queue_duration_us)",
+        lambda s: s.queue.ns / 1e9,
+    ),
+    (
+        "inference_compute_input_duration_seconds",
+        "Cumulative time submissions spent in the batcher's input preparation (Triton: "
+        "nv_inference_compute_input_duration_us)",
+        lambda s: s.compute_input.ns / 1e9,
+    ),
+    (
+        "inference_compute_infer_duration_seconds",
+        "Cumulative model time of submissions (Triton: nv_inference_compute_infer_duration_us)",
+        lambda s: s.compute_infer.ns / 1e9,
+    ),
+    (
+        "inference_compute_output_duration_seconds",
+        "Cumulative time from the model's output to each submission's result (Triton: "
+        "nv_inference_compute_output_duration_us)",
+        lambda s: s.compute_output.ns / 1e9,
+    ),
+)
+_HISTOGRAMS = (
+    (
+        "batch_queue_duration_seconds",
+        "Time the oldest window of a batch waited in the batcher, per batch",
+        lambda s: s.batch_queue,
+    ),
+    (
+        "batch_compute_duration_seconds",
+        "Model time of one batch",
+        lambda s: s.batch_compute,
+    ),
+    ("batch_size", "Windows per batch run by the model", lambda s: s.batch_size),
+)
+
+
+class ModelCollector:
+    """Renders every model's statistics at scrape time (a prometheus_client custom collector)."""
+
+    def __init__(self, models: Iterable[ModelStatistics]) -> None:
+        self._models = models
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families([])
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families([m.snapshot() for m in self._models])
+
+    @staticmethod
+    def _families(snapshots: list[Snapshot]) -> Iterator[Metric]:
+        for name, text, value in _COUNTERS:
+            family = CounterMetricFamily(f"seismag_{name}", text, labels=_MODEL_LABELS)
+            for s in snapshots:
+                family.add_metric((s.name, s.version), value(s))
+            yield family
+        for name, text, value in _HISTOGRAMS:
+            family = HistogramMetricFamily(f"seismag_{name}", text, labels=_MODEL_LABELS)
+            for s in snapshots:
+                h: Buckets = value(s)
+                bounds = [floatToGoString(b) for b in h.bounds] + ["+Inf"]
+                family.add_metric(
+                    (s.name, s.version), list(zip(bounds, h.cumulative, strict=True)), h.total
+                )
+            yield family
 
 
 class ServerMetrics:
-    """All metrics of one server; every method is thread-safe and cheap."""
+    """All metrics of one server; every method is thread-safe and cheap.
 
-    def __init__(self) -> None:
+    ``statistics``: the models' statistics (:class:`StatisticsTable`); requests for a model are
+    recorded there, and the scrape renders them.
+    """
+
+    def __init__(self, statistics: StatisticsTable | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.statistics = statistics or StatisticsTable((), "")
         self.requests = Counter(
             "seismag_requests",
-            "RPCs finished, by method and status code",
+            "RPCs finished, by method and status code (every RPC, health and unknown methods "
+            "included)",
             ["method", "code"],
             registry=r,
         )
@@ -50,27 +167,7 @@ class ServerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.queue_ms = Histogram(
-            "seismag_queue_duration_ms",
-            "Time a window waited in the dynamic batcher's queue",
-            ["model"],
-            buckets=_MS_BUCKETS,
-            registry=r,
-        )
-        self.compute_ms = Histogram(
-            "seismag_compute_duration_ms",
-            "ONNX Runtime time of one batch",
-            ["model"],
-            buckets=_MS_BUCKETS,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "seismag_batch_size",
-            "Windows per batch run by the model",
-            ["model"],
-            buckets=_BATCH_BUCKETS,
-            registry=r,
-        )
+        r.register(ModelCollector(self.statistics))
         self.open_streams = Gauge(
             "seismag_open_streams", "StreamPredict calls currently open", registry=r
         )
@@ -87,20 +184,17 @@ class ServerMetrics:
         self.http_port: int | None = None
 
     # -- RPCs ---------------------------------------------------------------------------------
-    def observe_request(self, method: str, code: str, seconds: float) -> None:
+    def observe_request(
+        self, method: str, code: str, seconds: float, model: ModelStatistics | None = None
+    ) -> None:
+        """One RPC ended; ``model``: the model it asked for, when it named a loaded one."""
         self.requests.labels(method, code).inc()
-        if code not in ("OK", "CANCELLED"):
+        failed = code not in ("OK", "CANCELLED")
+        if failed:
             self.failures.labels(method, code).inc()
         self.duration.labels(method).observe(seconds)
-
-    # -- batcher hook ---------------------------------------------------------------------------
-    def on_batch(
-        self, model_name: str, batch_rows: int, queue_ms: float, compute_ms: float
-    ) -> None:
-        """The batcher's per-batch callback: one observation per batch, not per request."""
-        self.batch_size.labels(model_name).observe(batch_rows)
-        self.queue_ms.labels(model_name).observe(queue_ms)
-        self.compute_ms.labels(model_name).observe(compute_ms)
+        if model is not None and code != "CANCELLED":
+            model.record_request(not failed, int(seconds * 1e9))
 
     # -- streams --------------------------------------------------------------------------------
     def stream_opened(self) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from seismag import __version__
 from seismag.serving.errors import InvalidInput, ModelNotFound, NotReady
+from seismag.serving.executor.statistics import Duration, Snapshot, StatisticsTable
 from seismag.serving.oip import grpc_service_pb2 as pb
 from seismag.serving.oip import grpc_service_pb2_grpc as pb_grpc
 from seismag.serving.pipeline.limits import check_model_name, shown
@@ -32,10 +33,20 @@ _LE_FP32 = np.dtype("<f4")
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """KServe v2 endpoints over a ``ModelRegistry``; readiness comes from the server."""
 
-    def __init__(self, registry, is_ready: Callable[[], bool], work: Executor) -> None:
+    def __init__(
+        self,
+        registry,
+        is_ready: Callable[[], bool],
+        work: Executor,
+        *,
+        statistics: StatisticsTable | None = None,
+    ) -> None:
         self._registry = registry
         self._is_ready = is_ready
         self._work = work  # threads for the blocking batcher wait; the event loop never blocks
+        self._statistics = statistics or StatisticsTable(
+            (rt.statistics for rt in registry), registry.default_name
+        )
 
     def _runtime(self, name: str, version: str):
         runtime = self._registry.get(check_model_name(name))
@@ -64,7 +75,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name="seismag", version=__version__, extensions=[])
+        return pb.ServerMetadataResponse(
+            name="seismag", version=__version__, extensions=["statistics"]
+        )
 
     @rpc
     async def ModelMetadata(self, request, context):
@@ -98,6 +111,53 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             reply.outputs.add(name=name, datatype="FP32", shape=list(arr.shape))
             reply.raw_output_contents.append(arr.tobytes())
         return reply
+
+    @rpc
+    async def ModelStatistics(self, request, context):
+        # As Triton: no name = every model; a name (and version) that is not served: NOT_FOUND.
+        if not request.name:
+            found = list(self._statistics)
+        else:
+            one = self._statistics.find(check_model_name(request.name), request.version)
+            if one is None:
+                raise ModelNotFound(
+                    f"no model {shown(request.name)}"
+                    + (f" version {shown(request.version)}" if request.version else "")
+                    + f"; this server has: {', '.join(m.name for m in self._statistics)}"
+                )
+            found = [one]
+        return pb.ModelStatisticsResponse(model_stats=[_model_stats(m.snapshot()) for m in found])
+
+
+def _duration(d: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def _model_stats(s: Snapshot) -> pb.ModelStatistics:
+    return pb.ModelStatistics(
+        name=s.name,
+        version=s.version,
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(s.success),
+            fail=_duration(s.fail),
+            queue=_duration(s.queue),
+            compute_input=_duration(s.compute_input),
+            compute_infer=_duration(s.compute_infer),
+            compute_output=_duration(s.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=b.batch_size,
+                compute_input=_duration(b.compute_input),
+                compute_infer=_duration(b.compute_infer),
+                compute_output=_duration(b.compute_output),
+            )
+            for b in s.batches
+        ],
+    )
 
 
 def _tensor_meta(spec) -> pb.ModelMetadataResponse.TensorMetadata:

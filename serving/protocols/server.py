@@ -54,6 +54,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from seismag.serving.config import DEFAULTS, ServeConfig
 from seismag.serving.errors import NotReady
+from seismag.serving.executor.statistics import statistics_table
 from seismag.serving.oip import grpc_service_pb2 as oip_pb2
 from seismag.serving.pipeline.station_table import StationTable
 from seismag.serving.pipeline.units import StationInventory
@@ -179,9 +180,6 @@ class SeismagServer:
         self.registry = registry
         self.config = config
         self.stream_hop = float(config.stream_hop)
-        self.metrics = ServerMetrics()
-        self.metrics.models_loaded.set(len(registry.names()))
-        self._previous_hooks: dict[str, Any] = {}
         self._ready = threading.Event()
         self._draining = threading.Event()
         self._stopped = threading.Event()
@@ -202,6 +200,8 @@ class SeismagServer:
                     + (f"members {unknown} are not loaded" if unknown else "a model has that name")
                     + f" (models: {', '.join(registry.names())})"
                 )
+        self.metrics = ServerMetrics(statistics_table(registry, self.ensembles))
+        self.metrics.models_loaded.set(len(registry.names()))
         self.work = DaemonPool(config.work_threads, "seismag-work")
         self.health = HealthServicer()
         self._health_services = ("", MAGNITUDE_SERVICE, OIP_SERVICE)
@@ -241,7 +241,12 @@ class SeismagServer:
         self.health.bind(asyncio.get_running_loop())
         self.waker = Waker(asyncio.get_running_loop())
         pb_grpc.add_MagnitudeServiceServicer_to_server(MagnitudeServicer(self), server)
-        add_oip(InferenceServicer(self.registry, self.is_ready, self.work), server)
+        add_oip(
+            InferenceServicer(
+                self.registry, self.is_ready, self.work, statistics=self.metrics.statistics
+            ),
+            server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (MAGNITUDE_SERVICE, OIP_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME),
@@ -289,8 +294,6 @@ class SeismagServer:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, *, warm_up: bool = True) -> SeismagServer:
         """Start serving (health NOT_SERVING) and, by default, warm up and turn SERVING."""
-        self._previous_hooks = {rt.name: rt.batcher.on_batch for rt in self.registry}
-        self.registry.set_on_batch(self.metrics.on_batch)
         self._call(self._grpc.start())
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.start_http(self.config.metrics_port, addr=self.host)
@@ -343,9 +346,6 @@ class SeismagServer:
         except TimeoutError:
             log.warning("the gRPC server did not stop within %.1f s of grace", grace)
         self.metrics.stop_http()
-        for rt in self.registry:  # hand the batch hook back if a server started before us had it
-            if rt.batcher.on_batch == self.metrics.on_batch:
-                rt.batcher.on_batch = self._previous_hooks.get(rt.name)
         self._close_loop()
         self._stopped.set()
 
