@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from obspy import Stream, Trace, UTCDateTime
 
+from seismag.serving.oip import grpc_service_pb2 as oip_pb2
+from seismag.serving.oip import grpc_service_pb2_grpc as oip_grpc
 from seismag.serving.pipeline.event import (
     StationEstimate,
     associate,
@@ -250,6 +252,11 @@ def test_an_ensemble_is_served_by_predict_and_listed(two_models):
             listed = {m.name: m for m in stub.ListModels(pb.ListModelsRequest()).models}
             assert '"ensemble": ["PhaseNetMag", "ViTMag"]' in listed["E"].card_json
             assert stub.GetModel(pb.GetModelRequest(name="E")).name == "E"
+            # The ensemble's requests count under its name; its members ran the windows.
+            oip = oip_grpc.GRPCInferenceServiceStub(ch)
+            stats = oip.ModelStatistics(oip_pb2.ModelStatisticsRequest(name="E")).model_stats[0]
+            assert stats.version == listed["E"].version
+            assert stats.inference_stats.success.count == 1 and stats.inference_count == 0
             chunk = pb.RawTrace(
                 network="SY", station="A", channel="HHZ", sampling_rate=100.0,
                 starttime=1.7e9, samples=[0.0] * 100,
