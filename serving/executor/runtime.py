@@ -504,7 +504,8 @@ class ModelRegistry:
         return len(self._models)
 
     def set_on_batch(self, hook: Callable[[str, int, float, float], None] | None) -> None:
-        """Install the metrics hook on every model's batcher (see :mod:`.batcher`)."""
+        """Install a per-batch hook on every model's batcher (see :mod:`.batcher`); the server's
+        metrics read each model's :attr:`ModelRuntime.statistics` instead."""
         for rt in self._models.values():
             rt.batcher.on_batch = hook
 
