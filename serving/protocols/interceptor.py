@@ -62,8 +62,10 @@ def short_method(full: str) -> str:
 
 
 def _code_name(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
-    if isinstance(exc, asyncio.CancelledError):
-        return "CANCELLED"  # the client went away (or the server stopped): not a failure
+    # The client went away (or the server stopped): not a failure. A streaming handler whose
+    # responses can no longer be sent is closed at its ``yield`` (GeneratorExit).
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return "CANCELLED"
     code = context.code()
     if code is not None and code != grpc.StatusCode.OK:
         return code.name if isinstance(code, grpc.StatusCode) else str(code)
