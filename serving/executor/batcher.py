@@ -62,7 +62,7 @@ import numpy as np
 
 from seismag.serving.config import DEFAULTS
 from seismag.serving.errors import NotReady, Overloaded
-from seismag.serving.executor.statistics import ModelStatistics, Submission
+from seismag.serving.executor.statistics import Finished, ModelStatistics
 
 log = logging.getLogger(__name__)
 
@@ -456,7 +456,7 @@ class DynamicBatcher:
         at = 0
         t_end = time.perf_counter()
         resolved: list[tuple[Future, Any]] = []  # resolved after the statistics are recorded
-        submissions: list[Submission] = []
+        done = [0, 0.0, 0.0, 0.0, 0.0]  # finished jobs: count; queue, prepare, compute, output ms
         finished: dict[int, tuple[Owner, list]] = {}  # id(owner) -> (owner, results)
         for job, first, n in taken:
             if job.failed():  # an earlier part of this job failed, or its owner closed
@@ -488,11 +488,14 @@ class DynamicBatcher:
                 else:
                     entry = finished.setdefault(id(job.owner), (job.owner, []))
                     entry[1].append((job.tag, result, timings))
-                if self.statistics is not None:
-                    submissions.append(_submission(timings, time.perf_counter() - t_out))
+                done[0] += 1
+                done[1] += timings["queue"]
+                done[2] += job.prepare_ms
+                done[3] += job.compute_ms
+                done[4] += (time.perf_counter() - t_out) * 1e3
         if self.statistics is not None:
             output_s = time.perf_counter() - t_out  # splitting the batch's rows into results
-            self._record(rows, queue_ms, t_model - t0, t_out - t_model, output_s, submissions)
+            self._record(rows, queue_ms, t_model - t0, t_out - t_model, output_s, done)
         for future, value in resolved:
             future.set_result(value)
         for owner, results in finished.values():
@@ -543,9 +546,10 @@ class DynamicBatcher:
         input_s: float,
         infer_s: float,
         output_s: float,
-        submissions: list[Submission],
+        done: list,
     ) -> None:
-        """One successful run into :attr:`statistics`."""
+        """One successful run into :attr:`statistics`; ``done``: the jobs it finished (count,
+        then their summed queue, prepare, compute and output ms)."""
         try:
             self.statistics.record_execution(
                 rows,
@@ -553,7 +557,13 @@ class DynamicBatcher:
                 int(input_s * 1e9),
                 int(infer_s * 1e9),
                 int(output_s * 1e9),
-                submissions,
+                Finished(
+                    count=done[0],
+                    queue_ns=int(done[1] * 1e6),
+                    input_ns=int(done[2] * 1e6),
+                    infer_ns=int(done[3] * 1e6),
+                    output_ns=int(done[4] * 1e6),
+                ),
             )
         except Exception:
             log.exception("statistics not recorded (ignored)")
@@ -571,16 +581,6 @@ class DynamicBatcher:
                 hook(self.name, rows, queue_ms, compute_ms)
             except Exception:
                 log.exception("on_batch hook failed (ignored)")
-
-
-def _submission(timings: dict[str, float], output_s: float) -> Submission:
-    """A finished job's timings (ms) as a statistics record (ns)."""
-    return Submission(
-        queue_ns=int(timings["queue"] * 1e6),
-        input_ns=int(timings.get("prepare", 0.0) * 1e6),
-        infer_ns=int(timings["compute"] * 1e6),
-        output_ns=int(output_s * 1e9),
-    )
 
 
 def _output_arrays(out: Outputs) -> list[np.ndarray | None]:

@@ -79,13 +79,14 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
-class Submission:
-    """One finished submission's share of a batch, nanoseconds."""
+class Finished:
+    """The submissions one batch finished: how many, and their summed times (nanoseconds)."""
 
-    queue_ns: int
-    input_ns: int
-    infer_ns: int
-    output_ns: int
+    count: int = 0
+    queue_ns: int = 0
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
 
 
 class _Buckets:
@@ -145,7 +146,7 @@ class ModelStatistics:
         input_ns: int,
         infer_ns: int,
         output_ns: int,
-        finished: Iterable[Submission] = (),
+        finished: Finished = Finished(),
     ) -> None:
         """One model run of ``rows`` windows (``queue_ns``: its oldest window's wait), and the
         submissions it finished."""
@@ -163,15 +164,14 @@ class ModelStatistics:
             self._batch_queue.observe(queue_ns / 1e9)
             self._batch_compute.observe(infer_ns / 1e9)
             self._batch_size.observe(rows)
-            for s in finished:
-                for pair, ns in (
-                    (self._queue, s.queue_ns),
-                    (self._input, s.input_ns),
-                    (self._infer, s.infer_ns),
-                    (self._output, s.output_ns),
-                ):
-                    pair[0] += 1
-                    pair[1] += ns
+            for pair, ns in (
+                (self._queue, finished.queue_ns),
+                (self._input, finished.input_ns),
+                (self._infer, finished.infer_ns),
+                (self._output, finished.output_ns),
+            ):
+                pair[0] += finished.count
+                pair[1] += ns
 
     def snapshot(self) -> Snapshot:
         with self._lock:
