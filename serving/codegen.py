@@ -5,8 +5,9 @@ only way they should change. It runs ``grpc_tools.protoc`` with ``-I protos`` (t
 live under ``protos/seismag/serving/...``), so the generated imports read
 ``from seismag.serving.v1 import seismag_pb2`` and work from the installed package.
 
-One post-processing step: the Open Inference Protocol module registers its ``inference.*``
-messages in a private descriptor pool instead of protobuf's default one. tritonclient (and any
+One post-processing step: the Open Inference Protocol modules (grpc_service, and model_config
+which it imports) register their ``inference.*`` messages in one private descriptor pool, defined
+in ``seismag.serving.oip``, instead of protobuf's default one. tritonclient (and any
 other KServe client) registers the same symbols under another file name in the default pool, and
 protobuf refuses duplicate symbols, so without this a process that imports both - our tests, a
 benchmark, a proxy - would crash at import. The wire format is unaffected.
@@ -30,13 +31,18 @@ PROTOS = ROOT / "protos"
 PACKAGES = ("v1", "oip")
 """Sub-packages of ``seismag.serving`` that hold generated code, one per proto folder."""
 
-_OIP_PB2 = "grpc_service_pb2.py"
 _DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
 _PRIVATE_POOL = (
     "# seismag codegen: a private pool, so tritonclient's copy of these symbols can coexist.\n"
-    "_POOL = _descriptor_pool.DescriptorPool()\n"
+    "from seismag.serving.oip import POOL as _POOL\n"
     "DESCRIPTOR = _POOL.AddSerializedFile("
 )
+_OIP_POOL = '''
+from google.protobuf import descriptor_pool
+
+POOL = descriptor_pool.DescriptorPool()
+"""The descriptor pool of every OIP module (imports resolve within it; see codegen.py)."""
+'''
 
 _INIT = '''"""Generated gRPC code for {what}.
 
@@ -80,12 +86,13 @@ def generate(out: Path) -> None:
             for f in sorted(src.iterdir()):
                 if f.suffix in (".py", ".pyi"):
                     shutil.copyfile(f, dst / f.name)
-            (dst / "__init__.py").write_text(_INIT.format(what=_WHAT[pkg]), encoding="utf-8")
-    oip = out / "oip" / _OIP_PB2
-    text = oip.read_text(encoding="utf-8")
-    if _DEFAULT_POOL not in text:
-        raise SystemExit(f"codegen: {oip} no longer has the expected descriptor-pool line")
-    oip.write_text(text.replace(_DEFAULT_POOL, _PRIVATE_POOL, 1), encoding="utf-8")
+            init = _INIT.format(what=_WHAT[pkg]) + (_OIP_POOL if pkg == "oip" else "")
+            (dst / "__init__.py").write_text(init, encoding="utf-8")
+    for oip in sorted((out / "oip").glob("*_pb2.py")):
+        text = oip.read_text(encoding="utf-8")
+        if _DEFAULT_POOL not in text:
+            raise SystemExit(f"codegen: {oip} no longer has the expected descriptor-pool line")
+        oip.write_text(text.replace(_DEFAULT_POOL, _PRIVATE_POOL, 1), encoding="utf-8")
 
 
 def _differences(generated: Path, committed: Path) -> list[str]:

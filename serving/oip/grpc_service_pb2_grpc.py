@@ -64,6 +64,31 @@ class GRPCInferenceServiceStub:
                 request_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
+        self.ModelStreamInfer = channel.stream_stream(
+                '/inference.GRPCInferenceService/ModelStreamInfer',
+                request_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+                _registered_method=True)
+        self.ModelConfig = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelConfig',
+                request_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+                _registered_method=True)
+        self.RepositoryIndex = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryIndex',
+                request_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelLoad = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelLoad',
+                request_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelUnload = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelUnload',
+                request_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
+                response_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
+                _registered_method=True)
         self.ModelStatistics = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelStatistics',
                 request_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
@@ -112,6 +137,41 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelStreamInfer(self, request_iterator, context):
+        """Bidirectional streaming infer, as Triton's: one reply per request, in order; a failed request
+        answers with error_message and the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelConfig(self, request, context):
+        """The model's Triton configuration, the one `seismag export --to triton` writes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryIndex(self, request, context):
+        """Model repository extension: the served models; load of a served model succeeds, unload is
+        refused (the server's models are fixed at start).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelLoad(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelUnload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ModelStatistics(self, request, context):
         """Per-model counts and cumulative durations (Triton's statistics extension).
         """
@@ -151,6 +211,31 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelInfer,
                     request_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferRequest.FromString,
                     response_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
+            ),
+            'ModelStreamInfer': grpc.stream_stream_rpc_method_handler(
+                    servicer.ModelStreamInfer,
+                    request_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferRequest.FromString,
+                    response_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
+            ),
+            'ModelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelConfig,
+                    request_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelConfigRequest.FromString,
+                    response_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
+            ),
+            'RepositoryModelLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelLoad,
+                    request_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryModelLoadRequest.FromString,
+                    response_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryModelLoadResponse.SerializeToString,
+            ),
+            'RepositoryModelUnload': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelUnload,
+                    request_deserializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryModelUnloadRequest.FromString,
+                    response_serializer=seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryModelUnloadResponse.SerializeToString,
             ),
             'ModelStatistics': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelStatistics,
@@ -320,6 +405,141 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelInfer',
             seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
             seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStreamInfer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/inference.GRPCInferenceService/ModelStreamInfer',
+            seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+            seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelConfig',
+            seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
+            seismag_dot_serving_dot_oip_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryIndex',
+            seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+            seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelLoad',
+            seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryModelLoadRequest.SerializeToString,
+            seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryModelLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelUnload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelUnload',
+            seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryModelUnloadRequest.SerializeToString,
+            seismag_dot_serving_dot_oip_dot_grpc__service__pb2.RepositoryModelUnloadResponse.FromString,
             options,
             channel_credentials,
             insecure,
