@@ -33,8 +33,14 @@ from seismag.serving.protocols.rpc import Undecodable
 from seismag.serving.v1 import seismag_pb2 as pb
 
 _HEALTH_PREFIX = f"/{health_pb2.DESCRIPTOR.services_by_name['Health'].full_name}/"
-_READS_CHECKED = frozenset({"/seismag.v1.MagnitudeService/StreamPredict"})
-"""Request-streaming methods whose handler checks each read for Undecodable (stream_rpc)."""
+_READS_CHECKED = frozenset(
+    {
+        "/seismag.v1.MagnitudeService/StreamPredict",
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+    }
+)
+"""Request-streaming methods whose handler checks each read for Undecodable (stream_rpc,
+oip_service's ModelStreamInfer)."""
 UNKNOWN_METHOD = "unknown"
 """The ``method`` label of calls to a method no service has."""
 

@@ -5,6 +5,11 @@ KServe/Triton clients, ``perf_analyzer`` and load balancers that probe ServerRea
 seismag unchanged. Tensors travel as ``raw_input_contents`` (little-endian bytes, the fast path)
 or as typed ``contents.fp32_contents``; replies always use ``raw_output_contents``.
 
+Beyond inference it answers what Triton's tools ask first: ``ModelConfig`` (the configuration
+``seismag export --to triton`` writes, built by the same function), ``ModelStreamInfer``, and the
+model repository extension, honestly: the models are fixed when the server starts, so loading a
+served model succeeds (it is loaded) and unloading is refused with FAILED_PRECONDITION.
+
 (The module is not named ``oip.py`` because ``seismag.serving.oip`` is the generated package.)
 """
 
@@ -12,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
@@ -19,15 +26,30 @@ import grpc
 import numpy as np
 
 from seismag import __version__
-from seismag.serving.errors import InvalidInput, ModelNotFound, NotReady
+from seismag.models.triton_config import ONNX_PLATFORM, TensorConfig, model_config
+from seismag.models.triton_config import ModelConfig as TritonConfig
+from seismag.serving.errors import InvalidInput, ModelNotFound, NotReady, ServingError
 from seismag.serving.executor.statistics import Duration, Snapshot, StatisticsTable
 from seismag.serving.oip import grpc_service_pb2 as pb
 from seismag.serving.oip import grpc_service_pb2_grpc as pb_grpc
+from seismag.serving.oip import model_config_pb2 as mc
 from seismag.serving.pipeline.limits import check_model_name, shown
-from seismag.serving.protocols.rpc import check_deadline, rpc
+from seismag.serving.protocols.rpc import Undecodable, check_deadline, rpc, status_of, time_left
 
-PLATFORM = "onnxruntime_onnx"
+log = logging.getLogger("seismag.serving")
+
+PLATFORM = ONNX_PLATFORM
 _LE_FP32 = np.dtype("<f4")
+STREAM_IN_FLIGHT = 64
+"""Requests of one ModelStreamInfer being run at once: enough to keep the batcher's batches full
+for a pipelining client; beyond it the stream stops reading, so gRPC flow control holds the
+client back instead of the server buffering without bound."""
+
+
+class ModelControlRefused(ServingError):
+    """The served models are fixed at start; a request to change them cannot be honoured."""
+
+    code_name = "FAILED_PRECONDITION"
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -76,7 +98,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(
-            name="seismag", version=__version__, extensions=["statistics"]
+            name="seismag",
+            version=__version__,
+            extensions=["statistics", "model_configuration", "model_repository"],
         )
 
     @rpc
@@ -92,11 +116,68 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def ModelInfer(self, request, context):
+        self._check_ready()
+        rt = self._runtime(request.model_name, request.model_version)
+        return await self._infer(rt, request, await check_deadline(context))
+
+    @rpc
+    async def ModelStreamInfer(self, request_iterator, context):
+        # Requests run concurrently (a pipelining client keeps the batcher busy); replies go out
+        # in request order, one per request; a failed request answers error_message, as Triton.
+        replies: asyncio.Queue[asyncio.Future | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    replies.put_nowait(asyncio.ensure_future(self._stream_one(request, context)))
+            finally:
+                replies.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (reply := await replies.get()) is not None:
+                yield await reply
+                slots.release()
+            await reader  # a broken request stream ends the call with its status
+        finally:
+            reader.cancel()
+            while not replies.empty():
+                if (left := replies.get_nowait()) is not None:
+                    left.cancel()
+
+    async def _stream_one(self, request, context) -> pb.ModelStreamInferResponse:
+        """One request of a stream: its reply, or its error as ``error_message``. Counted in the
+        model's statistics here (the interceptor sees only the whole stream)."""
+        t0, rt = time.perf_counter_ns(), None
+        try:
+            if isinstance(request, Undecodable):
+                raise InvalidInput(request.details)
+            self._check_ready()
+            rt = self._runtime(request.model_name, request.model_version)
+            timeout = time_left(context)
+            if timeout is not None and timeout <= 0:
+                raise TimeoutError("deadline exceeded before the model ran")
+            reply = await self._infer(rt, request, timeout)
+        except (ServingError, TimeoutError) as exc:
+            if rt is not None:
+                rt.statistics.record_request(False, time.perf_counter_ns() - t0)
+            return pb.ModelStreamInferResponse(error_message=status_of(exc)[1])
+        except Exception as exc:  # the stream goes on; the traceback goes to the log
+            log.error("ModelStreamInfer request failed", exc_info=exc)
+            if rt is not None:
+                rt.statistics.record_request(False, time.perf_counter_ns() - t0)
+            return pb.ModelStreamInferResponse(error_message=status_of(exc)[1])
+        rt.statistics.record_request(True, time.perf_counter_ns() - t0)
+        return pb.ModelStreamInferResponse(infer_response=reply)
+
+    def _check_ready(self) -> None:
         if not self._is_ready():
             raise NotReady("server is not ready (warming up or draining)")
-        rt = self._runtime(request.model_name, request.model_version)
+
+    async def _infer(self, rt, request, timeout: float | None) -> pb.ModelInferResponse:
         inputs = _decode_inputs(request)
-        timeout = await check_deadline(context)
         run = functools.partial(rt.infer_raw, inputs, timeout)
         outputs = await asyncio.get_running_loop().run_in_executor(self._work, run)
         wanted = [o.name for o in request.outputs] or list(outputs)
@@ -113,6 +194,45 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return reply
 
     @rpc
+    async def ModelConfig(self, request, context):
+        rt = self._runtime(request.name, request.version)
+        return pb.ModelConfigResponse(config=_config_message(model_config(rt.card)))
+
+    @rpc
+    async def RepositoryIndex(self, request, context):
+        # One repository: the models this server was started with ("" or any name lists them).
+        ready = self._is_ready()
+        state, reason = ("READY", "") if ready else ("UNAVAILABLE", "warming up or draining")
+        models = [] if request.ready and not ready else list(self._registry)
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=rt.name, version=str(rt.version), state=state, reason=reason
+                )
+                for rt in models
+            ]
+        )
+
+    @rpc
+    async def RepositoryModelLoad(self, request, context):
+        rt = self._runtime(request.model_name, "")
+        if request.parameters:
+            raise ModelControlRefused(
+                f"model {rt.name!r} is loaded; load parameters "
+                f"({', '.join(sorted(shown(k) for k in request.parameters))}) cannot change it: "
+                "the models are fixed when seismag serve starts"
+            )
+        return pb.RepositoryModelLoadResponse()  # already loaded, as Triton answers a reload
+
+    @rpc
+    async def RepositoryModelUnload(self, request, context):
+        rt = self._runtime(request.model_name, "")
+        raise ModelControlRefused(
+            f"model {rt.name!r} cannot be unloaded: the models are fixed when seismag serve "
+            "starts (restart it without this model)"
+        )
+
+    @rpc
     async def ModelStatistics(self, request, context):
         # As Triton: no name = every model; a name (and version) that is not served: NOT_FOUND.
         if not request.name:
@@ -127,6 +247,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
             found = [one]
         return pb.ModelStatisticsResponse(model_stats=[_model_stats(m.snapshot()) for m in found])
+
+
+def _tensor_message(t: TensorConfig, cls):
+    reshape = mc.ModelTensorReshape(shape=t.reshape) if t.reshape is not None else None
+    return cls(name=t.name, data_type=mc.DataType.Value(t.data_type), dims=t.dims, reshape=reshape)
+
+
+def _config_message(c: TritonConfig) -> mc.ModelConfig:
+    """The protobuf form of the configuration ``seismag export --to triton`` writes as text."""
+    return mc.ModelConfig(
+        name=c.name,
+        platform=c.platform,
+        max_batch_size=c.max_batch_size,
+        input=[_tensor_message(t, mc.ModelInput) for t in c.inputs],
+        output=[_tensor_message(t, mc.ModelOutput) for t in c.outputs],
+        dynamic_batching=mc.ModelDynamicBatching(
+            preferred_batch_size=c.preferred_batch_sizes,
+            max_queue_delay_microseconds=c.max_queue_delay_us,
+        ),
+        instance_group=[
+            mc.ModelInstanceGroup(
+                kind=mc.ModelInstanceGroup.Kind.Value(c.instance_kind), count=c.instance_count
+            )
+        ],
+        parameters={k: mc.ModelParameter(string_value=v) for k, v in c.parameters.items()},
+    )
 
 
 def _duration(d: Duration) -> pb.StatisticDuration:
