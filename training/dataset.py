@@ -1,23 +1,32 @@
 """SeisBench's on-disk dataset format, written and read by one module.
 
 A dataset is a folder with ``metadata.csv`` (one row per trace, SeisBench column names) and
-``waveforms.hdf5``. The HDF5 file has a group ``data_format`` whose attributes say how to read
-the arrays (``component_order``, ``dimension_order``, ``sampling_rate``, ``measurement``,
-``unit``) and a group ``data`` holding the waveforms, addressed by the metadata's ``trace_name``:
+``waveforms.hdf5``. The HDF5 file has a group ``data_format`` whose entries say how to read the
+arrays (``component_order``, ``dimension_order``, ``sampling_rate``, ``measurement``, ``unit``)
+and a group ``data`` holding the waveforms, addressed by the metadata's ``trace_name``:
 
 * ``data/<trace_name>``: one dataset per trace; or
 * a *bucket* locator ``bucket3$17,:3,:6000``: row 17 of ``data/bucket3``, first 3 components and
   6000 samples (buckets are padded to their longest trace). Few large datasets read far faster
   than thousands of small ones, which is why the writer uses buckets by default.
 
+SeisBench (``seisbench.data.WaveformDataWriter`` / ``WaveformDataset``, seisbench/data/base.py)
+stores each ``data_format`` entry as an HDF5 *dataset* in that group; earlier seismag versions
+wrote them as *attributes* of the group. The writer writes both (SeisBench reads the datasets,
+older seismag the attributes); the reader takes the datasets and falls back to the attributes.
+As in SeisBench, a metadata column ``trace_component_order`` overrides the dataset's component
+order per trace, and ``trace_sampling_rate_hz`` (or ``trace_dt_s``) its sampling rate.
+
 Using SeisBench's layout (not an own one) means the same loader trains on the synthetic data and on
 a real benchmark that SeisBench downloaded (ETHZ, STEAD, INSTANCE, ...), including chunked ones
 (``metadata<chunk>.csv`` + ``waveforms<chunk>.hdf5``). SeisBench itself is not needed to read them.
+A component order or dimension order the reader cannot interpret is a ``DatasetFormatError``.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +39,14 @@ from seismag.models.card import ModelCard
 from seismag.models.preprocess import COMPONENT_ALIASES
 
 SPLITS = ("train", "dev", "test")
+
+# SeisBench's two dimension orders of one trace: components x samples, or samples x components.
+DIMENSION_ORDERS = ("CW", "WC")
+
+
+class DatasetFormatError(ValueError):
+    """A dataset cannot be read without guessing (the message says what and where)."""
+
 
 # Phase columns seen in SeisBench datasets, normalised to trace_p/s_arrival_sample. The first
 # arrival is the earliest of the direct/first-arrival variants present in a row: lowercase p/s
@@ -78,6 +95,35 @@ def parse_location(location: str) -> tuple[int | slice | None, ...]:
         else:
             raise ValueError(f"invalid location {location!r}")
     return tuple(index)
+
+
+def component_order_letters(order: Any, where: str) -> str:
+    """A stored component order ("ZNE", "ENZ", "Z12", "Z", ...) -> its letters in Z/N/E.
+
+    1/2/3 are read as N/E/Z as the serving path reads channel codes. A missing order, a code that
+    is not Z/N/E/1/2/3 (R, T, a hydrophone, ...) or one component twice is a
+    :class:`DatasetFormatError`: zero-filling or guessing there would feed a model wrong data.
+    """
+    if isinstance(order, (tuple, list, np.ndarray)):  # SeisBench also stores sequences of codes
+        order = "".join(str(_decode(c)) for c in order)
+    if not isinstance(order, str) or not order.strip():
+        raise DatasetFormatError(
+            f"{where}: no component order (set data_format/component_order or the metadata "
+            "column trace_component_order, e.g. 'ZNE')"
+        )
+    codes = order.strip().upper()
+    unknown = sorted({c for c in codes if c not in COMPONENT_ALIASES})
+    if unknown:
+        raise DatasetFormatError(
+            f"{where}: component order {order!r} has {', '.join(unknown)}, which is not one of "
+            "Z, N, E (or 1, 2, 3); rotate the data to Z, N, E first"
+        )
+    letters = "".join(COMPONENT_ALIASES[c] for c in codes)
+    if len(set(letters)) != len(letters):
+        raise DatasetFormatError(
+            f"{where}: component order {order!r} names one component twice (as {letters})"
+        )
+    return letters
 
 
 def assign_splits(
@@ -129,6 +175,8 @@ class DatasetWriter:
     ) -> None:
         if storage not in ("bucket", "trace"):
             raise ValueError(f"storage must be 'bucket' or 'trace', got {storage!r}")
+        component_order_letters(component_order, "DatasetWriter")
+        self.component_order = component_order
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.storage = storage
@@ -142,11 +190,15 @@ class DatasetWriter:
         self._n_buckets = 0
         self._file = h5py.File(self.path / "waveforms.hdf5", "w")
         fmt = self._file.create_group("data_format")
-        fmt.attrs["component_order"] = component_order
-        fmt.attrs["dimension_order"] = "CW"
-        fmt.attrs["sampling_rate"] = float(sampling_rate)
-        fmt.attrs["measurement"] = measurement
-        fmt.attrs["unit"] = unit
+        for key, value in {
+            "component_order": component_order,
+            "dimension_order": "CW",
+            "sampling_rate": float(sampling_rate),
+            "measurement": measurement,
+            "unit": unit,
+        }.items():
+            fmt.create_dataset(key, data=value)  # what SeisBench reads
+            fmt.attrs[key] = value  # what seismag read before it read the datasets
         self._data = self._file.create_group("data")
         if provenance:
             prov = self._file.create_group("provenance")
@@ -178,6 +230,11 @@ class DatasetWriter:
         wave = np.asarray(waveform, dtype=np.float32)
         if wave.ndim != 2:
             raise ValueError(f"waveform must be (components, samples), got {wave.shape}")
+        if wave.shape[0] != len(self.component_order):
+            raise ValueError(
+                f"waveform has {wave.shape[0]} components, the dataset's component order "
+                f"{self.component_order!r} has {len(self.component_order)}"
+            )
         row = dict(metadata)
         row["trace_name"] = self._unique_name(row)
         if self.storage == "trace":
@@ -281,14 +338,10 @@ def normalise_metadata(meta: pd.DataFrame) -> pd.DataFrame:
     return meta
 
 
-def _component_map(source: str, target: str) -> list[int]:
-    """Index of each target component in the source order, -1 where absent (zero-filled).
-
-    Source codes go through the serving aliases (1 -> N, 2 -> E), so a Z12 dataset feeds a ZNE
-    model the way ``stream_to_array`` would.
-    """
-    canon = [COMPONENT_ALIASES.get(c.upper(), c.upper()) for c in source]
-    return [canon.index(c) if c in canon else -1 for c in target.upper()]
+def _component_map(letters: str, target: str) -> list[int]:
+    """Index of each target component in a source's Z/N/E letters, -1 where the source lacks it
+    (zero-filled, as SeisBench's ``missing_components="pad"``)."""
+    return [letters.index(c) if c in letters else -1 for c in target.upper()]
 
 
 def _decode(value: Any) -> Any:
@@ -297,6 +350,31 @@ def _decode(value: Any) -> Any:
     if isinstance(value, np.ndarray) and value.dtype.kind in "SO":
         return "".join(v.decode() if isinstance(v, bytes) else str(v) for v in value)
     return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind in "biuf" and b.dtype.kind in "biuf":
+        return a.shape == b.shape and bool(np.all(a == b))
+    return str(a.tolist()) == str(b.tolist())
+
+
+def read_data_format(group: h5py.Group | None, where: str) -> dict[str, Any]:
+    """A ``data_format`` group's entries: its datasets (SeisBench), else its attributes (older
+    seismag files). An entry stored both ways with two values is a :class:`DatasetFormatError`."""
+    if group is None:
+        return {}
+    entries = {
+        key: _decode(item[()]) for key, item in group.items() if isinstance(item, h5py.Dataset)
+    }
+    attrs = {key: _decode(value) for key, value in group.attrs.items()}
+    for key in entries.keys() & attrs.keys():
+        if not _same(entries[key], attrs[key]):
+            raise DatasetFormatError(
+                f"{where}: data_format {key!r} is {entries[key]!r} as a dataset but "
+                f"{attrs[key]!r} as an attribute"
+            )
+    return {**attrs, **entries}
 
 
 class _Store:
@@ -308,9 +386,20 @@ class _Store:
         self.chunks = chunks
         self.formats: dict[str, dict[str, Any]] = {}
         for chunk in chunks:
+            where = str(self._wave_path(chunk))
             with h5py.File(self._wave_path(chunk), "r") as f:
-                attrs = f["data_format"].attrs if "data_format" in f else {}
-                self.formats[chunk] = {k: _decode(v) for k, v in attrs.items()}
+                fmt = read_data_format(f.get("data_format"), where)
+            # SeisBench assumes CW where the entry is missing; a wrong guess fails the
+            # component-count check of every trace.
+            dims = str(fmt.get("dimension_order", "CW")).strip().upper()
+            if dims not in DIMENSION_ORDERS:
+                raise DatasetFormatError(
+                    f"{where}: data_format dimension_order {fmt['dimension_order']!r} is neither "
+                    "'CW' (components x samples) nor 'WC' (samples x components)"
+                )
+            fmt["dimension_order"] = dims
+            self.formats[chunk] = fmt
+        self.letters: dict[str, str] = {}  # each stored component order -> its Z/N/E letters
         self.cache: dict[int, np.ndarray] = {}
         self._files: dict[str, h5py.File] = {}
         self._pid = os.getpid()
@@ -334,13 +423,64 @@ class _Store:
         self._files = {}
 
 
+def _numeric(meta: pd.DataFrame, column: str) -> pd.Series:
+    if column not in meta.columns:
+        return pd.Series(np.nan, index=meta.index, dtype=float)
+    return pd.to_numeric(meta[column], errors="coerce").astype(float)
+
+
+def _unify_component_order(meta: pd.DataFrame, store: _Store) -> pd.DataFrame:
+    """Every row's stored component order in ``trace_component_order``: the row's own value where
+    the column has one (SeisBench's rule), else its chunk's ``data_format``; each distinct order
+    is checked once here, so a dataset that cannot be read fails on opening, not mid-training."""
+    chunk_order = meta["trace_chunk"].map(
+        {c: f.get("component_order") for c, f in store.formats.items()}
+    )
+    order = chunk_order
+    if "trace_component_order" in meta.columns:
+        own = meta["trace_component_order"]
+        given = own.notna() & (own.astype(str).str.strip() != "")
+        order = own.where(given, chunk_order)
+    missing = order.isna()
+    if missing.any():
+        first = meta["trace_name"][missing].iloc[0]
+        raise DatasetFormatError(
+            f"{store.path}: {int(missing.sum())} traces (the first {first!r}) "
+            "have no component order: neither data_format/component_order nor the metadata "
+            "column trace_component_order gives one"
+        )
+    meta["trace_component_order"] = order.astype(str).to_numpy()
+    for value in meta["trace_component_order"].unique():
+        store.letters[value] = component_order_letters(value, str(store.path))
+    return meta
+
+
+def _unify_sampling_rate(meta: pd.DataFrame, store: _Store) -> pd.DataFrame:
+    """Every row's rate in ``trace_sampling_rate_hz``, by SeisBench's precedence: the column, else
+    ``1 / trace_dt_s``, else the chunk's ``data_format/sampling_rate``; NaN where none is given."""
+    rate = _numeric(meta, "trace_sampling_rate_hz").fillna(1.0 / _numeric(meta, "trace_dt_s"))
+    declared = {
+        c: float(f["sampling_rate"]) for c, f in store.formats.items() if "sampling_rate" in f
+    }
+    chunk_rate = meta["trace_chunk"].map(declared).astype(float)
+    differ = (rate / chunk_rate - 1.0).abs() > 1e-4
+    if differ.any():
+        warnings.warn(
+            f"{store.path}: {int(differ.sum())} traces' metadata sampling rate differs from "
+            "data_format/sampling_rate; the metadata's is used, as SeisBench does",
+            stacklevel=3,
+        )
+    meta["trace_sampling_rate_hz"] = rate.fillna(chunk_rate)
+    return meta
+
+
 class WaveformDataset:
     """A SeisBench-format dataset: metadata as a DataFrame, waveforms as (C, N) float32 arrays.
 
     ``component_order`` is the order ``get_waveform`` returns, whatever the file stores (per-trace
-    ``trace_component_order`` column, else the chunk's ``data_format``); absent components are
-    zeros. Waveforms are returned at their stored sampling rate: resampling belongs to
-    preprocessing, not to the loader.
+    ``trace_component_order`` column, else the chunk's ``data_format``); components the trace
+    lacks are zeros (a Z-only trace read as ZNE has zero N and E). Waveforms are returned at their
+    stored sampling rate: resampling belongs to preprocessing, not to the loader.
     """
 
     def __init__(self, path: str | os.PathLike, component_order: str = "ZNE") -> None:
@@ -352,11 +492,16 @@ class WaveformDataset:
             frame = pd.read_csv(
                 path / f"metadata{chunk}.csv",
                 low_memory=False,
-                dtype={"trace_name": str, "station_location_code": str},
+                dtype={
+                    "trace_name": str,
+                    "station_location_code": str,
+                    "trace_component_order": str,
+                },
             )
             frame["trace_chunk"] = chunk
             frames.append(frame)
         meta = normalise_metadata(pd.concat(frames, ignore_index=True))
+        meta = _unify_sampling_rate(_unify_component_order(meta, store), store)
         self._setup(store, meta, np.arange(len(meta)), component_order)
 
     @classmethod
@@ -375,11 +520,7 @@ class WaveformDataset:
         self.metadata = full.iloc[self._rows].reset_index(drop=True)
         self._names = full["trace_name"].to_numpy()
         self._chunk = full["trace_chunk"].to_numpy()
-        if "trace_component_order" in full.columns:
-            self._source_order = full["trace_component_order"].astype(str).to_numpy()
-        else:
-            orders = {c: str(f.get("component_order", "ZNE")) for c, f in store.formats.items()}
-            self._source_order = np.array([orders[c] for c in self._chunk])
+        self._source_order = full["trace_component_order"].to_numpy()
         self._maps: dict[str, list[int]] = {}
 
     @property
@@ -392,15 +533,11 @@ class WaveformDataset:
 
     @property
     def sampling_rate(self) -> float | None:
-        """The data_format's rate when all chunks agree, else the single value of the metadata's
-        ``trace_sampling_rate_hz``; None for mixed-rate datasets."""
-        rates = {f.get("sampling_rate") for f in self._store.formats.values()}
-        if len(rates) == 1 and None not in rates:
-            return float(rates.pop())
-        if "trace_sampling_rate_hz" in self.metadata.columns:
-            unique = self.metadata["trace_sampling_rate_hz"].dropna().unique()
-            if len(unique) == 1:
-                return float(unique[0])
+        """The one rate of every trace (``trace_sampling_rate_hz`` after SeisBench's precedence);
+        None where traces differ or a trace has none."""
+        rates = self.metadata["trace_sampling_rate_hz"]
+        if len(rates) and rates.notna().all() and rates.max() <= rates.min() * (1 + 1e-9):
+            return float(rates.iloc[0])
         return None
 
     def __len__(self) -> int:
@@ -411,16 +548,32 @@ class WaveformDataset:
         cached = self._store.cache.get(row)
         if cached is not None:
             return cached
-        chunk = self._chunk[row]
-        name = self._names[row]
-        block, _, location = name.partition("$")
-        wave = self._store.data(chunk)[block][parse_location(location) if location else ()]
-        return self._to_cw(np.asarray(wave), chunk)
+        block, _, location = self._names[row].partition("$")
+        data = self._store.data(self._chunk[row])
+        if block not in data:
+            raise DatasetFormatError(
+                f"{self.path}: trace {self._names[row]!r} points to data/{block}, which "
+                f"waveforms{self._chunk[row]}.hdf5 does not hold"
+            )
+        wave = data[block][parse_location(location) if location else ()]
+        return self._to_cw(np.asarray(wave), row)
 
-    def _to_cw(self, wave: np.ndarray, chunk: str) -> np.ndarray:
-        dims = str(self._store.formats[chunk].get("dimension_order", "CW"))
-        if dims.upper() == "WC":
+    def _to_cw(self, wave: np.ndarray, row: int) -> np.ndarray:
+        """A stored trace -> (C, N), its component count checked against its component order."""
+        dims = self._store.formats[self._chunk[row]]["dimension_order"]
+        order = self._source_order[row]
+        if wave.ndim != 2:
+            raise DatasetFormatError(
+                f"{self.path}: trace {self._names[row]!r} is stored with shape {wave.shape}; "
+                f"a trace is 2-D ({dims})"
+            )
+        if dims == "WC":
             wave = wave.T
+        if wave.shape[0] != len(order):
+            raise DatasetFormatError(
+                f"{self.path}: trace {self._names[row]!r} holds {wave.shape[0]} components "
+                f"(dimension order {dims}) but its component order {order!r} names {len(order)}"
+            )
         return wave
 
     def get_waveform(self, i: int) -> np.ndarray:
@@ -430,10 +583,11 @@ class WaveformDataset:
         source = self._source_order[row]
         mapping = self._maps.get(source)
         if mapping is None:
-            mapping = self._maps[source] = _component_map(source, self.component_order)
+            letters = self._store.letters[source]
+            mapping = self._maps[source] = _component_map(letters, self.component_order)
         out = np.zeros((len(mapping), raw.shape[-1]), dtype=np.float32)
         for j, k in enumerate(mapping):
-            if 0 <= k < raw.shape[0]:
+            if k >= 0:
                 out[j] = raw[k]
         return out
 
@@ -456,14 +610,14 @@ class WaveformDataset:
             block = self._names[row].partition("$")[0]
             by_block.setdefault((self._chunk[row], block), []).append(row)
         for (chunk, block), rows in by_block.items():
-            data = self._store.data(chunk)[block]
-            array = data[()] if len(rows) > 1 else None
+            data = self._store.data(chunk)
+            array = data[block][()] if len(rows) > 1 and block in data else None
             for row in rows:
                 _, _, location = self._names[row].partition("$")
                 if array is None:
                     wave = self._raw(row)
                 else:
-                    wave = self._to_cw(array[parse_location(location) if location else ()], chunk)
+                    wave = self._to_cw(array[parse_location(location) if location else ()], row)
                 cache[row] = np.ascontiguousarray(wave, dtype=np.float32)
         return self
 
@@ -483,6 +637,12 @@ def dataset_for(
     """Open ``path`` in ``card``'s component order; ``error`` if it is not at the card's rate."""
     ds = WaveformDataset(path, component_order=card.component_order)
     if ds.sampling_rate is None:
+        unknown = int(ds.metadata["trace_sampling_rate_hz"].isna().sum())
+        if unknown:
+            raise error(
+                f"{path}: {unknown} traces have no sampling rate (no data_format/sampling_rate, "
+                "trace_sampling_rate_hz or trace_dt_s)"
+            )
         raise error(f"{path} mixes sampling rates; resample it to {card.sampling_rate} Hz")
     if abs(float(ds.sampling_rate) - card.sampling_rate) > 1e-6:
         raise error(
