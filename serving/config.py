@@ -12,11 +12,21 @@ import argparse
 import dataclasses
 import json
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from seismag.serving.executor.backend import BACKEND_CHOICES
 from seismag.serving.pipeline.limits import MIN_INTERVAL_SECONDS
+
+DEFAULT_MODEL = "PhaseNetMag"
+"""The model embedded in the package (``serving/default_model/``), served without --models."""
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+ENV_PREFIX = "SEISMAG_"
+"""``SEISMAG_PORT=9000`` sets ``port`` (every flag has one): a container's server and its
+health check (``seismag health``) then read the same setting."""
 
 
 @dataclass(frozen=True)
@@ -102,14 +112,33 @@ class ServeConfig:
     metrics_port: int | None = field(
         default=None, metadata={"help": "serve Prometheus metrics on this port"}
     )
+    default_model: str = field(
+        default=DEFAULT_MODEL,
+        metadata={
+            "help": "model for requests naming none. With --models: this model if loaded, "
+            "else the only model loaded; several models without it refuse to start",
+            "metavar": "NAME",
+        },
+    )
+    log_level: str = field(
+        default="INFO",
+        metadata={"help": "least severe log level written", "choices": LOG_LEVELS},
+    )
+    log_format: str = field(
+        default="text",
+        metadata={
+            "help": "text (one line per record) or json (one JSON object per line)",
+            "choices": LOG_FORMATS,
+        },
+    )
     tls_cert: str | None = field(
-        default=None, metadata={"help": "server certificate (PEM)", "cli": False}
+        default=None, metadata={"help": "server certificate (PEM)", "path": True}
     )
     tls_key: str | None = field(
-        default=None, metadata={"help": "server private key (PEM)", "cli": False}
+        default=None, metadata={"help": "server private key (PEM)", "path": True}
     )
     tls_client_ca: str | None = field(
-        default=None, metadata={"help": "CA for client certificates (mutual TLS)", "cli": False}
+        default=None, metadata={"help": "CA for client certificates (mutual TLS)", "path": True}
     )
     ensemble: tuple[str, ...] = field(
         default=(),
@@ -186,12 +215,40 @@ class ServeConfig:
              "tls_cert and --tls-key go together"),
             (self.tls_client_ca is None or self.tls_cert is not None,
              "tls_client_ca needs --tls-cert and --tls-key"),
+            (self.log_level in LOG_LEVELS, f"log_level must be one of {LOG_LEVELS}"),
+            (self.log_format in LOG_FORMATS, f"log_format must be one of {LOG_FORMATS}"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         self.ensembles()
         return self
+
+    def resolve_default_model(self, loaded: list[str]) -> str:
+        """The model for requests naming none: ``default_model`` if loaded, else the only
+        loaded model; ValueError when several are loaded without it (a silent pick of the
+        first file would change answers when a folder gains a file)."""
+        if self.default_model in loaded:
+            return self.default_model
+        if len(loaded) == 1:
+            return loaded[0]
+        raise ValueError(
+            f"default_model {self.default_model!r} is not among the loaded models {loaded}: "
+            "name one of them with --default-model NAME"
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeConfig:
+        """The defaults with every ``SEISMAG_<FIELD>`` variable of ``environ`` applied."""
+        values = {}
+        for name, raw in env_defaults(os.environ if environ is None else environ).items():
+            try:
+                values[name] = _kind(name)(raw)
+            except ValueError:
+                raise ValueError(
+                    f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {_kind(name).__name__}"
+                ) from None
+        return cls(**values)
 
     def public(self) -> dict[str, Any]:
         """The fields a client may see (no secrets, no file paths), for ListModels/GetModel."""
@@ -217,28 +274,40 @@ def serve_flag_names() -> list[str]:
     return [f.name for f in dataclasses.fields(ServeConfig) if f.metadata.get("cli", True)]
 
 
+def _kind(name: str) -> type:
+    """The type a flag's text is read as: the field's default's, str for paths, else int."""
+    f = ServeConfig.__dataclass_fields__[name]
+    if f.metadata.get("path") or isinstance(f.default, str):
+        return str
+    return int if f.default is None else type(f.default)
+
+
+def env_defaults(environ: Mapping[str, str]) -> dict[str, str]:
+    """``SEISMAG_<FIELD>`` values (as text) for the fields that are flags."""
+    fields = ServeConfig.__dataclass_fields__
+    names = [n for n in serve_flag_names() if not fields[n].metadata.get("multiple")]
+    return {n: environ[ENV_PREFIX + n.upper()] for n in names if ENV_PREFIX + n.upper() in environ}
+
+
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field, with the field's default, type and help."""
+    """One flag per config field, with the field's default (or its ``SEISMAG_<FIELD>``
+    variable's value, which argparse converts and checks like a flag's), type and help."""
     defaults = ServeConfig()
+    from_env = env_defaults(os.environ)
     for f in dataclasses.fields(ServeConfig):
         if not f.metadata.get("cli", True):
             continue
-        default = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
         if f.metadata.get("multiple"):
-            parser.add_argument(
-                "--" + f.name.replace("_", "-"), action="append", help=f.metadata["help"]
-            )
+            parser.add_argument(flag, action="append", help=f.metadata["help"])
             continue
-        kind = {"host": str, "backend": str}.get(
-            f.name, str if f.metadata.get("path") else type(default) if default is not None else int
-        )
-        shown = "" if default is None else f" (default: {default})"
         parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=kind,
-            default=default,
+            flag,
+            type=_kind(f.name),
+            default=from_env.get(f.name, getattr(defaults, f.name)),
             choices=f.metadata.get("choices"),
-            help=f.metadata["help"] + shown,
+            metavar=f.metadata.get("metavar", "FILE" if f.metadata.get("path") else None),
+            help=f.metadata["help"] + f" (env {ENV_PREFIX}{f.name.upper()})",
         )
 
 

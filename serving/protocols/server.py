@@ -428,11 +428,13 @@ def serve_forever(
         # workers, Predict's work threads); a woken thread waits until the GIL holder lets go,
         # which a busy holder does only at the switch interval (Python's default: 5 ms).
         sys.setswitchinterval(config.gil_switch_ms / 1e3)
+    if default_model is not None:
+        config = config.replace(default_model=default_model)
     try:
         paths = list(models) if models else [default_model_path()]
         registry = ModelRegistry.from_paths(
             paths,
-            default_model,
+            None,
             threads=config.threads,
             workers=config.workers or default_workers(config.threads),
             max_batch=config.max_batch,
@@ -445,6 +447,14 @@ def serve_forever(
         return 2
     try:
         try:
+            # The rule is the config's (ServeConfig.resolve_default_model), logged below.
+            registry.default_name = config.resolve_default_model(registry.names())
+            why = (
+                "--default-model"
+                if registry.default_name == config.default_model
+                else f"the only model loaded; --default-model {config.default_model} is not"
+            )
+            config = config.replace(default_model=registry.default_name)
             server = SeismagServer(registry, config)
         except (OSError, RuntimeError, ValueError) as exc:
             log.error("cannot start: %s", exc)
@@ -471,10 +481,11 @@ def serve_forever(
                         rt.weights,
                     )
             log.info(
-                "seismag serving on %s:%d (default model %s)%s",
+                "seismag serving on %s:%d (default model %s: %s)%s",
                 server.host,
                 server.port,
                 registry.default_name,
+                why,
                 f", metrics on :{server.metrics_port}" if server.metrics_port else "",
             )
             if server.inventory is not None:
