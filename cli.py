@@ -12,6 +12,8 @@ from seismag.benchmarks.cli import add_bench_commands
 from seismag.models.card import CardError, load_cards
 from seismag.serving.client_cli import CliError, add_client_commands
 from seismag.serving.config import ServeConfig, add_serve_flags, serve_flag_names
+from seismag.serving.health_cli import add_health_command
+from seismag.serving.log_format import configure_logging
 from seismag.training.cli import add_training_commands
 
 
@@ -89,17 +91,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             return 2
     try:
         config = ServeConfig(
-            **{name: getattr(args, name) for name in serve_flag_names()},
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca,
-            tokens=tokens,
+            **{name: getattr(args, name) for name in serve_flag_names()}, tokens=tokens
         ).validate()
     except ValueError as exc:
         name, _, rest = str(exc).partition(" ")
         print(f"seismag: error: --{name.replace('_', '-')} {rest}", file=sys.stderr)
         return 2
-    return serve_forever(config, args.models, args.default)
+    configure_logging(config.log_level, config.log_format)
+    return serve_forever(config, args.models)
 
 
 def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
@@ -134,12 +133,39 @@ def _cmd_station_table(args: argparse.Namespace) -> int:
     return 0
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" after each option's help unless there is nothing to show (no
+    value, a switch that is off) or the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default in (None, False, "", argparse.SUPPRESS) or "(default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every subcommand's parser shows its defaults (the formatter unless one is given)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        # An option without help text would print nothing, its default included.
+        if kwargs.get("help") is None and kwargs.get("default") not in (None, False, ""):
+            kwargs["help"] = "(default: %(default)s)"
+        return super().add_argument(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="seismag", description="Deep-learning earthquake magnitude models: export and serve."
     )
     parser.add_argument("--version", action="version", version=f"seismag {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     p = sub.add_parser("models", help="list the magnitude models and their cards")
     p.add_argument("--json", action="store_true", help="print the full cards as JSON")
@@ -170,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     add_client_commands(sub)
+    add_health_command(sub)
     add_training_commands(sub)
     add_bench_commands(sub)
 
@@ -177,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve magnitude models over gRPC (MagnitudeService, KServe v2, health, reflection)",
         description="Serve exported ONNX models over gRPC until SIGTERM/SIGINT, then drain. "
-        "Without --models the model shipped in the package is served.",
+        "Without --models the model shipped in the package is served. Every flag but --models "
+        "and --token-file may also be set by its SEISMAG_* environment variable (the flag wins); "
+        "`seismag health` reads the same variables.",
     )
     p.add_argument(
         "--models",
@@ -185,13 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=".onnx files or folders of them (default: the embedded default model)",
     )
-    p.add_argument("--default", metavar="NAME", help="model for requests naming none")
     add_serve_flags(p)
-    p.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM)")
-    p.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
-    p.add_argument(
-        "--tls-client-ca", metavar="FILE", help="CA for client certificates (mutual TLS)"
-    )
     p.add_argument(
         "--token-file",
         metavar="FILE",
