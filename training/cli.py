@@ -119,9 +119,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.events < 1:
         return _error("--events must be at least 1")
     try:
+        import tqdm  # noqa: F401  (imported late by generate_dataset, checked here)
+
         from seismag.training.synthetic import generate_dataset
     except ImportError as exc:
-        return _error(f"the synthetic generator needs its extras ({exc})")
+        return _error(
+            f"synth needs the 'train' extra: pip install 'seismag[train]' (missing: {exc.name})"
+        )
     try:
         config = None
         if args.regimes:
