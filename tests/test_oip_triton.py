@@ -123,6 +123,26 @@ def test_model_config_is_the_exported_configuration(client, registry):
         assert "NOT_FOUND" in _code(err)
 
 
+def test_every_cards_config_message_equals_its_config_pbtxt():
+    """Scalar cards too (outputs declared [1], reshaped to []): the served message and the
+    exported text are one configuration for every model seismag ships."""
+    from seismag.models import load_cards
+    from seismag.models.triton_config import TENSORRT_PLATFORM, model_config
+    from seismag.serving.protocols.oip_service import _config_message
+
+    cards = list(load_cards().values())
+    assert {c.output for c in cards} == {"series", "scalar"}
+    for card in cards:
+        for platform in ("onnxruntime_onnx", TENSORRT_PLATFORM):
+            served = triton_config_pb2.ModelConfig.FromString(
+                _config_message(model_config(card, platform=platform)).SerializeToString()
+            )
+            text = config_pbtxt(card, platform=platform)
+            assert served == text_format.Parse(text, triton_config_pb2.ModelConfig()), card.name
+            if card.output == "scalar":
+                assert served.output[0].HasField("reshape") and not served.output[0].reshape.shape
+
+
 def test_repository_index_and_model_control(client, registry, windows):
     rt = registry.get()
     index = client.get_model_repository_index().models
