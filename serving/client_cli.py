@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import math
 import queue
 import sys
 import threading
@@ -210,48 +212,88 @@ def replay_records(path: str, speed: float, reclen: int = 512) -> Iterator[bytes
         yield rec
 
 
-def seedlink_packets(server: str, selectors: list[str], max_traces: int = 256) -> Iterator:
-    """Forward a SeedLink feed (ObsPy's client) as Streams: each holds every trace received
-    since the last one was sent (one message for many stations under load, no added wait)."""
+def seedlink_packets(feed, max_traces: int = 256) -> Iterator:
+    """Forward a SeedLink feed (``serving.seedlink_feed.SeedLinkFeed``) as Streams: each holds
+    every trace received since the last one was sent (one message for many stations under load,
+    no added wait). The feed is read in a thread; its end ends this iterator, and an error of
+    the SeedLink side is kept in ``feed.error`` (raised here it would reach gRPC, which reports
+    a failed request iterator as the seismag call failing with UNKNOWN)."""
     from obspy import Stream
-    from obspy.clients.seedlink.easyseedlink import EasySeedLinkClient
 
     packets: queue.Queue = queue.Queue(maxsize=10000)
+    done = object()
+    feed.error = None
 
-    class Forwarder(EasySeedLinkClient):
-        def on_data(self, trace) -> None:
-            packets.put(trace)
+    def read() -> None:
+        try:
+            for trace in feed.traces():
+                while not feed.closed:  # a consumer that went away must not block this thread
+                    with contextlib.suppress(queue.Full):
+                        packets.put(trace, timeout=0.5)
+                        break
+        except Exception as exc:  # SeedLinkError, or ObsPy failing on a packet
+            feed.error = exc
+        finally:
+            packets.put(done)
 
-    client = Forwarder(server)
-    for sel in selectors:
-        net_sta, _, channels = sel.partition(":")
-        net, _, sta = net_sta.partition(".")
-        client.select_stream(net, sta, channels or "???")
-    threading.Thread(target=client.run, daemon=True).start()
+    threading.Thread(target=read, daemon=True).start()
     while True:
         traces = [packets.get()]
-        while len(traces) < max_traces:
+        while len(traces) < max_traces and traces[-1] is not done:
             try:
                 traces.append(packets.get_nowait())
             except queue.Empty:
                 break
-        yield Stream(traces)
+        finished = traces[-1] is done
+        if finished:
+            traces.pop()
+        if traces:
+            yield Stream(traces)
+        if finished:
+            return
+
+
+def _seedlink_feed(args: argparse.Namespace):
+    from obspy import UTCDateTime
+
+    from seismag.serving.seedlink_feed import SeedLinkFeed, parse_selection
+
+    if not args.select:
+        raise CliError("--seedlink needs at least one --select NET.STA[:CHANNELS]")
+    if args.end and not args.begin:
+        raise CliError("--end needs --begin (a SeedLink time window)")
+    try:
+        selections = [parse_selection(s) for s in args.select]
+        window = [UTCDateTime(t) if t else None for t in (args.begin, args.end)]
+        if window[1] is not None:  # SeedLink's TIME takes whole seconds: keep the last one
+            window[1] = UTCDateTime(math.ceil(window[1].timestamp))
+        return SeedLinkFeed(
+            args.seedlink,
+            selections,
+            begin=window[0],
+            end=window[1],
+            timeout=args.seedlink_timeout,
+            reconnect=args.reconnect,
+        )
+    except ValueError as exc:  # also UTCDateTime's, for a bad --begin / --end
+        raise CliError(str(exc)) from None
 
 
 @_server_errors
 def cmd_stream(args: argparse.Namespace) -> int:
     if bool(args.file) == bool(args.seedlink):
         raise CliError("give a FILE to replay or --seedlink HOST:PORT, not both")
+    feed = None
     if args.seedlink:
-        if not args.select:
-            raise CliError("--seedlink needs at least one --select NET.STA[:CHANNELS]")
-        packets = seedlink_packets(args.seedlink, args.select)
+        feed = _seedlink_feed(args)
+        packets = seedlink_packets(feed)
     else:
         _read(args.file)  # fail early and clearly on a bad file
         packets = replay_records(args.file, args.speed)
     picks = _picks(args.pick)
     stationxml = _stationxml(args)
-    with _client(args) as client:
+    # A SeedLink feed is closed however the call ends, so its reading thread stops.
+    with _client(args) as client, contextlib.closing(feed) if feed else contextlib.nullcontext():
         updates = client.stream(
             packets,
             model=args.model,
@@ -287,6 +329,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
                     f"lag {u.lag_seconds:6.2f} s" + "".join(f"  [{w}]" for w in u.warnings),
                     flush=True,
                 )
+    if feed is not None and feed.error is not None:
+        raise CliError(str(feed.error))  # what ended the feed early, after its updates
     return 0
 
 
@@ -340,7 +384,28 @@ def add_client_commands(sub) -> None:
     p.add_argument("--speed", type=float, default=1.0, help="replay speed (1 = real time, 0 = max)")
     p.add_argument("--hop", type=float, default=0.0, help="seconds between updates (0 = server's)")
     p.add_argument("--seedlink", help="SeedLink server HOST:PORT to forward instead of a file")
-    p.add_argument("--select", action="append", help="SeedLink stream NET.STA[:CHANNELS]")
+    p.add_argument(
+        "--select",
+        action="append",
+        help="SeedLink stream NET.STA[:CHANNELS] (repeatable; CHANNELS: SeedLink selectors "
+        "[LL]CCC, comma-separated, e.g. EH?,HH?; default all)",
+    )
+    p.add_argument("--begin", help="SeedLink: send data from this time (TIME window)")
+    p.add_argument("--end", help="SeedLink: end the stream once data up to this time is sent")
+    p.add_argument(
+        "--reconnect",
+        type=int,
+        default=0,
+        metavar="N",
+        help="SeedLink: reconnect up to N times in a row when the link is lost (waits double "
+        "from 1 s, capped; a packet resets the count), resuming after the last packet received",
+    )
+    p.add_argument(
+        "--seedlink-timeout",
+        type=float,
+        default=120.0,
+        help="SeedLink: seconds to connect, and of silence before the link counts as lost",
+    )
     p.add_argument("--pick", action="append", help="P pick NET.STA[.LOC]=TIME (repeatable)")
     _units_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per update")

@@ -163,36 +163,40 @@ def test_no_value_once_p_is_older_than_the_trained_windows(server, event):
     assert last < st[0].stats.endtime
 
 
-def test_seedlink_forwarder_groups_traces_and_loses_none(monkeypatch):
-    # No SeedLink server can run here: ObsPy's client is replaced by one that replays traces.
-    import threading
+def test_seedlink_forwarder_groups_traces_and_loses_none():
+    # ObsPy's SeedLink client against a SeedLink server (tests/seedlink_server.py) serving
+    # four stations' records: every record arrives once, in each station's order.
+    import io
 
-    from obspy.clients.seedlink import easyseedlink
+    from seedlink_server import SeedLinkServer
 
     from seismag.serving.client_cli import seedlink_packets
+    from seismag.serving.seedlink_feed import SeedLinkFeed, parse_selection
 
-    sent = [tr for i in range(4) for tr in obspy.read()]  # 12 traces
-    for i, tr in enumerate(sent):
-        tr.stats.station = f"S{i:02d}"
-    selected = []
-    started = threading.Event()
-
-    class FakeClient:
-        def __init__(self, server):
-            assert server == "seedlink.example:18000"
-
-        def select_stream(self, net, sta, channels):
-            selected.append((net, sta, channels))
-
-        def run(self):
-            for tr in sent:
-                self.on_data(tr)
-            started.set()
-
-    monkeypatch.setattr(easyseedlink, "EasySeedLinkClient", FakeClient)
-    packets = seedlink_packets("seedlink.example:18000", ["BW.RJOB:EH?", "GE.APE"])
-    got = []
-    while len(got) < len(sent):
-        got.extend(next(packets))
-    assert selected == [("BW", "RJOB", "EH?"), ("GE", "APE", "???")]
-    assert [tr.stats.station for tr in got] == [tr.stats.station for tr in sent]
+    st = obspy.Stream()
+    for i in range(4):
+        copy = obspy.read()  # BW.RJOB..EH[ZNE]
+        for tr in copy:
+            tr.stats.station = f"S{i:02d}"
+            tr.data = tr.data.astype(np.float32)
+        st += copy
+    buf = io.BytesIO()
+    st.write(buf, format="MSEED", reclen=512)
+    raw = buf.getvalue()
+    records = [raw[k : k + 512] for k in range(0, len(raw), 512)]
+    server = SeedLinkServer()
+    server.feed(records)
+    t0, t1 = st[0].stats.starttime, st[0].stats.endtime
+    selections = [parse_selection(f"BW.S{i:02d}:EH?") for i in range(4)]
+    feed = SeedLinkFeed(server.address, selections, begin=t0, end=t1 + 1, timeout=10)
+    got = [tr for packet in seedlink_packets(feed) for tr in packet]  # ends at the server's END
+    server.close()
+    assert feed.error is None
+    expected = []
+    for rec in records:
+        tr = obspy.read(io.BytesIO(rec), format="MSEED")[0]
+        expected.append((tr.stats.station, tr.stats.channel, tr.stats.starttime, len(tr)))
+    received = [(tr.stats.station, tr.stats.channel, tr.stats.starttime, len(tr)) for tr in got]
+    assert sorted(received) == sorted(expected) and len(received) == len(records)
+    for station in ("S00", "S01", "S02", "S03"):
+        assert [r for r in received if r[0] == station] == [e for e in expected if e[0] == station]
