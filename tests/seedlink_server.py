@@ -1,6 +1,7 @@
-"""A small SeedLink v3 server for tests (not shipped), written from the protocol description:
-SeedLink protocol, https://www.seiscomp.de/doc/apps/seedlink.html ("SeedLink protocol"), and the
-commands ObsPy's client sends (obspy/clients/seedlink/client/seedlinkconnection.py).
+"""A small SeedLink v3 server for tests (not shipped), written from the protocol description in
+SeisComP's SeedLink documentation (https://www.seiscomp.de/doc/apps/seedlink.html) and the
+commands ObsPy's client sends (https://github.com/obspy/obspy,
+obspy/clients/seedlink/client/seedlinkconnection.py).
 
 Commands end with CR (or CR LF). HELLO answers two lines (the version line ObsPy parses for
 " v3.1"); STATION sta net, SELECT [!][LL]CCC[.T], DATA [seq [time]], FETCH [seq [time]] and
