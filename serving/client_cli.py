@@ -283,6 +283,8 @@ def _seedlink_feed(args: argparse.Namespace):
 def cmd_stream(args: argparse.Namespace) -> int:
     if bool(args.file) == bool(args.seedlink):
         raise CliError("give a FILE to replay or --seedlink HOST:PORT, not both")
+    if not args.seedlink and (args.begin or args.end or args.reconnect):
+        raise CliError("--begin, --end and --reconnect are options of --seedlink")
     feed = None
     if args.seedlink:
         feed = _seedlink_feed(args)

@@ -238,3 +238,12 @@ def test_an_unreachable_seedlink_server_is_a_clear_error(server, event, capsys):
     assert f"SeedLink server {free.address}: cannot connect" in err
     status, _, err = run_cli(seedlink_args(server, "no-port", event), capsys)
     assert status == 2 and "--seedlink takes HOST:PORT" in err
+
+
+def test_seedlink_options_need_seedlink(event, capsys):
+    path = event[1]
+    assert main(["stream", path, "--server", "127.0.0.1:1", "--reconnect", "2"]) == 2
+    assert "are options of --seedlink" in capsys.readouterr().err
+    args = ["stream", "--seedlink", "127.0.0.1:1", "--select", "BW.RJOB", "--end", "2009-08-24"]
+    assert main(args) == 2
+    assert "--end needs --begin" in capsys.readouterr().err
