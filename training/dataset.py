@@ -115,8 +115,8 @@ def component_order_letters(order: Any, where: str) -> str:
     unknown = sorted({c for c in codes if c not in COMPONENT_ALIASES})
     if unknown:
         raise DatasetFormatError(
-            f"{where}: component order {order!r} has {', '.join(unknown)}, which is not one of "
-            "Z, N, E (or 1, 2, 3); rotate the data to Z, N, E first"
+            f"{where}: component order {order!r} has {', '.join(unknown)}, not Z, N, E "
+            "(or 1, 2, 3); rotate the data to Z, N, E first"
         )
     letters = "".join(COMPONENT_ALIASES[c] for c in codes)
     if len(set(letters)) != len(letters):
