@@ -9,6 +9,7 @@ non-zero exit; heavy imports happen inside the handlers.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
@@ -118,14 +119,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     if args.events < 1:
         return _error("--events must be at least 1")
-    try:
-        import tqdm  # noqa: F401  (imported late by generate_dataset, checked here)
-
-        from seismag.training.synthetic import generate_dataset
-    except ImportError as exc:
+    # The generator writes HDF5 with pandas metadata and a tqdm bar: the 'train' extra's.
+    missing = [m for m in ("h5py", "pandas", "tqdm") if importlib.util.find_spec(m) is None]
+    if missing:
         return _error(
-            f"synth needs the 'train' extra: pip install 'seismag[train]' (missing: {exc.name})"
+            f"synth needs the 'train' extra: pip install 'seismag[train]' (missing: "
+            f"{', '.join(missing)})"
         )
+    from seismag.training.synthetic import generate_dataset
+
     try:
         config = None
         if args.regimes:
