@@ -286,7 +286,9 @@ def env_defaults(environ: Mapping[str, str]) -> dict[str, str]:
     """``SEISMAG_<FIELD>`` values (as text) for the fields that are flags."""
     fields = ServeConfig.__dataclass_fields__
     names = [n for n in serve_flag_names() if not fields[n].metadata.get("multiple")]
-    return {n: environ[ENV_PREFIX + n.upper()] for n in names if ENV_PREFIX + n.upper() in environ}
+    # An empty variable is unset, as a shell's ``SEISMAG_TLS_CERT=`` means.
+    values = {n: environ.get(ENV_PREFIX + n.upper(), "") for n in names}
+    return {n: v for n, v in values.items() if v}
 
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
