@@ -157,6 +157,7 @@ class SeedLinkFeed:
         self.reconnect = reconnect
         self.notice = notice or (lambda msg: print(f"seismag: {msg}", file=sys.stderr))
         self._stop = threading.Event()
+        self.error: Exception | None = None  # set by a reader that ran traces() in a thread
         conn = _Connection(connect_timeout=timeout, silence_timeout=timeout)
         conn.set_sl_address(self.address)
         for sel in selections:
