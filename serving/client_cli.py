@@ -184,8 +184,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def replay_records(path: str, speed: float, reclen: int = 512) -> Iterator[bytes]:
-    """A file's data as miniSEED records in time order, released at ``speed`` x real time."""
+class ReplayClock:
+    """The time of a replay: where the replayed data would be "now" in a live feed. Lag is
+    measured against it, not against the wall clock, which is years past recorded data."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.start: float | None = None  # data time (epoch s) when the replay began
+        self.sent: float | None = None  # end time of the last record released
+        self._wall0 = 0.0
+
+    def begin(self, data_time: float) -> None:
+        self.start, self._wall0 = data_time, time.monotonic()
+
+    def now(self) -> float | None:
+        """Data time of the replay now; at full speed (0) that of the last record sent."""
+        if self.start is None:
+            return None
+        if self.speed > 0:
+            return self.start + (time.monotonic() - self._wall0) * self.speed
+        return self.sent
+
+    def lag(self, data_time: float) -> float:
+        """Seconds (of replay time) an update for data ending at ``data_time`` came late."""
+        now = self.now()
+        return max(0.0, now - data_time) if now is not None else 0.0
+
+
+def replay_records(
+    path: str, speed: float, reclen: int = 512, clock: ReplayClock | None = None
+) -> Iterator[bytes]:
+    """A file's data as miniSEED records in time order, released at ``speed`` x real time;
+    ``clock`` (if given) follows the replay's time."""
     from obspy import read
 
     st = _read(path)
@@ -203,13 +233,47 @@ def replay_records(path: str, speed: float, reclen: int = 512) -> Iterator[bytes
     if not records:
         return
     t0, wall0 = records[0][0], time.monotonic()
+    clock = clock or ReplayClock(speed)
+    clock.begin(t0.timestamp)
     for end, rec in records:
         if speed > 0:
             # A record can only be sent once its last sample exists in the live feed.
             delay = (end - t0) / speed - (time.monotonic() - wall0)
             if delay > 0:
                 time.sleep(delay)
+        clock.sent = end.timestamp
         yield rec
+
+
+def _iso(t: float) -> str:
+    """Epoch seconds as ISO-8601 UTC, as Predict's JSON writes times."""
+    from obspy import UTCDateTime
+
+    return str(UTCDateTime(t))
+
+
+def _update_json(u, lag: float) -> str:
+    return json.dumps(
+        {
+            "station": f"{u.network}.{u.station}.{u.location}",
+            "time": _iso(u.time),
+            "magnitude": u.magnitude,
+            "magnitude_sigma": u.magnitude_sigma if u.has_sigma else None,
+            "onset": _iso(u.onset) if u.has_onset else None,
+            "onset_source": u.onset_source,
+            "onset_confidence": u.onset_confidence,
+            "lag_s": lag,
+            "warnings": list(u.warnings),
+        }
+    )
+
+
+def _update_line(u, lag: float) -> str:
+    return (
+        f"{_iso(u.time)}  {u.network}.{u.station}.{u.location:<3} "
+        f"M {_magnitude(u.magnitude, u.magnitude_sigma, u.has_sigma)}  "
+        f"lag {lag:6.2f} s" + "".join(f"  [{w}]" for w in u.warnings)
+    )
 
 
 def seedlink_packets(feed, max_traces: int = 256) -> Iterator:
@@ -285,13 +349,14 @@ def cmd_stream(args: argparse.Namespace) -> int:
         raise CliError("give a FILE to replay or --seedlink HOST:PORT, not both")
     if not args.seedlink and (args.begin or args.end or args.reconnect):
         raise CliError("--begin, --end and --reconnect are options of --seedlink")
-    feed = None
+    feed, clock = None, None
     if args.seedlink:
         feed = _seedlink_feed(args)
         packets = seedlink_packets(feed)
     else:
         _read(args.file)  # fail early and clearly on a bad file
-        packets = replay_records(args.file, args.speed)
+        clock = ReplayClock(args.speed)  # lag against the replay's time, not 2009's wall clock
+        packets = replay_records(args.file, args.speed, clock=clock)
     picks = _picks(args.pick)
     stationxml = _stationxml(args)
     # A SeedLink feed is closed however the call ends, so its reading thread stops.
@@ -305,35 +370,28 @@ def cmd_stream(args: argparse.Namespace) -> int:
             units=args.units,
         )
         for u in updates:
-            if args.json:
-                print(
-                    json.dumps(
-                        {
-                            "station": f"{u.network}.{u.station}.{u.location}",
-                            "time": u.time,
-                            "magnitude": u.magnitude,
-                            "magnitude_sigma": u.magnitude_sigma if u.has_sigma else None,
-                            "onset": u.onset if u.has_onset else None,
-                            "onset_source": u.onset_source,
-                            "onset_confidence": u.onset_confidence,
-                            "lag_s": u.lag_seconds,
-                            "warnings": list(u.warnings),
-                        }
-                    ),
-                    flush=True,
-                )
-            else:
-                from obspy import UTCDateTime
-
-                print(
-                    f"{UTCDateTime(u.time)}  {u.network}.{u.station}.{u.location:<3} "
-                    f"M {_magnitude(u.magnitude, u.magnitude_sigma, u.has_sigma)}  "
-                    f"lag {u.lag_seconds:6.2f} s" + "".join(f"  [{w}]" for w in u.warnings),
-                    flush=True,
-                )
+            lag = clock.lag(u.time) if clock else u.lag_seconds  # live: the server's wall clock
+            print(_update_json(u, lag) if args.json else _update_line(u, lag), flush=True)
     if feed is not None and feed.error is not None:
         raise CliError(str(feed.error))  # what ended the feed early, after its updates
     return 0
+
+
+def _waveform_units(args: argparse.Namespace, stream) -> tuple[object, str]:
+    """The stream as plotted and its axis label: ground velocity where a response is known
+    (--stationxml) or declared (--units m/s), else counts, as sent."""
+    if args.units == "m/s":
+        return stream, "ground velocity (m/s)"
+    if args.stationxml:
+        from obspy import read_inventory
+
+        try:
+            st = stream.copy()
+            st.remove_response(read_inventory(args.stationxml), output="VEL")
+            return st, "ground velocity (m/s)"
+        except Exception as exc:  # the server refuses such data with a message of its own
+            raise CliError(f"--stationxml: cannot remove the response ({exc})") from exc
+    return stream, "counts"
 
 
 @_server_errors
@@ -347,27 +405,64 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise CliError("plot needs matplotlib: pip install 'seismag[plot]'") from exc
     stream = _read(args.file)
     results = _predict(args, args.file)
+    shown, units = _waveform_units(args, stream)
+    fig = plot_figure(shown, units, results)
+    fig.savefig(args.out, dpi=120)
+    plt.close(fig)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def plot_figure(shown, units: str, results):
+    """Per station: its waveform (``units`` on the axis) over its magnitude series with the
+    sigma band, the P onset marked on both, a UTC time axis with the date."""
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(
         len(results) * 2, 1, figsize=(10, 4 * len(results)), sharex=True, squeeze=False
     )
     for k, r in enumerate(results):
         wave_ax, mag_ax = axes[2 * k, 0], axes[2 * k + 1, 0]
-        st = stream.select(network=r.network, station=r.station, location=r.location)
+        st = shown.select(network=r.network, station=r.station, location=r.location)
         for tr in st:
             wave_ax.plot(tr.times("matplotlib"), tr.data, lw=0.6, label=tr.stats.channel)
-        wave_ax.set_title(f"{r.station_id}: M {r.magnitude:.2f} ({r.model} {r.model_version})")
-        wave_ax.legend(loc="upper right", fontsize="small")
-        mag_ax.step(r.series.times("matplotlib"), r.series.data, where="post", color="C3")
+        wave_ax.set_title(
+            f"{r.station_id}: M {_magnitude(r.magnitude, r.magnitude_sigma, r.has_sigma)} "
+            f"({r.model} {r.model_version})"
+        )
+        wave_ax.set_ylabel(units)
+        times = r.series.times("matplotlib")
+        mag_ax.step(times, r.series.data, where="post", color="C3", label="magnitude")
+        if r.has_sigma:
+            sigma = r.sigma_series.data
+            mag_ax.fill_between(
+                times,
+                r.series.data - sigma,
+                r.series.data + sigma,
+                step="post",
+                color="C3",
+                alpha=0.2,
+                label="± 1 sigma",
+            )
         mag_ax.set_ylabel("magnitude")
-        for ax in (wave_ax, mag_ax):
-            if r.onset is not None:
-                ax.axvline(r.onset.matplotlib_date, color="k", ls="--", lw=0.8)
-    axes[-1, 0].xaxis_date()
-    fig.autofmt_xdate()
+        if r.onset is not None:
+            for ax in (wave_ax, mag_ax):
+                ax.axvline(
+                    r.onset.matplotlib_date,
+                    color="k",
+                    ls="--",
+                    lw=0.8,
+                    label=f"P ({r.onset_source})",
+                )
+        wave_ax.legend(loc="upper right", fontsize="small")
+        mag_ax.legend(loc="upper right", fontsize="small")
+    bottom = axes[-1, 0]
+    bottom.xaxis_date()
+    bottom.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d\n%H:%M:%S"))
+    bottom.set_xlabel("time (UTC)")
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
-    print(f"wrote {args.out}")
-    return 0
+    return fig
 
 
 def add_client_commands(sub) -> None:
@@ -383,7 +478,13 @@ def add_client_commands(sub) -> None:
     p = sub.add_parser("stream", help="replay a file or forward SeedLink into StreamPredict")
     p.add_argument("file", nargs="?", help="file to replay as 512-byte miniSEED records")
     _connection_args(p)
-    p.add_argument("--speed", type=float, default=1.0, help="replay speed (1 = real time, 0 = max)")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="replay speed (1 = real time, 0 = max); a replay's lag is measured on its own "
+        "clock, a live feed's on the server's wall clock",
+    )
     p.add_argument("--hop", type=float, default=0.0, help="seconds between updates (0 = server's)")
     p.add_argument("--seedlink", help="SeedLink server HOST:PORT to forward instead of a file")
     p.add_argument(

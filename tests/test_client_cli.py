@@ -142,6 +142,45 @@ def test_stream_needs_a_source(capsys):
     assert "FILE to replay or --seedlink" in capsys.readouterr().err
 
 
+def test_stream_json_times_are_iso_and_replay_lag_is_on_the_replay_clock(server, event, capsys):
+    # RJOB is from 2009: a lag against the wall clock would be about 5e8 s.
+    st, path, pick, xml = event
+    args = ["stream", path, "--server", server, "--speed", "10", "--pick", pick, "--json"]
+    assert main([*args, "--stationxml", xml]) == 0
+    updates = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert updates
+    for u in updates:
+        when = obspy.UTCDateTime(u["time"])
+        assert u["time"] == str(when) and st[0].stats.starttime < when <= st[0].stats.endtime
+        assert u["onset"] == str(st[0].stats.starttime + 5.0)
+        # At 10x a second of replay passes in 0.1 s; an update is at most a few behind.
+        assert 0 <= u["lag_s"] < 5, u
+
+
+def test_plot_shows_units_utc_dates_p_and_sigma(server, event):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from seismag.serving.client_cli import plot_figure
+
+    st, _, _, xml = event
+    with SeismagClient(server) as client:
+        results = client.predict(
+            st, p_picks={"BW.RJOB": st[0].stats.starttime + 5.0}, stationxml=xml
+        )
+    fig = plot_figure(st, "counts", results)
+    wave_ax, mag_ax = fig.axes
+    assert wave_ax.get_ylabel() == "counts" and mag_ax.get_ylabel() == "magnitude"
+    assert mag_ax.get_xlabel() == "time (UTC)"
+    first_tick = mag_ax.xaxis.get_major_formatter()(mag_ax.get_xticks()[0])
+    assert first_tick.startswith("2009-08-24")
+    labels = [t.get_text() for t in mag_ax.get_legend().get_texts()]
+    assert "P (request)" in labels and "± 1 sigma" in labels
+    band = [c for c in mag_ax.collections if c.get_label() == "± 1 sigma"]
+    assert band and results[0].has_sigma
+
+
 def test_plot_writes_a_png(server, event, tmp_path):
     pytest.importorskip("matplotlib")
     _, path, pick, xml = event
