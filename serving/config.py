@@ -115,8 +115,9 @@ class ServeConfig:
     default_model: str = field(
         default=DEFAULT_MODEL,
         metadata={
-            "help": "model for requests naming none. With --models: this model if loaded, "
-            "else the only model loaded; several models without it refuse to start",
+            "help": "model for requests naming none. If it is not loaded (--models), the "
+            "server refuses to start, except with this default unchanged and one model "
+            "loaded: that one is the default",
             "metavar": "NAME",
         },
     )
@@ -225,12 +226,13 @@ class ServeConfig:
         return self
 
     def resolve_default_model(self, loaded: list[str]) -> str:
-        """The model for requests naming none: ``default_model`` if loaded, else the only
-        loaded model; ValueError when several are loaded without it (a silent pick of the
-        first file would change answers when a folder gains a file)."""
+        """The model for requests naming none: ``default_model`` if loaded; else, when it is
+        the built-in default and one model is loaded, that model; else ValueError (a silent
+        pick of the first file would change answers when a folder gains a file, and a name
+        chosen by hand that is not loaded is a mistake to report)."""
         if self.default_model in loaded:
             return self.default_model
-        if len(loaded) == 1:
+        if self.default_model == DEFAULT_MODEL and len(loaded) == 1:
             return loaded[0]
         raise ValueError(
             f"default_model {self.default_model!r} is not among the loaded models {loaded}: "
