@@ -9,7 +9,7 @@ non-zero exit; heavy imports happen inside the handlers.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import math
 import sys
@@ -120,7 +120,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.events < 1:
         return _error("--events must be at least 1")
     # The generator writes HDF5 with pandas metadata and a tqdm bar: the 'train' extra's.
-    missing = [m for m in ("h5py", "pandas", "tqdm") if importlib.util.find_spec(m) is None]
+    missing = []
+    for module in ("h5py", "pandas", "tqdm"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
     if missing:
         return _error(
             f"synth needs the 'train' extra: pip install 'seismag[train]' (missing: "
