@@ -73,3 +73,96 @@ def test_bad_subcommand_exits_nonzero():
 def test_serve_refuses_bad_settings_with_a_message(flags, message, capsys):
     assert main(["serve", "--port", "0", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def _subparsers():
+    import argparse
+
+    from seismag.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices
+
+
+def test_every_help_shows_the_defaults():
+    import argparse
+
+    for name, parser in _subparsers().items():
+        text = parser.format_help()
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            if action.default in (None, False, "", argparse.SUPPRESS):
+                continue
+            help_text = parser._get_formatter()._expand_help(action)
+            assert "default" in help_text, f"seismag {name} {action.option_strings[0]}"
+        assert "--help" in text
+
+
+def test_default_model_rule_lives_in_the_config():
+    from seismag.serving.config import DEFAULT_MODEL, ServeConfig
+
+    config = ServeConfig()
+    assert config.default_model == DEFAULT_MODEL
+    assert config.resolve_default_model([DEFAULT_MODEL, "ViTMag"]) == DEFAULT_MODEL
+    assert config.resolve_default_model(["ViTMag"]) == "ViTMag"  # the only one loaded
+    with pytest.raises(ValueError, match="--default-model NAME"):
+        config.resolve_default_model(["ViTMag", "AMAG_v2"])
+    chosen = config.replace(default_model="AMAG_v2")
+    assert chosen.resolve_default_model(["ViTMag", "AMAG_v2"]) == "AMAG_v2"
+    with pytest.raises(ValueError, match="'AMAG_v2' is not among"):
+        chosen.resolve_default_model(["ViTMag"])  # chosen by hand: a mistake, not a fallback
+
+
+def test_serve_with_an_unloaded_default_model_refuses_in_json_logs():
+    flags = ["--port", "0", "--backend", "ort", "--default-model", "AMAG_v2"]
+    flags += ["--log-format", "json"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "seismag", "serve", *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    records = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert records and all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    (refusal,) = [r for r in records if r["message"].startswith("cannot start")]
+    assert refusal["level"] == "ERROR" and "'AMAG_v2' is not among" in refusal["message"]
+    assert refusal["time"].endswith("+00:00")
+
+
+def test_serve_flags_read_seismag_variables(monkeypatch, capsys):
+    from seismag.serving.config import ServeConfig
+
+    monkeypatch.setenv("SEISMAG_PORT", "9123")
+    monkeypatch.setenv("SEISMAG_LOG_LEVEL", "WARNING")
+    assert ServeConfig.from_env().port == 9123
+    assert ServeConfig.from_env().log_level == "WARNING"
+    args = _subparsers()["serve"].parse_args([])
+    assert args.port == 9123 and args.log_level == "WARNING"
+    assert _subparsers()["serve"].parse_args(["--port", "1"]).port == 1  # the flag wins
+    monkeypatch.setenv("SEISMAG_PORT", "http")
+    assert main(["health"]) == 2
+    assert "SEISMAG_PORT='http' is not a valid int" in capsys.readouterr().err
+
+
+def test_health_without_a_server_is_unhealthy(monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("SEISMAG_PORT", str(port))
+    assert main(["health", "--timeout", "2"]) == 1
+    assert f"127.0.0.1:{port}: UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_synth_names_the_extra_it_needs():
+    # A fresh interpreter in which h5py cannot be imported: the runtime install's situation.
+    code = (
+        "import sys; sys.modules['h5py'] = None; "
+        "from seismag.cli import main; sys.exit(main(['synth', '--out', 'x', '--events', '1']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "pip install 'seismag[train]'" in proc.stderr and "h5py" in proc.stderr
