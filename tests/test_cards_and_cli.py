@@ -166,3 +166,27 @@ def test_synth_names_the_extra_it_needs():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "pip install 'seismag[train]'" in proc.stderr and "h5py" in proc.stderr
+
+
+def test_health_follows_the_servers_port_and_tls(registry, tmp_path, monkeypatch, capsys):
+    # The Docker image's check: the server's SEISMAG_* settings, no address or protocol given.
+    from test_server import _cert, _pem
+
+    from seismag.serving.protocols.server import build_server
+
+    ca_key, ca_cert = _cert("seismag test CA", None, None, ca=True, san=False)
+    key, cert = _pem(*_cert("localhost", ca_key, ca_cert.subject, ca=False, san=True))
+    for name, data in {"ca": _pem(ca_key, ca_cert)[1], "cert": cert, "key": key}.items():
+        (tmp_path / f"{name}.pem").write_bytes(data)
+    srv = build_server(registry, address="127.0.0.1:0", tls_cert=cert, tls_key=key).start()
+    try:
+        for name, value in {"HOST": "0.0.0.0", "PORT": str(srv.port)}.items():
+            monkeypatch.setenv(f"SEISMAG_{name}", value)
+        assert main(["health"]) == 1  # plaintext against a TLS server: not healthy
+        capsys.readouterr()
+        monkeypatch.setenv("SEISMAG_TLS_CERT", str(tmp_path / "cert.pem"))
+        monkeypatch.setenv("SEISMAG_TLS_KEY", str(tmp_path / "key.pem"))
+        assert main(["health", "--tls-ca", str(tmp_path / "ca.pem")]) == 0
+        assert capsys.readouterr().out.strip() == f"localhost:{srv.port}: SERVING"
+    finally:
+        srv.stop(0)
