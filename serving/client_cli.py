@@ -369,11 +369,18 @@ def cmd_stream(args: argparse.Namespace) -> int:
             stationxml=stationxml,
             units=args.units,
         )
+        printed = 0
         for u in updates:
             lag = clock.lag(u.time) if clock else u.lag_seconds  # live: the server's wall clock
             print(_update_json(u, lag) if args.json else _update_line(u, lag), flush=True)
+            printed += 1
     if feed is not None and feed.error is not None:
         raise CliError(str(feed.error))  # what ended the feed early, after its updates
+    if clock is not None and not printed:  # a whole file and not one answer: say why
+        raise CliError(
+            f"{args.file}: the replay ended without a magnitude: the server found no P onset "
+            "with data after it (pass one with --pick NET.STA=TIME, or replay more data)"
+        )
     return 0
 
 

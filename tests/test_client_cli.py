@@ -157,6 +157,17 @@ def test_stream_json_times_are_iso_and_replay_lag_is_on_the_replay_clock(server,
         assert 0 <= u["lag_s"] < 5, u
 
 
+def test_stream_replay_without_any_magnitude_says_why(server, event, tmp_path, capsys):
+    # The first 3 s of RJOB hold no P: a replay that ends without an update is an error.
+    st, _, _, xml = event
+    short = tmp_path / "before_p.mseed"
+    st.slice(st[0].stats.starttime, st[0].stats.starttime + 3).write(str(short), format="MSEED")
+    args = ["stream", str(short), "--server", server, "--speed", "0", "--stationxml", xml]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "ended without a magnitude" in captured.err
+
+
 def test_plot_shows_units_utc_dates_p_and_sigma(server, event):
     pytest.importorskip("matplotlib")
     import matplotlib
