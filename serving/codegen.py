@@ -12,6 +12,13 @@ other KServe client) registers the same symbols under another file name in the d
 protobuf refuses duplicate symbols, so without this a process that imports both - our tests, a
 benchmark, a proxy - would crash at import. The wire format is unaffected.
 
+The generator is pinned (:data:`GENERATOR`): protobuf's Python gencode runs on its own protobuf
+version and every newer runtime, never an older one, and grpcio's stubs require a grpcio at least
+as new as the grpcio-tools that wrote them. Code from grpcio-tools 1.72.2 (protobuf gencode 6.30.0)
+therefore runs on protobuf 6.30 through 7.x and grpcio >= 1.72.2, so seismag installs beside
+tritonclient (protobuf < 7) as well as beside the newest protobuf. Another grpcio-tools would
+write other files, so this script refuses to run with one (the dev extra installs the pinned one).
+
 ``--check`` regenerates into a temporary folder and fails if the committed files differ (for CI).
 """
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import importlib.metadata
 import shutil
 import sys
 import tempfile
@@ -28,6 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root, which is the ``seismag`` package."""
 PROTOS = ROOT / "protos"
+GENERATOR = "1.72.2"
+"""The grpcio-tools version that writes the committed modules (pinned in the dev extra)."""
+GENCODE = "6.30.0"
+"""The protobuf gencode version GENERATOR writes: the oldest protobuf runtime they run on."""
 PACKAGES = ("v1", "oip")
 """Sub-packages of ``seismag.serving`` that hold generated code, one per proto folder."""
 
@@ -46,7 +58,8 @@ POOL = descriptor_pool.DescriptorPool()
 
 _INIT = '''"""Generated gRPC code for {what}.
 
-Do not edit: regenerate with ``python -m seismag.serving.codegen``.
+Do not edit: regenerate with ``python -m seismag.serving.codegen`` (grpcio-tools {generator},
+protobuf gencode {gencode}: runs on protobuf >= {gencode} and grpcio >= {generator}).
 """
 '''
 _WHAT = {
@@ -62,8 +75,24 @@ def _proto_files() -> list[Path]:
     return files
 
 
+def check_generator() -> None:
+    """Exit with the install command unless the pinned grpcio-tools is the installed one."""
+    try:
+        found = importlib.metadata.version("grpcio-tools")
+    except importlib.metadata.PackageNotFoundError:
+        found = None
+    if found != GENERATOR:
+        raise SystemExit(
+            f"codegen: the committed gRPC code is written by grpcio-tools {GENERATOR} "
+            f"(protobuf gencode {GENCODE}, which runs on every protobuf from {GENCODE} on), "
+            f"but {'grpcio-tools ' + found if found else 'no grpcio-tools'} is installed: "
+            f"pip install 'grpcio-tools=={GENERATOR}' (the dev extra pins it)"
+        )
+
+
 def generate(out: Path) -> None:
     """Run protoc for every proto file and write the finished modules to ``out/<package>/``."""
+    check_generator()
     from grpc_tools import protoc  # dev-only dependency, hence imported here
 
     include = str(resources.files("grpc_tools") / "_proto")  # google/protobuf/*.proto
@@ -86,8 +115,12 @@ def generate(out: Path) -> None:
             for f in sorted(src.iterdir()):
                 if f.suffix in (".py", ".pyi"):
                     shutil.copyfile(f, dst / f.name)
-            init = _INIT.format(what=_WHAT[pkg]) + (_OIP_POOL if pkg == "oip" else "")
+            init = _INIT.format(what=_WHAT[pkg], generator=GENERATOR, gencode=GENCODE)
+            init += _OIP_POOL if pkg == "oip" else ""
             (dst / "__init__.py").write_text(init, encoding="utf-8")
+    for module in sorted(out.glob("*/*_pb2.py")):
+        if f"# Protobuf Python Version: {GENCODE}\n" not in module.read_text(encoding="utf-8"):
+            raise SystemExit(f"codegen: {module} is not protobuf {GENCODE} gencode")
     for oip in sorted((out / "oip").glob("*_pb2.py")):
         text = oip.read_text(encoding="utf-8")
         if _DEFAULT_POOL not in text:

@@ -116,7 +116,7 @@ class StationMagnitude(_message.Message):
     magnitude_sigma: float
     has_sigma: bool
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., magnitude: _Optional[float] = ..., derivation: _Optional[str] = ..., series: _Optional[_Union[MagnitudeSeries, _Mapping]] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., onset_source: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., missing_components: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_confidence: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., magnitude: _Optional[float] = ..., derivation: _Optional[str] = ..., series: _Optional[_Union[MagnitudeSeries, _Mapping]] = ..., onset: _Optional[float] = ..., has_onset: bool = ..., onset_source: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., missing_components: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_confidence: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: bool = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EventMagnitude(_message.Message):
     __slots__ = ("magnitude", "magnitude_sigma", "has_sigma", "first_onset", "stations", "rejected", "not_associated", "series", "station_counts", "method", "corrections")
@@ -149,7 +149,7 @@ class EventMagnitude(_message.Message):
     station_counts: _containers.RepeatedScalarFieldContainer[int]
     method: str
     corrections: _containers.ScalarMap[str, float]
-    def __init__(self, magnitude: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ..., first_onset: _Optional[float] = ..., stations: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[str]] = ..., not_associated: _Optional[_Iterable[str]] = ..., series: _Optional[_Union[MagnitudeSeries, _Mapping]] = ..., station_counts: _Optional[_Iterable[int]] = ..., method: _Optional[str] = ..., corrections: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    def __init__(self, magnitude: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: bool = ..., first_onset: _Optional[float] = ..., stations: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[str]] = ..., not_associated: _Optional[_Iterable[str]] = ..., series: _Optional[_Union[MagnitudeSeries, _Mapping]] = ..., station_counts: _Optional[_Iterable[int]] = ..., method: _Optional[str] = ..., corrections: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("results", "event", "has_event")
@@ -159,7 +159,7 @@ class PredictResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[StationMagnitude]
     event: EventMagnitude
     has_event: bool
-    def __init__(self, results: _Optional[_Iterable[_Union[StationMagnitude, _Mapping]]] = ..., event: _Optional[_Union[EventMagnitude, _Mapping]] = ..., has_event: _Optional[bool] = ...) -> None: ...
+    def __init__(self, results: _Optional[_Iterable[_Union[StationMagnitude, _Mapping]]] = ..., event: _Optional[_Union[EventMagnitude, _Mapping]] = ..., has_event: bool = ...) -> None: ...
 
 class StreamConfig(_message.Message):
     __slots__ = ("model", "hop_seconds", "stationxml", "input_units", "events", "event_id")
@@ -175,7 +175,7 @@ class StreamConfig(_message.Message):
     input_units: str
     events: bool
     event_id: str
-    def __init__(self, model: _Optional[str] = ..., hop_seconds: _Optional[float] = ..., stationxml: _Optional[bytes] = ..., input_units: _Optional[str] = ..., events: _Optional[bool] = ..., event_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., hop_seconds: _Optional[float] = ..., stationxml: _Optional[bytes] = ..., input_units: _Optional[str] = ..., events: bool = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
     __slots__ = ("config", "miniseed", "raw_chunk", "raw_chunks", "pick")
@@ -223,7 +223,7 @@ class StreamUpdate(_message.Message):
     magnitude_sigma: float
     has_sigma: bool
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., time: _Optional[float] = ..., magnitude: _Optional[float] = ..., onset: _Optional[float] = ..., has_onset: _Optional[bool] = ..., model: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_source: _Optional[str] = ..., onset_confidence: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., time: _Optional[float] = ..., magnitude: _Optional[float] = ..., onset: _Optional[float] = ..., has_onset: bool = ..., model: _Optional[str] = ..., lag_seconds: _Optional[float] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., onset_source: _Optional[str] = ..., onset_confidence: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: bool = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EventUpdate(_message.Message):
     __slots__ = ("event_id", "time", "first_onset", "magnitude", "magnitude_sigma", "has_sigma", "stations", "rejected")
@@ -243,7 +243,7 @@ class EventUpdate(_message.Message):
     has_sigma: bool
     stations: _containers.RepeatedScalarFieldContainer[str]
     rejected: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, event_id: _Optional[str] = ..., time: _Optional[float] = ..., first_onset: _Optional[float] = ..., magnitude: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: _Optional[bool] = ..., stations: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, event_id: _Optional[str] = ..., time: _Optional[float] = ..., first_onset: _Optional[float] = ..., magnitude: _Optional[float] = ..., magnitude_sigma: _Optional[float] = ..., has_sigma: bool = ..., stations: _Optional[_Iterable[str]] = ..., rejected: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StreamUpdates(_message.Message):
     __slots__ = ("updates", "events")
@@ -287,7 +287,7 @@ class ModelInfo(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     runtime_json: str
     server_config_json: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., card_json: _Optional[str] = ..., weights: _Optional[str] = ..., is_default: _Optional[bool] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., runtime_json: _Optional[str] = ..., server_config_json: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., card_json: _Optional[str] = ..., weights: _Optional[str] = ..., is_default: bool = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., runtime_json: _Optional[str] = ..., server_config_json: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_model", "server_config_json")

@@ -5,7 +5,7 @@ import warnings
 
 from seismag.serving.v1 import seismag_pb2 as seismag_dot_serving_dot_v1_dot_seismag__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in seismag/serving/v1/seismag_pb2_grpc.py depends on'
+        + f' but the generated code in seismag/serving/v1/seismag_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class MagnitudeServiceStub:
+class MagnitudeServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -56,7 +56,7 @@ class MagnitudeServiceStub:
                 _registered_method=True)
 
 
-class MagnitudeServiceServicer:
+class MagnitudeServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Predict(self, request, context):
@@ -125,7 +125,7 @@ def add_MagnitudeServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class MagnitudeService:
+class MagnitudeService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
