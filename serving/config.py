@@ -112,6 +112,14 @@ class ServeConfig:
     metrics_port: int | None = field(
         default=None, metadata={"help": "serve Prometheus metrics on this port"}
     )
+    http_port: int | None = field(
+        default=None,
+        metadata={
+            "help": "also serve the Open Inference Protocol's HTTP/REST binding (KServe v2, "
+            "Triton's HTTP API) on this port, with the gRPC port's TLS and tokens (0 = any "
+            "free port; default: off)"
+        },
+    )
     default_model: str = field(
         default=DEFAULT_MODEL,
         metadata={
@@ -195,6 +203,8 @@ class ServeConfig:
         checks = [
             (self.backend in BACKEND_CHOICES, f"backend must be one of {BACKEND_CHOICES}"),
             (0 <= self.port <= 65535, "port must be in [0, 65535]"),
+            (self.http_port is None or 0 <= self.http_port <= 65535,
+             "http_port must be in [0, 65535]"),
             (self.threads >= 1, "threads must be >= 1"),
             (self.workers is None or self.workers >= 1, "workers must be >= 1"),
             (self.max_batch >= 1, "max_batch must be >= 1"),

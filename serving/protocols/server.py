@@ -221,6 +221,8 @@ class SeismagServer:
         self.address = config.address
         self.host = config.host or "0.0.0.0"
         self.metrics_port: int | None = None
+        self.http = None  # the OIP HTTP/REST binding (--http-port), started by start()
+        self.http_port: int | None = None
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _call(self, coro: Coroutine, timeout: float | None = None):
@@ -241,12 +243,10 @@ class SeismagServer:
         self.health.bind(asyncio.get_running_loop())
         self.waker = Waker(asyncio.get_running_loop())
         pb_grpc.add_MagnitudeServiceServicer_to_server(MagnitudeServicer(self), server)
-        add_oip(
-            InferenceServicer(
-                self.registry, self.is_ready, self.work, statistics=self.metrics.statistics
-            ),
-            server,
-        )
+        self.oip = InferenceServicer(
+            self.registry, self.is_ready, self.work, statistics=self.metrics.statistics
+        )  # the gRPC service and the HTTP binding (--http-port) both call this one
+        add_oip(self.oip, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (MAGNITUDE_SERVICE, OIP_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME),
@@ -297,6 +297,11 @@ class SeismagServer:
         self._call(self._grpc.start())
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.start_http(self.config.metrics_port, addr=self.host)
+        if self.config.http_port is not None:
+            from seismag.serving.protocols.oip_http import OipHttpServer  # aiohttp, only if asked
+
+            self.http = OipHttpServer(self.oip, self.metrics, self.config)
+            self.http_port = self._call(self.http.start(self.host))
         if warm_up:
             self.warm_up()
         return self
@@ -342,12 +347,18 @@ class SeismagServer:
         self.health.end_watches()
         try:
             # grpc cancels what is left after `grace`; the margin covers its own bookkeeping.
-            self._call(self._grpc.stop(grace), None if grace is None else grace + 0.5)
+            self._call(self._stop_servers(grace), None if grace is None else grace + 0.5)
         except TimeoutError:
             log.warning("the gRPC server did not stop within %.1f s of grace", grace)
         self.metrics.stop_http()
         self._close_loop()
         self._stopped.set()
+
+    async def _stop_servers(self, grace: float | None) -> None:
+        # Both bindings drain at once, within the same grace period.
+        await asyncio.gather(
+            self._grpc.stop(grace), *([self.http.stop()] if self.http is not None else [])
+        )
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped; True if it has."""
@@ -486,7 +497,8 @@ def serve_forever(
                 server.port,
                 registry.default_name,
                 why,
-                f", metrics on :{server.metrics_port}" if server.metrics_port else "",
+                (f", metrics on :{server.metrics_port}" if server.metrics_port else "")
+                + (f", OIP HTTP on :{server.http_port}" if server.http_port else ""),
             )
             if server.inventory is not None:
                 log.info(
