@@ -5,6 +5,7 @@ Answers are compared with the same request over gRPC (tritonclient.grpc), which 
 
 from __future__ import annotations
 
+import gc
 import json
 import ssl
 import urllib.error
@@ -29,6 +30,17 @@ def server(registry):
     srv = build_server(registry, address="127.0.0.1:0", http_port=0).start()
     yield srv
     srv.stop(1)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    c = httpclient.InferenceServerClient(url=f"127.0.0.1:{server.http_port}")
+    yield c
+    c.close()
+    del c
+    # Its gevent pool must be collected on this thread: collected on another (the server's),
+    # tritonclient's __del__ closes it again and gevent raises InvalidThreadUseError.
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
@@ -78,51 +90,41 @@ def _grpc_outputs(server, waveform, log_amp) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_tritonclient_http_infer_equals_grpc(server, windows, binary):
+def test_tritonclient_http_infer_equals_grpc(server, client, windows, binary):
     waveform, log_amp = windows
-    client = httpclient.InferenceServerClient(url=f"127.0.0.1:{server.http_port}")
-    try:
-        assert client.is_server_live() and client.is_server_ready()
-        assert client.is_model_ready(MODEL)
-        assert client.get_server_metadata()["name"] == "seismag"
-        meta = client.get_model_metadata(MODEL)
-        assert [i["name"] for i in meta["inputs"]] == ["waveform", "log_amp"]
-        assert meta["inputs"][0]["shape"] == [-1, 3, 3001]  # numbers, as Triton writes them
-        outputs = [httpclient.InferRequestedOutput(o["name"], binary_data=binary)
-                   for o in meta["outputs"]]  # fmt: skip
-        result = client.infer(
-            MODEL, _inputs(httpclient, waveform, log_amp, binary), outputs=outputs
-        )
-        expected = _grpc_outputs(server, waveform, log_amp)
-        assert set(expected) == {o["name"] for o in meta["outputs"]}
-        for name, array in expected.items():
-            got = result.as_numpy(name)
-            assert got.shape == array.shape and got.shape[0] == len(waveform)
-            np.testing.assert_array_equal(got, array)
-        assert np.all(np.isfinite(result.as_numpy("magnitude")))
-    finally:
-        client.close()
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL)
+    assert client.get_server_metadata()["name"] == "seismag"
+    meta = client.get_model_metadata(MODEL)
+    assert [i["name"] for i in meta["inputs"]] == ["waveform", "log_amp"]
+    assert meta["inputs"][0]["shape"] == [-1, 3, 3001]  # numbers, as Triton writes them
+    outputs = [httpclient.InferRequestedOutput(o["name"], binary_data=binary)
+               for o in meta["outputs"]]  # fmt: skip
+    result = client.infer(MODEL, _inputs(httpclient, waveform, log_amp, binary), outputs=outputs)
+    expected = _grpc_outputs(server, waveform, log_amp)
+    assert set(expected) == {o["name"] for o in meta["outputs"]}
+    for name, array in expected.items():
+        got = result.as_numpy(name)
+        assert got.shape == array.shape and got.shape[0] == len(waveform)
+        np.testing.assert_array_equal(got, array)
+    assert np.all(np.isfinite(result.as_numpy("magnitude")))
 
 
-def test_tritonclient_http_config_stats_repository(server):
-    client = httpclient.InferenceServerClient(url=f"127.0.0.1:{server.http_port}")
-    try:
-        config = client.get_model_config(MODEL)
-        assert config["name"] == MODEL and config["platform"] == "onnxruntime_onnx"
-        assert config["input"][0]["data_type"] == "TYPE_FP32"
-        assert config["max_batch_size"] >= 1 and config["dynamic_batching"]
-        stats = client.get_inference_statistics(MODEL)["model_stats"]
-        assert [s["name"] for s in stats] == [MODEL]
-        assert stats[0]["inference_stats"]["success"]["count"] >= 1  # the infers above
-        index = client.get_model_repository_index()
-        assert [(m["name"], m["state"]) for m in index] == [(MODEL, "READY")]
-        client.load_model(MODEL)  # served already: succeeds, as over gRPC
-        with pytest.raises(httpclient.InferenceServerException, match="cannot be unloaded"):
-            client.unload_model(MODEL)
-        with pytest.raises(httpclient.InferenceServerException, match="NoSuchModel"):
-            client.get_model_metadata("NoSuchModel")
-    finally:
-        client.close()
+def test_tritonclient_http_config_stats_repository(server, client):
+    config = client.get_model_config(MODEL)
+    assert config["name"] == MODEL and config["platform"] == "onnxruntime_onnx"
+    assert config["input"][0]["data_type"] == "TYPE_FP32"
+    assert config["max_batch_size"] >= 1 and config["dynamic_batching"]
+    stats = client.get_inference_statistics(MODEL)["model_stats"]
+    assert [s["name"] for s in stats] == [MODEL]
+    assert stats[0]["inference_stats"]["success"]["count"] >= 1  # the infers above
+    index = client.get_model_repository_index()
+    assert [(m["name"], m["state"]) for m in index] == [(MODEL, "READY")]
+    client.load_model(MODEL)  # served already: succeeds, as over gRPC
+    with pytest.raises(httpclient.InferenceServerException, match="cannot be unloaded"):
+        client.unload_model(MODEL)
+    with pytest.raises(httpclient.InferenceServerException, match="NoSuchModel"):
+        client.get_model_metadata("NoSuchModel")
 
 
 def test_plain_http_json_and_binary_infer(base, server, windows):
