@@ -110,6 +110,16 @@ def test_tritonclient_http_infer_equals_grpc(server, client, windows, binary):
     assert np.all(np.isfinite(result.as_numpy("magnitude")))
 
 
+def test_http_infers_count_in_the_model_statistics(server, client, windows):
+    def successes() -> int:
+        [stats] = client.get_inference_statistics(MODEL)["model_stats"]
+        return stats["inference_stats"]["success"]["count"]
+
+    before = successes()
+    client.infer(MODEL, _inputs(httpclient, *windows, True))
+    assert successes() == before + 1
+
+
 def test_tritonclient_http_config_stats_repository(server, client):
     config = client.get_model_config(MODEL)
     assert config["name"] == MODEL and config["platform"] == "onnxruntime_onnx"

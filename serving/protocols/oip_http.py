@@ -18,6 +18,7 @@ https://github.com/triton-inference-server/server/blob/main/docs/protocol/extens
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -394,6 +395,12 @@ class OipHttpServer:
             return await getattr(self._servicer, rpc)(message, context)
         except Refused as exc:
             code = exc.code.name
+            raise
+        except asyncio.CancelledError:  # the client went away: not a failure, as over gRPC
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
             raise
         finally:
             self._metrics.observe_request(
