@@ -169,6 +169,7 @@ def imported_card(name: str, state: dict[str, Any] | None = None) -> ModelCard:
         "normalisation": spec.normalisation,
         "highpass_hz": 0.0,
         "use_amplitude": False,
+        "amplitude_additive": False,
         "label_offset": 0.0,
         "kwargs": {**card.kwargs, **_inferred_kwargs(name, state or {})},
     }

@@ -24,7 +24,8 @@ def test_a_gain_error_shifts_every_magnitude_by_its_log(name):
         m2, s2 = model.forward_with_sigma(x, a + 2.0)  # counts mistaken for m/s: 100x
     torch.testing.assert_close(m2 - m1, torch.full_like(m1, 2.0))
     torch.testing.assert_close(s1, s2)  # the body never saw the amplitude
-    plain = build_model(get_card(name)).eval()
+    plain_card = dataclasses.replace(get_card(name), amplitude_additive=False, label_offset=0.0)
+    plain = build_model(plain_card).eval()
     with torch.no_grad():
         assert not torch.allclose(plain(x, a + 2.0) - plain(x, a), torch.full_like(m1, 2.0))
 
