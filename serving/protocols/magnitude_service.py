@@ -92,9 +92,11 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
         self, request: pb.PredictRequest, decoded, runtime, budget: Budget, started: float
     ) -> PreparedRequest:
         stream, picks, inventory = decoded or self._decode(request, budget)
-        return prepare(
-            runtime,
-            stream,
+        return prepare(runtime, stream, **self._options(request, picks, inventory, budget, started))
+
+    def _options(self, request, picks, inventory, budget: Budget, started: float) -> dict:
+        """The pipeline's options for a decoded Predict (one place for Predict and ensembles)."""
+        return dict(
             units=request.input_units,
             inventory=inventory,
             server_inventory=self._server.inventory,
@@ -114,20 +116,8 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
     def _predict_ensemble(self, request, members, budget: Budget, started: float):
         """An ensemble's Predict (in a work thread): every member, then the per-station mean."""
         stream, picks, inventory = self._decode(request, budget)
-        return predict_ensemble(
-            self._registry,
-            stream,
-            members,
-            request.model,
-            budget=budget,
-            units=request.input_units,
-            inventory=inventory,
-            server_inventory=self._server.inventory,
-            p_picks=picks or None,
-            series_interval=self._interval(request),
-            started=started,
-            checked=True,
-        )
+        options = self._options(request, picks, inventory, budget, started)
+        return predict_ensemble(self._registry, stream, members, request.model, **options)
 
     @rpc
     async def Predict(self, request, context):
