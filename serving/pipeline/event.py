@@ -43,9 +43,11 @@ from seismag.serving.pipeline.predict import MIN_AFTER_ONSET_SECONDS, station_id
 from seismag.serving.pipeline.results import StationResult
 
 SHARED_ERROR_FRACTION = 0.35
-"""``rho``: share of a station's error variance common to the event. Measured on in-distribution
-synthetic events (training regimes, test split): 0.25-0.41 across the six shipped models at the
-full window (``python -m seismag.benchmarks.event_accuracy``, docs/evaluation.md)."""
+"""``rho``: share of a station's error variance common to the event. On the training regimes'
+test events it was 0.25-0.41 across the six models of the first release (their per-trace
+full-window errors from ``seismag evaluate``), 0.05-0.45 when fitted on 60 events by
+``python -m seismag.benchmarks.event_accuracy``; 0.37-0.53 on unseen regimes (docs/events.md),
+which is why a station table fitted on a network's own past events should replace it."""
 REJECT_SIGMAS = 3.0
 """A station further than this many of its own sigmas from the others' mean is an outlier."""
 MIN_KEEP = 2
