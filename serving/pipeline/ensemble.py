@@ -24,13 +24,6 @@ METHOD = (
 )
 
 
-def _absolute(r: StationResult, ref: UTCDateTime) -> np.ndarray:
-    t = float(UTCDateTime(r.series_start) - ref) + np.arange(len(r.series)) * r.series_interval
-    if r.series_end is not None and len(t):
-        t[-1] = float(UTCDateTime(r.series_end) - ref)
-    return t
-
-
 def combine_members(values: np.ndarray, sigmas: np.ndarray | None) -> tuple[float, float]:
     """Mean and standard deviation of an ensemble's member values (NaN sigma without sigmas)."""
     mean = float(np.mean(values))
@@ -45,7 +38,7 @@ def ensemble_station(members: Sequence[StationResult], name: str) -> StationResu
     if not members:
         raise ValueError("an ensemble needs members")
     ref = UTCDateTime(members[0].series_start)
-    times = [_absolute(r, ref) for r in members]
+    times = [float(UTCDateTime(r.series_start) - ref) + r.series_offsets() for r in members]
     base = int(np.argmax([t[0] for t in times]))  # the member whose series starts last
     grid = times[base]
     values = np.empty((len(members), grid.size))

@@ -52,6 +52,13 @@ class StationResult:
     def has_sigma(self) -> bool:
         return self.sigma_series is not None
 
+    def series_offsets(self) -> np.ndarray:
+        """Seconds after ``series_start`` of each series value (the last one at the data end)."""
+        t = np.arange(len(self.series), dtype=np.float64) * self.series_interval
+        if self.series_end is not None and len(t):
+            t[-1] = float(UTCDateTime(self.series_end) - UTCDateTime(self.series_start))
+        return t
+
 
 @dataclass
 class StationUpdate:
