@@ -107,6 +107,18 @@ def main() -> None:
         "(minutes and epochs add up in the doc; implies --merge)",
     )
     parser.add_argument(
+        "--from-runs",
+        metavar="DIR",
+        help="no training here: take DIR/MODEL/MODEL.safetensors and history.json, trained "
+        "elsewhere (e.g. release/train_parallel.sh on a GPU machine), then evaluate and ship "
+        "them as if trained by this script (implies --merge)",
+    )
+    parser.add_argument(
+        "--trained-by",
+        default="bash release/train_parallel.sh",
+        help="with --from-runs: the command that trained them, recorded in the doc",
+    )
+    parser.add_argument(
         "--evaluate-only",
         action="store_true",
         help="no training: score the shipped weights on the --eval sets, merged into "
@@ -120,7 +132,7 @@ def main() -> None:
     runs = Path(args.runs)
     names = args.models or list(load_cards())
     summary_path = runs / "summary.json"
-    keep = args.merge or args.evaluate_only or args.resume
+    keep = args.merge or args.evaluate_only or args.resume or bool(args.from_runs)
     summary = json.loads(summary_path.read_text()) if keep and summary_path.exists() else {}
     if args.evaluate_only:
         for name in names:
@@ -142,19 +154,23 @@ def main() -> None:
         return
     for name in names:
         out = runs / name
-        t0 = time.perf_counter()
-        best = train(
-            name,
-            args.data,
-            out,
-            max_minutes=budgets.get(name, args.minutes),
-            threads=args.threads,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            progress=False,
-            resume=args.resume,
-        )
-        minutes = (time.perf_counter() - t0) / 60
+        if args.from_runs:
+            best, minutes = _take_run(Path(args.from_runs) / name, out, name)
+            command = f"{args.trained_by}; then {SCRIPT} {shlex.join(sys.argv[1:])}"
+        else:
+            t0 = time.perf_counter()
+            best = train(
+                name,
+                args.data,
+                out,
+                max_minutes=budgets.get(name, args.minutes),
+                threads=args.threads,
+                lr=args.lr,
+                batch_size=args.batch_size,
+                progress=False,
+                resume=args.resume,
+            )
+            minutes = (time.perf_counter() - t0) / 60
         before = summary.get(name, {}) if args.resume else {}
         minutes += before.get("minutes", 0.0)
         history = json.loads((out / "history.json").read_text())
@@ -187,6 +203,19 @@ def main() -> None:
     _write_docs(summary)
     if "PhaseNetMag" in names:
         _reexport_default()
+
+
+def _take_run(src: Path, out: Path, name: str) -> tuple[Path, float]:
+    """Copy a run trained elsewhere into ``out``; its minutes are the sum of its epochs' times."""
+    weights, history = src / f"{name}.safetensors", src / "history.json"
+    for f in (weights, history):
+        if not f.exists():
+            raise SystemExit(f"--from-runs: {f} not found")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, out / weights.name)
+    shutil.copyfile(history, out / history.name)
+    epochs = json.loads(history.read_text())["state"]["history"]
+    return out / weights.name, sum(e["seconds"] for e in epochs) / 60
 
 
 # --- the doc ----------------------------------------------------------------------------------
@@ -372,7 +401,8 @@ def _write_docs(summary: dict) -> None:
         )
     text = f"""# Evaluation of the shipped default weights
 
-Produced by these commands (machine: {platform.machine()}, {os.cpu_count()} cores, CPU only):
+Produced by these commands (evaluation and CPU training: {platform.machine()}, \
+{os.cpu_count()} cores; a run trained elsewhere names its machine in its command):
 
 {chr(10).join("    " + c for c in [*synth, *commands])}
 

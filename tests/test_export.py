@@ -93,8 +93,9 @@ def test_without_its_function_the_custom_node_needs_a_kernel(tmp_path):
 
 
 def test_label_offset_is_inside_the_graph(tmp_path):
-    # AMAG is trained on M + 1: the exported output must already be a magnitude, the same as the
-    # PyTorch model's forward (which removes the offset), i.e. the body's output minus 1.
+    # AMAG's body learns magnitude - log10 amplitude + the card's offset (-7.5): the exported
+    # output must already be a magnitude, the same as the PyTorch model's forward (which removes
+    # the offset and adds log_amp), i.e. the body's output + 7.5 + log_amp.
     torch.manual_seed(0)
     model = build_model("AMAG_v2").eval()
     path = export_onnx(model, tmp_path / "amag.onnx").path
@@ -106,7 +107,7 @@ def test_label_offset_is_inside_the_graph(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(["magnitude"], {"waveform": waveform, "log_amp": log_amp})
     np.testing.assert_allclose(out, magnitude, atol=1e-4)
-    np.testing.assert_allclose(out, body - 1.0, atol=1e-4)
+    np.testing.assert_allclose(out, body + 7.5 + log_amp, atol=1e-4)  # (B, N) + (B, 1)
 
 
 def test_recordings_ship_with_obspy():

@@ -121,7 +121,7 @@ def test_model_from_weights_uses_the_stored_card_and_checks_the_name(tmp_path):
     from seismag.models.weights import WeightsError, model_from_weights, save_weights
 
     # The card the weights were trained with (here the amplitude ablation), not today's card.
-    card = dataclasses.replace(get_card("ViTMag"), use_amplitude=False)
+    card = dataclasses.replace(get_card("ViTMag"), use_amplitude=False, amplitude_additive=False)
     torch.manual_seed(0)
     model = build_model(card)
     path = save_weights(model, tmp_path / "vit.safetensors")

@@ -134,13 +134,14 @@ def test_build_from_card(name, cls, batch):
 
 
 def test_amag_forward_removes_the_label_offset():
-    # The body learns M + 1; forward subtracts the card's offset once, so the output is a
-    # magnitude, and the offset is a constant of the card, not a weight.
+    # The body learns magnitude - log10 amplitude + offset (the card's -7.5 centres it); forward
+    # subtracts the offset once and adds log_amp, so the output is a magnitude, and the offset is
+    # a constant of the card, not a weight.
     model = build_model("AMAG_v2").eval()
-    assert model.card.label_offset == 1.0 == model.label_offset
+    assert model.card.label_offset == -7.5 == model.label_offset and model.card.amplitude_additive
     waveform, log_amp = _inputs(1, 3000)
     with torch.no_grad():
         out = model(waveform, log_amp)
         body = model._body_output(waveform, log_amp)[:, 0]  # the card has a sigma head
-    torch.testing.assert_close(out, body - 1.0)
+    torch.testing.assert_close(out, body + 7.5 + log_amp)
     assert not any("offset" in key for key in model.state_dict())

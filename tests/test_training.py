@@ -61,9 +61,9 @@ def test_evaluator_is_per_waveform_against_catalogue(model):
 
 
 def test_target_is_the_label_in_the_models_output_units():
-    # AMAG's label is 0 before P and M + 1 from it; its forward removes the +1, so the target the
-    # loss compares the output with is the label minus 1: the offset is read here only.
-    amag = get_card("AMAG_v2")
+    # The seed's AMAG label is 0 before P and M + 1 from it; forward removes the +1, so the target
+    # the loss compares the output with is the label minus 1: the offset is read here only.
+    amag = dataclasses.replace(get_card("AMAG_v2"), amplitude_additive=False, label_offset=1.0)
     got = target(10, 4, 3.0, amag)
     np.testing.assert_array_equal(got, magnitude_label(10, 4, 3.0, label_offset=1.0) - 1.0)
     assert got[:4].tolist() == [-1.0] * 4 and got[4:].tolist() == [3.0] * 6

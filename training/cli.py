@@ -60,7 +60,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             limit_train=args.limit_train,
             threads=args.threads,
             progress=not args.quiet,
-            card_overrides={"use_amplitude": False} if args.no_amplitude else None,
+            card_overrides=(
+                {"use_amplitude": False, "amplitude_additive": False} if args.no_amplitude else None
+            ),
         )
     except (TrainingError, ValueError, FileNotFoundError, KeyError) as exc:
         return _error(str(exc), EXIT_FAILED)
@@ -178,7 +180,8 @@ def add_training_commands(sub) -> None:
     p.add_argument(
         "--no-amplitude",
         action="store_true",
-        help="ablation: zero the log-amplitude input (recorded in the weights' card)",
+        help="ablation: no amplitude at all, neither as input nor added at the output "
+        "(recorded in the weights' card)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)

@@ -1,0 +1,45 @@
+#!/bin/bash
+# Synthesise the training regimes and train several models at once on one machine (a GPU one).
+#
+#   MIN=7 bash release/train_parallel.sh          # or DEADLINE=480: the budget is what is left
+#   python release/train_defaults.py --data DATA --models M... --from-runs $WORK/runs ...
+#
+# Each model trains in its own process with the recipe train_defaults.py uses on CPUs
+# (lr 3e-4, batch 64), for MIN minutes of wall clock. The dataset is the one docs/data.md names
+# (`seismag synth --events 6000 --seed 1 --regimes train`): its metadata.csv md5 is printed, so
+# a run can be checked to have trained on the same traces. Per model, OUT/MODEL.tgz holds the
+# best weights, history.json and the log. Runs from a checkout; PYTHON and seismag's
+# training dependencies must be importable (PYTHONPATH may point at carried wheels).
+set -u
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}; EVENTS=${EVENTS:-6000}; MIN=${MIN:-7}
+WORKERS=${WORKERS:-$(nproc)}; OUT=${OUT:-/tmp/train_parallel_out}; mkdir -p "$OUT"
+MODELS=${MODELS:-"AMAG_v2 ViTMag UMambaMagV1 UMambaMagV2 PhaseNetMag EQTransformerMag"}
+T0=$(date +%s)
+W=${WORK:-/tmp/seismag_train_parallel}; rm -rf "$W"; mkdir -p "$W/pkg" "$W/runs"
+ln -sfn "$PWD" "$W/pkg/seismag"  # the checkout is the seismag package
+export PYTHONPATH=$W/pkg:${EXTRA_PYTHONPATH:-}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+echo "cores: $(nproc)"
+$PY -c "import torch, numpy, scipy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'numpy', numpy.__version__, 'scipy', scipy.__version__)" || exit 3
+$PY -m seismag synth --out "$W/data" --events "$EVENTS" --seed 1 --regimes train \
+    --workers "$WORKERS" > "$W/synth.log" 2>&1 || { tail -20 "$W/synth.log"; exit 4; }
+md5sum "$W/data/metadata.csv"
+echo "synth done at $(( $(date +%s) - T0 )) s"
+if [ -n "${DEADLINE:-}" ]; then  # budget = what is left before DEADLINE s, less a margin
+  MIN=$($PY -c "print(round(max(1.0, ($DEADLINE - ($(date +%s) - $T0)) / 60 - 0.7), 2))")
+fi
+echo "training budget $MIN min per model"
+for m in $MODELS; do
+  $PY -m seismag train "$m" --data "$W/data" --out "$W/runs/$m" --device "$DEVICE" \
+      --max-minutes "$MIN" --lr 3e-4 --batch-size 64 --threads 2 --quiet > "$W/runs/$m.log" 2>&1 &
+done
+wait
+echo "train done at $(( $(date +%s) - T0 )) s"
+for m in $MODELS; do
+  echo "== $m"; tail -3 "$W/runs/$m.log"
+  $PY -c "import json, sys; [print(e) for e in json.load(open(sys.argv[1]))['state']['history']]" \
+      "$W/runs/$m/history.json" || true
+  tar czf "$OUT/$m.tgz" -C "$W/runs" --exclude="$m/checkpoint" "$m" "$m.log"
+done
+ls -la "$OUT"
