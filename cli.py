@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from seismag import __version__
 from seismag.benchmarks.cli import add_bench_commands
 from seismag.models.card import CardError, load_cards
+from seismag.serving.archive.cli import add_annotate_command
 from seismag.serving.client_cli import CliError, add_client_commands
 from seismag.serving.config import ServeConfig, add_serve_flags, serve_flag_names
 from seismag.serving.health_cli import add_health_command
@@ -196,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     add_client_commands(sub)
+    add_annotate_command(sub)
     add_health_command(sub)
     add_training_commands(sub)
     add_bench_commands(sub)

@@ -15,7 +15,8 @@ FORBIDDEN = {
     "export": ("seismag.serving", "seismag.training", "seismag.benchmarks"),
     "serving": ("seismag.export", "seismag.training", "seismag.benchmarks"),
     "serving/executor": ("seismag.serving.pipeline", "seismag.serving.protocols"),
-    "serving/pipeline": ("seismag.serving.protocols",),
+    "serving/pipeline": ("seismag.serving.protocols", "seismag.serving.archive"),
+    "serving/archive": ("seismag.serving.protocols",),
     "training": ("seismag.serving", "seismag.benchmarks"),
 }
 """Folder -> modules no file in it may import (at module level or inside a function)."""

@@ -226,7 +226,9 @@ def event_magnitude(
     for k in members:
         r = by_id[k]
         t = r.series_offsets() + float(UTCDateTime(r.series_start) - first)
-        usable = t >= float(r.onset - first) + MIN_AFTER_ONSET_SECONDS - 1e-9
+        usable = (t >= float(r.onset - first) + MIN_AFTER_ONSET_SECONDS - 1e-9) & np.isfinite(
+            r.series
+        )
         sig = r.sigma_series if r.sigma_series is not None else np.full(len(r.series), np.nan)
         if usable.any():
             tracks[k] = (t[usable], np.asarray(r.series)[usable] + applied[k], sig[usable])

@@ -32,10 +32,12 @@ PRE_FILTER_LOW = (0.01, 0.02)
 but above the drift that inverting a short-period response would blow up."""
 
 
-def check_headers(stream: Stream) -> None:
+def check_headers(stream: Stream, *, totals: bool = True) -> None:
     """Counts, codes, rates and times of every trace, from the headers alone (no samples read):
-    what the work a request implies is estimated from, before any of it is done."""
-    check_count("traces", len(stream), MAX_TRACES, "send fewer stations or fewer gaps")
+    what the work a request implies is estimated from, before any of it is done. ``totals=False``
+    skips the per-request totals (an archive unit is bounded by its day instead)."""
+    if totals:
+        check_count("traces", len(stream), MAX_TRACES, "send fewer stations or fewer gaps")
     total = 0
     for tr in stream:
         s = tr.stats
@@ -45,17 +47,17 @@ def check_headers(stream: Stream) -> None:
         rate = check_rate(sid, s.sampling_rate)
         check_span(sid, s.starttime.timestamp, s.npts, rate)
         total += s.npts
-    if total > MAX_INPUT_SAMPLES:
+    if totals and total > MAX_INPUT_SAMPLES:
         raise Overloaded(
             f"the request holds {total} samples (limit {MAX_INPUT_SAMPLES}); send less data"
         )
 
 
-def check_stream(stream: Stream, *, samples: bool = True) -> None:
+def check_stream(stream: Stream, *, samples: bool = True, totals: bool = True) -> None:
     """Headers (:func:`check_headers`), then (``samples``) every sample finite."""
     if stream is None or len(stream) == 0:
         raise InvalidInput("the request holds no traces")
-    check_headers(stream)
+    check_headers(stream, totals=totals)
     if not samples:
         return
     for tr in stream:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,6 +141,7 @@ class StationTrack:
         pick: UTCDateTime | None = None,
     ) -> None:
         self.card = card
+        self.key: tuple[str, str, str] | None = None  # (network, station, location), for messages
         self.start = UTCDateTime(start)
         self.rate = card.sampling_rate
         self.missing = tuple(missing)
@@ -183,10 +184,13 @@ class StationTrack:
     def time_of(self, index: int) -> UTCDateTime:
         return self.start + index / self.rate
 
-    def extend(self, chunk: np.ndarray) -> None:
+    def extend(self, chunk: np.ndarray, *, picker: bool = True) -> None:
+        """Append samples; ``picker=False`` when the caller has fed the picker these samples
+        already (ahead of the track: its onsets are decided causally, so feeding it ahead
+        changes nothing that :meth:`evaluate` reads, see :func:`walk`)."""
         if chunk.shape[-1] == 0:
             return
-        if self.pick is None:  # with a pick, the picker's answer would never be read
+        if self.pick is None and picker:  # with a pick, the picker's answer is never read
             self.picker.feed(chunk)
         buf, k, n = self._buf, chunk.shape[-1], self.card.in_samples
         if self.n == 0:
@@ -305,6 +309,16 @@ def grid(n: int, step: int) -> list[int]:
     return points
 
 
+def series_slots(indices: Sequence[int], step: int) -> np.ndarray:
+    """Positions in the series of evaluations at these sample indices (grid points of
+    :func:`grid`), counted from the first one. Between two events a series card has no value
+    (no onset, or one too old): those positions stay NaN, so value k is always at
+    ``series_start + k * step`` (the last one at the data end)."""
+    idx = np.asarray(indices, dtype=np.int64)
+    slot = -(-(idx + 1) // step) - 1  # ceil: the off-grid last sample takes the next slot
+    return slot - slot[0]
+
+
 def interval_samples(series_interval: float, rate: float, what: str = "series_interval") -> int:
     return max(round(check_interval(what, series_interval) * rate), 1)
 
@@ -419,6 +433,68 @@ def _to_velocity(
     return out
 
 
+def station_track(
+    key: tuple[str, str, str],
+    st: Stream,
+    card: ModelCard,
+    *,
+    responses: Responses,
+    inventory: Inventory | None,
+    response: str,
+    pick: UTCDateTime | None,
+    missing: str,
+) -> tuple[StationTrack, np.ndarray, tuple[str, ...]]:
+    """One station's traces -> an empty track, its (C, N) data in m/s at the card's rate, and the
+    warnings about its components; what every prediction of a recorded stream starts from."""
+    sid = station_id(*key)
+    st, warnings = _channel_notes(sid, st, card)
+    st = _to_velocity(st, responses, response, inventory)
+    try:
+        arr = stream_to_array(st, card, missing=missing)
+    except PreprocessError as exc:
+        raise InvalidInput(f"{sid}: {exc}") from None
+    track = StationTrack(card, arr.starttime, missing=arr.missing, pick=pick)
+    track.key = key
+    n = arr.data.shape[1]
+    if n < track.min_data:
+        raise InvalidInput(
+            f"{sid}: only {n / card.sampling_rate:.2f} s of data; at least "
+            f"{MIN_DATA_SECONDS:g} s is needed"
+        )
+    return track, arr.data, tuple(warnings)
+
+
+def walk(
+    track: StationTrack,
+    data: np.ndarray,
+    step: int,
+    *,
+    budget: Budget,
+    normalise: bool = True,
+) -> Iterator[Evaluation]:
+    """Feed ``data`` to ``track`` and yield the evaluation at every grid point that has a value
+    (every ``step`` samples from the first, plus the last): the series of a recorded stream."""
+    sid = station_id(*track.key) if track.key else "the station"
+    # The picker is fed a window's worth of samples at a time, ahead of the track (one filter
+    # call per window, not per grid point). evaluate() asks it only for onsets at least
+    # max_delay old, all decided by then whatever came later, and a window holds at most two
+    # onsets (the refractory period is a window), far from the KEEP_ONSETS it remembers.
+    ahead = track.pick is None
+    block = track.card.in_samples
+    done = 0
+    for j, i in enumerate(grid(data.shape[1], step)):
+        if j % CHECK_EVERY == CHECK_EVERY - 1:
+            budget.check(f"while computing {sid}'s series")
+        if ahead:
+            while track.picker.n < i + 1:
+                track.picker.feed(data[:, track.picker.n : track.picker.n + block])
+        track.extend(data[:, done : i + 1], picker=not ahead)
+        done = i + 1
+        ev = track.evaluate(normalise=normalise)
+        if ev is not None:
+            yield ev
+
+
 def _prepare_station(
     key: tuple[str, str, str],
     st: Stream,
@@ -435,37 +511,27 @@ def _prepare_station(
 ) -> _StationWork:
     t0 = time.perf_counter()
     sid = station_id(*key)
-    st, warnings = _channel_notes(sid, st, card)
-    st = _to_velocity(st, responses, response, inventory)
-    try:
-        arr = stream_to_array(st, card, missing=missing)
-    except PreprocessError as exc:
-        raise InvalidInput(f"{sid}: {exc}") from None
-    track = StationTrack(card, arr.starttime, missing=arr.missing, pick=pick)
-    n = arr.data.shape[1]
-    if n < track.min_data:
-        raise InvalidInput(
-            f"{sid}: only {n / card.sampling_rate:.2f} s of data; at least "
-            f"{MIN_DATA_SECONDS:g} s is needed"
-        )
+    track, data, warnings = station_track(
+        key,
+        st,
+        card,
+        responses=responses,
+        inventory=inventory,
+        response=response,
+        pick=pick,
+        missing=missing,
+    )
     evals: list[Evaluation] = []
-    done = 0
-    for j, i in enumerate(grid(n, step)):
-        if j % CHECK_EVERY == CHECK_EVERY - 1:
-            budget.check(f"while computing {sid}'s series")
-        track.extend(arr.data[:, done : i + 1])
-        done = i + 1
-        ev = track.evaluate()
-        if ev is not None:
-            evals.append(ev)
-            if len(evals) > windows_left:
-                raise Overloaded(
-                    f"the request needs more than {MAX_WINDOWS} model windows (at {sid}); use a "
-                    "larger series_interval or send less data"
-                )
+    for ev in walk(track, data, step, budget=budget):
+        evals.append(ev)
+        if len(evals) > windows_left:
+            raise Overloaded(
+                f"the request needs more than {MAX_WINDOWS} model windows (at {sid}); use a "
+                "larger series_interval or send less data"
+            )
     if not evals:
         raise InvalidInput(f"{sid}: no magnitude: {track.no_value_reason()}")
-    return _StationWork(key, track, evals, (time.perf_counter() - t0) * 1e3, tuple(warnings))
+    return _StationWork(key, track, evals, (time.perf_counter() - t0) * 1e3, warnings)
 
 
 def predict(
@@ -612,16 +678,17 @@ def _results(
     results = []
     at = 0
     for w in work:
-        values = np.array(
-            [output_value(card, rows.magnitude[at + j], ev) for j, ev in enumerate(w.evals)],
-            dtype=np.float64,
-        )
+        slots = series_slots([ev.index for ev in w.evals], step)
+        values = np.full(slots[-1] + 1, np.nan)
+        values[slots] = [
+            output_value(card, rows.magnitude[at + j], ev) for j, ev in enumerate(w.evals)
+        ]
         sigmas = None
         if rows.sigma is not None:
-            sigmas = np.array(
-                [output_value(card, rows.sigma[at + j], ev) for j, ev in enumerate(w.evals)],
-                dtype=np.float64,
-            )
+            sigmas = np.full(slots[-1] + 1, np.nan)
+            sigmas[slots] = [
+                output_value(card, rows.sigma[at + j], ev) for j, ev in enumerate(w.evals)
+            ]
         at += len(w.evals)
         last = w.evals[-1]
         results.append(

@@ -22,7 +22,8 @@ class StationResult:
     """Time of the first series value; value k is at series_start + k * series_interval."""
     series_interval: float
     series: np.ndarray
-    """Causal evolving magnitude: value at time t uses data up to t only."""
+    """Causal evolving magnitude: value at time t uses data up to t only; NaN where no value
+    exists (a series model between two events of one record)."""
     onset: UTCDateTime | None
     onset_source: str
     """'request' (client's P pick), 'sta_lta_aic' (picked on the data by

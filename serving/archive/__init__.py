@@ -1,0 +1,1 @@
+"""Archives: ``seismag annotate`` over files, folders and SDS archives (station-day units)."""
