@@ -169,6 +169,14 @@ def test_failures_are_reported_and_retried(tmp_path, record, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     assert _annotate(str(src), "--out", str(out), "--end", "2020-01-01") == 2
     assert "no station-days" in capsys.readouterr().err
+    # The same channel twice with other samples (counts and velocity, say): refused, not merged.
+    other = record.copy()
+    for tr in other:
+        tr.data = tr.data * 2
+    _write(other, tmp_path / "more" / "twice.mseed")
+    _write(record, tmp_path / "more" / "rec.mseed")
+    assert _annotate(str(tmp_path / "more"), "--out", str(tmp_path / "o2")) == 1
+    assert "two pieces hold different samples" in capsys.readouterr().err
 
 
 def test_dask_cluster_gives_the_local_results(tmp_path, record):

@@ -10,11 +10,13 @@ run in any order, on any worker, and a re-run skips the ones already done.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from obspy import Stream, UTCDateTime, read
 
 DAY = 86400.0
@@ -190,7 +192,30 @@ def read_unit(unit: Unit) -> Stream:
         tr.trim(unit.start, unit.end - 0.5 * tr.stats.delta, nearest_sample=False)
         if tr.stats.npts:
             out.append(tr)
+    check_overlaps(out)
     return out
+
+
+def check_overlaps(st: Stream) -> None:
+    """Overlapping pieces of one channel must hold the same samples (an archive with a record
+    twice is common; two files with different data for one channel and time, e.g. counts and
+    velocity, are an error that a merge would hide)."""
+    by_id: dict[str, list] = {}
+    for tr in st:
+        by_id.setdefault(tr.id, []).append(tr)
+    for sid, traces in by_id.items():
+        traces.sort(key=lambda tr: tr.stats.starttime)
+        for a, b in itertools.pairwise(traces):
+            if b.stats.starttime > a.stats.endtime:
+                continue
+            ov = a.slice(b.stats.starttime, min(a.stats.endtime, b.stats.endtime))
+            other = b.slice(ov.stats.starttime, ov.stats.endtime)
+            n = min(ov.stats.npts, other.stats.npts)
+            if n and not np.array_equal(ov.data[:n], other.data[:n]):
+                raise SourceError(
+                    f"{sid}: two pieces hold different samples for {ov.stats.starttime} - "
+                    f"{ov.stats.endtime} (the same channel from two files with other data?)"
+                )
 
 
 def one_band(st: Stream) -> tuple[Stream, list[str]]:
