@@ -58,16 +58,24 @@ class AnnotateOptions:
 
 
 @dataclass
-class Point:
-    """One evaluation without its window: what the results are built from."""
+class Values:
+    """A unit's evaluations without their windows, as columns (cheap to send between
+    processes): sample index of each value's time, its onset (-1: none), magnitude, sigma."""
 
-    index: int
-    time: UTCDateTime
-    onset: int | None
-    source: str
-    confidence: float
-    magnitude: float
-    sigma: float
+    index: np.ndarray  # int64
+    onset: np.ndarray  # int64
+    magnitude: np.ndarray  # float64
+    sigma: np.ndarray  # float64 (NaN: the model has no sigma)
+    confidence: np.ndarray  # float64
+    source: list[str]  # per value: what found its onset (a picker, "request" or "none")
+
+    @classmethod
+    def empty(cls) -> Values:
+        i, f = np.zeros(0, np.int64), np.zeros(0)
+        return cls(i, i.copy(), f, f.copy(), f.copy(), [])
+
+    def __len__(self) -> int:
+        return len(self.index)
 
 
 @dataclass
@@ -80,7 +88,7 @@ class UnitResult:
     """Time of the unit's sample 0 (after the pipeline's checks); None without data."""
     rate: float = 0.0
     step: int = 1
-    points: list[Point] = field(default_factory=list)
+    values: Values = field(default_factory=Values.empty)
     grid_points: int = 0
     """Series points the unit's samples span (evaluated or without a value)."""
     warnings: tuple[str, ...] = ()
@@ -91,32 +99,29 @@ class UnitResult:
     nothing is written for it, so a re-run tries it again."""
     seconds: float = 0.0
 
+    def time_of(self, index: int) -> UTCDateTime:
+        return self.start + int(index) / self.rate
+
     def onset_rows(self, model: str, version: str) -> list[dict]:
         """One row per onset: the magnitude with the most data (the last value that onset gave)."""
+        v = self.values
         rows: list[dict] = []
-        last: dict[int, Point] = {}
-        first: dict[int, Point] = {}
-        counts: dict[int, int] = {}
-        for p in self.points:
-            if p.onset is None:
-                continue
-            first.setdefault(p.onset, p)
-            last[p.onset] = p
-            counts[p.onset] = counts.get(p.onset, 0) + 1
-        for onset, p in sorted(last.items()):
+        for onset in np.unique(v.onset[v.onset >= 0]):
+            at = np.flatnonzero(v.onset == onset)
+            k = at[-1]
             rows.append(
                 {
                     "network": self.network,
                     "station": self.station,
                     "location": self.location,
-                    "onset": str(self.start + onset / self.rate),
-                    "onset_source": p.source,
-                    "onset_confidence": round(p.confidence, 4),
-                    "magnitude": p.magnitude,
-                    "sigma": p.sigma,
-                    "time": str(p.time),
-                    "first_time": str(first[onset].time),
-                    "values": counts[onset],
+                    "onset": str(self.time_of(onset)),
+                    "onset_source": v.source[k],
+                    "onset_confidence": round(float(v.confidence[k]), 4),
+                    "magnitude": float(v.magnitude[k]),
+                    "sigma": float(v.sigma[k]),
+                    "time": str(self.time_of(v.index[k])),
+                    "first_time": str(self.time_of(v.index[at[0]])),
+                    "values": len(at),
                     "model": model,
                     "model_version": version,
                     "unit": self.unit,
@@ -125,23 +130,15 @@ class UnitResult:
         return rows
 
 
-def _run(backend: Backend, card: ModelCard, evals: list[Evaluation], out: list[Point]) -> None:
+def _run(backend: Backend, card: ModelCard, evals: list[Evaluation], out: list[tuple]) -> None:
     """Normalise a batch of raw windows, run it and keep each evaluation's values."""
     x, log_amp = model_inputs(np.stack([ev.waveform for ev in evals]), card)
     rows = backend.run(x, log_amp)
     for j, ev in enumerate(evals):
         sigma = math.nan if rows.sigma is None else output_value(card, rows.sigma[j], ev)
-        out.append(
-            Point(
-                ev.index,
-                ev.time,
-                ev.onset,
-                ev.source,
-                ev.confidence,
-                output_value(card, rows.magnitude[j], ev),
-                sigma,
-            )
-        )
+        onset = -1 if ev.onset is None else ev.onset
+        mag = output_value(card, rows.magnitude[j], ev)
+        out.append((ev.index, onset, mag, sigma, ev.confidence, ev.source))
 
 
 def annotate_stream(
@@ -182,14 +179,21 @@ def annotate_stream(
         result.warnings = warnings
         result.grid_points = -(-data.shape[1] // step)
         batch: list[Evaluation] = []
+        got: list[tuple] = []
         for ev in walk(track, data, step, budget=Budget(), normalise=False):
             batch.append(ev)
             if len(batch) == options.batch:
-                _run(backend, card, batch, result.points)
+                _run(backend, card, batch, got)
                 batch = []
         if batch:
-            _run(backend, card, batch, result.points)
-        if not result.points:
+            _run(backend, card, batch, got)
+        if got:
+            index, onset, mag, sigma, conf, source = zip(*got, strict=True)
+            result.values = Values(
+                np.array(index, np.int64), np.array(onset, np.int64), np.array(mag),
+                np.array(sigma), np.array(conf), list(source),
+            )  # fmt: skip
+        if not got:
             result.error = f"no magnitude: {track.no_value_reason()}"
     except ServingError as exc:  # bad data, a missing response: the unit says why, others go on
         result.error, result.failed = str(exc), True
@@ -206,26 +210,23 @@ def series_traces(result: UnitResult, channel: str = "MAG") -> list[Stream]:
     """
     from obspy import Trace
 
-    step = result.step
-    on_grid = [p for p in result.points if (p.index + 1) % step == 0]
-    if not on_grid:
+    step, v = result.step, result.values
+    keep = np.flatnonzero((v.index + 1) % step == 0)
+    if not len(keep):
         return [Stream(), Stream()]
-    idx = np.array([p.index for p in on_grid])
-    breaks = np.flatnonzero(np.diff(idx) != step) + 1
+    breaks = np.flatnonzero(np.diff(v.index[keep]) != step) + 1
     mags, sigmas = Stream(), Stream()
-    for run in np.split(np.arange(len(on_grid)), breaks):
+    for run in np.split(keep, breaks):
         header = {
             "network": result.network,
             "station": result.station,
             "location": result.location,
             "channel": channel,
-            "starttime": on_grid[run[0]].time,
+            "starttime": result.time_of(v.index[run[0]]),
             "sampling_rate": result.rate / step,
         }
-        mags.append(
-            Trace(np.array([on_grid[k].magnitude for k in run], dtype=np.float32), header=header)
-        )
-        sig = np.array([on_grid[k].sigma for k in run], dtype=np.float32)
+        mags.append(Trace(v.magnitude[run].astype(np.float32), header=header))
+        sig = v.sigma[run].astype(np.float32)
         if np.isfinite(sig).all():
             sigmas.append(Trace(sig, header={**header, "channel": channel[:2] + "S"}))
     return [mags, sigmas]

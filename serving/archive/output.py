@@ -93,7 +93,7 @@ class ArchiveOutput:
         marker = {
             "unit": result.unit,
             "grid_points": result.grid_points,
-            "values": len(result.points),
+            "values": len(result.values),
             "onsets": len(rows),
             "seconds": round(result.seconds, 3),
             "warnings": list(result.warnings),

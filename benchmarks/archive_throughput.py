@@ -1,0 +1,161 @@
+"""``seismag annotate`` against SeisBench's ``annotate`` on the same station-days, and its scaling
+with local processes and Dask workers. One run, one machine; every figure is measured here.
+
+    python -m seismag.benchmarks.archive_throughput --workdir /tmp/archive_bench \\
+        [--every-window-model ViTMag.onnx] [--json OUT.json]
+
+Data: synthetic 100 Hz 3-component station-days (:mod:`seismag.benchmarks.archive_data`, 24
+events a day), written as miniSEED. Windows per second count the grid of the 1 s series, one
+window per second of data (86,400 a day), the same count as SeisBench at a 100-sample stride
+(overlap 2,901 of 3,001). A series model (the default PhaseNetMag) runs the network only where a
+P onset makes a magnitude possible; ``--every-window-model`` adds a scalar model whose network
+runs on every window, the like-for-like comparison of network work. Times are end to end: reading
+the miniSEED, the picker, normalisation, the model, writing the outputs (SeisBench: its
+``annotate`` on a Stream read from the same file, pre- and post-processing included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from obspy import read
+
+from seismag.benchmarks.archive_data import station_record
+
+DAY_S = 86400.0
+
+
+def _days(workdir: Path, n: int, hours: float) -> list[Path]:
+    files = []
+    for i in range(n):
+        path = workdir / "data" / f"SYN{i:02d}.mseed"
+        if not path.exists():
+            st, _ = station_record(hours * 3600, events=round(hours), seed=2 + i,
+                                   station=f"SYN{i:02d}")  # fmt: skip
+            path.parent.mkdir(parents=True, exist_ok=True)
+            st.write(str(path), format="MSEED")
+        files.append(path)
+    return files
+
+
+def _annotate(files: list[Path], out: Path, *extra: str) -> float:
+    from seismag.cli import main
+
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["annotate", *map(str, files), "--units", "m/s", "--quiet", "--out", str(out),
+                     *extra])  # fmt: skip
+    seconds = time.perf_counter() - t0
+    if code != 0:
+        raise RuntimeError(f"seismag annotate exited {code}")
+    return seconds
+
+
+def _model_windows(out: Path) -> int:
+    """Network windows run: every value of every station-day (its marker's count)."""
+    return sum(json.loads(p.read_text())["values"] for p in out.glob("done/*/*.*.json"))
+
+
+def _seisbench(path: Path, overlap: int, threads: int, batch: int) -> tuple[float, int]:
+    import seisbench.models as sbm
+    import torch
+
+    torch.set_num_threads(threads)
+    model = sbm.PhaseNet(sampling_rate=100).eval()  # untrained: the same work as trained
+    t0 = time.perf_counter()
+    st = read(str(path))
+    model.annotate(st, overlap=overlap, batch_size=batch)
+    seconds = time.perf_counter() - t0
+    n = st[0].stats.npts
+    return seconds, (n - model.in_samples) // (model.in_samples - overlap) + 1
+
+
+def run(args: argparse.Namespace) -> dict:
+    workdir = Path(args.workdir)
+    files = _days(workdir, max(args.days, 1), args.hours)
+    grid = round(args.hours * 3600)  # 1 s series: one window per second of data
+    rows: list[dict] = []
+
+    def row(name: str, seconds: float, windows: int, model_windows: int | None, days: int):
+        rows.append({
+            "run": name, "seconds": round(seconds, 2), "windows": windows,
+            "windows_per_s": round(windows / seconds, 1), "model_windows": model_windows,
+            "station_days_per_hour": round(days * (args.hours * 3600 / DAY_S) / seconds * 3600, 1),
+        })  # fmt: skip
+        print(f"{name}: {seconds:.1f} s, {windows / seconds:.0f} windows/s", flush=True)
+
+    one = files[:1]
+    out = workdir / "out"
+    # Imports and model loads out of the in-process rows (the process and Dask rows include
+    # each worker's): a 2-minute record through each model first.
+    warm, _ = station_record(120, events=0, seed=99)
+    warm_path = workdir / "warm.mseed"
+    warm.write(str(warm_path), format="MSEED")
+    models = [[]] + ([["--model", args.every_window_model, "--backend", b] for b in
+                      ("ort", "openvino")] if args.every_window_model else [])  # fmt: skip
+    for extra in models:
+        _annotate([warm_path], workdir / "warm", "--workers", "1", "--threads",
+                  str(args.threads), *extra)  # fmt: skip
+    s = _annotate(one, out, "--workers", "1", "--threads", str(args.threads))
+    row(f"seismag annotate, PhaseNetMag, 1 process x {args.threads} threads", s, grid,
+        _model_windows(out), 1)  # fmt: skip
+    if args.every_window_model:
+        name = Path(args.every_window_model).stem
+        for backend in ("ort", "openvino"):
+            s = _annotate(one, out, "--workers", "1", "--threads", str(args.threads),
+                          "--model", args.every_window_model, "--backend", backend)  # fmt: skip
+            row(f"seismag annotate, {name} ({backend}), 1 process x {args.threads} threads", s,
+                grid, _model_windows(out), 1)  # fmt: skip
+    for overlap in (2901, 1500):
+        s, n = _seisbench(one[0], overlap, args.threads, args.batch)
+        row(f"SeisBench annotate, PhaseNet, overlap {overlap}, {args.threads} threads", s, n, n, 1)
+    if args.days > 1:
+        for workers in range(1, args.max_workers + 1):
+            s = _annotate(files, out, "--workers", str(workers), "--threads", "1")
+            row(f"seismag annotate, {len(files)} station-days, {workers} local processes", s,
+                grid * len(files), _model_windows(out), len(files))  # fmt: skip
+        with contextlib.suppress(ImportError):
+            from distributed import LocalCluster
+
+            for workers in range(1, args.max_workers + 1):
+                with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:  # fmt: skip
+                    s = _annotate(files, out, "--scheduler", cluster.scheduler_address,
+                                  "--threads", "1")  # fmt: skip
+                row(f"seismag annotate, {len(files)} station-days, Dask {workers} workers", s,
+                    grid * len(files), _model_windows(out), len(files))  # fmt: skip
+    return {"cpu_count": os.cpu_count(), "hours": args.hours, "days": args.days, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default="/tmp/seismag_archive_bench")
+    p.add_argument("--hours", type=float, default=24.0, help="length of each station record")
+    p.add_argument("--days", type=int, default=4, help="station records for the scaling runs")
+    p.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=int, default=2, help="threads of the single-process runs")
+    p.add_argument("--batch", type=int, default=256, help="SeisBench batch size")
+    p.add_argument("--every-window-model", help="a scalar model's ONNX file (e.g. ViTMag)")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    result = run(args)
+    print("\n| run | s | windows | windows/s | network windows | station-days/h |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in result["rows"]:
+        print(f"| {r['run']} | {r['seconds']} | {r['windows']} | {r['windows_per_s']} | "
+              f"{r['model_windows']} | {r['station_days_per_hour']} |")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
