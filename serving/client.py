@@ -74,8 +74,9 @@ class Prediction:
             "series": {
                 "start": str(self.series.stats.starttime),
                 "interval_s": self.series.stats.delta,
-                "values": [float(v) for v in self.series.data],
-                "sigmas": ([float(v) for v in self.sigma_series.data] if self.has_sigma else None),
+                # null where the model has no value (between two events of one record)
+                "values": _json_floats(self.series.data),
+                "sigmas": _json_floats(self.sigma_series.data) if self.has_sigma else None,
             },
             "onset": str(self.onset) if self.onset is not None else None,
             "onset_source": self.onset_source,
@@ -87,6 +88,10 @@ class Prediction:
             "warnings": self.warnings,
             "timings_ms": self.timings_ms,
         }
+
+
+def _json_floats(values) -> list[float | None]:
+    return [float(v) if math.isfinite(v) else None for v in values]
 
 
 def _timings(t: pb.Timings) -> dict[str, float]:
@@ -133,6 +138,65 @@ def _prediction(m: pb.StationMagnitude) -> Prediction:
         m.magnitude_sigma if m.has_sigma else math.nan,
         sigma_series,
         list(m.warnings),
+    )
+
+
+def _time_chunks(data: Stream, seconds: float) -> Iterator[Stream]:
+    """The Stream in time order, ``seconds`` at a time (every trace's piece of each span)."""
+    if not len(data):
+        return
+    t0 = min(tr.stats.starttime for tr in data)
+    t1 = max(tr.stats.endtime for tr in data)
+    k = 0
+    while t0 + k * seconds <= t1:
+        a, b = t0 + k * seconds, t0 + (k + 1) * seconds
+        part = Stream()
+        for tr in data:
+            # Samples at times in [a, b): each sample goes out exactly once.
+            piece = tr.slice(a, b - 0.5 * tr.stats.delta, nearest_sample=False)
+            if piece.stats.npts:
+                part.append(piece)
+        if len(part):
+            yield part
+        k += 1
+
+
+def _from_updates(
+    key: tuple[str, str, str],
+    updates: list[pb.StreamUpdate],
+    interval: float,
+    versions: dict[str, str],
+) -> Prediction:
+    """One station's stream updates as the Prediction a Predict would give."""
+    updates = sorted(updates, key=lambda u: u.time)
+    first = updates[0].time
+    # Value k at first + k * interval; the last may be the data end, off the grid: next slot.
+    slots = np.ceil(np.array([u.time - first for u in updates]) / interval - 1e-6).astype(int)
+    values = np.full(slots[-1] + 1, np.nan)
+    values[slots] = [u.magnitude for u in updates]
+    last = updates[-1]
+    header = {"network": key[0], "station": key[1], "location": key[2], "channel": "MAG",
+              "starttime": UTCDateTime(first), "delta": interval}  # fmt: skip
+    sigma_series = None
+    if last.has_sigma:
+        sigmas = np.full(slots[-1] + 1, np.nan)
+        sigmas[slots] = [u.magnitude_sigma for u in updates]
+        sigma_series = Trace(sigmas, header={**header, "channel": "MSG"})
+    return Prediction(
+        key[0],
+        key[1],
+        key[2],
+        last.magnitude,
+        "the last value of the evolving series, streamed (every window evaluated)",
+        Trace(values, header=header),
+        _onset(last.onset, last.has_onset),
+        last.onset_source,
+        last.model,
+        versions.get(last.model, ""),
+        onset_confidence=last.onset_confidence,
+        magnitude_sigma=last.magnitude_sigma if last.has_sigma else math.nan,
+        sigma_series=sigma_series,
+        warnings=list(last.warnings),
     )
 
 
@@ -259,12 +323,18 @@ class SeismagClient:
         stationxml: bytes | str | Path | None = None,
         p_picks: dict[str, UTCDateTime] | None = None,
         units: str = "",
+        every_window: bool = False,
     ) -> Iterator[pb.StreamUpdate]:
         """Send packets (Streams or miniSEED bytes) as they come; yield magnitude updates
         (``magnitude_sigma`` is valid where ``has_sigma``; ``warnings`` as in Predict).
-        ``stationxml`` and ``units`` as in :meth:`predict`."""
+        ``stationxml`` and ``units`` as in :meth:`predict`. ``every_window``: an archive replay,
+        every window evaluated with flow control (StreamConfig.every_window)."""
         config = pb.StreamConfig(
-            model=model, hop_seconds=hop, stationxml=_bytes(stationxml), input_units=units
+            model=model,
+            hop_seconds=hop,
+            stationxml=_bytes(stationxml),
+            input_units=units,
+            every_window=every_window,
         )
 
         def requests() -> Iterator[pb.StreamRequest]:
@@ -280,6 +350,45 @@ class SeismagClient:
 
         for message in self._stub.StreamPredict(requests(), metadata=self._metadata):
             yield from message.updates
+
+    def predict_streamed(
+        self,
+        data: Stream,
+        *,
+        model: str = "",
+        stationxml: bytes | str | Path | None = None,
+        p_picks: dict[str, UTCDateTime] | None = None,
+        series_interval: float = 1.0,
+        units: str = "",
+        chunk_seconds: float = 10.0,
+    ) -> list[Prediction]:
+        """What :meth:`predict` returns, for data of any length: sent through StreamPredict as
+        an archive replay (``every_window``) in packets of ``chunk_seconds``, the updates put
+        back together into each station's series (NaN where the model has no value, as
+        Predict does). For recordings larger than one Predict accepts.
+
+        ``chunk_seconds`` stays under the server's start wait for missing components (a station
+        starts without a component once another spans a whole window): 1-10 s, as a live feed's
+        packets are."""
+        if not 0 < chunk_seconds <= 10:
+            raise ValueError(f"chunk_seconds must be in (0, 10], got {chunk_seconds}")
+        packets = _time_chunks(data, chunk_seconds)
+        by_station: dict[tuple[str, str, str], list[pb.StreamUpdate]] = {}
+        for u in self.stream(
+            packets,
+            model=model,
+            hop=series_interval,
+            stationxml=stationxml,
+            p_picks=p_picks,
+            units=units,
+            every_window=True,
+        ):
+            by_station.setdefault((u.network, u.station, u.location), []).append(u)
+        versions = {m.name: m.version for m in self.models().models}
+        return [
+            _from_updates(key, updates, series_interval, versions)
+            for key, updates in by_station.items()
+        ]
 
     def models(self) -> pb.ListModelsResponse:
         return self._stub.ListModels(

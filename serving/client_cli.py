@@ -137,17 +137,48 @@ def _stationxml(args: argparse.Namespace) -> bytes | None:
         raise CliError(f"cannot read --stationxml: {exc}") from None
 
 
+def _too_large(exc) -> str | None:
+    """Why a Predict was refused for its size (this client's message limit or the server's
+    per-request limits), or None for any other failure (a full queue is not one: retry)."""
+    import grpc
+
+    from seismag.serving.client import refused_by_client
+
+    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    if refused_by_client(exc):
+        return f"over this client's --max-message-mb {exc.details()!r}"
+    details = exc.details() or ""
+    return f"the server: {details}" if ("limit" in details or "more than" in details) else None
+
+
 def _predict(args: argparse.Namespace, path: str):
+    """Predict, or for data larger than one Predict allows, the same streamed (every window)."""
+    import grpc
+
     stationxml = _stationxml(args)
+    st = _read(path)
+    options = dict(
+        model=args.model,
+        stationxml=stationxml,
+        p_picks=_picks(args.pick),
+        series_interval=args.interval,
+        units=args.units,
+    )
     with _client(args) as client:
-        return client.predict(
-            _read(path),
-            model=args.model,
-            stationxml=stationxml,
-            p_picks=_picks(args.pick),
-            series_interval=args.interval,
-            units=args.units,
-        )
+        if not getattr(args, "stream", False):  # `seismag plot` shares this path
+            try:
+                return client.predict(st, **options)
+            except grpc.RpcError as exc:
+                why = _too_large(exc)
+                if why is None:
+                    raise
+                print(
+                    f"seismag: {path} is larger than one Predict ({why}); streaming it instead, "
+                    "every window evaluated",
+                    file=sys.stderr,
+                )
+        return client.predict_streamed(st, **options)
 
 
 def _magnitude(value: float, sigma: float, has_sigma: bool) -> str:
@@ -480,6 +511,12 @@ def add_client_commands(sub) -> None:
     p.add_argument("--pick", action="append", help="P pick NET.STA[.LOC]=TIME (repeatable)")
     _units_args(p)
     p.add_argument("--interval", type=float, default=1.0, help="magnitude series spacing, s")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="send the file through StreamPredict as an archive replay (every window, flow "
+        "control) instead of one Predict; done by itself when the file is too large for one",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("stream", help="replay a file or forward SeedLink into StreamPredict")

@@ -761,6 +761,13 @@ class StreamSession:
             self._error = exc
             self._put(exc)
 
+    def backlog(self) -> int:
+        """Windows in the model plus updates not yet read: what a caller's flow control bounds
+        when every window is evaluated (``coalesce=False``)."""
+        with self._lock:
+            inflight = sum(st.inflight for st in self._stations.values())
+        return inflight + self._queue.qsize()
+
     def _pending(self) -> bool:
         return any(st.inflight or st.slot is not None for st in self._stations.values())
 

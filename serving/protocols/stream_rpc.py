@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 MAX_UPDATES_PER_MESSAGE = 256
 """Updates packed into one StreamPredict response at most (each is ~100 bytes)."""
+EVERY_WINDOW_BACKLOG = 512
+"""StreamConfig.every_window: the next packet is read only while fewer windows (in the model)
+plus unread updates than this are waiting; one packet's windows come on top (~72 KB each for a
+3 x 3001 window until it has run)."""
 
 
 async def serve_stream(
@@ -84,6 +88,7 @@ def _new_session(server: SeismagServer, config: pb.StreamConfig, on_ready) -> St
         inventory=inventory,
         server_inventory=server.inventory,
         on_ready=on_ready,
+        coalesce=not config.every_window,
     )
 
 
@@ -144,6 +149,8 @@ class StreamCall:
         self.stop_reading = False
         self.packets = 0
         self._reader: asyncio.Task | None = None
+        self.drained = asyncio.Event()
+        """Set whenever updates went out: the reader's flow control waits on it."""
 
     def wake_soon(self) -> None:
         """Wake the handler (safe from any thread: the batcher's workers call it)."""
@@ -185,6 +192,8 @@ class StreamCall:
         try:
             self._handle(first)
             while not self.stop_reading:
+                if self.config.every_window:
+                    await self._room()
                 req = _decoded(await self.context.read())
                 if req is grpc.aio.EOF:
                     break
@@ -197,6 +206,15 @@ class StreamCall:
             if not self.stop_reading:
                 self.error = exc
             self.session.close()
+
+    async def _room(self) -> None:
+        """Flow control of an archive replay: wait while the backlog is over its bound (the
+        handler sets ``drained`` after each message it sends; a failed session ends the wait)."""
+        while self.session.backlog() >= EVERY_WINDOW_BACKLOG and not self.session.done:
+            self.drained.clear()
+            if self.session.backlog() < EVERY_WINDOW_BACKLOG:
+                break
+            await self.drained.wait()
 
     def _drain(self) -> None:
         """SIGTERM: stop reading, deliver what is due, then end cleanly."""
@@ -229,6 +247,8 @@ class StreamCall:
                 updates=[stream_update(u) for u in ready],
                 events=[event_update(e) for e in events],
             )
+            self.drained.set()
+        self.drained.set()
         if self.error is not None:
             raise self.error
 

@@ -162,20 +162,22 @@ class PredictResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[StationMagnitude, _Mapping]]] = ..., event: _Optional[_Union[EventMagnitude, _Mapping]] = ..., has_event: bool = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("model", "hop_seconds", "stationxml", "input_units", "events", "event_id")
+    __slots__ = ("model", "hop_seconds", "stationxml", "input_units", "events", "event_id", "every_window")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     HOP_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STATIONXML_FIELD_NUMBER: _ClassVar[int]
     INPUT_UNITS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVERY_WINDOW_FIELD_NUMBER: _ClassVar[int]
     model: str
     hop_seconds: float
     stationxml: bytes
     input_units: str
     events: bool
     event_id: str
-    def __init__(self, model: _Optional[str] = ..., hop_seconds: _Optional[float] = ..., stationxml: _Optional[bytes] = ..., input_units: _Optional[str] = ..., events: bool = ..., event_id: _Optional[str] = ...) -> None: ...
+    every_window: bool
+    def __init__(self, model: _Optional[str] = ..., hop_seconds: _Optional[float] = ..., stationxml: _Optional[bytes] = ..., input_units: _Optional[str] = ..., events: bool = ..., event_id: _Optional[str] = ..., every_window: bool = ...) -> None: ...
 
 class StreamRequest(_message.Message):
     __slots__ = ("config", "miniseed", "raw_chunk", "raw_chunks", "pick")
