@@ -17,8 +17,18 @@ def registry():
     reg.close()
 
 
-# A module that starts a gRPC server defines its own ``server`` fixture (with the settings it
-# tests); these two connect to whichever server that module has.
+@pytest.fixture(scope="module")
+def server(registry):
+    """A server with default settings on a free loopback port (metrics on one too); a module
+    that tests other settings defines its own ``server``, which takes precedence."""
+    from seismag.serving.protocols.server import build_server
+
+    srv = build_server(registry, address="127.0.0.1:0", metrics_port=0).start()
+    yield srv
+    srv.stop(1)
+
+
+# These two connect to whichever server the module has.
 @pytest.fixture(scope="module")
 def channel(server):
     import grpc

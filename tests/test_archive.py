@@ -16,17 +16,9 @@ from obspy.clients.filesystem.sds import Client as SDSClient
 from seismag.benchmarks.archive_data import station_record
 from seismag.cli import main
 from seismag.serving.archive.sources import scan_files
-from seismag.serving.protocols.server import build_server
 from seismag.serving.v1 import seismag_pb2 as pb
 
 SEED = 4  # two events the picker finds (M 3.1 at 22 km, M 2.0 at 6 km), P at 00:00:58 / 00:03:41
-
-
-@pytest.fixture(scope="module")
-def server(registry):
-    srv = build_server(registry, address="127.0.0.1:0", metrics_port=0).start()
-    yield srv
-    srv.stop(1)
 
 
 @pytest.fixture(scope="module")

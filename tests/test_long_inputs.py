@@ -14,16 +14,8 @@ from seismag.cli import main
 from seismag.serving.archive.annotate import AnnotateOptions, annotate_stream
 from seismag.serving.client import SeismagClient
 from seismag.serving.protocols import stream_rpc
-from seismag.serving.protocols.server import build_server
 
 SEED = 4  # two events the picker finds in 300 s (as in test_archive.py)
-
-
-@pytest.fixture(scope="module")
-def server(registry):
-    srv = build_server(registry, address="127.0.0.1:0", metrics_port=0).start()
-    yield srv
-    srv.stop(1)
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,6 @@ STREAM = "MagnitudeService/StreamPredict"
 
 
 @pytest.fixture(scope="module")
-def server(registry):
-    srv = build_server(registry, address="127.0.0.1:0", metrics_port=0).start()
-    yield srv
-    srv.stop(1)
-
-
-@pytest.fixture(scope="module")
 def rjob() -> tuple[obspy.Stream, bytes]:
     """ObsPy's example record (counts) and its StationXML."""
     xml = io.BytesIO()
