@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> dict:
 
     one = files[:1]
     out = workdir / "out"
+    if args.scaling_only:
+        return _scaling(args, files, grid, out, row, rows)
     # Imports and model loads out of the in-process rows (the process and Dask rows include
     # each worker's): a 2-minute record through each model first.
     warm, _ = station_record(120, events=0, seed=99)
@@ -117,6 +119,10 @@ def run(args: argparse.Namespace) -> dict:
     for overlap in (2901, 1500):
         s, n = _seisbench(one[0], overlap, args.threads, args.batch)
         row(f"SeisBench annotate, PhaseNet, overlap {overlap}, {args.threads} threads", s, n, n, 1)
+    return _scaling(args, files, grid, out, row, rows)
+
+
+def _scaling(args, files, grid, out, row, rows) -> dict:
     if args.days > 1:
         for workers in range(1, args.max_workers + 1):
             s = _annotate(files, out, "--workers", str(workers), "--threads", "1")
@@ -145,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=256, help="SeisBench batch size")
     p.add_argument("--every-window-model", help="a scalar model's ONNX file (e.g. ViTMag)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--scaling-only", action="store_true", help="only the 1..N worker runs")
     args = p.parse_args(argv)
     result = run(args)
     print("\n| run | s | windows | windows/s | network windows | station-days/h |")
