@@ -54,9 +54,19 @@ def test_archive_replay_at_full_speed_gets_every_update(client, record):
 def test_flow_control_bounds_the_backlog(client, record, monkeypatch):
     # A bound of 8 windows: the reader waits for the handler again and again, nothing is lost.
     monkeypatch.setattr(stream_rpc, "EVERY_WINDOW_BACKLOG", 8)
+    seen: list[int] = []  # the backlog each time the reader is about to read a packet
+    room = stream_rpc.StreamCall._room
+
+    async def watched(call) -> None:
+        seen.append(call.session.backlog())
+        await room(call)
+
+    monkeypatch.setattr(stream_rpc.StreamCall, "_room", watched)
     (expected,) = client.predict(record, units="m/s")
     (got,) = client.predict_streamed(record, units="m/s", chunk_seconds=2)
     _same(got, expected)
+    # 150 packets read; never more than the bound plus one 2 s packet's windows (hop 1 s).
+    assert len(seen) >= 149 and max(seen) <= 8 + 3
 
 
 def test_predict_cli_streams_what_one_predict_refuses(server, registry, tmp_path, capsys):
@@ -100,3 +110,27 @@ def test_predict_cli_over_the_client_message_limit(server, tmp_path, capsys):
     assert [v is None for v in a] == [v is None for v in b]
     finite = [v for v in b if v is not None]
     assert [v for v in a if v is not None] == pytest.approx(finite, abs=1e-5) and len(finite) > 40
+
+
+def test_predict_cli_stream_flag_equals_predict(server, tmp_path, capsys):
+    # A file one Predict accepts: --stream forces the archive replay, same printed result.
+    st, _ = station_record(300, events=2, seed=SEED)
+    path = tmp_path / "short.mseed"
+    st.write(str(path), format="MSEED")
+    args = ["predict", str(path), "--units", "m/s", "--json", "--server",
+            f"127.0.0.1:{server.port}"]  # fmt: skip
+    assert main(args) == 0
+    (direct,) = json.loads(capsys.readouterr().out)
+    assert main([*args, "--stream"]) == 0
+    (streamed,) = json.loads(capsys.readouterr().out)
+    assert "streamed" in streamed["derivation"]  # it says which path gave the result
+    for key in ("station", "onset", "onset_source", "model", "model_version"):
+        assert streamed[key] == direct[key]
+    assert streamed["magnitude"] == pytest.approx(direct["magnitude"], abs=1e-5)
+    assert streamed["magnitude_sigma"] == pytest.approx(direct["magnitude_sigma"], abs=1e-5)
+    a, b = streamed["series"], direct["series"]
+    assert a["start"] == b["start"] and a["interval_s"] == b["interval_s"]
+    assert [v is None for v in a["values"]] == [v is None for v in b["values"]]
+    finite = [v for v in b["values"] if v is not None]
+    assert len(finite) > 40
+    assert [v for v in a["values"] if v is not None] == pytest.approx(finite, abs=1e-5)
