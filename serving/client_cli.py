@@ -399,6 +399,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             p_picks=picks,
             stationxml=stationxml,
             units=args.units,
+            every_window=args.every_window,
         )
         printed = 0
         for u in updates:
@@ -530,6 +531,12 @@ def add_client_commands(sub) -> None:
         "clock, a live feed's on the server's wall clock",
     )
     p.add_argument("--hop", type=float, default=0.0, help="seconds between updates (0 = server's)")
+    p.add_argument(
+        "--every-window",
+        action="store_true",
+        help="archive replay: every window evaluated, the server reads on as updates go out "
+        "(a live stream merges windows that fall due while one is in the model)",
+    )
     p.add_argument("--seedlink", help="SeedLink server HOST:PORT to forward instead of a file")
     p.add_argument(
         "--select",

@@ -134,3 +134,22 @@ def test_predict_cli_stream_flag_equals_predict(server, tmp_path, capsys):
     finite = [v for v in b["values"] if v is not None]
     assert len(finite) > 40
     assert [v for v in a["values"] if v is not None] == pytest.approx(finite, abs=1e-5)
+
+
+def test_stream_cli_every_window_gives_predicts_series(server, capsys):
+    # The README's example record replayed at full speed: one update per value of Predict's
+    # series, in time order (batches may finish out of order: the session puts them back).
+    xml = "examples/event.xml"
+    st = read("examples/event.mseed")
+    address = f"127.0.0.1:{server.port}"
+    args = ["stream", "examples/event.mseed", "--server", address, "--speed", "0", "--json"]
+    assert main([*args, "--stationxml", xml, "--every-window"]) == 0
+    updates = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    with SeismagClient(address) as c:
+        (result,) = c.predict(st, stationxml=xml)
+    times = result.series.times("utcdatetime")
+    finite = np.isfinite(result.series.data)
+    assert len(updates) == finite.sum() > 10
+    for u, when, value in zip(updates, times[finite], result.series.data[finite], strict=True):
+        assert abs(UTCDateTime(u["time"]) - when) < 0.5 * result.series.stats.delta
+        assert u["magnitude"] == pytest.approx(value, abs=1e-4)

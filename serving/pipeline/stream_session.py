@@ -249,6 +249,11 @@ class _Station:
     last_eval: int = -1
     inflight: int = 0
     slot: Evaluation | None = None
+    submitted: int = 0
+    delivered: int = 0
+    held: dict[int, StationUpdate] = field(default_factory=dict)
+    """Updates back before an earlier window of the station (batches finish out of order when
+    every window is evaluated): delivered once those are, so a station's updates stay in order."""
     notes: list[str] = field(default_factory=list)
     """Warnings every update of this station carries (ignored channels, upsampled ones)."""
 
@@ -674,7 +679,9 @@ class StreamSession:
 
     def _submit(self, st: _Station, ev: Evaluation) -> None:
         # No Future per window: the batcher hands back all of a batch's rows in one on_rows call.
-        self.runtime.submit_raw(ev.waveform[None], owner=self, tag=(st, ev, time.perf_counter()))
+        tag = (st, ev, time.perf_counter(), st.submitted)
+        self.runtime.submit_raw(ev.waveform[None], owner=self, tag=tag)
+        st.submitted += 1
         st.inflight += 1
         self.stats.submitted += 1
 
@@ -686,16 +693,17 @@ class StreamSession:
     def on_rows(self, results: list[tuple[object, ModelRows, dict[str, float]]]) -> None:
         """Model results of one batch (the batcher's worker thread): updates, queued windows."""
         now, wall = time.perf_counter(), time.time()
-        ready: list[tuple[_Station, StationUpdate | None, Exception | None]] = []
-        for (st, ev, t_due), rows, timings in results:  # outside the lock: pure computation
+        ready: list[tuple[_Station, int, StationUpdate | None, Exception | None]] = []
+        for (st, ev, t_due, seq), rows, timings in results:  # outside the lock: computation
             try:
-                ready.append((st, self._update(st, ev, rows, timings, t_due, now, wall), None))
+                update = self._update(st, ev, rows, timings, t_due, now, wall)
+                ready.append((st, seq, update, None))
             except Exception as exc:
-                ready.append((st, None, exc))
+                ready.append((st, seq, None, exc))
         with self._lock:
             if self._closed:
                 return
-            for st, _, exc in ready:
+            for st, _, _, exc in ready:
                 st.inflight -= 1
                 if exc is not None:
                     self._fail(exc)
@@ -704,15 +712,18 @@ class StreamSession:
                 if st.slot is not None:
                     nxt, st.slot = st.slot, None
                     self._submit(st, nxt)
-            for _, update, _ in ready:
+            for st, seq, update, _ in ready:
                 if update is not None:
-                    self._deliver(update)
+                    st.held[seq] = update
+                    while st.delivered in st.held:
+                        self._deliver(st.held.pop(st.delivered))
+                        st.delivered += 1
             self._maybe_end()
 
     def on_error(self, tags: list[object], exc: BaseException) -> None:
         """The model failed for these windows: the session fails with that error."""
         with self._lock:
-            for st, _, _ in tags:
+            for st, *_ in tags:
                 st.inflight -= 1
             if self._closed:
                 return
@@ -765,8 +776,8 @@ class StreamSession:
         """Windows in the model plus updates not yet read: what a caller's flow control bounds
         when every window is evaluated (``coalesce=False``)."""
         with self._lock:
-            inflight = sum(st.inflight for st in self._stations.values())
-        return inflight + self._queue.qsize()
+            waiting = sum(st.inflight + len(st.held) for st in self._stations.values())
+        return waiting + self._queue.qsize()
 
     def _pending(self) -> bool:
         return any(st.inflight or st.slot is not None for st in self._stations.values())
