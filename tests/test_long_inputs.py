@@ -153,3 +153,19 @@ def test_stream_cli_every_window_gives_predicts_series(server, capsys):
     for u, when, value in zip(updates, times[finite], result.series.data[finite], strict=True):
         assert abs(UTCDateTime(u["time"]) - when) < 0.5 * result.series.stats.delta
         assert u["magnitude"] == pytest.approx(value, abs=1e-4)
+
+
+def test_long_raw_packets_start_a_station_with_all_components(client, record):
+    # Two 150 s packets, each one raw_chunks message of Z, N and E: the components of a message
+    # are buffered together, so Z's 150 s do not start the station without N and E.
+    (expected,) = client.predict(record, units="m/s")
+    t0 = record[0].stats.starttime
+    halves = [record.slice(t0, t0 + 149.995), record.slice(t0 + 150, t0 + 300)]
+    updates = list(client.stream(halves, units="m/s", hop=1.0, every_window=True))
+    assert updates and not any(u.warnings for u in updates)
+    start = expected.series.stats.starttime.timestamp
+    values = expected.series.data
+    for u in updates:
+        k = round(u.time - start)
+        assert u.magnitude == pytest.approx(values[k], abs=1e-5)
+    assert len(updates) == np.isfinite(values).sum()

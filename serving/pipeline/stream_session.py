@@ -381,17 +381,41 @@ class StreamSession:
         taken as float32, the start time on UTCDateTime's nanosecond grid), at a fraction of the
         cost.
         """
+        self.add_raw_many([(network, station, location, channel, sampling_rate, starttime,
+                            samples)])  # fmt: skip
+
+    def add_raw_many(self, chunks: list[tuple]) -> None:
+        """Several raw chunks (``add_raw``'s arguments each) as one packet: all are buffered
+        before any station is advanced, as ``add`` does with a Stream, so the components of one
+        message start a station together however long they are. A bad chunk raises
+        InvalidInput naming its position; the chunks before it are kept."""
+        touched: dict[tuple[str, str, str], _Station] = {}
+        with self._lock:
+            self._admit()
+            try:
+                for i, chunk in enumerate(chunks):
+                    try:
+                        st = self._ingest_raw(*chunk)
+                    except InvalidInput as exc:
+                        if len(chunks) == 1:
+                            raise
+                        raise InvalidInput(f"chunk {i}: {exc}") from None
+                    self.stats.packets += 1
+                    if st is not None:
+                        touched[st.key] = st
+            finally:
+                for st in touched.values():
+                    self._advance(st, final=False)
+
+    def _ingest_raw(
+        self, network, station, location, channel, sampling_rate, starttime, samples
+    ) -> _Station | None:
         sid, rate, data = checked_samples(
             network, station, location, channel, sampling_rate, samples, dtype=np.float32
         )
         check_span(sid, starttime, data.size, rate)
         start = round(float(starttime) * 1e9) / 1e9  # UTCDateTime(t).timestamp, exactly
-        with self._lock:
-            self._admit()
-            st = self._ingest_values(network, station, location, channel, rate, start, data)
-            self.stats.packets += 1
-            if st is not None:
-                self._advance(st, final=False)
+        return self._ingest_values(network, station, location, channel, rate, start, data)
 
     def _ingest(self, tr: Trace) -> _Station | None:
         s = tr.stats

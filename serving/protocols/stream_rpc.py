@@ -72,6 +72,11 @@ def _decoded(req):
     return req
 
 
+def _raw_args(t: pb.RawTrace) -> tuple:
+    """A RawTrace as StreamSession.add_raw's arguments."""
+    return (t.network, t.station, t.location, t.channel, t.sampling_rate, t.starttime, t.samples)
+
+
 def _new_session(server: SeismagServer, config: pb.StreamConfig, on_ready) -> StreamSession:
     if config.model in server.ensembles:
         raise InvalidInput(
@@ -171,22 +176,11 @@ class StreamCall:
         try:
             if kind == "miniseed":
                 self.session.add(ingest.read_miniseed(req.miniseed))
-            elif kind == "raw_chunk":
-                self._add_raw(req.raw_chunk)
-            else:
-                for i, t in enumerate(req.raw_chunks.traces):
-                    try:
-                        self._add_raw(t)
-                    except InvalidInput as exc:
-                        raise InvalidInput(f"chunk {i}: {exc}") from None
+            else:  # fast path: straight into the stations' buffers, no ObsPy Trace
+                traces = [req.raw_chunk] if kind == "raw_chunk" else req.raw_chunks.traces
+                self.session.add_raw_many([_raw_args(t) for t in traces])
         except InvalidInput as exc:
             raise InvalidInput(f"packet {self.packets}: {exc}") from None
-
-    def _add_raw(self, t: pb.RawTrace) -> None:
-        # Fast path: straight into the station's buffer, no ObsPy Trace.
-        self.session.add_raw(
-            t.network, t.station, t.location, t.channel, t.sampling_rate, t.starttime, t.samples
-        )
 
     async def _read(self, first: pb.StreamRequest) -> None:
         try:
