@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from obspy import Stream, UTCDateTime
+from obspy import Stream, Trace, UTCDateTime
 
 from seismag.models.card import ModelCard
 from seismag.models.preprocess import model_inputs
@@ -208,8 +208,6 @@ def series_traces(result: UnitResult, channel: str = "MAG") -> list[Stream]:
     Only points on the regular grid go in (a unit whose length is not a whole number of steps
     ends with one more value at its last sample; it is in the onset table, not in the traces).
     """
-    from obspy import Trace
-
     step, v = result.step, result.values
     keep = np.flatnonzero((v.index + 1) % step == 0)
     if not len(keep):

@@ -29,6 +29,13 @@ COLUMNS = (
 CHANNEL = "MAG"
 
 
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
 class OutputError(ValueError):
     """The output folder holds results that must not be mixed with this run's."""
 
@@ -82,14 +89,7 @@ class ArchiveOutput:
                 )  # fmt: skip
                 _atomic_write(path, lambda p, st=st: st.write(str(p), format="MSEED"))
         rows = result.onset_rows(self.model, version)
-
-        def write_rows(p: Path) -> None:
-            with p.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=COLUMNS)
-                w.writeheader()
-                w.writerows(rows)
-
-        _atomic_write(self.rows_dir / f"{result.unit}.csv", write_rows)
+        _atomic_write(self.rows_dir / f"{result.unit}.csv", lambda p: _write_csv(p, rows))
         marker = {
             "unit": result.unit,
             "grid_points": result.grid_points,
@@ -136,12 +136,5 @@ class ArchiveOutput:
             _atomic_write(path, lambda p: frame.to_parquet(p, index=False))
             return path
         path = self.root / f"onsets-{self.model}.csv"
-
-        def write_all(p: Path) -> None:
-            with p.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=COLUMNS)
-                w.writeheader()
-                w.writerows(rows)
-
-        _atomic_write(path, write_all)
+        _atomic_write(path, lambda p: _write_csv(p, rows))
         return path

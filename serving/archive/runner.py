@@ -9,7 +9,6 @@ file system), the output only where ``seismag annotate`` runs.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -67,12 +66,6 @@ def annotate_unit(unit: Unit, spec: ModelSpec, options: AnnotateOptions) -> Unit
     return result
 
 
-def _init_worker(threads: int) -> None:
-    # numpy/scipy threads per process: the processes are the parallelism.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-
-
 def run_local(
     units: list[Unit], spec: ModelSpec, options: AnnotateOptions, workers: int
 ) -> Iterator[UnitResult]:
@@ -81,9 +74,7 @@ def run_local(
         for unit in units:
             yield annotate_unit(unit, spec, options)
         return
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(units)), initializer=_init_worker, initargs=(spec.threads,)
-    ) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(units))) as pool:
         futures = [pool.submit(annotate_unit, u, spec, options) for u in units]
         for f in as_completed(futures):
             yield f.result()
