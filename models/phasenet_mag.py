@@ -71,21 +71,14 @@ def unet_plan(
     return lengths, crops
 
 
-class UNetMagnitudeModel(MagnitudeModel):
-    """PhaseNet's encoder/decoder with a linear 1x1 head; subclasses add a bottleneck.
+class UNetLayers:
+    """PhaseNet's encoder/decoder layers, built onto an ``nn.Module`` (a mixin, so the layer
+    names stay top-level attributes: ``inc``, ``in_bn``, ``down_branch``, ``up_branch``,
+    ``out``). Shared by the magnitude U-Nets and the P picker (:mod:`seismag.models.picker`)."""
 
-    Attribute names (``inc``, ``in_bn``, ``down_branch``, ``up_branch``, ``out``) and the
-    ``[conv, bn, conv, bn]`` grouping mirror the reference code (QuentonYeo/magnitude_estimation),
-    which keeps its state dicts importable by a plain rename. The biases follow the reference too
-    (``inc`` always has one; ``down_bias`` says whether the strided convs do), even where a
-    BatchNorm follows, so parameter counts and imported checkpoints match.
-    """
-
-    amplitude_inputs = ("inc.weight",)
-
-    def __init__(
+    def build_unet(
         self,
-        in_channels: int,
+        first_channels: int,
         in_samples: int,
         filters_root: int,
         depth: int,
@@ -97,7 +90,6 @@ class UNetMagnitudeModel(MagnitudeModel):
         crop: str = "phasenet",
         n_outputs: int = 1,
     ) -> None:
-        super().__init__(in_channels, in_samples)
         check_positive_int("filters_root", filters_root)
         check_positive_int("depth", depth, minimum=2)
         check_positive_int("stride", stride, minimum=2)
@@ -125,7 +117,7 @@ class UNetMagnitudeModel(MagnitudeModel):
         self._lengths, self._crops = unet_plan(in_samples, depth, kernel_size, stride, pad, crop)
 
         same = kernel_size // 2
-        self.inc = nn.Conv1d(self.body_channels, filters_root, kernel_size, padding=same)
+        self.inc = nn.Conv1d(first_channels, filters_root, kernel_size, padding=same)
         self.in_bn = nn.BatchNorm1d(filters_root, eps=_BN_EPS)
 
         self.down_branch = nn.ModuleList()
@@ -154,7 +146,7 @@ class UNetMagnitudeModel(MagnitudeModel):
             bn2 = nn.BatchNorm1d(filters, eps=_BN_EPS)
             self.up_branch.append(nn.ModuleList([conv_up, bn1, conv_same, bn2]))
 
-        # Linear regression head: no activation, no softmax; channel 1 (if any) is a log-sigma.
+        # Linear head, no activation: magnitude (and a log-sigma), or a picker's class logits.
         self.out = nn.Conv1d(last, n_outputs, 1)
 
     @property
@@ -182,6 +174,47 @@ class UNetMagnitudeModel(MagnitudeModel):
             x = torch.relu(bn2(conv_same(torch.cat([skip, x], dim=1))))
         out = self.out(x)
         return out.squeeze(1) if self.n_outputs == 1 else out
+
+
+class UNetMagnitudeModel(UNetLayers, MagnitudeModel):
+    """PhaseNet's encoder/decoder with a linear 1x1 head; subclasses add a bottleneck.
+
+    Attribute names (``inc``, ``in_bn``, ``down_branch``, ``up_branch``, ``out``) and the
+    ``[conv, bn, conv, bn]`` grouping mirror the reference code (QuentonYeo/magnitude_estimation),
+    which keeps its state dicts importable by a plain rename. The biases follow the reference too
+    (``inc`` always has one; ``down_bias`` says whether the strided convs do), even where a
+    BatchNorm follows, so parameter counts and imported checkpoints match.
+    """
+
+    amplitude_inputs = ("inc.weight",)
+
+    def __init__(
+        self,
+        in_channels: int,
+        in_samples: int,
+        filters_root: int,
+        depth: int,
+        kernel_size: int,
+        stride: int,
+        *,
+        down_padding: int | None = None,
+        down_bias: bool = True,
+        crop: str = "phasenet",
+        n_outputs: int = 1,
+    ) -> None:
+        MagnitudeModel.__init__(self, in_channels, in_samples)
+        self.build_unet(
+            self.body_channels,
+            in_samples,
+            filters_root,
+            depth,
+            kernel_size,
+            stride,
+            down_padding=down_padding,
+            down_bias=down_bias,
+            crop=crop,
+            n_outputs=n_outputs,
+        )
 
 
 class PhaseNetMag(UNetMagnitudeModel):
