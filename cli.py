@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from seismag import __version__
 from seismag.benchmarks.cli import add_bench_commands
@@ -68,6 +69,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # parity or checker failure: the file must not be trusted
         print(f"seismag: error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_export_picker(args: argparse.Namespace) -> int:
+    try:
+        from seismag.export.picker_export import export_picker
+    except ImportError as exc:
+        print(f"seismag: error: export-picker needs the 'export' extra ({exc})", file=sys.stderr)
+        return 2
+    weights = Path(args.weights) if args.weights else None
+    if weights is not None and not weights.is_file():
+        print(f"seismag: error: weights file not found: {weights}", file=sys.stderr)
+        return 2
+    try:
+        result = export_picker(args.out, weights=weights)
+    except RuntimeError as exc:  # parity or checker failure: the file must not be trusted
+        print(f"seismag: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {result.path} (ONNX Runtime vs PyTorch: max |diff| {result.max_abs_diff:.1e})")
     return 0
 
 
@@ -195,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX vs PyTorch check")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "export-picker",
+        help="export the P picker network to ONNX (parity-checked)",
+        description="Export the P picker (PhaseNetPicker) to ONNX with its card in the metadata; "
+        "the server loads it for --picker phasenet.",
+    )
+    p.add_argument("--weights", help="safetensors weights (default: the shipped ones)")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.set_defaults(func=_cmd_export_picker)
 
     add_client_commands(sub)
     add_annotate_command(sub)

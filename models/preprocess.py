@@ -247,3 +247,12 @@ def last_window(data: np.ndarray, n_samples: int) -> np.ndarray:
         return data[..., -n_samples:]
     pad = n_samples - data.shape[-1]
     return np.pad(data, [(0, 0)] * (data.ndim - 1) + [(pad, 0)], mode="edge")
+
+
+def picker_inputs(windows: np.ndarray, card) -> np.ndarray:
+    """Raw (..., C, N) windows -> the picker network's input (a
+    :class:`~seismag.models.picker_card.PickerCard`): the same demean, causal high-pass and one
+    scale for all components as the magnitude models, without the amplitude."""
+    return normalise(
+        windows, card.normalisation, highpass_hz=card.highpass_hz, sampling_rate=card.sampling_rate
+    )[0]

@@ -157,6 +157,30 @@ def _device_arg(p: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+def _cmd_train_picker(args: argparse.Namespace) -> int:
+    if not Path(args.data).is_dir():
+        return _error(f"data directory not found: {args.data}")
+    try:
+        from seismag.training.picker import PickerTrainingError, train_picker
+    except ImportError as exc:
+        return _error(f"training needs the 'torch' extra ({exc})")
+    from seismag.training.dataset import DatasetFormatError
+
+    try:
+        summary = train_picker(
+            args.data,
+            args.out,
+            minutes=args.minutes,
+            max_traces=args.max_traces,
+            seed=args.seed,
+            threads=args.threads,
+        )
+    except (PickerTrainingError, DatasetFormatError) as exc:
+        return _error(str(exc), EXIT_FAILED)
+    print(json.dumps(summary))
+    return 0
+
+
 def add_training_commands(sub) -> None:
     """Register ``train``, ``evaluate`` and ``synth`` on the top-level subparsers."""
     p = sub.add_parser(
@@ -185,6 +209,26 @@ def add_training_commands(sub) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "train-picker",
+        help="train the P picker network (PhaseNetPicker) on P and S picks",
+        description="Train the picker of the card models/cards/pickers/PhaseNetPicker.toml on "
+        "the train split of a SeisBench-format dataset with P (and S) arrival samples; keeps "
+        "the weights with the lowest loss on dev windows. Export them with "
+        "`seismag export-picker --weights OUT`.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder (metadata + waveforms)")
+    p.add_argument(
+        "--out", default="runs/PhaseNetPicker.safetensors", help="weights file (%(default)s)"
+    )
+    p.add_argument("--minutes", type=float, default=12.0, help="wall-clock budget (%(default)s)")
+    p.add_argument(
+        "--max-traces", type=int, default=8000, help="train traces held in memory (%(default)s)"
+    )
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train_picker)
 
     p = sub.add_parser(
         "evaluate",
