@@ -1,11 +1,17 @@
-"""P onsets without a client pick: the old 10 s STA/LTA against the server's picker, side by side.
+"""P onsets without a client pick: the server's pickers side by side.
 
-    .venv/bin/python -m seismag.benchmarks.pick_accuracy --events 60
+    .venv/bin/python -m seismag.benchmarks.pick_accuracy --events 60 --stead DIR --heldout DIR
 
-Records start 2-10 s before P (what a client sends for one event). Sets: synthetic traces of
-:mod:`seismag.training.synthetic` for the seed the picker's constants were tuned on (1), a held-out
-seed (2), a held-out seed (3) with other noise, kappa, stress drop and distances, and the 50 real
-STEAD traces of TA.109C cut so that 2-7 s of noise precede the analyst's P (validation only).
+Pickers: the old 10 s STA/LTA, the STA/LTA + AIC picker (``sta_lta_aic``) and the picker network
+(``phasenet``, the packaged ONNX file or ``--picker-onnx``), each fed the whole record through the
+class the server uses. Records start 2-10 s before P (what a client sends for one event). Sets:
+synthetic traces of :mod:`seismag.training.synthetic` for the seed the STA/LTA constants were tuned
+on (1), a held-out seed (2), a held-out seed (3) with other noise, kappa, stress drop and
+distances, ``--heldout``: the test split of a SeisBench-format dataset (the unseen regimes of
+docs/evaluation.md) cut so that 2-10 s of noise precede P, and ``--stead``: the 50 real STEAD
+traces of TA.109C cut so that 2-7 s of noise precede the analyst's P (validation only). The picker
+network was trained on ``seismag synth --regimes wna,two_corner,broad --seed 1`` (other events,
+other physics than seeds 2 and 3 of the plain generator, none of the unseen regimes).
 ``--obspy`` adds ObsPy's ``ar_pick`` and ``pk_baer`` with their documentation's parameters.
 Each picker reads the whole record and reports its first onset. Columns: ``ok`` pick within 0.5 s
 of P; ``S`` pick nearer the S arrival than P (S taken for P); ``other`` any other wrong pick;
@@ -22,11 +28,11 @@ from pathlib import Path
 import numpy as np
 from obspy.signal.trigger import ar_pick, pk_baer
 
-from seismag.serving.pipeline.onset import OnsetPicker, PPicker
+from seismag.serving.executor.picker_runtime import PickerRuntime, default_picker_path
+from seismag.serving.pipeline.onset import CombinedPicker, NetworkPicker, OnsetPicker, PPicker
 from seismag.training.synthetic import SyntheticConfig, simulate_event
 
 TOLERANCE_S = 0.5
-SNR_BINS = [(-np.inf, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, np.inf)]
 SHORT_CONFIG = SyntheticConfig(p_window_s=(2.0, 10.0))
 OTHER_CONFIG = replace(
     SHORT_CONFIG,
@@ -109,7 +115,55 @@ def new_pick(w: np.ndarray, rate: float, **rows) -> tuple[int | None, float]:
     """The first onset of the server's picker and its confidence."""
     picker = PPicker(rate, **rows)
     picker.feed(w)
-    return tuple(picker.accepted[0]) if picker.accepted else (None, np.nan)
+    return _first(picker)
+
+
+def _first(picker) -> tuple[int | None, float]:
+    return (
+        (picker.accepted[0].sample, picker.accepted[0].confidence)
+        if picker.accepted
+        else (
+            None,
+            np.nan,
+        )
+    )
+
+
+def heldout_set(path: Path, n: int = 400, seed: int = 0) -> TraceSet:
+    """Test traces of a SeisBench-format dataset, each cut to start 2-10 s before its P."""
+    from seismag.training.dataset import WaveformDataset
+
+    ds = WaveformDataset(path)
+    if "split" in ds.metadata.columns:
+        ds = ds.split("test")
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(ds), size=min(n, len(ds)), replace=False)
+    waves, p, s, snr = [], [], [], []
+    for i in rows:
+        meta = ds.metadata.iloc[int(i)]
+        p0 = round(meta["trace_p_arrival_sample"])
+        cut = max(p0 - round(rng.uniform(2.0, 10.0) * 100), 0)
+        waves.append(ds.get_waveform(int(i)).astype(np.float64)[:, cut:])
+        p.append(p0 - cut)
+        s.append(round(meta["trace_s_arrival_sample"]) - cut)
+        snr.append(meta["trace_snr_db"])
+    name = f"{Path(path).name} test, cut"
+    return TraceSet(name, waves, np.array(p), np.array(s), np.array(snr))
+
+
+def network_pick(runtime: PickerRuntime, *, combined: bool = False, z_only: bool = False):
+    """The first onset of the picker network (``combined``: of the network and the STA/LTA
+    together, as the server runs them), and its confidence."""
+
+    def pick(w: np.ndarray, rate: float) -> tuple[int | None, float]:
+        picker = NetworkPicker(runtime)
+        if combined:
+            sta_lta = PPicker(rate, horizontal=() if z_only else (1, 2))
+            picker = CombinedPicker(picker, sta_lta)
+        picker.feed(w)
+        return _first(picker)
+
+    return pick
 
 
 def outcomes(picks: list[int | None], ts: TraceSet) -> np.ndarray:
@@ -162,12 +216,24 @@ Result = tuple[np.ndarray, np.ndarray, np.ndarray]
 """Per trace: outcome, |pick - P| in s (NaN without a pick), confidence."""
 
 
-def evaluate(ts: TraceSet, *, z_only: bool = False, obspy: bool = False) -> dict[str, Result]:
-    runs = {"old sta_lta": old_pick, "new sta_lta_aic": new_pick}
+OLD, STA, NET, BOTH = "old sta_lta", "sta_lta_aic", "network alone", "phasenet (served)"
+
+
+def evaluate(
+    ts: TraceSet, network: PickerRuntime, *, z_only: bool = False, obspy: bool = False
+) -> dict[str, Result]:
+    runs = {
+        OLD: old_pick,
+        STA: new_pick,
+        NET: network_pick(network),
+        BOTH: network_pick(network, combined=True),
+    }
     if obspy:
         runs |= {"obspy ar_pick": ar_pick_first, "obspy pk_baer": pk_baer_first}
-    if z_only:  # a station whose horizontals are missing: no S test
-        runs["new, Z only"] = lambda w, rate: new_pick(w, rate, vertical=0, horizontal=())
+    if z_only:  # a station whose horizontals are missing
+        runs[f"{STA}, Z only"] = lambda w, rate: new_pick(w, rate, vertical=0, horizontal=())
+        z = network_pick(network, combined=True, z_only=True)
+        runs[f"{BOTH}, Z only"] = lambda w, rate: z(np.concatenate([w[:1], 0 * w[1:]]), rate)
     results = {}
     for name, fn in runs.items():
         got = [fn(w, ts.rate) for w in ts.waveforms]
@@ -193,55 +259,60 @@ def main() -> None:
         type=Path,
         help="folder of the STEAD sample (SeisBench format, e.g. stead-109c) to add as a set",
     )
+    ap.add_argument(
+        "--heldout",
+        type=Path,
+        help="a SeisBench-format dataset whose test split (400 traces) is added as a set",
+    )
+    ap.add_argument("--picker-onnx", type=Path, help="picker network (default: the packaged one)")
     args = ap.parse_args()
+    network = PickerRuntime(args.picker_onnx or default_picker_path())
     other = "synthetic seed 3, other config (held out)"
     sets = [
-        (synthetic_set("synthetic seed 1 (tuning)", 1, args.events, SHORT_CONFIG), False),
+        (synthetic_set("synthetic seed 1 (STA/LTA tuning)", 1, args.events, SHORT_CONFIG), False),
         (synthetic_set("synthetic seed 2 (held out)", 2, args.events, SHORT_CONFIG), True),
         (synthetic_set(other, 3, args.events, OTHER_CONFIG), True),
     ]
+    if args.heldout is not None:
+        sets.append((heldout_set(args.heldout), True))
     if args.stead is not None:
         sets.append((stead_set(args.stead), False))
     print(f"P within {TOLERANCE_S} s of the true P; fractions of all traces in the row.\n")
     print(HEADER)
     by_set = []
     for ts, z_only in sets:
-        res = evaluate(ts, z_only=z_only, obspy=args.obspy)
+        res = evaluate(ts, network, z_only=z_only, obspy=args.obspy)
         by_set.append((ts, res))
         for name, (kind, err, _) in res.items():
             print(row(f"{ts.name}: {name}", kind, err))
-    print("\nBy SNR (the generator's trace_snr_db; STEAD's own metadata value):\n")
-    print(HEADER)
-    for ts, res in by_set:
-        for lo, hi in SNR_BINS:
-            m = (ts.snr_db >= lo) & (ts.snr_db < hi)
-            for name in ("old sta_lta", "new sta_lta_aic"):
-                kind, err, _ = res[name]
-                print(row(f"{ts.name}, SNR {lo:g}-{hi:g} dB: {name}", kind[m], err[m]))
     print("\nBy the SNR of P itself (p_snr_db: first second of P on Z, 3-20 Hz):\n")
     print(HEADER)
     for ts, res in by_set:
         psnr = np.array([p_snr_db(w, p, ts.rate) for w, p in zip(ts.waveforms, ts.p, strict=True)])
-        kind, err, _ = res["new sta_lta_aic"]
         for lo, hi in P_SNR_BINS:
             m = (psnr >= lo) & (psnr < hi)
-            print(row(f"{ts.name}, P SNR {lo:g}-{hi:g} dB: new", kind[m], err[m]))
-    print("\nBy noise before P (new picker):\n")
+            for name in (STA, NET, BOTH):
+                kind, err, _ = res[name]
+                print(row(f"{ts.name}, P SNR {lo:g}-{hi:g} dB: {name}", kind[m], err[m]))
+    print("\nBy noise before P:\n")
     print(HEADER)
     for ts, res in by_set:
         before = ts.p / ts.rate
-        kind, err, _ = res["new sta_lta_aic"]
         for lo, hi in [(2.0, 4.0), (4.0, 7.0), (7.0, 10.01)]:
             m = (before >= lo) & (before < hi)
-            print(row(f"{ts.name}, {lo:g}-{hi:g} s: new", kind[m], err[m]))
-    print("\nConfidence of the new picker's onsets vs. being within 0.5 s (held-out sets):\n")
-    print("| onset_confidence | picks | within 0.5 s |\n|---|---|---|")
-    kinds = np.concatenate([r["new sta_lta_aic"][0] for _, r in by_set[1:3]])
-    conf = np.concatenate([r["new sta_lta_aic"][2] for _, r in by_set[1:3]])
-    for lo, hi in [(0.0, 0.2), (0.2, 0.4), (0.4, 0.7), (0.7, 1.01)]:
-        m = (conf >= lo) & (conf < hi)
-        share = np.mean(kinds[m] == "ok") if m.any() else float("nan")
-        print(f"| {lo:g}-{min(hi, 1):g} | {int(m.sum())} | {share:.3f} |")
+            for name in (STA, NET, BOTH):
+                kind, err, _ = res[name]
+                print(row(f"{ts.name}, {lo:g}-{hi:g} s: {name}", kind[m], err[m]))
+    held_out = [r for ts, r in by_set[1:] if not ts.name.startswith("STEAD")]
+    for name in (STA, NET, BOTH):
+        print(f"\nConfidence of {name}'s onsets vs. being within 0.5 s (held-out synthetic):\n")
+        print("| onset_confidence | picks | within 0.5 s |\n|---|---|---|")
+        kinds = np.concatenate([r[name][0] for r in held_out])
+        conf = np.concatenate([r[name][2] for r in held_out])
+        for lo, hi in [(0.0, 0.2), (0.2, 0.4), (0.4, 0.7), (0.7, 1.01)]:
+            m = (conf >= lo) & (conf < hi)
+            share = np.mean(kinds[m] == "ok") if m.any() else float("nan")
+            print(f"| {lo:g}-{min(hi, 1):g} | {int(m.sum())} | {share:.3f} |")
 
 
 if __name__ == "__main__":

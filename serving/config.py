@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seismag.serving.executor.backend import BACKEND_CHOICES
+from seismag.serving.executor.picker_runtime import PICKERS
 from seismag.serving.pipeline.limits import MIN_INTERVAL_SECONDS
 
 DEFAULT_MODEL = "PhaseNetMag"
@@ -44,6 +45,15 @@ class ServeConfig:
             "fastest installed one whose outputs match ONNX Runtime within the card's "
             "tolerance, measured per model at warm-up)",
             "choices": BACKEND_CHOICES,
+        },
+    )
+    picker: str = field(
+        default="phasenet",
+        metadata={
+            "help": "P onsets for stations sent without a pick: phasenet (the picker network "
+            "shipped with seismag) or sta_lta_aic (STA/LTA trigger + AIC onset); "
+            "docs/serving.md#p-onsets compares them",
+            "choices": PICKERS,
         },
     )
     threads: int = field(default=1, metadata={"help": "runtime threads per model run"})
@@ -202,6 +212,7 @@ class ServeConfig:
         """
         checks = [
             (self.backend in BACKEND_CHOICES, f"backend must be one of {BACKEND_CHOICES}"),
+            (self.picker in PICKERS, f"picker must be one of {PICKERS}"),
             (0 <= self.port <= 65535, "port must be in [0, 65535]"),
             (self.http_port is None or 0 <= self.http_port <= 65535,
              "http_port must be in [0, 65535]"),

@@ -79,7 +79,7 @@ def test_annotate_gives_predicts_values(tmp_path, stub, record):
     last = rows[-1]
     assert float(last["magnitude"]) == pytest.approx(expected.magnitude, abs=1e-6)
     assert abs(UTCDateTime(last["onset"]) - UTCDateTime(expected.onset)) < 1e-6
-    assert last["onset_source"] == expected.onset_source == "sta_lta_aic"
+    assert last["onset_source"] == expected.onset_source in ("phasenet", "sta_lta_aic")
     assert float(last["sigma"]) == pytest.approx(expected.magnitude_sigma, abs=1e-6)
     # Each onset's magnitude is the series value at its row's time.
     for row in rows:
@@ -205,5 +205,5 @@ def test_parquet_table(tmp_path, record):
     src = _write(record, tmp_path / "rec.mseed")
     assert _annotate(str(src), "--out", str(tmp_path / "o"), "--table", "parquet") == 0
     frame = pd.read_parquet(tmp_path / "o" / "onsets-PhaseNetMag.parquet")
-    assert list(frame["onset_source"]) == ["sta_lta_aic"] * 2
+    assert set(frame["onset_source"]) <= {"phasenet", "sta_lta_aic"} and len(frame) == 2
     assert frame["magnitude"].dtype == np.float64 and frame["values"].dtype == np.int64

@@ -20,8 +20,10 @@ from obspy import Stream, Trace, UTCDateTime
 
 from seismag.models.card import ModelCard
 from seismag.models.preprocess import model_inputs
+from seismag.serving.config import DEFAULTS
 from seismag.serving.errors import InvalidInput, ServingError
 from seismag.serving.executor.backend import Backend
+from seismag.serving.executor.picker_runtime import load_picker
 from seismag.serving.pipeline.ingest import check_stream
 from seismag.serving.pipeline.limits import Budget
 from seismag.serving.pipeline.predict import (
@@ -44,6 +46,8 @@ class AnnotateOptions:
     missing: str = "zeros"
     batch: int = 256
     """Windows normalised and run together."""
+    picker: str = DEFAULTS.picker
+    """P onsets where none is given: as ``seismag serve --picker``."""
 
     def key(self, card: ModelCard) -> dict:
         """What a unit's results depend on: a re-run with another key must not mix with them."""
@@ -54,6 +58,7 @@ class AnnotateOptions:
             "series_interval": self.series_interval,
             "response": self.response,
             "missing": self.missing,
+            "picker": self.picker,
         }
 
 
@@ -174,6 +179,7 @@ def annotate_stream(
             response=options.response,
             pick=None,
             missing=options.missing,
+            picker=load_picker(options.picker),
         )
         result.start, result.rate, result.step = track.start, track.rate, step
         result.warnings = warnings

@@ -14,7 +14,9 @@ from seismag.serving.archive.annotate import AnnotateOptions
 from seismag.serving.archive.output import ArchiveOutput, OutputError
 from seismag.serving.archive.runner import ModelSpec, run_dask, run_local
 from seismag.serving.archive.sources import Scan, SourceError, scan_files, scan_sds
+from seismag.serving.config import DEFAULTS
 from seismag.serving.executor.backend import BACKEND_CHOICES
+from seismag.serving.executor.picker_runtime import PICKERS
 from seismag.serving.pipeline.units import COUNTS, VELOCITY
 
 EXIT_USAGE = 2
@@ -70,7 +72,10 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         )
         card = read_card_from_onnx(spec.path)
         options = AnnotateOptions(
-            units=args.units, series_interval=args.series_interval, batch=args.batch
+            units=args.units,
+            series_interval=args.series_interval,
+            batch=args.batch,
+            picker=args.picker,
         )
         out = ArchiveOutput(args.out, card.name, options.key(card))
         scan = _scan(args)
@@ -179,6 +184,12 @@ def add_annotate_command(sub) -> None:
     p.add_argument("--units", default=COUNTS, choices=[COUNTS, VELOCITY], help="sample units")
     p.add_argument("--series-interval", type=float, default=1.0, help="seconds between values")
     p.add_argument("--batch", type=int, default=256, help="windows per model call")
+    p.add_argument(
+        "--picker",
+        choices=PICKERS,
+        default=DEFAULTS.picker,
+        help="P onsets (as seismag serve --picker; default: %(default)s)",
+    )
     p.add_argument("--out", default="annotations", help="output folder")
     p.add_argument("--table", default="csv", choices=["csv", "parquet"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")

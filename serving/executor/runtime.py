@@ -48,6 +48,7 @@ from seismag.serving.executor.backend import (
 )
 from seismag.serving.executor.batcher import BatcherStats, DynamicBatcher, OnBatch, Owner, Ticket
 from seismag.serving.executor.ort_backend import resolve_providers, session_options
+from seismag.serving.executor.picker_runtime import PickerRuntime, load_picker
 from seismag.serving.executor.statistics import ModelStatistics
 
 __all__ = [
@@ -415,7 +416,15 @@ class ModelRuntime:
 class ModelRegistry:
     """The models a server hosts, by card name, with one default for requests naming none."""
 
-    def __init__(self, runtimes: list[ModelRuntime], default: str | None = None) -> None:
+    def __init__(
+        self,
+        runtimes: list[ModelRuntime],
+        default: str | None = None,
+        *,
+        picker: PickerRuntime | None = None,
+    ) -> None:
+        self.picker = picker
+        """The P picker network for stations without a client pick; None: STA/LTA + AIC."""
         if not runtimes:
             raise ModelLoadError("no models to serve")
         self._models: dict[str, ModelRuntime] = {}
@@ -446,6 +455,7 @@ class ModelRegistry:
         workers: int | None = DEFAULTS.workers,
         backend: str = DEFAULT_BACKEND,
         precision: str = "f32",
+        picker: str = DEFAULTS.picker,
     ) -> ModelRegistry:
         """Load every ``.onnx`` file named or found directly inside a named directory, each in
         ``backend`` (``auto`` picks per model at warm-up; see :class:`ModelRuntime`)."""
@@ -478,7 +488,7 @@ class ModelRegistry:
                         precision=precision,
                     )
                 )
-            return cls(runtimes, default)
+            return cls(runtimes, default, picker=load_picker(picker))
         except BaseException:
             for rt in runtimes:
                 rt.close()

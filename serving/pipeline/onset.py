@@ -172,8 +172,11 @@ class Onset(NamedTuple):
     sample: int
     """Absolute sample index (0 = the first sample fed)."""
     confidence: float
-    """(peak STA/LTA in the 0.5 s after the trigger - P_TRIGGER_ON) / (P_LTA/P_STA - P_TRIGGER_ON),
-    in [0, 1]: 0 at the trigger threshold, 1 at the largest ratio a recursive STA/LTA reaches."""
+    """In [0, 1]. :class:`PPicker`: (peak STA/LTA in the 0.5 s after the trigger - P_TRIGGER_ON)
+    / (P_LTA/P_STA - P_TRIGGER_ON), 0 at the trigger threshold, 1 at the largest ratio a
+    recursive STA/LTA reaches. :class:`NetworkPicker`: the peak P probability."""
+    source: str = PICKER_NAME
+    """Which picker found it (the ``onset_source`` reported)."""
 
 
 @lru_cache(maxsize=32)
@@ -197,6 +200,8 @@ class PPicker:
     ``refractory`` (samples): triggers closer than this to the last accepted onset are that
     event's S or coda and are ignored; ``None`` accepts only the first onset.
     """
+
+    source = PICKER_NAME
 
     def __init__(
         self,
@@ -351,3 +356,203 @@ def first_p_onset(
     picker = PPicker(sampling_rate, vertical=vertical, horizontal=tuple(horizontal))
     picker.feed(data)
     return picker.accepted[0] if picker.accepted else None
+
+
+# -- the picker network ---------------------------------------------------------------------------
+
+NETWORK_PICKER_NAME = "phasenet"
+"""``onset_source`` of an onset found by :class:`NetworkPicker`."""
+
+
+class NetworkPicker:
+    """Incremental P picker on a picker network (:class:`PickerRuntime`): the same interface as
+    :class:`PPicker` (``feed``, ``n``, ``accepted``, ``onset_at``, ``max_delay``, ``source``).
+
+    The network runs on the window ending at every absolute sample ``e`` with
+    ``e % stride == lookahead % stride`` (``e >= lookahead + stride``), left-padded with the
+    record's first sample while the record is shorter, and keeps its P probability for the
+    ``stride`` samples ending ``lookahead`` before ``e``. Those stitch into one probability
+    trace that depends only on absolute sample positions, so any chunking gives the same
+    onsets. An onset is the peak of a run of probability >= the card's threshold, decided when
+    the run ends or ``max_run`` samples after it starts; its confidence is the peak probability.
+    No onset in the first ``warmup`` samples, and none within ``refractory`` of the last one
+    (``None``: only the first), as for :class:`PPicker`. ``rows``: the rows of the fed chunks in
+    the picker card's component order (default: the same order); components the station lacks
+    are zeros, as in training's Z-only windows.
+    """
+
+    source = NETWORK_PICKER_NAME
+
+    def __init__(
+        self, runtime, *, rows: list[int] | None = None, refractory: int | None = None
+    ) -> None:
+        card = runtime.card
+        self.rows = list(range(len(card.component_order))) if rows is None else list(rows)
+        self.runtime = runtime
+        self.rate = card.sampling_rate
+        self.refractory = refractory
+        self.window = card.in_samples
+        self.stride = card.stride
+        self.lookahead = card.lookahead
+        self.threshold = card.threshold
+        self.max_run = card.max_run
+        self.warmup = card.warmup
+        self.max_delay = card.max_delay
+        self.n = 0
+        self.accepted: list[Onset] = []
+        self._hist = np.zeros((len(card.component_order), 0))  # the last `window` samples
+        self._next_end = self.lookahead + self.stride
+        self.gate = card.gate
+        self.gate_margin = card.gate_margin
+        self._gates = np.zeros(0)  # the gate values of the samples in _hist
+        self.windows_run = 0
+        """Network windows evaluated so far (for cost measurements)."""
+        self._run: list | None = None  # [start, peak sample, peak probability, last sample]
+        self._capped = -2  # last sample of a run cut at max_run, while it stays above
+
+    def feed(self, chunk: np.ndarray, gate: np.ndarray | None = None) -> np.ndarray:
+        """Process the next (C, k) samples; returns the P probabilities decided by this chunk.
+
+        ``gate`` (k values, e.g. :class:`PPicker`'s STA/LTA ratio of the same samples): the
+        network then runs only on windows where it reached the card's ``gate`` from
+        ``gate_margin`` before the kept stretch to the window's end; the probability is 0
+        elsewhere. Pass it with every chunk or with none.
+        """
+        x = np.asarray(chunk, dtype=np.float64)[self.rows]
+        k = x.shape[-1]
+        if k == 0:
+            return np.zeros(0)
+        first = self._hist[:, :1] if self.n else x[:, :1]
+        hist = np.concatenate([self._hist, x], axis=1)
+        gates = None if gate is None else np.concatenate([self._gates, np.asarray(gate)[-k:]])
+        base = self.n - self._hist.shape[1]  # absolute index of hist[:, 0]
+        self.n += k
+        ends = np.arange(self._next_end, self.n + 1, self.stride)
+        probs = np.zeros(0)
+        if ends.size:
+            span = self.lookahead + self.stride
+            if gates is None:
+                run = np.ones(ends.size, dtype=bool)
+            else:
+                run = np.array(
+                    [
+                        gates[max(e - span - self.gate_margin - base, 0) : e - base].max(
+                            initial=0.0
+                        )
+                        >= self.gate
+                        for e in ends
+                    ]
+                )
+            p = np.zeros((ends.size, self.window))
+            if run.any():
+                windows = np.empty((int(run.sum()), hist.shape[0], self.window))
+                for j, e in enumerate(ends[run]):
+                    seg = hist[:, max(e - self.window - base, 0) : e - base]
+                    pad = self.window - seg.shape[1]
+                    if pad:  # only while the record is shorter than a window: base is 0
+                        windows[j, :, :pad] = first
+                    windows[j, :, pad:] = seg
+                p[run] = self.runtime.p_probability(windows)
+                self.windows_run += int(run.sum())
+            probs = p[:, self.window - span : self.window - self.lookahead].reshape(-1)
+            self._scan(probs, int(ends[0]) - span)
+            self._next_end = int(ends[-1]) + self.stride
+        self._hist = hist[:, -self.window :]
+        if gates is not None:
+            self._gates = gates[-self.window :]
+        return probs
+
+    def _scan(self, probs: np.ndarray, start: int) -> None:
+        """Advance the run state over the samples start .. start + len(probs) - 1."""
+        for i in np.flatnonzero(probs >= self.threshold):
+            t, value = start + int(i), float(probs[i])
+            if t < self.warmup:
+                continue
+            if t == self._capped + 1:  # the rest of a run already decided at max_run
+                self._capped = t
+                continue
+            if self._run is not None and t != self._run[3] + 1:
+                self._close()  # the run ended below the threshold at _run[3] + 1
+            if self._run is None:
+                self._run = [t, t, value, t]
+            else:
+                if value > self._run[2]:
+                    self._run[1:3] = [t, value]
+                self._run[3] = t
+            if t - self._run[0] + 1 >= self.max_run:
+                self._close()
+                self._capped = t
+        end = start + probs.size - 1
+        if self._run is not None and self._run[3] < end:
+            self._close()
+
+    def _close(self) -> None:
+        _, peak, value, _ = self._run
+        self._run = None
+        last = self.accepted[-1].sample if self.accepted else None
+        if last is not None and (self.refractory is None or peak - last < self.refractory):
+            return
+        self.accepted = [
+            *self.accepted[-(KEEP_ONSETS - 1) :],
+            Onset(peak, value, NETWORK_PICKER_NAME),
+        ]
+
+    def onset_at(self, index: int) -> Onset | None:
+        """The latest accepted onset at or before sample ``index``, or None (causal when
+        ``index`` is at least ``max_delay`` before the newest sample)."""
+        for onset in reversed(self.accepted):
+            if onset.sample <= index:
+                return onset
+        return None
+
+
+class CombinedPicker:
+    """The picker network's onsets and the STA/LTA + AIC picker's together: the earliest onset of
+    either, then nothing within ``refractory`` of it (``None``: only the first onset), each onset
+    reporting the picker that found it. The network finds weak P that the STA/LTA misses on
+    synthetic records; the STA/LTA finds onsets the network (trained on synthetics only) misses
+    on real ones (docs/serving.md#p-onsets). Both are fed the same chunks and both are
+    chunk-independent, and the merge reads only onsets older than ``max_delay``, so the result is
+    chunk-independent too. The network runs only where the STA/LTA's ratio reached the picker
+    card's ``gate`` (see :meth:`NetworkPicker.feed`): windows of plain noise cost nothing.
+    """
+
+    source = NETWORK_PICKER_NAME
+
+    def __init__(
+        self, network: NetworkPicker, sta_lta: PPicker, *, refractory: int | None = None
+    ) -> None:
+        self.pickers = (network, sta_lta)
+        self.refractory = refractory
+        self.max_delay = max(network.max_delay, sta_lta.max_delay)
+        self.accepted: list[Onset] = []
+
+    @property
+    def n(self) -> int:
+        return self.pickers[0].n
+
+    def feed(self, chunk: np.ndarray) -> np.ndarray:
+        """Feed both pickers; returns the network's P probabilities decided by this chunk."""
+        ratio = self.pickers[1].feed(chunk)
+        probs = self.pickers[0].feed(chunk, gate=ratio)
+        found = sorted(
+            (o for p in self.pickers for o in p.accepted),
+            key=lambda o: (o.sample, o.source != NETWORK_PICKER_NAME),
+        )
+        merged: list[Onset] = []
+        for o in found:
+            if merged and (
+                self.refractory is None or o.sample - merged[-1].sample < self.refractory
+            ):
+                continue
+            merged.append(o)
+        self.accepted = merged[-KEEP_ONSETS:]
+        return probs
+
+    def onset_at(self, index: int) -> Onset | None:
+        """The latest onset at or before ``index`` (causal at least ``max_delay`` before the
+        newest sample)."""
+        for onset in reversed(self.accepted):
+            if onset.sample <= index:
+                return onset
+        return None

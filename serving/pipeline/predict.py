@@ -51,6 +51,7 @@ from seismag.models.aggregate import series_to_scalar
 from seismag.models.card import ModelCard
 from seismag.models.preprocess import PreprocessError, model_inputs, stream_to_array
 from seismag.serving.errors import InvalidInput, Overloaded
+from seismag.serving.executor.picker_runtime import PickerRuntime
 from seismag.serving.executor.runtime import ModelRegistry, ModelRuntime
 from seismag.serving.pipeline.ingest import check_stream, remove_response, remove_sensitivity
 from seismag.serving.pipeline.limits import (
@@ -66,7 +67,7 @@ from seismag.serving.pipeline.limits import (
     check_model_name,
     shown,
 )
-from seismag.serving.pipeline.onset import PICKER_NAME, PPicker
+from seismag.serving.pipeline.onset import CombinedPicker, NetworkPicker, PPicker
 from seismag.serving.pipeline.quality import check_velocity, clipped, read_by, unusable
 from seismag.serving.pipeline.response import correct_trace
 from seismag.serving.pipeline.results import StationResult
@@ -139,6 +140,7 @@ class StationTrack:
         *,
         missing: tuple[str, ...] = (),
         pick: UTCDateTime | None = None,
+        picker: PickerRuntime | None = None,
     ) -> None:
         self.card = card
         self.key: tuple[str, str, str] | None = None  # (network, station, location), for messages
@@ -150,9 +152,21 @@ class StationTrack:
         horizontal = tuple(i for i in present if i != vertical)
         if vertical is None and not horizontal:
             vertical = 0  # nothing present: the picker sees zeros and finds nothing
-        self.picker = PPicker(
+        order = card.component_order
+        sta_lta = PPicker(
             self.rate, vertical=vertical, horizontal=horizontal, refractory=card.in_samples
         )
+        self.picker: PPicker | CombinedPicker = sta_lta
+        if (
+            picker is not None
+            and vertical is not None
+            and set(picker.card.component_order) <= set(order)
+        ):
+            # The picker network beside the STA/LTA (trained with Z, and with Z only); a station
+            # without Z keeps the STA/LTA alone, which can trigger on the horizontals.
+            rows = [order.index(c) for c in picker.card.component_order]
+            network = NetworkPicker(picker, rows=rows, refractory=card.in_samples)
+            self.picker = CombinedPicker(network, sta_lta, refractory=card.in_samples)
         self.pick: int | None = None
         self.n = 0
         self.set_pick(pick)
@@ -219,8 +233,8 @@ class StationTrack:
             return (self.pick, "request", 1.0) if usable else (None, "request", 0.0)
         found = self.picker.onset_at(self.n - 1 - self._picked_lag)
         if found is None:
-            return None, PICKER_NAME, 0.0
-        return found.sample, PICKER_NAME, found.confidence
+            return None, self.picker.source, 0.0
+        return found.sample, found.source, found.confidence
 
     def evaluate(self, *, normalise: bool = True) -> Evaluation | None:
         """The model input for the last sample, or None; ``normalise=False`` leaves the window
@@ -443,6 +457,7 @@ def station_track(
     response: str,
     pick: UTCDateTime | None,
     missing: str,
+    picker: PickerRuntime | None = None,
 ) -> tuple[StationTrack, np.ndarray, tuple[str, ...]]:
     """One station's traces -> an empty track, its (C, N) data in m/s at the card's rate, and the
     warnings about its components; what every prediction of a recorded stream starts from."""
@@ -453,7 +468,7 @@ def station_track(
         arr = stream_to_array(st, card, missing=missing)
     except PreprocessError as exc:
         raise InvalidInput(f"{sid}: {exc}") from None
-    track = StationTrack(card, arr.starttime, missing=arr.missing, pick=pick)
+    track = StationTrack(card, arr.starttime, missing=arr.missing, pick=pick, picker=picker)
     track.key = key
     n = arr.data.shape[1]
     if n < track.min_data:
@@ -508,6 +523,7 @@ def _prepare_station(
     missing: str,
     budget: Budget,
     windows_left: int,
+    picker: PickerRuntime | None,
 ) -> _StationWork:
     t0 = time.perf_counter()
     sid = station_id(*key)
@@ -520,6 +536,7 @@ def _prepare_station(
         response=response,
         pick=pick,
         missing=missing,
+        picker=picker,
     )
     evals: list[Evaluation] = []
     for ev in walk(track, data, step, budget=budget):
@@ -554,6 +571,7 @@ def predict(
     """
     budget = budget or Budget(timeout)
     runtime = registry.get(check_model_name(model))
+    options.setdefault("picker", registry.picker)
     # Announce the submission now: the batcher then knows nothing else is coming when this is
     # the only request in flight, and runs it without waiting for companions.
     with runtime.expect() as ticket:
@@ -594,12 +612,14 @@ def prepare(
     budget: Budget | None = None,
     checked: bool = False,
     started: float | None = None,
+    picker: PickerRuntime | None = None,
 ) -> PreparedRequest:
     """Everything :func:`predict` does before the model: checks, units, windows.
 
     ``started`` (a ``time.perf_counter()`` value) is when the request arrived, so that the
     reported total includes decoding it. ``checked``: the stream came from a reader of
-    :mod:`~seismag.serving.pipeline.ingest` that has already checked its samples.
+    :mod:`~seismag.serving.pipeline.ingest` that has already checked its samples. ``picker``: the
+    picker network for stations without a P pick (the registry's); None: the STA/LTA picker.
     """
     t_start = time.perf_counter() if started is None else started
     budget = budget or Budget()
@@ -615,7 +635,7 @@ def prepare(
     check_count("stations", len(groups), MAX_STATIONS, "split them over several requests")
     with IN_FLIGHT.hold(_check_work(groups, card, step)):
         work = _prepare(
-            groups, card, step, responses, inventory, p_picks, response, missing, budget
+            groups, card, step, responses, inventory, p_picks, response, missing, budget, picker
         )
     budget.check("before the model ran")
     waveform = np.stack([ev.waveform for w in work for ev in w.evals])
@@ -633,6 +653,7 @@ def _prepare(
     response: str,
     missing: str,
     budget: Budget,
+    picker: PickerRuntime | None,
 ) -> list[_StationWork]:
     """Every station's windows, in request order (the checks of _predict passed)."""
     if p_picks:
@@ -659,6 +680,7 @@ def _prepare(
             missing=missing,
             budget=budget,
             windows_left=MAX_WINDOWS - n_windows,
+            picker=picker,
         )
         work.append(w)
         n_windows += len(w.evals)

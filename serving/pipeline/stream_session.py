@@ -299,6 +299,7 @@ class StreamSession:
         max_buffer_seconds: float = 300.0,
     ) -> None:
         self.runtime = registry.get(check_model_name(model))
+        self.picker = registry.picker
         self.card = self.runtime.card
         self.step = interval_samples(hop, self.card.sampling_rate, "hop_seconds")
         self.hop = self.step / self.card.sampling_rate
@@ -569,6 +570,7 @@ class StreamSession:
             UTCDateTime(first),
             missing=missing,
             pick=find_pick(self._picks, *st.key),
+            picker=self.picker,
         )
         st.next_eval = self.step - 1
         self.missing[st.sid] = missing

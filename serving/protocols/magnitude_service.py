@@ -97,6 +97,7 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
     def _options(self, request, picks, inventory, budget: Budget, started: float) -> dict:
         """The pipeline's options for a decoded Predict (one place for Predict and ensembles)."""
         return dict(
+            picker=self._registry.picker,
             units=request.input_units,
             inventory=inventory,
             server_inventory=self._server.inventory,

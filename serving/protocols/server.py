@@ -452,6 +452,7 @@ def serve_forever(
             max_queue_delay_ms=config.max_queue_delay_ms,
             max_queue=config.max_queue,
             backend=config.backend,
+            picker=config.picker,
         )
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
