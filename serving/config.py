@@ -51,8 +51,9 @@ class ServeConfig:
         default="phasenet",
         metadata={
             "help": "P onsets for stations sent without a pick: phasenet (the picker network "
-            "shipped with seismag) or sta_lta_aic (STA/LTA trigger + AIC onset); "
-            "docs/serving.md#p-onsets compares them",
+            "shipped with seismag beside the STA/LTA + AIC picker, the earliest onset of either) "
+            "or sta_lta_aic (STA/LTA trigger + AIC onset alone); docs/serving.md#p-onsets "
+            "compares them",
             "choices": PICKERS,
         },
     )
