@@ -254,6 +254,28 @@ def test_tiny_end_to_end(tiny_data, tmp_path, model):
     )
 
 
+def test_warm_start_from_weights(tiny_data, tmp_path):
+    """--init-weights: a new run that starts from given weights (recorded), without warm-up."""
+    from seismag.models import build_model
+    from seismag.models.weights import load_weights, save_weights
+    from seismag.training.train import TrainingError, train
+
+    kw = {"batch_size": 8, "limit_train": 16, "threads": 2, "progress": False, "device": "cpu"}
+    start = save_weights(build_model("PhaseNetMag"), tmp_path / "start.safetensors")
+    out = tmp_path / "warm"
+    best = train("PhaseNetMag", tiny_data, out, epochs=1, init_weights=start, **kw)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["config"]["init_weights"] == str(start)
+    assert state["state"]["history"][0]["lr"] == pytest.approx(state["config"]["learning_rate"])
+    load_weights(build_model("PhaseNetMag"), best)
+    with pytest.raises(TrainingError, match="resume"):
+        train("PhaseNetMag", tiny_data, out, epochs=2, init_weights=start, resume=True, **kw)
+    with pytest.raises(TrainingError, match="cannot start from"):
+        train(
+            "PhaseNetMag", tiny_data, tmp_path / "x", epochs=1, init_weights=tmp_path / "no", **kw
+        )
+
+
 def test_onnx_evaluation_matches_torch(tiny_data, tmp_path):
     pytest.importorskip("onnxruntime")
     from seismag.export.onnx_export import export_onnx

@@ -58,6 +58,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             resume=args.resume,
             limit_train=args.limit_train,
+            init_weights=args.init_weights,
             threads=args.threads,
             progress=not args.quiet,
             card_overrides=(
@@ -202,6 +203,12 @@ def add_training_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit-train", type=int, help="train on a seeded subset of N traces")
     p.add_argument(
+        "--init-weights",
+        metavar="FILE",
+        help="warm start from these safetensors weights of MODEL (fresh optimizer, no "
+        "learning-rate warm-up)",
+    )
+    p.add_argument(
         "--no-amplitude",
         action="store_true",
         help="ablation: no amplitude at all, neither as input nor added at the output "
@@ -220,11 +227,18 @@ def add_training_commands(sub) -> None:
     )
     p.add_argument("--data", required=True, help="dataset folder (metadata + waveforms)")
     p.add_argument(
-        "--out", default="runs/PhaseNetPicker.safetensors", help="weights file (%(default)s)"
+        "--out",
+        default="runs/PhaseNetPicker.safetensors",
+        help="weights file (default: %(default)s)",
     )
-    p.add_argument("--minutes", type=float, default=12.0, help="wall-clock budget (%(default)s)")
     p.add_argument(
-        "--max-traces", type=int, default=8000, help="train traces held in memory (%(default)s)"
+        "--minutes", type=float, default=12.0, help="wall-clock budget (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-traces",
+        type=int,
+        default=8000,
+        help="train traces held in memory (default: %(default)s)",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)

@@ -314,12 +314,16 @@ def train(
     cache_gb: float = 2.0,
     progress: bool = True,
     card_overrides: dict | None = None,
+    init_weights: str | Path | None = None,
 ) -> Path:
     """Train ``model_name`` on ``data_dir``; returns the path of the best weights.
 
     ``epochs`` is the total number of epochs (a resumed run continues up to it; default
     ``DEFAULT_EPOCHS``, early stopping usually ends sooner). ``max_minutes`` is a wall-clock
     budget: training stops after the epoch at which the next one would overrun it.
+    ``init_weights``: start from these weights of the same model (a warm start: a new run with
+    fresh optimizer state, without the recipe's learning-rate warm-up, which the weights are
+    past); not with ``resume``.
     """
     import torch
     from tqdm import tqdm
@@ -350,7 +354,17 @@ def train(
         raise TrainingError(f"{data_dir}: the dev split holds no usable trace")
     dev_ends = training_ends(dev_set.p_samples, dev_set.lengths, card, seed=seed, epoch=DEV_EPOCH)
 
-    model = build_model(card).to(device)
+    model = build_model(card)
+    if init_weights is not None:
+        from seismag.models.weights import WeightsError, load_weights
+
+        if resume:
+            raise TrainingError("init_weights starts a new run; it cannot be combined with resume")
+        try:
+            load_weights(model, init_weights)
+        except (WeightsError, OSError) as exc:
+            raise TrainingError(f"cannot start from {init_weights}: {exc}") from exc
+    model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt_name = recipe.optimizer.lower()
     if opt_name == "adam":
@@ -369,6 +383,7 @@ def train(
         "learning_rate": base_lr,
         "seed": seed,
         "limit_train": limit_train,
+        "init_weights": None if init_weights is None else str(init_weights),
         "recipe": card.to_dict()["training"],
     }
     ckpt = out_dir / "checkpoint"
@@ -380,7 +395,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     steps_per_epoch = math.ceil(len(train_set) / bs)
-    warmup_steps = recipe.warmup_epochs * steps_per_epoch
+    warmup_steps = 0 if init_weights is not None else recipe.warmup_epochs * steps_per_epoch
     started = time.monotonic()
     epoch_seconds: list[float] = []
 
