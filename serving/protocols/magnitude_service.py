@@ -33,7 +33,7 @@ from seismag.serving.pipeline.limits import (
     check_count,
     check_model_name,
 )
-from seismag.serving.pipeline.predict import PreparedRequest, prepare
+from seismag.serving.pipeline.predict import PreparedRequest, find_pick, prepare
 from seismag.serving.protocols import stream_rpc
 from seismag.serving.protocols.messages import model_info, pick_time, predict_response, raw_trace
 from seismag.serving.protocols.rpc import check_deadline, rpc
@@ -47,7 +47,8 @@ LOOP_MAX_BYTES = 128 * 1024
 """Payloads up to this size are decoded on the event loop (a 30 s 3-component record: ~40 KB)."""
 LOOP_MAX_WINDOWS = 8
 """Requests needing at most this many model windows are also prepared on the loop (~0.1 ms
-each); more (a long record, a 1 s series) go to a work thread."""
+each), unless a station without a pick would run the picker network; more (a long record, a 1 s
+series) go to a work thread."""
 
 
 class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
@@ -66,6 +67,15 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
         if kind == "raw":
             return sum(len(t.samples) for t in request.raw.traces) * 4 <= LOOP_MAX_BYTES
         return True  # no input: refused at once
+
+    def _needs_picker_network(self, decoded) -> bool:
+        """Whether a station without a pick would run the picker network (milliseconds per
+        record: never on the event loop)."""
+        if self._registry.picker is None:
+            return False
+        stream, picks, _ = decoded
+        keys = {(tr.stats.network, tr.stats.station, tr.stats.location) for tr in stream}
+        return any(find_pick(picks, *key) is None for key in keys)
 
     def _interval(self, request: pb.PredictRequest) -> float:
         return request.series_interval or self._server.config.series_interval
@@ -142,8 +152,10 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
         ticket = runtime.expect()
         try:
             decoded = self._decode(request, budget) if self._small(request) else None
-            if decoded is not None and _windows(decoded[0], self._interval(request)) <= (
-                LOOP_MAX_WINDOWS
+            if (
+                decoded is not None
+                and _windows(decoded[0], self._interval(request)) <= LOOP_MAX_WINDOWS
+                and not self._needs_picker_network(decoded)
             ):
                 prepared = self._prepare(request, decoded, runtime, budget, started)
             else:
