@@ -82,7 +82,7 @@ def example_inputs(card: ModelCard, batch: int, seed: int = 0) -> tuple[np.ndarr
 
 
 @contextmanager
-def _quiet_tracer():
+def quiet_tracer():
     # The shape checks in MagnitudeModel.forward and torch's LSTM emit TracerWarnings about
     # Python values being constants; those are the static sizes the card fixes, which is intended.
     with warnings.catch_warnings():
@@ -133,7 +133,7 @@ def export_onnx(
     try:
         # Not under no_grad: nn.MultiheadAttention would take its fused inference fast path,
         # which has no ONNX export.
-        with _quiet_tracer():
+        with quiet_tracer():
             torch.onnx.export(
                 wrapper,
                 args,

@@ -16,7 +16,7 @@ import onnx
 import torch
 
 from seismag import __version__
-from seismag.export.onnx_export import DEFAULT_OPSET, ExportError, _quiet_tracer
+from seismag.export.onnx_export import DEFAULT_OPSET, ExportError, quiet_tracer
 from seismag.models.picker import PickerProbabilities, load_picker
 from seismag.models.picker_card import PICKER_CARD_KEY
 from seismag.models.preprocess import picker_inputs
@@ -46,7 +46,7 @@ def export_picker(out: str | Path, *, weights: str | Path | None = None) -> Pick
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.onnx")
     try:
-        with _quiet_tracer():
+        with quiet_tracer():
             torch.onnx.export(
                 wrapper,
                 (x[:2],),

@@ -148,3 +148,19 @@ def test_train_export_and_load(tmp_path):
     assert p.shape == (2, rt.card.in_samples) and np.all((p >= 0) & (p <= 1))
     assert main(["export-picker", "--weights", str(tmp_path / "none"), "--out", "x.onnx"]) == 2
     assert main(["train-picker", "--data", str(tmp_path / "none")]) == 2
+
+
+def test_predicts_that_run_the_network_leave_the_event_loop(registry):
+    """A small Predict is prepared on the event loop only when no station runs the network."""
+    import obspy
+
+    from seismag.serving.protocols.magnitude_service import MagnitudeServicer
+
+    servicer = MagnitudeServicer.__new__(MagnitudeServicer)
+    servicer._registry = registry
+    st = obspy.read()
+    assert registry.picker is not None
+    assert servicer._needs_picker_network((st, {}, None))
+    assert not servicer._needs_picker_network((st, {"BW.RJOB": UTCDateTime(0)}, None))
+    servicer._registry = type("NoNetwork", (), {"picker": None})()
+    assert not servicer._needs_picker_network((st, {}, None))
