@@ -84,6 +84,9 @@ def _cmd_export_picker(args: argparse.Namespace) -> int:
         return 2
     try:
         result = export_picker(args.out, weights=weights)
+    except FileNotFoundError as exc:  # an install without the shipped picker weights
+        print(f"seismag: error: {exc}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:  # parity or checker failure: the file must not be trusted
         print(f"seismag: error: {exc}", file=sys.stderr)
         return 1
