@@ -170,15 +170,16 @@ class ModelCard:
             raise CardError(f"bad model card {data.get('name', '?')!r}: {exc}") from exc
 
 
-def _card_files() -> dict[str, Any]:
+def _card_files(folder_name: str = "") -> dict[str, Any]:
     folder = resources.files("seismag.models") / "cards"
+    if folder_name:
+        folder = folder / folder_name
     return {p.name: p for p in folder.iterdir() if p.name.endswith(".toml")}
 
 
-def load_cards() -> dict[str, ModelCard]:
-    """All shipped cards, keyed by model name, in a stable order."""
+def _read_cards(folder_name: str = "") -> dict[str, ModelCard]:
     cards: dict[str, ModelCard] = {}
-    for fname, path in sorted(_card_files().items()):
+    for fname, path in sorted(_card_files(folder_name).items()):
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
@@ -188,8 +189,19 @@ def load_cards() -> dict[str, ModelCard]:
     return cards
 
 
+def load_cards() -> dict[str, ModelCard]:
+    """The six shipped magnitude models' cards, keyed by model name, in a stable order."""
+    return _read_cards()
+
+
+def load_head_cards() -> dict[str, ModelCard]:
+    """Magnitude heads on pretrained encoders (``cards/heads/``): trained with ``seismag train
+    MODEL --init-encoder``, not shipped with weights, so not among :func:`load_cards`."""
+    return _read_cards("heads")
+
+
 def get_card(name: str) -> ModelCard:
-    cards = load_cards()
+    cards = {**load_cards(), **load_head_cards()}
     try:
         return cards[name]
     except KeyError:

@@ -26,9 +26,9 @@ def _error(message: str, code: int = EXIT_USAGE) -> int:
 
 def _known_model(name: str, *, allow_baseline: bool = False) -> str | None:
     """An error message for an unknown model name, or None."""
-    from seismag.models.card import load_cards
+    from seismag.models.card import load_cards, load_head_cards
 
-    names = list(load_cards())
+    names = [*load_cards(), *load_head_cards()]
     if name in names or (allow_baseline and name == "baseline"):
         return None
     extra = ", baseline" if allow_baseline else ""
@@ -59,6 +59,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             resume=args.resume,
             limit_train=args.limit_train,
             init_weights=args.init_weights,
+            init_encoder=args.init_encoder,
+            freeze_encoder_epochs=args.freeze_encoder_epochs,
+            linear_probe=args.linear_probe,
             threads=args.threads,
             progress=not args.quiet,
             card_overrides=(
@@ -182,6 +185,46 @@ def _cmd_train_picker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from seismag.models.card import CardError
+    from seismag.models.encoder_card import get_encoder_card
+
+    try:
+        get_encoder_card(args.encoder)
+    except CardError as exc:
+        return _error(str(exc))
+    missing = [d for d in args.data if not Path(d).exists()]
+    if missing:
+        return _error(f"data not found: {', '.join(missing)}")
+    try:
+        from seismag.training.pretrain import PretrainError, pretrain
+    except ImportError as exc:
+        return _error(f"pretraining needs the 'torch' extra ({exc})")
+    from seismag.training.dataset import DatasetFormatError
+    from seismag.training.train import TrainingError
+
+    try:
+        final = pretrain(
+            args.encoder,
+            args.data,
+            args.out or f"runs/{args.encoder}",
+            steps=args.steps,
+            max_minutes=args.max_minutes,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            resume=args.resume,
+            limit=args.limit,
+            threads=args.threads,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except (PretrainError, TrainingError, DatasetFormatError) as exc:
+        return _error(str(exc), EXIT_FAILED)
+    print(final)
+    return 0
+
+
 def add_training_commands(sub) -> None:
     """Register ``train``, ``evaluate`` and ``synth`` on the top-level subparsers."""
     p = sub.add_parser(
@@ -209,6 +252,24 @@ def add_training_commands(sub) -> None:
         "learning-rate warm-up)",
     )
     p.add_argument(
+        "--init-encoder",
+        metavar="FILE",
+        help="heads on encoders (BidirAutoregMag, ConvDownContrastiveMag): start the encoder "
+        "from these `seismag pretrain` weights",
+    )
+    p.add_argument(
+        "--freeze-encoder-epochs",
+        type=int,
+        default=1,
+        help="with --init-encoder: epochs the encoder stays frozen while the head settles "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--linear-probe",
+        action="store_true",
+        help="heads on encoders: a linear head, the encoder frozen throughout",
+    )
+    p.add_argument(
         "--no-amplitude",
         action="store_true",
         help="ablation: no amplitude at all, neither as input nor added at the output "
@@ -216,6 +277,32 @@ def add_training_commands(sub) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised pretraining of an encoder on unlabelled waveforms (resumable)",
+        description="Pretrain ENCODER (ConvDownEncoderContrastive or BidirAutoregEncoder; "
+        "cards in models/cards/encoders/) on the train split of SeisBench-format datasets or "
+        "on folders of miniSEED, labels ignored. Weights go to OUT/ENCODER.safetensors, "
+        "checkpoints to OUT/checkpoint/. Fine-tune with `seismag train BidirAutoregMag "
+        "--init-encoder OUT/BidirAutoregEncoder.safetensors`.",
+    )
+    p.add_argument("encoder", help="ConvDownEncoderContrastive or BidirAutoregEncoder")
+    p.add_argument(
+        "--data", required=True, nargs="+", help="dataset folders and/or folders of miniSEED"
+    )
+    p.add_argument("--out", help="output folder (default runs/ENCODER)")
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: %(default)s)")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget (stops early)")
+    p.add_argument("--batch-size", type=int, help="default: the card's")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the card's)")
+    p.add_argument("--limit", type=int, help="at most N traces per dataset (seeded subset)")
+    _device_arg(p, "auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser(
         "train-picker",

@@ -296,6 +296,25 @@ def _dev_pass(model, dev: SplitTraces, ends, card, batch_size, device) -> tuple[
     return float(np.average(losses, weights=weights)), float(np.concatenate(abs_err).mean())
 
 
+def _load_pretrained_encoder(encoder, path: str | Path, resume: bool) -> None:
+    from seismag.models.encoders import read_encoder_card
+    from seismag.models.weights import WeightsError
+
+    if resume:
+        raise TrainingError("init_encoder starts a new run; it cannot be combined with resume")
+    try:
+        stored = read_encoder_card(path)
+        if stored.name != encoder.card.name:
+            raise TrainingError(f"{path} holds {stored.name}, the model needs {encoder.card.name}")
+        if stored.kwargs != encoder.card.kwargs:
+            raise TrainingError(f"{path} was pretrained with other settings: {stored.kwargs}")
+        from safetensors.torch import load_file
+
+        encoder.load_state_dict(load_file(str(path)), strict=True)
+    except (WeightsError, OSError, RuntimeError) as exc:
+        raise TrainingError(f"cannot start from {path}: {exc}") from exc
+
+
 def train(
     model_name: str,
     data_dir: str | Path,
@@ -315,6 +334,10 @@ def train(
     progress: bool = True,
     card_overrides: dict | None = None,
     init_weights: str | Path | None = None,
+    init_encoder: str | Path | None = None,
+    freeze_encoder_epochs: int = 1,
+    linear_probe: bool = False,
+    max_steps: int | None = None,
 ) -> Path:
     """Train ``model_name`` on ``data_dir``; returns the path of the best weights.
 
@@ -324,6 +347,13 @@ def train(
     ``init_weights``: start from these weights of the same model (a warm start: a new run with
     fresh optimizer state, without the recipe's learning-rate warm-up, which the weights are
     past); not with ``resume``.
+
+    ``init_encoder``: for a head on a pretraining encoder (``cards/heads/``), the encoder's
+    pretrained weights (``seismag pretrain``); the encoder is frozen for the first
+    ``freeze_encoder_epochs`` epochs (the head settles first) and then trained with the head.
+    ``linear_probe``: a linear head on the encoder, which stays frozen throughout.
+    ``max_steps``: a budget in optimizer steps (the last epoch may be partial; it is scored on
+    dev like any other), for comparisons at equal compute such as the label-efficiency study.
     """
     import torch
     from tqdm import tqdm
@@ -333,6 +363,8 @@ def train(
     from seismag.training.dataset import dataset_for
 
     card = dataclasses.replace(get_card(model_name), **(card_overrides or {}))
+    if linear_probe:
+        card = dataclasses.replace(card, kwargs={**card.kwargs, "head": "linear"})
     recipe = card.training
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.exists():
@@ -364,6 +396,11 @@ def train(
             load_weights(model, init_weights)
         except (WeightsError, OSError) as exc:
             raise TrainingError(f"cannot start from {init_weights}: {exc}") from exc
+    encoder = getattr(model, "encoder", None)
+    if (init_encoder is not None or linear_probe) and encoder is None:
+        raise TrainingError(f"{card.name} has no pretraining encoder; see models/cards/heads/")
+    if init_encoder is not None:
+        _load_pretrained_encoder(encoder, init_encoder, resume)
     model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt_name = recipe.optimizer.lower()
@@ -384,6 +421,10 @@ def train(
         "seed": seed,
         "limit_train": limit_train,
         "init_weights": None if init_weights is None else str(init_weights),
+        "init_encoder": None if init_encoder is None else str(init_encoder),
+        "freeze_encoder_epochs": freeze_encoder_epochs if encoder is not None else None,
+        "linear_probe": linear_probe,
+        "max_steps": max_steps,
         "recipe": card.to_dict()["training"],
     }
     ckpt = out_dir / "checkpoint"
@@ -406,6 +447,10 @@ def train(
         epoch = state.epoch
         t0 = time.monotonic()
         model.train()
+        if encoder is not None:
+            frozen = linear_probe or (init_encoder is not None and epoch < freeze_encoder_epochs)
+            for p in encoder.parameters():
+                p.requires_grad_(not frozen)
         ends = training_ends(train_set.p_samples, train_set.lengths, card, seed=seed, epoch=epoch)
         order = np.random.default_rng([int(seed), int(epoch), 0x0D0E]).permutation(len(train_set))
         running, seen = 0.0, 0
@@ -418,6 +463,8 @@ def train(
             leave=False,
         )
         for b in bar:
+            if max_steps is not None and state.global_step >= max_steps:
+                break
             if state.global_step < warmup_steps:
                 for g in optimizer.param_groups:
                     g["lr"] = base_lr * (state.global_step + 1) / warmup_steps
@@ -474,6 +521,8 @@ def train(
             elapsed = time.monotonic() - started
             if elapsed + float(np.mean(epoch_seconds)) > max_minutes * 60:
                 state.stopped = "time_budget"
+        if max_steps is not None and state.global_step >= max_steps:
+            state.stopped = "max_steps"
         _save_checkpoint(ckpt, model, optimizer, scheduler, state, config)
         if state.stopped:
             break
