@@ -94,6 +94,29 @@ def _cmd_export_picker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_encoder(args: argparse.Namespace) -> int:
+    try:
+        from seismag.export.encoder_export import export_encoder
+    except ImportError as exc:
+        print(f"seismag: error: export-encoder needs the 'export' extra ({exc})", file=sys.stderr)
+        return 2
+    from seismag.models.weights import WeightsError
+
+    try:
+        result = export_encoder(args.weights, args.out)
+    except (WeightsError, CardError) as exc:  # missing, not safetensors, no card, wrong shapes
+        print(f"seismag: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # parity or checker failure: the file must not be trusted
+        print(f"seismag: error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {result.path} (ONNX Runtime vs PyTorch: max |diff| {result.max_abs_diff:.1e}, "
+        f"{result.max_rel_diff:.1e} relative; tolerance {result.card.tolerance:g})"
+    )
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from seismag.serving.protocols.server import serve_forever
@@ -228,6 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="safetensors weights (default: the shipped ones)")
     p.add_argument("--out", required=True, help="output .onnx file")
     p.set_defaults(func=_cmd_export_picker)
+
+    p = sub.add_parser(
+        "export-encoder",
+        help="export a pretraining encoder to ONNX (parity-checked)",
+        description="Export encoder weights (seismag pretrain's safetensors, card inside) to "
+        "OUT/<name>.onnx with the card in the metadata, checked against PyTorch within the "
+        "card's tolerance; serve it with seismag serve --encoder FILE.",
+    )
+    p.add_argument("weights", help="encoder weights (.safetensors written by seismag pretrain)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_export_encoder)
 
     add_client_commands(sub)
     add_annotate_command(sub)

@@ -6,6 +6,9 @@
             print(r.station_id, r.magnitude, "+/-", r.magnitude_sigma, r.warnings)
             r.series  # the evolving magnitude as an ObsPy Trace
             r.sigma_series  # its standard deviation, the same times (None without sigma)
+        for e in client.embed(obspy.read("event.mseed"), encoder="BidirAutoregEncoder",
+                              stationxml="event.xml"):
+            e.embedding, e.times  # (T, D) float32 and (T,) datetime64[ns], one time a step
 
 Units: samples are counts unless ``units="m/s"`` declares them ground velocity; counts need the
 channels' StationXML (``stationxml=``) or a server started with ``--inventory``, otherwise the
@@ -88,6 +91,63 @@ class Prediction:
             "warnings": self.warnings,
             "timings_ms": self.timings_ms,
         }
+
+
+@dataclass
+class Embedding:
+    """One station's encoder embedding: ``embedding`` (T, D) float32 and ``times`` (T,) numpy
+    ``datetime64[ns]`` (UTC), the time of each step (window start + t * ``step_seconds``)."""
+
+    network: str
+    station: str
+    location: str
+    embedding: np.ndarray
+    times: np.ndarray
+    window_start: UTCDateTime
+    window_end: UTCDateTime
+    step_seconds: float
+    encoder: str
+    encoder_version: str
+    missing_components: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Components left out, clipped or upsampled, and a record shorter than the window."""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def station_id(self) -> str:
+        return f"{self.network}.{self.station}.{self.location}"
+
+
+def step_times(start: UTCDateTime, step_seconds: float, steps: int) -> np.ndarray:
+    """``steps`` times from ``start`` every ``step_seconds`` as datetime64[ns] (UTC), computed
+    in integer nanoseconds so that no step drifts by float rounding."""
+    start_ns = np.datetime64(UTCDateTime(start).ns, "ns")
+    return start_ns + np.arange(steps, dtype=np.int64) * np.timedelta64(
+        round(step_seconds * 1e9), "ns"
+    )
+
+
+def _embedding(e: pb.StationEmbedding, response: pb.EmbedResponse) -> Embedding:
+    shape = tuple(int(d) for d in e.shape)
+    values = np.asarray(e.values, dtype=np.float32).reshape(shape)
+    # Times travel as float seconds (microsecond precision): rounded back to the microsecond so
+    # that the time axis holds whole microseconds, not the double's last bits.
+    start = UTCDateTime(ns=round(e.window_start * 1e6) * 1000)
+    return Embedding(
+        network=e.network,
+        station=e.station,
+        location=e.location,
+        embedding=values,
+        times=step_times(start, e.step_seconds, shape[0]),
+        window_start=start,
+        window_end=UTCDateTime(ns=round(e.window_end * 1e6) * 1000),
+        step_seconds=e.step_seconds,
+        encoder=response.encoder,
+        encoder_version=response.encoder_version,
+        missing_components=list(e.missing_components),
+        warnings=list(e.warnings),
+        timings_ms=_timings(e.timings),
+    )
 
 
 def _json_floats(values) -> list[float | None]:
@@ -313,6 +373,30 @@ class SeismagClient:
         request.stationxml = _bytes(stationxml)
         response = self._stub.Predict(request, timeout=self.timeout, metadata=self._metadata)
         return [_prediction(m) for m in response.results]
+
+    def embed(
+        self,
+        data: Stream | bytes | str | Path,
+        *,
+        encoder: str = "",
+        stationxml: bytes | str | Path | None = None,
+        raw: bool = False,
+        units: str = "",
+    ) -> list[Embedding]:
+        """The embedding of each station's latest window (Embed): ``data``, ``stationxml``,
+        ``units`` and ``raw`` as in :meth:`predict`; ``encoder`` "" = the server's only one."""
+        request = pb.EmbedRequest(encoder=encoder, input_units=units)
+        if isinstance(data, (str, Path)):
+            data = Path(data).read_bytes()
+        if isinstance(data, bytes):
+            request.miniseed = data
+        elif raw:
+            request.raw.traces.extend(raw_trace(tr) for tr in data)
+        else:
+            request.miniseed = stream_to_miniseed(data)
+        request.stationxml = _bytes(stationxml)
+        response = self._stub.Embed(request, timeout=self.timeout, metadata=self._metadata)
+        return [_embedding(e, response) for e in response.embeddings]
 
     def stream(
         self,

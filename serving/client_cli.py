@@ -1,4 +1,5 @@
-"""Client subcommands of the `seismag` command: predict, stream and plot against a server."""
+"""Client subcommands of the `seismag` command: predict, stream, plot and embed against a
+server."""
 
 from __future__ import annotations
 
@@ -63,9 +64,10 @@ def _server_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argpars
     return wrapper
 
 
-def _connection_args(p: argparse.ArgumentParser) -> None:
+def _connection_args(p: argparse.ArgumentParser, *, model: bool = True) -> None:
     p.add_argument("--server", default=DEFAULT_ADDRESS, help="HOST:PORT of a seismag server")
-    p.add_argument("--model", default="", help="model name (default: the server's default)")
+    if model:
+        p.add_argument("--model", default="", help="model name (default: the server's default)")
     p.add_argument("--token-file", help="file holding a bearer token")
     p.add_argument("--tls-ca", help="CA certificate to verify the server (enables TLS)")
     p.add_argument("--tls-cert", help="client certificate (mutual TLS)")
@@ -212,6 +214,50 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(everything, sys.stdout, indent=2)
         sys.stdout.write("\n")
+    return 0
+
+
+def embeddings_npz(results) -> dict:
+    """The arrays ``seismag embed`` writes: ``stations`` (NET.STA.LOC ids), and per station
+    ``<id>/embedding`` (T, D) float32 and ``<id>/times`` (T,) datetime64[ns] UTC, one a step;
+    ``encoder`` and ``step_seconds`` (one per station)."""
+    import numpy as np
+
+    arrays = {
+        "stations": np.array([e.station_id for e in results]),
+        "encoder": np.array([f"{e.encoder} {e.encoder_version}" for e in results[:1]]),
+        "step_seconds": np.array([e.step_seconds for e in results]),
+    }
+    for e in results:
+        arrays[f"{e.station_id}/embedding"] = e.embedding
+        arrays[f"{e.station_id}/times"] = e.times
+    return arrays
+
+
+@_server_errors
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    st = _read(args.file)
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise CliError(f"--out must name a .npz file, got {args.out}")
+    with _client(args) as client:
+        results = client.embed(
+            st, encoder=args.encoder, stationxml=_stationxml(args), units=args.units
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **embeddings_npz(results))
+    for e in results:
+        t, d = e.embedding.shape
+        print(
+            f"{e.station_id:<16} {e.encoder} {e.encoder_version}: {t} x {d} from "
+            f"{e.window_start} every {e.step_seconds:g} s; {e.timings_ms.get('total', 0):.1f} ms "
+            "on the server"
+        )
+        for warning in e.warnings:
+            print(f"{'':<16} warning: {warning}")
+    print(f"wrote {out}")
     return 0
 
 
@@ -573,3 +619,19 @@ def add_client_commands(sub) -> None:
     _units_args(p)
     p.add_argument("--interval", type=float, default=1.0, help="magnitude series spacing, s")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "embed",
+        help="encoder embeddings of each station's latest window, from a running server",
+        description="Ask the server's Embed RPC (seismag serve --encoder FILE.onnx) for each "
+        "station's embedding and write them to a .npz file: stations, and per station "
+        "<NET.STA.LOC>/embedding (T, D) and <NET.STA.LOC>/times (datetime64[ns] UTC, one a step).",
+    )
+    p.add_argument("file", help="miniSEED (or any ObsPy-readable) file")
+    p.add_argument(
+        "--encoder", default="", help="encoder name (default: the server's only encoder)"
+    )
+    p.add_argument("--out", required=True, help=".npz file to write")
+    _connection_args(p, model=False)
+    _units_args(p)
+    p.set_defaults(func=cmd_embed)

@@ -168,12 +168,22 @@ class ServeConfig:
             "multiple": True,
         },
     )
+    encoder: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "FILE.onnx: also serve this pretraining encoder (seismag export-encoder) for "
+            "the Embed RPC and the Open Inference Protocol (repeatable)",
+            "multiple": True,
+            "path": True,
+        },
+    )
     tokens: tuple[str, ...] = field(default=(), metadata={"secret": True, "cli": False})
     """Bearer tokens; every RPC but health then needs one."""
 
     def __post_init__(self) -> None:
         # Flags given several times arrive as a list, or None when absent.
         object.__setattr__(self, "ensemble", tuple(self.ensemble or ()))
+        object.__setattr__(self, "encoder", tuple(self.encoder or ()))
 
     def ensembles(self) -> dict[str, tuple[str, ...]]:
         """``ensemble`` as {name: members}; ValueError naming a malformed entry."""
@@ -281,7 +291,8 @@ class ServeConfig:
             if f.metadata.get("secret") or f.name.startswith("tls_"):
                 continue
             if f.metadata.get("path"):
-                out[f.name] = getattr(self, f.name) is not None  # whether set, not where
+                value = getattr(self, f.name)  # whether set, not where
+                out[f.name] = bool(value) if f.metadata.get("multiple") else value is not None
                 continue
             out[f.name] = getattr(self, f.name)
         out["tls"] = self.tls_cert is not None
@@ -325,7 +336,8 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.metadata.get("multiple"):
-            parser.add_argument(flag, action="append", help=f.metadata["help"])
+            metavar = "FILE" if f.metadata.get("path") else None
+            parser.add_argument(flag, action="append", metavar=metavar, help=f.metadata["help"])
             continue
         parser.add_argument(
             flag,

@@ -219,12 +219,15 @@ class StatisticsTable:
         return iter(self._models.values())
 
 
-def statistics_table(registry, ensembles: dict[str, tuple[str, ...]]) -> StatisticsTable:
-    """The table of a server: each loaded model's own statistics, and one per ensemble (its
-    requests; its members' runs are counted under the members). An ensemble's version is its
-    members' names and versions, as ListModels reports it."""
+def statistics_table(
+    registry, ensembles: dict[str, tuple[str, ...]], encoders: Iterable = ()
+) -> StatisticsTable:
+    """The table of a server: each loaded model's own statistics, one per ensemble (its
+    requests; its members' runs are counted under the members), and each encoder's. An
+    ensemble's version is its members' names and versions, as ListModels reports it."""
     models = [rt.statistics for rt in registry]
     for name, members in ensembles.items():
         version = "+".join(f"{m}:{registry.get(m).version}" for m in members)
         models.append(ModelStatistics(name, version))
+    models.extend(enc.statistics for enc in encoders)
     return StatisticsTable(models, registry.default_name)

@@ -49,7 +49,8 @@ from obspy import Inventory, Stream, UTCDateTime
 
 from seismag.models.aggregate import series_to_scalar
 from seismag.models.card import ModelCard
-from seismag.models.preprocess import PreprocessError, model_inputs, stream_to_array
+from seismag.models.encoder_card import EncoderCard
+from seismag.models.preprocess import PreprocessError, StationArray, model_inputs, stream_to_array
 from seismag.serving.errors import InvalidInput, Overloaded
 from seismag.serving.executor.picker_runtime import PickerRuntime
 from seismag.serving.executor.runtime import ModelRegistry, ModelRuntime
@@ -461,6 +462,27 @@ def station_track(
 ) -> tuple[StationTrack, np.ndarray, tuple[str, ...]]:
     """One station's traces -> an empty track, its (C, N) data in m/s at the card's rate, and the
     warnings about its components; what every prediction of a recorded stream starts from."""
+    arr, warnings = station_array(
+        key, st, card, responses=responses, inventory=inventory, response=response, missing=missing
+    )
+    track = StationTrack(card, arr.starttime, missing=arr.missing, pick=pick, picker=picker)
+    track.key = key
+    return track, arr.data, warnings
+
+
+def station_array(
+    key: tuple[str, str, str],
+    st: Stream,
+    card: ModelCard | EncoderCard,
+    *,
+    responses: Responses,
+    inventory: Inventory | None,
+    response: str,
+    missing: str,
+) -> tuple[StationArray, tuple[str, ...]]:
+    """One station's traces -> its data in m/s in the card's component order and rate, and the
+    warnings about its components: the checks, units and resampling every RPC applies (Predict's
+    tracks, Embed's windows). At least ``MIN_DATA_SECONDS`` of data, else InvalidInput."""
     sid = station_id(*key)
     st, warnings = _channel_notes(sid, st, card)
     st = _to_velocity(st, responses, response, inventory)
@@ -468,15 +490,13 @@ def station_track(
         arr = stream_to_array(st, card, missing=missing)
     except PreprocessError as exc:
         raise InvalidInput(f"{sid}: {exc}") from None
-    track = StationTrack(card, arr.starttime, missing=arr.missing, pick=pick, picker=picker)
-    track.key = key
     n = arr.data.shape[1]
-    if n < track.min_data:
+    if n < int(np.ceil(MIN_DATA_SECONDS * card.sampling_rate)):
         raise InvalidInput(
             f"{sid}: only {n / card.sampling_rate:.2f} s of data; at least "
             f"{MIN_DATA_SECONDS:g} s is needed"
         )
-    return track, arr.data, tuple(warnings)
+    return arr, tuple(warnings)
 
 
 def walk(

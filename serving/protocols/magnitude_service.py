@@ -8,7 +8,8 @@ stalls on a long record. The work carries a :class:`~seismag.serving.pipeline.li
 its deadline is the client's, and its cancel flag is set when the call is cancelled (the client
 went away, or the server stopped after its grace period), so a work thread stops at its next
 check instead of finishing an answer nobody reads. StreamPredict runs on the loop (see
-:mod:`.stream_rpc`). No model logic here.
+:mod:`.stream_rpc`); Embed (an encoder, ``--encoder``) runs wholly in a work thread. No model
+logic here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from obspy import Stream
 
 from seismag.serving.errors import InvalidInput
 from seismag.serving.pipeline import ingest
+from seismag.serving.pipeline.embed import embed
 from seismag.serving.pipeline.ensemble import METHOD as ENSEMBLE_METHOD
 from seismag.serving.pipeline.ensemble import predict_ensemble
 from seismag.serving.pipeline.event import event_magnitude
@@ -35,7 +37,14 @@ from seismag.serving.pipeline.limits import (
 )
 from seismag.serving.pipeline.predict import PreparedRequest, find_pick, prepare
 from seismag.serving.protocols import stream_rpc
-from seismag.serving.protocols.messages import model_info, pick_time, predict_response, raw_trace
+from seismag.serving.protocols.messages import (
+    embed_response,
+    encoder_info,
+    model_info,
+    pick_time,
+    predict_response,
+    raw_trace,
+)
 from seismag.serving.protocols.rpc import check_deadline, rpc
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
@@ -83,15 +92,7 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
     def _decode(self, request: pb.PredictRequest, budget: Budget):
         """The request's stream, picks and StationXML, checked."""
         budget.check("before it started")
-        kind = request.WhichOneof("input")
-        if kind == "miniseed":
-            stream = ingest.read_miniseed(request.miniseed)
-        elif kind == "raw":
-            traces = request.raw.traces
-            check_count("traces", len(traces), MAX_TRACES, "send fewer stations or fewer gaps")
-            stream = Stream([raw_trace(t) for t in traces])
-        else:
-            raise InvalidInput("the request has no input: set `miniseed` or `raw`")
+        stream = _stream(request)
         check_count("P picks", len(request.p_picks), MAX_STATIONS, "send one per station")
         picks = {p.station_id: pick_time(p) for p in request.p_picks}
         inventory = ingest.read_stationxml(request.stationxml) if request.stationxml else None
@@ -193,6 +194,7 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
             + [self._ensemble_info(n, config) for n in self._server.ensembles],
             default_model=reg.default_name,
             server_config_json=config,
+            encoders=[encoder_info(e, config) for e in self._server.encoders],
         )
 
     @rpc
@@ -203,11 +205,59 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
             return self._ensemble_info(name, config)
         return model_info(reg.get(name), reg.default_name, config)
 
+    def _embed(self, request: pb.EmbedRequest, encoder, budget: Budget, started: float):
+        """Embed's work (in a work thread): decoding, the stations' windows, the encoder."""
+        budget.check("before it started")
+        stream = _stream(request)
+        inventory = ingest.read_stationxml(request.stationxml) if request.stationxml else None
+        budget.check("after decoding")
+        return embed(
+            encoder,
+            stream,
+            units=request.input_units,
+            inventory=inventory,
+            server_inventory=self._server.inventory,
+            budget=budget,
+            checked=True,
+            started=started,
+        )
+
+    @rpc
+    async def Embed(self, request, context):
+        started, t0 = time.perf_counter(), time.perf_counter_ns()
+        self._server.require_ready()
+        encoder = self._server.encoders.get(check_model_name(request.encoder))
+        ok = False
+        try:
+            budget = Budget(await check_deadline(context))
+            work = functools.partial(self._embed, request, encoder, budget, started)
+            try:
+                found = await asyncio.get_running_loop().run_in_executor(self._server.work, work)
+            except asyncio.CancelledError:
+                budget.cancelled.set()
+                raise
+            ok = True
+            return embed_response(encoder, found)
+        finally:  # the interceptor counts Predict and ModelInfer; Embed names no model field
+            encoder.statistics.record_request(ok, time.perf_counter_ns() - t0)
+
     @rpc
     async def StreamPredict(self, request_iterator, context):
         self._server.require_ready()
         async for message in stream_rpc.serve_stream(self._server, context):
             yield message
+
+
+def _stream(request: pb.PredictRequest | pb.EmbedRequest) -> Stream:
+    """The traces of a request's ``input`` (miniSEED or raw arrays), decoded and checked."""
+    kind = request.WhichOneof("input")
+    if kind == "miniseed":
+        return ingest.read_miniseed(request.miniseed)
+    if kind == "raw":
+        traces = request.raw.traces
+        check_count("traces", len(traces), MAX_TRACES, "send fewer stations or fewer gaps")
+        return Stream([raw_trace(t) for t in traces])
+    raise InvalidInput("the request has no input: set `miniseed` or `raw`")
 
 
 def _windows(stream: Stream, interval: float) -> float:

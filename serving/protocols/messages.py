@@ -9,6 +9,7 @@ import numpy as np
 from obspy import Trace, UTCDateTime
 
 from seismag.serving.pipeline import ingest
+from seismag.serving.pipeline.embed import StationEmbedding
 from seismag.serving.pipeline.event import EventResult, EventUpdate
 from seismag.serving.pipeline.limits import check_codes, check_station_id, check_time
 from seismag.serving.pipeline.results import StationResult, StationUpdate
@@ -153,6 +154,49 @@ def model_info(runtime, default_name: str, server_config_json: str = "") -> pb.M
         outputs=specs(runtime.output_specs()),
         runtime_json=runtime_json(runtime),
         server_config_json=server_config_json,
+    )
+
+
+def encoder_info(encoder, server_config_json: str = "") -> pb.ModelInfo:
+    """An encoder (``--encoder``) as ListModelsResponse.encoders lists it."""
+
+    def specs(items) -> list[pb.TensorSpec]:
+        return [pb.TensorSpec(name=n, datatype=d, shape=[int(x) for x in s]) for n, d, s in items]
+
+    return pb.ModelInfo(
+        name=encoder.name,
+        version=str(encoder.version),
+        card_json=encoder.card.to_json(),
+        weights=str(encoder.weights),
+        inputs=specs(encoder.input_specs()),
+        outputs=specs(encoder.output_specs()),
+        runtime_json=json.dumps(encoder.runtime_info(), sort_keys=True),
+        server_config_json=server_config_json,
+    )
+
+
+def station_embedding(e: StationEmbedding) -> pb.StationEmbedding:
+    values = np.ascontiguousarray(e.embedding, dtype=np.float32)
+    return pb.StationEmbedding(
+        network=e.network,
+        station=e.station,
+        location=e.location,
+        window_start=float(e.window_start.timestamp),
+        window_end=float(e.window_end.timestamp),
+        step_seconds=e.step_seconds,
+        shape=list(values.shape),
+        values=values.reshape(-1).tolist(),
+        missing_components=list(e.missing_components),
+        warnings=list(e.warnings),
+        timings=_timings(e.timings_ms),
+    )
+
+
+def embed_response(encoder, found: list[StationEmbedding]) -> pb.EmbedResponse:
+    return pb.EmbedResponse(
+        encoder=encoder.name,
+        encoder_version=str(encoder.version),
+        embeddings=[station_embedding(e) for e in found],
     )
 
 

@@ -29,6 +29,7 @@ from seismag import __version__
 from seismag.models.triton_config import ONNX_PLATFORM, TensorConfig, model_config
 from seismag.models.triton_config import ModelConfig as TritonConfig
 from seismag.serving.errors import InvalidInput, ModelNotFound, NotReady, ServingError
+from seismag.serving.executor.encoder_runtime import EncoderRuntime, EncoderSet
 from seismag.serving.executor.statistics import Duration, Snapshot, StatisticsTable
 from seismag.serving.oip import grpc_service_pb2 as pb
 from seismag.serving.oip import grpc_service_pb2_grpc as pb_grpc
@@ -62,16 +63,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         work: Executor,
         *,
         statistics: StatisticsTable | None = None,
+        encoders: EncoderSet | None = None,
     ) -> None:
         self._registry = registry
+        self._encoders = encoders or EncoderSet()
         self._is_ready = is_ready
         self._work = work  # threads for the blocking batcher wait; the event loop never blocks
         self._statistics = statistics or StatisticsTable(
-            (rt.statistics for rt in registry), registry.default_name
+            [*(rt.statistics for rt in registry), *(e.statistics for e in self._encoders)],
+            registry.default_name,
         )
 
+    def _models(self) -> list:
+        """Every model this protocol lists: the magnitude models, then the encoders."""
+        return [*self._registry, *self._encoders]
+
     def _runtime(self, name: str, version: str):
-        runtime = self._registry.get(check_model_name(name))
+        """The magnitude model or encoder (``--encoder``) called ``name`` ("" = the default
+        model); both answer input_specs, output_specs and infer_raw."""
+        name = check_model_name(name)
+        runtime = self._encoders.find(name) if name else None
+        if runtime is None:
+            try:
+                runtime = self._registry.get(name)
+            except ModelNotFound as exc:
+                if not len(self._encoders):
+                    raise
+                encoders = ", ".join(self._encoders.names())
+                raise ModelNotFound(f"{exc}; encoders: {encoders}") from None
         if version and version != str(runtime.version):
             raise ModelNotFound(
                 f"model {runtime.name!r} has version {runtime.version!r}, not {shown(version)}"
@@ -196,14 +215,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def ModelConfig(self, request, context):
         rt = self._runtime(request.name, request.version)
-        return pb.ModelConfigResponse(config=_config_message(model_config(rt.card)))
+        config = rt.triton_config() if isinstance(rt, EncoderRuntime) else model_config(rt.card)
+        return pb.ModelConfigResponse(config=_config_message(config))
 
     @rpc
     async def RepositoryIndex(self, request, context):
         # One repository: the models this server was started with ("" or any name lists them).
         ready = self._is_ready()
         state, reason = ("READY", "") if ready else ("UNAVAILABLE", "warming up or draining")
-        models = [] if request.ready and not ready else list(self._registry)
+        models = [] if request.ready and not ready else self._models()
         return pb.RepositoryIndexResponse(
             models=[
                 pb.RepositoryIndexResponse.ModelIndex(

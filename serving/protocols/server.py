@@ -54,6 +54,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from seismag.serving.config import DEFAULTS, ServeConfig
 from seismag.serving.errors import NotReady
+from seismag.serving.executor.encoder_runtime import EncoderSet
 from seismag.serving.executor.statistics import statistics_table
 from seismag.serving.oip import grpc_service_pb2 as oip_pb2
 from seismag.serving.pipeline.station_table import StationTable
@@ -200,7 +201,13 @@ class SeismagServer:
                     + (f"members {unknown} are not loaded" if unknown else "a model has that name")
                     + f" (models: {', '.join(registry.names())})"
                 )
-        self.metrics = ServerMetrics(statistics_table(registry, self.ensembles))
+        self.encoders = EncoderSet.from_paths(config.encoder, threads=config.threads)
+        """Pretraining encoders (``--encoder``) for Embed and the OIP."""
+        taken = {*registry.names(), *self.ensembles}
+        clash = [name for name in self.encoders.names() if name in taken]
+        if clash:
+            raise ValueError(f"encoders {clash} share their names with served models")
+        self.metrics = ServerMetrics(statistics_table(registry, self.ensembles, self.encoders))
         self.metrics.models_loaded.set(len(registry.names()))
         self.work = DaemonPool(config.work_threads, "seismag-work")
         self.health = HealthServicer()
@@ -244,7 +251,11 @@ class SeismagServer:
         self.waker = Waker(asyncio.get_running_loop())
         pb_grpc.add_MagnitudeServiceServicer_to_server(MagnitudeServicer(self), server)
         self.oip = InferenceServicer(
-            self.registry, self.is_ready, self.work, statistics=self.metrics.statistics
+            self.registry,
+            self.is_ready,
+            self.work,
+            statistics=self.metrics.statistics,
+            encoders=self.encoders,
         )  # the gRPC service and the HTTP binding (--http-port) both call this one
         add_oip(self.oip, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -285,8 +296,9 @@ class SeismagServer:
             raise NotReady(f"the server is {state}; retry on another replica or later")
 
     def warm_up(self) -> None:
-        """Run every model once, then report SERVING (unless draining has begun)."""
+        """Run every model and encoder once, then report SERVING (unless draining has begun)."""
         self.registry.warm_up()
+        self.encoders.warm_up()
         if not self._draining.is_set():
             self._ready.set()
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -492,6 +504,11 @@ def serve_forever(
                         rt.name,
                         rt.weights,
                     )
+            for enc in server.encoders:
+                log.info(
+                    "encoder %s %s from %s (weights: %s): Embed and the OIP",
+                    enc.name, enc.version, enc.path, enc.weights,
+                )  # fmt: skip
             log.info(
                 "seismag serving on %s:%d (default model %s: %s)%s",
                 server.host,

@@ -292,17 +292,69 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., card_json: _Optional[str] = ..., weights: _Optional[str] = ..., is_default: bool = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., runtime_json: _Optional[str] = ..., server_config_json: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "default_model", "server_config_json")
+    __slots__ = ("models", "default_model", "server_config_json", "encoders")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
     SERVER_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    ENCODERS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     default_model: str
     server_config_json: str
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ..., server_config_json: _Optional[str] = ...) -> None: ...
+    encoders: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ..., server_config_json: _Optional[str] = ..., encoders: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("encoder", "miniseed", "raw", "stationxml", "input_units")
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    MINISEED_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    STATIONXML_FIELD_NUMBER: _ClassVar[int]
+    INPUT_UNITS_FIELD_NUMBER: _ClassVar[int]
+    encoder: str
+    miniseed: bytes
+    raw: RawTraces
+    stationxml: bytes
+    input_units: str
+    def __init__(self, encoder: _Optional[str] = ..., miniseed: _Optional[bytes] = ..., raw: _Optional[_Union[RawTraces, _Mapping]] = ..., stationxml: _Optional[bytes] = ..., input_units: _Optional[str] = ...) -> None: ...
+
+class StationEmbedding(_message.Message):
+    __slots__ = ("network", "station", "location", "window_start", "step_seconds", "shape", "values", "window_end", "missing_components", "warnings", "timings")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    STATION_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    STEP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_END_FIELD_NUMBER: _ClassVar[int]
+    MISSING_COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    station: str
+    location: str
+    window_start: float
+    step_seconds: float
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    window_end: float
+    missing_components: _containers.RepeatedScalarFieldContainer[str]
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    timings: Timings
+    def __init__(self, network: _Optional[str] = ..., station: _Optional[str] = ..., location: _Optional[str] = ..., window_start: _Optional[float] = ..., step_seconds: _Optional[float] = ..., shape: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., window_end: _Optional[float] = ..., missing_components: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("encoder", "encoder_version", "embeddings")
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    encoder: str
+    encoder_version: str
+    embeddings: _containers.RepeatedCompositeFieldContainer[StationEmbedding]
+    def __init__(self, encoder: _Optional[str] = ..., encoder_version: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[StationEmbedding, _Mapping]]] = ...) -> None: ...

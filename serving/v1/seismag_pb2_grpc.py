@@ -54,6 +54,11 @@ class MagnitudeServiceStub(object):
                 request_serializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/seismag.v1.MagnitudeService/Embed',
+                request_serializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class MagnitudeServiceServicer(object):
@@ -94,6 +99,16 @@ class MagnitudeServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embeddings of a pretraining encoder (`seismag serve --encoder FILE.onnx`): per station, the
+        encoder's output for the station's latest window (the last in_samples samples of its data
+        at the encoder's rate). Inputs, units and limits are Predict's. An encoder the server does
+        not hold is NOT_FOUND; ListModelsResponse.encoders lists those it does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MagnitudeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -116,6 +131,11 @@ def add_MagnitudeServiceServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.GetModelRequest.FromString,
                     response_serializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.ModelInfo.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.EmbedRequest.FromString,
+                    response_serializer=seismag_dot_serving_dot_v1_dot_seismag__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +246,33 @@ class MagnitudeService(object):
             '/seismag.v1.MagnitudeService/GetModel',
             seismag_dot_serving_dot_v1_dot_seismag__pb2.GetModelRequest.SerializeToString,
             seismag_dot_serving_dot_v1_dot_seismag__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seismag.v1.MagnitudeService/Embed',
+            seismag_dot_serving_dot_v1_dot_seismag__pb2.EmbedRequest.SerializeToString,
+            seismag_dot_serving_dot_v1_dot_seismag__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,
