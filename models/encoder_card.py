@@ -46,7 +46,8 @@ class EncoderCard:
     downsampling: int
     embed_dim: int
     tolerance: float = 1e-4
-    """Largest embedding difference accepted between PyTorch and an exported runtime."""
+    """Largest embedding difference accepted between PyTorch and an exported runtime, absolute or
+    relative to the largest value (as the magnitude export's parity check)."""
     pretraining: dict[str, Any] = field(default_factory=dict)
     """Recipe of ``seismag pretrain``: learning_rate, batch_size, gumbel temperatures..."""
     kwargs: dict[str, Any] = field(default_factory=dict)

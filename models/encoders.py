@@ -14,10 +14,15 @@ Two encoders from the design documents, each trained without labels by
   annealed from 2 to 0.5.
 * :class:`BidirAutoregEncoder`, masked autoencoding (He et al. 2022): 4x convolutional subsampling
   (ReLU), span masking (p 0.75, span 10) by zeroing, a bidirectional mLSTM stack, and a linear
-  decoder. The design document reconstructs the subsampling's own output, which the same
-  gradient can drive to a constant (a zero loss that learns nothing); here the target is the
-  normalised waveform under each step (C x 4 samples), as MAE reconstructs pixels. Loss: MSE on
-  masked steps only.
+  decoder. Loss: MSE on masked steps only. The target is the log spectral envelope under each
+  step: log10 power of a 64-sample STFT (hop 4, so one frame per step) in three bands (1.6-4.7,
+  4.7-12.5 and 12.5-50 Hz at 100 Hz) per component, as Audio-MAE (Huang et al. 2022)
+  reconstructs spectrogram patches. Two other targets fail: the design document's (the
+  subsampling's own output) can be driven to a constant by the same gradient, a zero loss that
+  learns nothing; the raw waveform was tried first and, after 200 steps, the reconstruction
+  still explained only 1 % of the masked signal's energy, because the phase of a stochastic
+  seismogram cannot be predicted from its context (zeros are near-optimal) while its envelope
+  can.
 
 ``forward`` is the embedding used after pretraining (no masking, no quantiser): (B, T, D) with
 ``T = ceil(ceil(N / 2) / 2)``. :meth:`pretrain_loss` is the pretraining objective.
@@ -32,6 +37,9 @@ from torch.nn import functional as F
 from seismag.models.mlstm import MLSTMStack, MLSTMUNet
 
 DOWNSAMPLING = 4
+ENVELOPE_FFT = 64
+ENVELOPE_BANDS = ((1, 3), (3, 8), (8, 33))
+"""STFT bins [lo, hi) of the reconstruction target's bands (bin width fs / 64)."""
 
 
 def subsampled_length(n: int) -> int:
@@ -68,7 +76,10 @@ class GumbelQuantizer(nn.Module):
         self.groups, self.codes = groups, codes
         self.logits = nn.Linear(dim, groups * codes)
         self.codebook = nn.Parameter(torch.empty(groups * codes, code_dim // groups).uniform_())
-        nn.init.normal_(self.logits.weight, 0.0, 1.0)
+        # Logits of order one on LayerNorm-ed features: with wav2vec 2.0's unit-variance weights
+        # (std 16 here) every step picked the same code from the first steps on (perplexity 2 of
+        # 640) and the diversity loss, through saturated softmaxes, had no gradient to undo it.
+        nn.init.normal_(self.logits.weight, 0.0, dim**-0.5)
         nn.init.zeros_(self.logits.bias)
 
     def forward(self, x: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +139,9 @@ class ConvDownEncoderContrastive(nn.Module):
         self.negatives, self.temperature = negatives, temperature
         self.diversity_weight = diversity_weight
         self.codes_total = groups * codes
-        self.conv1 = nn.Conv1d(in_channels, feature_dim, 3, stride=2, padding=1)
+        # No bias before the first norm (as wav2vec 2.0): a bias would dominate quiet stretches
+        # and the LayerNorm would then map every quiet step to the same feature vector.
+        self.conv1 = nn.Conv1d(in_channels, feature_dim, 3, stride=2, padding=1, bias=False)
         self.norm1 = nn.LayerNorm(feature_dim)
         self.conv2 = nn.Conv1d(feature_dim, feature_dim, 3, stride=2, padding=1)
         self.norm2 = nn.LayerNorm(feature_dim)
@@ -177,6 +190,27 @@ class ConvDownEncoderContrastive(nn.Module):
         }
 
 
+def log_envelope(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, N) -> (B, ceil(N / 4) + ..., C * bands): log10 band power of a hop-4 STFT, one frame
+    per embedding step (frame t is centred on sample 4t, as step t is)."""
+    b, c, n = x.shape
+    spec = torch.stft(
+        x.reshape(b * c, n).float(),
+        n_fft=ENVELOPE_FFT,
+        hop_length=DOWNSAMPLING,
+        window=torch.hann_window(ENVELOPE_FFT, device=x.device),
+        center=True,
+        return_complex=True,
+    )
+    power = spec.real**2 + spec.imag**2  # (B * C, bins, frames)
+    bands = torch.stack([power[:, lo:hi].mean(1) for lo, hi in ENVELOPE_BANDS], dim=1)
+    out = torch.log10(bands + 1e-10).reshape(b, c * len(ENVELOPE_BANDS), -1)
+    # Relative to each band's mean over the window: the shape of the envelope (onsets, coda
+    # decay, spectral content), not the window's level, which the context alone cannot know.
+    out = out - out.mean(-1, keepdim=True)
+    return out.transpose(1, 2)
+
+
 class BidirAutoregEncoder(nn.Module):
     """Masked-reconstruction encoder; see the module doc."""
 
@@ -193,12 +227,12 @@ class BidirAutoregEncoder(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.mask_prob, self.mask_length = mask_prob, mask_length
-        self.conv1 = nn.Conv1d(in_channels, dim, 3, stride=2, padding=1)
+        self.conv1 = nn.Conv1d(in_channels, dim, 3, stride=2, padding=1, bias=False)
         self.conv2 = nn.Conv1d(dim, dim, 3, stride=2, padding=1)
         self.project = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
         self.context = MLSTMStack(dim, depth=depth, heads=heads)
-        self.decoder = nn.Linear(dim, in_channels * DOWNSAMPLING)
+        self.decoder = nn.Linear(dim, in_channels * len(ENVELOPE_BANDS))
         self.embed_dim = dim
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,17 +251,16 @@ class BidirAutoregEncoder(nn.Module):
         b, t, _ = tokens.shape
         mask = span_mask(b, t, self.mask_prob, self.mask_length, generator, x.device)
         hidden = tokens.masked_fill(mask.unsqueeze(-1), 0.0)
-        recon = self.decoder(self.context(hidden))  # (B, T, C * 4)
-        pad = t * DOWNSAMPLING - x.shape[-1]
-        target = F.pad(x, (0, pad)).reshape(b, self.in_channels, t, DOWNSAMPLING)
-        target = target.permute(0, 2, 1, 3).reshape(b, t, -1)
+        recon = self.decoder(self.context(hidden))  # (B, T, C * bands)
+        target = log_envelope(x)[:, :t]
         err = ((recon - target) ** 2).mean(-1)
         loss = (err * mask).sum() / mask.sum().clamp(min=1)
-        # Share of the masked signal's energy left unexplained: 1 = no better than zeros.
-        energy = ((target**2).mean(-1) * mask).sum() / mask.sum().clamp(min=1)
+        # Share of the masked targets' variance left unexplained: 1 = no better than their mean.
+        sel = target[mask]
+        spread = ((sel - sel.mean(0)) ** 2).mean()
         return loss, {
             "mse": float(loss.detach()),
-            "unexplained": float(loss.detach() / energy.clamp(min=1e-12)),
+            "unexplained": float(loss.detach() / spread.clamp(min=1e-12)),
             "masked": float(mask.float().mean()),
         }
 
