@@ -197,21 +197,29 @@ def test_fine_tune_and_linear_probe_on_a_pretrained_encoder(tiny_data, tmp_path)
     )
     pretrained = load_file(str(enc))
     kw = {"batch_size": 4, "limit_train": 8, "threads": 2, "progress": False, "device": "cpu"}
-    # First epoch with the encoder frozen: the best weights (after it) keep the encoder as
-    # pretrained, while the head has moved.
-    best = train("BidirAutoregMag", tiny_data, tmp_path / "ft", epochs=1, init_encoder=enc, **kw)
+    # The encoder frozen for the first steps (here all of the first epoch's two): the best
+    # weights (after it) keep the encoder as pretrained, while the head has moved.
+    best = train(
+        "BidirAutoregMag",
+        tiny_data,
+        tmp_path / "ft",
+        epochs=1,
+        init_encoder=enc,
+        freeze_encoder_steps=2,
+        **kw,
+    )
     tuned = load_file(str(best))
     assert all(torch.equal(tuned[f"encoder.{k}"], v) for k, v in pretrained.items())
     config = json.loads((tmp_path / "ft" / "history.json").read_text())["config"]
-    assert config["init_encoder"] == str(enc) and config["freeze_encoder_epochs"] == 1
-    # Unfrozen from the second epoch on (max_steps ends it within the epoch).
+    assert config["init_encoder"] == str(enc) and config["freeze_encoder_steps"] == 2
+    # Not frozen: the first step moves the encoder (max_steps ends the run within the epoch).
     train(
         "BidirAutoregMag",
         tiny_data,
         tmp_path / "ft2",
         epochs=3,
         init_encoder=enc,
-        freeze_encoder_epochs=0,
+        freeze_encoder_steps=0,
         max_steps=1,
         **kw,
     )

@@ -60,7 +60,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             limit_train=args.limit_train,
             init_weights=args.init_weights,
             init_encoder=args.init_encoder,
-            freeze_encoder_epochs=args.freeze_encoder_epochs,
+            freeze_encoder_steps=args.freeze_encoder_steps,
             linear_probe=args.linear_probe,
             threads=args.threads,
             progress=not args.quiet,
@@ -258,11 +258,11 @@ def add_training_commands(sub) -> None:
         "from these `seismag pretrain` weights",
     )
     p.add_argument(
-        "--freeze-encoder-epochs",
+        "--freeze-encoder-steps",
         type=int,
-        default=1,
-        help="with --init-encoder: epochs the encoder stays frozen while the head settles "
-        "(default: %(default)s)",
+        default=100,
+        help="with --init-encoder: optimizer steps the encoder stays frozen while the head "
+        "settles (default: %(default)s)",
     )
     p.add_argument(
         "--linear-probe",

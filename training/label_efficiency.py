@@ -10,9 +10,10 @@ scratch, with 1 %, 10 % and 100 % of the labels, at equal compute.
 Every run (arm x fraction x seed) trains the head's card with ``seismag train``'s loop for the
 same number of optimizer steps (``--steps``; the small fractions repeat their traces for many
 epochs, 100 % sees part of one), on a seeded subset of that share of the train split's traces,
-with the dev split cut to the same share (at least 32 traces) for model selection: a user with
-1 % of the labels has no large labelled dev set either. Arms: ``pretrained`` (encoder from
-``--pretrained``, frozen for its first epoch, then fine-tuned), ``scratch`` (random
+with the dev split cut to the same share (at least 32, at most ``--dev-limit`` traces) for model
+selection: a user with 1 % of the labels has no large labelled dev set either. Arms:
+``pretrained`` (encoder from ``--pretrained``, frozen for the first ``--freeze-share`` of the
+steps while the head settles, then fine-tuned with it), ``scratch`` (random
 initialisation) and, with ``--probe``, ``probe`` (a linear head on the frozen pretrained encoder).
 Each run's best weights are scored per waveform on the ``--eval`` sets (full window, MAE and the
 scatter left after removing one offset). Results are appended to ``OUT/results.json`` as they
@@ -69,10 +70,11 @@ def run_one(args, arm: str, fraction: float, seed: int, n_train: int, n_dev: int
         device="cpu",
         seed=seed,
         limit_train=max(round(fraction * n_train), 1),
-        limit_dev=max(round(fraction * n_dev), 32),
+        limit_dev=min(max(round(fraction * n_dev), 32), args.dev_limit),
         threads=args.threads,
         progress=False,
         init_encoder=args.pretrained if arm in ("pretrained", "probe") else None,
+        freeze_encoder_steps=round(args.freeze_share * args.steps),
         linear_probe=arm == "probe",
     )
     train_s = time.monotonic() - t0
@@ -184,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=PATH[:SPLIT][@COUNTS_PER_M/S]",
     )
     p.add_argument("--eval-limit", type=int, default=500, help="traces per evaluation set")
+    p.add_argument("--dev-limit", type=int, default=500, help="most dev traces per run")
+    p.add_argument(
+        "--freeze-share",
+        type=float,
+        default=0.2,
+        help="share of the steps the pretrained encoder stays frozen (default: %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -194,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     n_train = _split_size(Path(args.data), "train")
     n_dev = _split_size(Path(args.data), "dev")
     arms = ["pretrained", "scratch"] + (["probe"] if args.probe else [])
-    for fraction in args.fractions:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed-major: a cut-short study still covers every fraction
+        for fraction in args.fractions:
             for arm in arms:
                 done = any(
                     r["arm"] == arm and r["fraction"] == fraction and r["seed"] == seed

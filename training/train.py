@@ -335,7 +335,7 @@ def train(
     card_overrides: dict | None = None,
     init_weights: str | Path | None = None,
     init_encoder: str | Path | None = None,
-    freeze_encoder_epochs: int = 1,
+    freeze_encoder_steps: int = 100,
     linear_probe: bool = False,
     max_steps: int | None = None,
 ) -> Path:
@@ -350,7 +350,8 @@ def train(
 
     ``init_encoder``: for a head on a pretraining encoder (``cards/heads/``), the encoder's
     pretrained weights (``seismag pretrain``); the encoder is frozen for the first
-    ``freeze_encoder_epochs`` epochs (the head settles first) and then trained with the head.
+    ``freeze_encoder_steps`` optimizer steps (the head settles first, so its first random
+    gradients do not reach the pretrained weights) and then trained with the head.
     ``linear_probe``: a linear head on the encoder, which stays frozen throughout.
     ``max_steps``: a budget in optimizer steps (the last epoch may be partial; it is scored on
     dev like any other), for comparisons at equal compute such as the label-efficiency study.
@@ -422,7 +423,7 @@ def train(
         "limit_train": limit_train,
         "init_weights": None if init_weights is None else str(init_weights),
         "init_encoder": None if init_encoder is None else str(init_encoder),
-        "freeze_encoder_epochs": freeze_encoder_epochs if encoder is not None else None,
+        "freeze_encoder_steps": freeze_encoder_steps if encoder is not None else None,
         "linear_probe": linear_probe,
         "max_steps": max_steps,
         "recipe": card.to_dict()["training"],
@@ -447,10 +448,6 @@ def train(
         epoch = state.epoch
         t0 = time.monotonic()
         model.train()
-        if encoder is not None:
-            frozen = linear_probe or (init_encoder is not None and epoch < freeze_encoder_epochs)
-            for p in encoder.parameters():
-                p.requires_grad_(not frozen)
         ends = training_ends(train_set.p_samples, train_set.lengths, card, seed=seed, epoch=epoch)
         order = np.random.default_rng([int(seed), int(epoch), 0x0D0E]).permutation(len(train_set))
         running, seen = 0.0, 0
@@ -465,6 +462,12 @@ def train(
         for b in bar:
             if max_steps is not None and state.global_step >= max_steps:
                 break
+            if encoder is not None:
+                frozen = linear_probe or (
+                    init_encoder is not None and state.global_step < freeze_encoder_steps
+                )
+                for p in encoder.parameters():
+                    p.requires_grad_(not frozen)
             if state.global_step < warmup_steps:
                 for g in optimizer.param_groups:
                     g["lr"] = base_lr * (state.global_step + 1) / warmup_steps
