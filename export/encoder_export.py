@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from seismag import __version__
-from seismag.export.onnx_export import DEFAULT_OPSET, ExportError, quiet_tracer
+from seismag.export.onnx_export import DEFAULT_OPSET, ExportError, finish_onnx, quiet_tracer
 from seismag.models.card import WEIGHTS_KEY
 from seismag.models.encoder_card import ENCODER_CARD_KEY, INPUT_NAME, OUTPUT_NAME, EncoderCard
 from seismag.models.encoders import load_encoder
@@ -109,7 +109,6 @@ def export_encoder(weights_path: str | Path, out_dir: str | Path) -> EncoderExpo
         proto = onnx.load(str(tmp))
     finally:
         tmp.unlink(missing_ok=True)
-    del proto.metadata_props[:]
     meta = {
         ENCODER_CARD_KEY: card.to_json(),
         WEIGHTS_KEY: f"{weights_path.name} sha256:{file_digest(weights_path)}",
@@ -117,16 +116,7 @@ def export_encoder(weights_path: str | Path, out_dir: str | Path) -> EncoderExpo
         "seismag.output": f"{OUTPUT_NAME}: (batch, T, {card.embed_dim}), step t at window "
         f"start + t * {card.step_seconds:g} s",
     }
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.producer_name = "seismag"
-    proto.producer_version = __version__
-    proto.doc_string = f"{card.name} {card.version}: {card.description}"
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"{card.name}: the exported graph fails onnx.checker: {exc}") from exc
-    onnx.save(proto, str(out))
+    finish_onnx(proto, card, meta, out)
     try:
         diff, rel = _parity(model, card, out)
         if diff > card.tolerance and rel > card.tolerance:

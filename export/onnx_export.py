@@ -105,6 +105,21 @@ def _attach_scan_functions(proto: onnx.ModelProto, opset: int) -> int:
     return len(nodes)
 
 
+def finish_onnx(proto: onnx.ModelProto, card, meta: dict[str, str], path: Path) -> None:
+    """Stamp the card's metadata and provenance on an exported graph, check it, and save it."""
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "seismag"
+    proto.producer_version = __version__
+    proto.doc_string = f"{card.name} {card.version}: {card.description}"
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{card.name}: the exported graph fails onnx.checker: {exc}") from exc
+    onnx.save(proto, str(path))
+
+
 def export_onnx(
     model: MagnitudeModel,
     path: str | Path,
@@ -163,17 +178,7 @@ def export_onnx(
         "seismag.output": f"{OUTPUT_NAME}: magnitude units, label_offset removed"
         + (f"; {SIGMA_NAME}: its standard deviation" if len(outputs) > 1 else ""),
     }
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.producer_name = "seismag"
-    proto.producer_version = __version__
-    proto.doc_string = f"{card.name} {card.version}: {card.description}"
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"{card.name}: the exported graph fails onnx.checker: {exc}") from exc
-    onnx.save(proto, str(path))
+    finish_onnx(proto, card, meta, path)
     return ExportResult(
         path=path,
         seconds=time.perf_counter() - t0,

@@ -283,6 +283,19 @@ def raw_trace(tr: Trace) -> pb.RawTrace:
     )
 
 
+def _set_input(request, data, raw: bool, stationxml) -> None:
+    """Fill a Predict or Embed request's waveform input (one oneof) and its StationXML."""
+    if isinstance(data, (str, Path)):
+        data = Path(data).read_bytes()
+    if isinstance(data, bytes):
+        request.miniseed = data
+    elif raw:
+        request.raw.traces.extend(raw_trace(tr) for tr in data)
+    else:
+        request.miniseed = stream_to_miniseed(data)
+    request.stationxml = _bytes(stationxml)
+
+
 def _bytes(stationxml: bytes | str | Path | None) -> bytes:
     if stationxml is None:
         return b""
@@ -362,15 +375,7 @@ class SeismagClient:
             p_picks=_picks(p_picks),
             input_units=units,
         )
-        if isinstance(data, (str, Path)):
-            data = Path(data).read_bytes()
-        if isinstance(data, bytes):
-            request.miniseed = data
-        elif raw:
-            request.raw.traces.extend(raw_trace(tr) for tr in data)
-        else:
-            request.miniseed = stream_to_miniseed(data)
-        request.stationxml = _bytes(stationxml)
+        _set_input(request, data, raw, stationxml)
         response = self._stub.Predict(request, timeout=self.timeout, metadata=self._metadata)
         return [_prediction(m) for m in response.results]
 
@@ -386,15 +391,7 @@ class SeismagClient:
         """The embedding of each station's latest window (Embed): ``data``, ``stationxml``,
         ``units`` and ``raw`` as in :meth:`predict`; ``encoder`` "" = the server's only one."""
         request = pb.EmbedRequest(encoder=encoder, input_units=units)
-        if isinstance(data, (str, Path)):
-            data = Path(data).read_bytes()
-        if isinstance(data, bytes):
-            request.miniseed = data
-        elif raw:
-            request.raw.traces.extend(raw_trace(tr) for tr in data)
-        else:
-            request.miniseed = stream_to_miniseed(data)
-        request.stationxml = _bytes(stationxml)
+        _set_input(request, data, raw, stationxml)
         response = self._stub.Embed(request, timeout=self.timeout, metadata=self._metadata)
         return [_embedding(e, response) for e in response.embeddings]
 
