@@ -265,12 +265,6 @@ class BidirAutoregEncoder(nn.Module):
         }
 
 
-ENCODERS = {
-    "ConvDownEncoderContrastive": ConvDownEncoderContrastive,
-    "BidirAutoregEncoder": BidirAutoregEncoder,
-}
-
-
 def build_encoder(card) -> nn.Module:
     """The PyTorch encoder an :class:`~seismag.models.encoder_card.EncoderCard` describes."""
     import importlib
