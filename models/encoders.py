@@ -42,11 +42,6 @@ ENVELOPE_BANDS = ((1, 3), (3, 8), (8, 33))
 """STFT bins [lo, hi) of the reconstruction target's bands (bin width fs / 64)."""
 
 
-def subsampled_length(n: int) -> int:
-    """Steps after the two stride-2 convolutions (kernel 3, padding 1)."""
-    return ((n - 1) // 2 + 1 - 1) // 2 + 1
-
-
 def span_mask(
     batch: int,
     steps: int,

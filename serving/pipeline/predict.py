@@ -177,7 +177,7 @@ class StationTrack:
         # and the window slides back to the front once per in_samples samples.
         self._buf = np.zeros((card.in_channels, 2 * card.in_samples))
         self._end = card.in_samples
-        self.min_data = int(np.ceil(MIN_DATA_SECONDS * self.rate))
+        self.min_data = min_data_samples(self.rate)
         self.min_after = int(np.ceil(MIN_AFTER_ONSET_SECONDS * self.rate))
         # A picked onset is decided up to picker.max_delay after it: using only onsets at least
         # that old keeps every value independent of data that came later (truncation, replay).
@@ -470,6 +470,11 @@ def station_track(
     return track, arr.data, warnings
 
 
+def min_data_samples(rate: float) -> int:
+    """Samples in ``MIN_DATA_SECONDS``: less data than this is refused."""
+    return int(np.ceil(MIN_DATA_SECONDS * rate))
+
+
 def station_array(
     key: tuple[str, str, str],
     st: Stream,
@@ -491,7 +496,7 @@ def station_array(
     except PreprocessError as exc:
         raise InvalidInput(f"{sid}: {exc}") from None
     n = arr.data.shape[1]
-    if n < int(np.ceil(MIN_DATA_SECONDS * card.sampling_rate)):
+    if n < min_data_samples(card.sampling_rate):
         raise InvalidInput(
             f"{sid}: only {n / card.sampling_rate:.2f} s of data; at least "
             f"{MIN_DATA_SECONDS:g} s is needed"
