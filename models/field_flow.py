@@ -95,30 +95,37 @@ class ContextBlock(nn.Module):
 
 
 class BiMamba(nn.Module):
-    """Bidirectional Mamba over the query tokens in raster order (the seeds' V1 mixer)."""
+    """Bidirectional Mamba over the query tokens in raster order (the seeds' V1 mixer).
 
-    def __init__(self, d: int) -> None:
+    ``seeds_dt`` reproduces the design documents' step, ``dt = 1 / (number of tokens)``, which
+    changes the dynamics whenever the query count does (256 scored in training, 1,024 served)."""
+
+    def __init__(self, d: int, seeds_dt: bool = False) -> None:
         super().__init__()
         from seismag.models.mamba import Mamba
 
         self.fwd = Mamba(d)
         self.bwd = Mamba(d)
+        self.seeds_dt = seeds_dt
 
     def forward(self, x: torch.Tensor, _ctx: torch.Tensor) -> torch.Tensor:
-        return self.fwd(x) + self.bwd(x.flip(1)).flip(1)
+        dt = 1.0 / x.shape[1] if self.seeds_dt else None
+        return self.fwd(x, dt) + self.bwd(x.flip(1), dt).flip(1)
 
 
 class QueryBlock(nn.Module):
     """Cross-attention to the observations, an optional mixer among queries, an MLP."""
 
-    def __init__(self, d: int, heads: int, ratio: int, norm: bool, mixer: str) -> None:
+    def __init__(
+        self, d: int, heads: int, ratio: int, norm: bool, mixer: str, seeds_dt: bool = False
+    ) -> None:
         super().__init__()
         self.nx, self.cross = _norm(d, norm), Attention(d, heads)
         self.mixer: nn.Module | None
         if mixer == "attention":
             self.mixer = Attention(d, heads)
         elif mixer == "mamba":
-            self.mixer = BiMamba(d)
+            self.mixer = BiMamba(d, seeds_dt)
         elif mixer == "none":
             self.mixer = None
         else:
@@ -150,6 +157,7 @@ class FieldFlow(nn.Module):
         bounded: bool = True,
         norm: bool = True,
         query_mixer: str = "none",
+        seeds_dt: bool = False,
         objective: str = "flow",
     ) -> None:
         super().__init__()
@@ -164,7 +172,8 @@ class FieldFlow(nn.Module):
         )
         self.ctx_norm = _norm(d_model, norm)
         self.query_blocks = nn.ModuleList(
-            QueryBlock(d_model, heads, mlp_ratio, norm, query_mixer) for _ in range(query_layers)
+            QueryBlock(d_model, heads, mlp_ratio, norm, query_mixer, seeds_dt)
+            for _ in range(query_layers)
         )
         self.head = nn.Sequential(_norm(d_model, norm), nn.Linear(d_model, 1))
 

@@ -79,7 +79,9 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.log(a))
         self.D = nn.Parameter(torch.ones(d_inner))
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, fixed_dt: float | None = None) -> torch.Tensor:
+        """``fixed_dt`` replaces the learnt step by a constant: only to reproduce the design
+        documents' field model (``dt = 1 / sequence length``) in an ablation."""
         if hidden.dim() != 3 or hidden.shape[-1] != self.d_model:
             raise ValueError(
                 f"Mamba expects (batch, length, {self.d_model}), got {tuple(hidden.shape)}"
@@ -89,6 +91,8 @@ class Mamba(nn.Module):
         x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2 * d_state)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt)).transpose(1, 2)  # (B, d_inner, L), > 0
+        if fixed_dt is not None:
+            delta = torch.full_like(delta, fixed_dt)
         A = -torch.exp(self.A_log.float())
         y = selective_scan(
             x,

@@ -65,7 +65,8 @@ def _batch(
     fraction = math.exp(rng.uniform(lo, hi))
     coords, values, _ = observe(fields, fraction, seed=int(rng.integers(2**31)))
     q = min(int(tr["query_pixels"]), h * w)
-    idx = np.argsort(rng.random((batch, h * w)), axis=1)[:, :q]
+    # Raster order, so a Mamba mixer scans the scored points as it scans the full grid.
+    idx = np.sort(np.argsort(rng.random((batch, h * w)), axis=1)[:, :q], axis=1)
     qcoords = grid_coords(h, w)[idx]
     target = fields.reshape(batch, -1)[np.arange(batch)[:, None], idx]
     return coords, card.to_unit(values), qcoords, card.to_unit(target)
