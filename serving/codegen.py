@@ -63,7 +63,7 @@ protobuf gencode {gencode}: runs on protobuf >= {gencode} and grpcio >= {generat
 """
 '''
 _WHAT = {
-    "v1": "the seismag MagnitudeService and FieldService (protos/seismag/serving/v1)",
+    "v1": "the MagnitudeService and FieldService (protos/seismag/serving/v1)",
     "oip": "the Open Inference Protocol, KServe v2 (protos/seismag/serving/oip)",
 }
 
