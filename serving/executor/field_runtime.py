@@ -1,0 +1,164 @@
+"""Sparse-field reconstruction models in ONNX Runtime: observed points in, the whole field out.
+
+The exported file (:func:`seismag.export.field_export.export_field_model`) is one network
+evaluation and carries its :class:`~seismag.models.field_card.FieldCard` in the ONNX metadata;
+the sampling loop is :func:`seismag.models.field_sampler.reconstruct`, the one training and the
+export's parity check use, so a served reconstruction is the one the docs measured. Like the
+encoders, the model runs inline in the calling thread (the server's work threads, the CLI), not
+through the magnitude batcher. Inputs are not checked here: the pipeline
+(:mod:`seismag.serving.pipeline.field`) checks them once at the boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from seismag.models.artifact import ArtifactError, check_file
+from seismag.models.card import WEIGHTS_KEY, CardError
+from seismag.models.field_card import FIELD_CARD_KEY, FieldCard, grid_coords
+from seismag.models.field_sampler import reconstruct as sample_fields
+from seismag.serving.executor.backend import ModelLoadError
+
+INPUT_NAMES = ("ctx_coords", "ctx_values", "query_coords", "x_t", "t")
+"""The exported network's inputs, in the order :data:`~seismag.models.field_sampler.Predict`
+takes them (the ONNX contract)."""
+OUTPUT_NAME = "x1"
+MAX_ROWS = 64
+"""Rows (field x draw) per ONNX Runtime call at most."""
+ROW_SCORES = 1 << 24
+"""Attention scores one ONNX Runtime call may hold (float32: 64 MiB per score tensor); a
+large grid or many points run fewer rows per call."""
+
+Check = Callable[[str], None]
+"""Called before each network run with a stage name; raises to stop (a Budget's check)."""
+
+
+def row_scores(card: FieldCard, q: int, k: int) -> int:
+    """Attention scores one row (one draw of one field) holds: the context's self-attention
+    (K x K), the queries' cross-attention (Q x K) and, with an attention mixer, Q x Q, per
+    head. Memory grows with this, not with the number of points alone."""
+    heads = int(card.kwargs.get("heads", 4))
+    mixer = card.kwargs.get("query_mixer", "none") == "attention"
+    return heads * (k * k + q * k + (q * q if mixer else 0))
+
+
+class FieldRuntime:
+    """One field model's ONNX file in one ONNX Runtime session (thread-safe: ORT's ``run``
+    is). ``threads``: intra-op threads per run (None = ONNX Runtime's default, every core)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        try:
+            self.path = check_file(path)
+        except ArtifactError as exc:
+            raise ModelLoadError(str(exc)) from None
+        if threads is None:
+            opts = ort.SessionOptions()
+        else:
+            from seismag.serving.executor.ort_backend import session_options
+
+            opts = session_options(threads)
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT's own load errors (not ONNX, truncated, ...)
+            raise ModelLoadError(f"{self.path}: ONNX Runtime cannot load it: {exc}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if FIELD_CARD_KEY not in meta:
+            raise ModelLoadError(
+                f"{self.path}: no field model card in its metadata (key {FIELD_CARD_KEY!r}); "
+                "export it with seismag.export.field_export"
+            )
+        try:
+            self.card = FieldCard.from_dict(json.loads(meta[FIELD_CARD_KEY]))
+        except (CardError, json.JSONDecodeError, TypeError, AttributeError) as exc:
+            raise ModelLoadError(f"{self.path}: unreadable field card: {exc}") from None
+        self._check_signature()
+        self.threads = threads
+        self.name = self.card.name
+        self.version = str(self.card.version)
+        self.weights = meta.get(WEIGHTS_KEY, "unknown")
+
+    def _check_signature(self) -> None:
+        """The file's tensors are the contract's: a file built otherwise is refused at load."""
+        names = [i.name for i in self.session.get_inputs()]
+        if sorted(names) != sorted(INPUT_NAMES):
+            raise ModelLoadError(
+                f"{self.path}: a field model takes {list(INPUT_NAMES)}; this one takes {names}"
+            )
+        if OUTPUT_NAME not in [o.name for o in self.session.get_outputs()]:
+            raise ModelLoadError(f"{self.path}: a field model has an output {OUTPUT_NAME!r}")
+
+    def __repr__(self) -> str:
+        return f"FieldRuntime({self.name} {self.version}, {self.path})"
+
+    def rows_per_run(self, q: int, k: int) -> int:
+        """Rows per ONNX Runtime call for Q queries and K points (memory, not results: the
+        sampler draws the same noise whatever the slicing)."""
+        return int(min(MAX_ROWS, max(1, ROW_SCORES // max(row_scores(self.card, q, k), 1))))
+
+    def predict(self, check: Check | None = None):
+        """The sampler's ``predict``: one network run (``check`` before each)."""
+
+        def run(ctx_coords, ctx_values, query_coords, x_t, t) -> np.ndarray:
+            if check is not None:
+                check("before the field model ran")
+            arrays = (ctx_coords, ctx_values, query_coords, x_t, t)
+            feed = {
+                name: np.ascontiguousarray(a, dtype=np.float32)
+                for name, a in zip(INPUT_NAMES, arrays, strict=True)
+            }
+            return self.session.run([OUTPUT_NAME], feed)[0]
+
+        return run
+
+    def reconstruct(
+        self,
+        coords: np.ndarray,
+        values: np.ndarray,
+        grid: tuple[int, int],
+        samples: int | None = None,
+        steps: int | None = None,
+        seed: int = 0,
+        *,
+        check: Check | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Observed ``coords`` (F, K, 2) in [0, 1] and ``values`` (F, K) in field units ->
+        the mean and standard deviation over ``samples`` draws of ``steps`` Euler steps, each
+        (F, H, W) float32 in field units. ``samples`` and ``steps`` default to the card's."""
+        card = self.card
+        h, w = int(grid[0]), int(grid[1])
+        coords = np.asarray(coords, np.float32)
+        f, k = coords.shape[:2]
+        query = np.broadcast_to(grid_coords(h, w), (f, h * w, 2))
+        mean, std = sample_fields(
+            self.predict(check),
+            card.objective,
+            coords,
+            card.to_unit(values),
+            query,
+            samples=card.samples if samples is None else int(samples),
+            steps=card.steps if steps is None else int(steps),
+            seed=int(seed),
+            max_rows=self.rows_per_run(h * w, k),
+        )
+        half_span = 0.5 * (card.value_high - card.value_low)
+        return (
+            card.from_unit(mean).reshape(f, h, w),
+            (std * half_span).astype(np.float32).reshape(f, h, w),
+        )
+
+    def warm_up(self) -> None:
+        """One small field, so the first request does not pay ORT's lazy initialisation."""
+        coords = grid_coords(2, 2)[None]
+        values = np.full((1, 4), 0.5 * (self.card.value_low + self.card.value_high), np.float32)
+        mean, std = self.reconstruct(coords, values, (4, 4), samples=2, steps=1)
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+            raise ModelLoadError(f"{self.path}: warm-up produced non-finite values")

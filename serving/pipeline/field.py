@@ -1,0 +1,239 @@
+"""Sparse-field reconstruction requests: every check once, at the boundary, then the runtime.
+
+The Reconstruct RPC and ``seismag field eval`` (local or through the server) both come through
+:func:`check_request`, so a request is refused the same way wherever it comes from, with a
+message naming the value and the limit, before any work is done: InvalidInput
+(INVALID_ARGUMENT) for a malformed or out-of-range request, Overloaded (RESOURCE_EXHAUSTED) for
+a well-formed one larger than the server runs at once (split it). Field-model limits live here,
+beside the checks, since no other request shares them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from seismag.models.field_card import FieldCard
+from seismag.serving.errors import InvalidInput, ModelNotFound, Overloaded
+from seismag.serving.executor.field_runtime import FieldRuntime, row_scores
+from seismag.serving.pipeline.limits import Budget
+
+MAX_SAMPLES = 64
+"""Draws averaged per field: the spread of 64 draws is within ~9 % of its limit; more buys
+nothing but time."""
+MAX_STEPS = 100
+"""Euler steps per draw (the cards' defaults are ~10)."""
+MAX_FIELDS = 4_096
+"""Fields in one request."""
+MAX_GRID_POINTS_DRAWN = 1 << 21
+"""fields x samples x height x width: the draws the sampler holds at once (8 MiB of float32
+each for the draws and the noise), e.g. 256 fields of 32 x 32 at 8 samples."""
+MAX_EVALUATIONS = 1 << 24
+"""fields x samples x steps x height x width: grid-point evaluations of the network, the
+request's time (about 10 us each on one core for the shipped card: ~3 min)."""
+MAX_ROW_SCORES = 1 << 27
+"""Attention scores of one draw of one field (:func:`row_scores`; 512 MiB of float32): a
+large grid and many points together would not fit one network run."""
+MAX_SEED = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class FieldRequest:
+    """A checked request: arrays in field units, the grid and the sampler settings resolved."""
+
+    coords: np.ndarray
+    """(F, K, 2) float32 in [0, 1]: (row, column) of each observed point."""
+    values: np.ndarray
+    """(F, K) float32, finite, in the model's value units."""
+    grid: tuple[int, int]
+    samples: int
+    steps: int
+    seed: int
+
+    @property
+    def fields(self) -> int:
+        return len(self.coords)
+
+
+@dataclass
+class FieldResult:
+    mean: np.ndarray
+    """(F, H, W) float32 in the model's value units."""
+    std: np.ndarray
+    """(F, H, W) float32: the standard deviation over the draws (0 for a regressor)."""
+    model: str
+    model_version: str
+    objective: str
+    samples: int
+    """Draws that ran (1 for a regressor, which makes one pass)."""
+    steps: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    """'preprocess' (the checks), 'queue' (0: the model runs inline), 'compute', 'total'."""
+
+
+def resolve(runtime: FieldRuntime | None, name: str) -> FieldRuntime:
+    """The field model a request names ("" = the served one)."""
+    if runtime is None:
+        raise ModelNotFound(
+            "this server holds no field model (start it with seismag serve --field-model FILE.onnx)"
+        )
+    if name and name != runtime.name:
+        raise ModelNotFound(f"unknown field model {name!r}; this server's: {runtime.name}")
+    return runtime
+
+
+def stack_fields(
+    coords: Sequence[np.ndarray], values: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-field flat coordinates (2 K numbers, row/column pairs) and values (K) -> (F, K, 2)
+    and (F, K) arrays; InvalidInput names the first field that does not fit."""
+    n = len(values)
+    if n == 0:
+        raise InvalidInput("the request holds no fields: send at least one with its points")
+    if n > MAX_FIELDS:
+        raise Overloaded(f"the request holds {n} fields (limit {MAX_FIELDS}); split it")
+    k = len(values[0])
+    for i, (c, v) in enumerate(zip(coords, values, strict=True)):
+        if len(c) != 2 * len(v):
+            raise InvalidInput(
+                f"field {i}: {len(c)} coordinates for {len(v)} values; coords holds a (row, "
+                "column) pair per value"
+            )
+        if len(v) != k:
+            raise InvalidInput(
+                f"field {i} has {len(v)} points and field 0 has {k}: every field of one "
+                "request has the same number of points (send the others in another request)"
+            )
+    return (
+        np.asarray(coords, np.float32).reshape(n, k, 2),
+        np.asarray(values, np.float32).reshape(n, k),
+    )
+
+
+def _integer(what: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidInput(f"{what} must be an integer, got {value!r}")
+    if not low <= int(value) <= high:
+        raise InvalidInput(f"{what} must be in [{low}, {high}], got {value}")
+    return int(value)
+
+
+def check_request(
+    card: FieldCard,
+    coords: np.ndarray,
+    values: np.ndarray,
+    grid: Sequence[int],
+    samples: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+) -> FieldRequest:
+    """Every check of a reconstruction request against ``card``; None = the card's default.
+    Raises InvalidInput (or Overloaded for work) naming the first problem."""
+    coords = np.asarray(coords)
+    values = np.asarray(values)
+    if coords.ndim != 3 or coords.shape[2] != 2:
+        raise InvalidInput(f"coords must have shape (fields, points, 2), got {coords.shape}")
+    if values.shape != coords.shape[:2]:
+        raise InvalidInput(
+            f"values must have shape (fields, points) = {coords.shape[:2]} to match coords, "
+            f"got {values.shape}"
+        )
+    f, k = values.shape
+    if f < 1:
+        raise InvalidInput("the request holds no fields: send at least one with its points")
+    if f > MAX_FIELDS:
+        raise Overloaded(f"the request holds {f} fields (limit {MAX_FIELDS}); split it")
+    if not 1 <= k <= card.max_points:
+        raise InvalidInput(
+            f"{k} observed points per field: {card.name} takes 1 to {card.max_points}"
+        )
+    for what, a in (("coords", coords), ("values", values)):
+        if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+            raise InvalidInput(f"{what} must be real numbers, got {a.dtype}")
+    coords = coords.astype(np.float32)
+    values = values.astype(np.float32)
+    bad = ~np.isfinite(coords).all(axis=(1, 2))
+    if bad.any():
+        raise InvalidInput(f"field {int(np.argmax(bad))}: coords hold NaN or Inf")
+    outside = ((coords < 0) | (coords > 1)).any(axis=(1, 2))
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise InvalidInput(
+            f"field {i}: coords must lie in [0, 1] (row, column scaled by the grid), found "
+            f"{float(coords[i].min()):g} .. {float(coords[i].max()):g}"
+        )
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        raise InvalidInput(f"field {int(np.argmax(bad))}: values hold NaN or Inf")
+    if len(grid) != 2:
+        raise InvalidInput(f"grid must be (height, width), got {tuple(grid)}")
+    h = _integer("grid height", grid[0], 1, card.max_grid)
+    w = _integer("grid width", grid[1], 1, card.max_grid)
+    samples = _integer("samples", card.samples if samples is None else samples, 1, MAX_SAMPLES)
+    steps = _integer("steps", card.steps if steps is None else steps, 1, MAX_STEPS)
+    seed = _integer("seed", seed, 0, MAX_SEED)
+    runs, depth = (samples, steps) if card.objective == "flow" else (1, 1)
+    drawn = f * runs * h * w
+    if drawn > MAX_GRID_POINTS_DRAWN:
+        raise Overloaded(
+            f"{f} fields x {runs} samples x {h} x {w} grid = {drawn} points drawn at once (limit "
+            f"{MAX_GRID_POINTS_DRAWN}); send fewer fields per request, or fewer samples"
+        )
+    evaluations = drawn * depth
+    if evaluations > MAX_EVALUATIONS:
+        raise Overloaded(
+            f"{f} fields x {runs} samples x {depth} steps x {h} x {w} grid = {evaluations} "
+            f"network evaluations (limit {MAX_EVALUATIONS}); send fewer fields per request, "
+            "or fewer samples or steps"
+        )
+    scores = row_scores(card, h * w, k)
+    if scores > MAX_ROW_SCORES:
+        raise InvalidInput(
+            f"a {h} x {w} grid with {k} points needs {scores} attention scores per draw (limit "
+            f"{MAX_ROW_SCORES}): ask for a smaller grid or send fewer points"
+        )
+    return FieldRequest(coords, values, (h, w), samples, steps, seed)
+
+
+def reconstruct(
+    runtime: FieldRuntime,
+    request: FieldRequest,
+    *,
+    budget: Budget | None = None,
+    started: float | None = None,
+) -> FieldResult:
+    """Run a checked request; ``budget`` is checked before each network run (its deadline,
+    its cancel flag)."""
+    t_start = time.perf_counter() if started is None else started
+    budget = budget or Budget()
+    budget.check("before the field model ran")
+    t0 = time.perf_counter()
+    mean, std = runtime.reconstruct(
+        request.coords,
+        request.values,
+        request.grid,
+        request.samples,
+        request.steps,
+        request.seed,
+        check=budget.check,
+    )
+    t1 = time.perf_counter()
+    flow = runtime.card.objective == "flow"
+    return FieldResult(
+        mean=mean,
+        std=std,
+        model=runtime.name,
+        model_version=runtime.version,
+        objective=runtime.card.objective,
+        samples=request.samples if flow else 1,
+        steps=request.steps if flow else 1,
+        timings_ms={
+            "preprocess": (t0 - t_start) * 1e3,
+            "queue": 0.0,
+            "compute": (t1 - t0) * 1e3,
+            "total": (t1 - t_start) * 1e3,
+        },
+    )
