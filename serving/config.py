@@ -177,6 +177,14 @@ class ServeConfig:
             "path": True,
         },
     )
+    field_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "FILE.onnx: also serve this sparse-field reconstruction model "
+            "(seismag.export.field_export) for seismag.v1.FieldService/Reconstruct",
+            "path": True,
+        },
+    )
     tokens: tuple[str, ...] = field(default=(), metadata={"secret": True, "cli": False})
     """Bearer tokens; every RPC but health then needs one."""
 

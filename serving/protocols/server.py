@@ -55,10 +55,12 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from seismag.serving.config import DEFAULTS, ServeConfig
 from seismag.serving.errors import NotReady
 from seismag.serving.executor.encoder_runtime import EncoderSet
+from seismag.serving.executor.field_runtime import FieldRuntime
 from seismag.serving.executor.statistics import statistics_table
 from seismag.serving.oip import grpc_service_pb2 as oip_pb2
 from seismag.serving.pipeline.station_table import StationTable
 from seismag.serving.pipeline.units import StationInventory
+from seismag.serving.protocols.field_service import FieldServicer
 from seismag.serving.protocols.health import HealthServicer
 from seismag.serving.protocols.interceptor import Interceptor
 from seismag.serving.protocols.magnitude_service import MagnitudeServicer
@@ -66,12 +68,15 @@ from seismag.serving.protocols.metrics import ServerMetrics
 from seismag.serving.protocols.oip_service import InferenceServicer
 from seismag.serving.protocols.oip_service import add_to_server as add_oip
 from seismag.serving.protocols.stream_rpc import Waker
+from seismag.serving.v1 import field_pb2 as fpb
+from seismag.serving.v1 import field_pb2_grpc as fpb_grpc
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
 
 log = logging.getLogger("seismag.serving")
 
 MAGNITUDE_SERVICE = pb.DESCRIPTOR.services_by_name["MagnitudeService"].full_name
+FIELD_SERVICE = fpb.DESCRIPTOR.services_by_name["FieldService"].full_name
 OIP_SERVICE = oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 CLOSE_WAIT_SECONDS = 0.5
@@ -169,7 +174,8 @@ def _reflection_pool():
         pool.Add(proto)
         added.add(fd.name)
 
-    for fd in (pb.DESCRIPTOR, oip_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+    files = (pb.DESCRIPTOR, fpb.DESCRIPTOR, oip_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR)
+    for fd in (*files, reflection_pb2.DESCRIPTOR):
         add(fd)
     return pool
 
@@ -207,11 +213,17 @@ class SeismagServer:
         clash = [name for name in self.encoders.names() if name in taken]
         if clash:
             raise ValueError(f"encoders {clash} share their names with served models")
+        self.field_model = (
+            FieldRuntime(config.field_model, threads=config.threads) if config.field_model else None
+        )
+        """The sparse-field model (``--field-model``) for FieldService, or None."""
         self.metrics = ServerMetrics(statistics_table(registry, self.ensembles, self.encoders))
         self.metrics.models_loaded.set(len(registry.names()))
         self.work = DaemonPool(config.work_threads, "seismag-work")
         self.health = HealthServicer()
-        self._health_services = ("", MAGNITUDE_SERVICE, OIP_SERVICE)
+        self._health_services = ("", MAGNITUDE_SERVICE, OIP_SERVICE) + (
+            (FIELD_SERVICE,) if self.field_model is not None else ()
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="seismag-grpc-loop", daemon=True
@@ -258,9 +270,14 @@ class SeismagServer:
             encoders=self.encoders,
         )  # the gRPC service and the HTTP binding (--http-port) both call this one
         add_oip(self.oip, server)
+        services = [MAGNITUDE_SERVICE, OIP_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
+        if self.field_model is not None:
+            servicer = FieldServicer(self, self.field_model)
+            fpb_grpc.add_FieldServiceServicer_to_server(servicer, server)
+            services.insert(1, FIELD_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (MAGNITUDE_SERVICE, OIP_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME),
+            services,
             server,
             pool=_reflection_pool(),
         )
@@ -299,6 +316,8 @@ class SeismagServer:
         """Run every model and encoder once, then report SERVING (unless draining has begun)."""
         self.registry.warm_up()
         self.encoders.warm_up()
+        if self.field_model is not None:
+            self.field_model.warm_up()
         if not self._draining.is_set():
             self._ready.set()
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -508,6 +527,12 @@ def serve_forever(
                 log.info(
                     "encoder %s %s from %s (weights: %s): Embed and the OIP",
                     enc.name, enc.version, enc.path, enc.weights,
+                )  # fmt: skip
+            if server.field_model is not None:
+                fm = server.field_model
+                log.info(
+                    "field model %s %s from %s (weights: %s): FieldService/Reconstruct",
+                    fm.name, fm.version, fm.path, fm.weights,
                 )  # fmt: skip
             log.info(
                 "seismag serving on %s:%d (default model %s: %s)%s",
