@@ -9,6 +9,8 @@
         for e in client.embed(obspy.read("event.mseed"), encoder="BidirAutoregEncoder",
                               stationxml="event.xml"):
             e.embedding, e.times  # (T, D) float32 and (T,) datetime64[ns], one time a step
+        # A server started with --field-model: whole fields from a few observed points.
+        mean, std = client.reconstruct(coords, values, grid=(32, 32))  # (F, H, W) each
 
 Units: samples are counts unless ``units="m/s"`` declares them ground velocity; counts need the
 channels' StationXML (``stationxml=``) or a server started with ``--inventory``, otherwise the
@@ -31,6 +33,8 @@ import numpy as np
 from obspy import Stream, Trace, UTCDateTime
 
 from seismag.serving.config import DEFAULT_ADDRESS
+from seismag.serving.v1 import field_pb2 as fpb
+from seismag.serving.v1 import field_pb2_grpc as fpb_grpc
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
 
@@ -116,6 +120,21 @@ class Embedding:
     @property
     def station_id(self) -> str:
         return f"{self.network}.{self.station}.{self.location}"
+
+
+@dataclass
+class Reconstruction:
+    """A Reconstruct reply: ``mean`` and ``std`` (F, H, W) float32 in the model's value units,
+    and what ran."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    model: str
+    model_version: str
+    objective: str
+    samples: int
+    steps: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 def step_times(start: UTCDateTime, step_seconds: float, steps: int) -> np.ndarray:
@@ -340,6 +359,7 @@ class SeismagClient:
         else:
             self._channel = grpc.insecure_channel(address, options=options)
         self._stub = pb_grpc.MagnitudeServiceStub(self._channel)
+        self._field = fpb_grpc.FieldServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
 
@@ -470,6 +490,66 @@ class SeismagClient:
             _from_updates(key, updates, series_interval, versions)
             for key, updates in by_station.items()
         ]
+
+    def reconstruct_fields(
+        self,
+        coords: np.ndarray,
+        values: np.ndarray,
+        grid: tuple[int, int],
+        samples: int | None = None,
+        steps: int | None = None,
+        seed: int = 0,
+        model: str | None = None,
+    ) -> Reconstruction:
+        """:meth:`reconstruct` with what ran (model, version, samples, steps, timings)."""
+        coords = np.asarray(coords, np.float32)
+        values = np.asarray(values, np.float32)
+        if coords.ndim != 3 or values.ndim != 2 or len(coords) != len(values):
+            raise ValueError(
+                f"coords must be (F, K, 2) and values (F, K); got {coords.shape} and {values.shape}"
+            )
+        request = fpb.ReconstructRequest(
+            model=model or "",
+            fields=[
+                fpb.ObservedField(coords=c.ravel().tolist(), values=v.tolist())
+                for c, v in zip(coords, values, strict=True)
+            ],
+            height=int(grid[0]),
+            width=int(grid[1]),
+            samples=samples,
+            steps=steps,
+            seed=int(seed),
+        )
+        reply = self._field.Reconstruct(request, timeout=self.timeout, metadata=self._metadata)
+        shape = (len(reply.fields), reply.height, reply.width)
+        return Reconstruction(
+            mean=np.array([f.mean for f in reply.fields], np.float32).reshape(shape),
+            std=np.array([f.std for f in reply.fields], np.float32).reshape(shape),
+            model=reply.model,
+            model_version=reply.model_version,
+            objective=reply.objective,
+            samples=reply.samples,
+            steps=reply.steps,
+            timings_ms=_timings(reply.timings),
+        )
+
+    def reconstruct(
+        self,
+        coords: np.ndarray,
+        values: np.ndarray,
+        grid: tuple[int, int],
+        samples: int | None = None,
+        steps: int | None = None,
+        seed: int = 0,
+        model: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Whole fields from observed points (FieldService/Reconstruct; a server started with
+        ``--field-model``): ``coords`` (F, K, 2) (row, column) in [0, 1] and ``values`` (F, K)
+        in the model's value units -> ``mean`` and ``std``, each (F, H, W) float32 for ``grid``
+        (H, W). ``samples`` and ``steps`` default to the model card's; ``model`` to the server's
+        field model. Bad input: :class:`grpc.RpcError` INVALID_ARGUMENT with the reason."""
+        r = self.reconstruct_fields(coords, values, grid, samples, steps, seed, model)
+        return r.mean, r.std
 
     def models(self) -> pb.ListModelsResponse:
         return self._stub.ListModels(
