@@ -534,6 +534,8 @@ def serve_forever(
                     "field model %s %s from %s (weights: %s): FieldService/Reconstruct",
                     fm.name, fm.version, fm.path, fm.weights,
                 )  # fmt: skip
+                if "untrained" in str(fm.weights).lower():
+                    log.warning("field model %s has UNTRAINED weights: noise, not fields", fm.name)
             log.info(
                 "seismag serving on %s:%d (default model %s: %s)%s",
                 server.host,
