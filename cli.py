@@ -10,6 +10,7 @@ from pathlib import Path
 
 from seismag import __version__
 from seismag.benchmarks.cli import add_bench_commands
+from seismag.field_cli import add_field_commands
 from seismag.models.card import CardError, load_cards
 from seismag.serving.archive.cli import add_annotate_command
 from seismag.serving.client_cli import CliError, add_client_commands
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_health_command(sub)
     add_training_commands(sub)
     add_bench_commands(sub)
+    add_field_commands(sub)
 
     p = sub.add_parser(
         "serve",
