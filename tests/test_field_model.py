@@ -1,0 +1,146 @@
+"""The sparse-field reconstruction model: card, fields, sampler, network, training and export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from seismag.models.card import CardError
+from seismag.models.field_card import get_field_card, grid_coords
+from seismag.models.field_sampler import euler_sample, reconstruct
+from seismag.training.field_data import FAMILIES, make_fields, observe, psnr
+
+
+def test_card_and_grid_conventions() -> None:
+    card = get_field_card()
+    assert card.objective == "flow"
+    values = np.array([card.value_low, card.value_high, 0.25], np.float32)
+    assert np.allclose(card.to_unit(values)[:2], [-1.0, 1.0])
+    assert np.allclose(card.from_unit(card.to_unit(values)), values)
+    g = grid_coords(4, 2)
+    assert g.shape == (8, 2)
+    assert np.allclose(g[0], [0.125, 0.25]) and np.allclose(g[1], [0.125, 0.75])
+    with pytest.raises(CardError, match="unknown field model"):
+        get_field_card("nope")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fields_are_in_range_and_reproducible(family: str) -> None:
+    a = make_fields(20, family, seed=3)
+    assert a.shape == (20, 32, 32) and a.dtype == np.float32
+    assert a.min() >= 0.0 and a.max() <= 1.0 and a.std() > 0.1
+    assert np.array_equal(a, make_fields(20, family, seed=3))
+    assert not np.array_equal(a, make_fields(20, family, seed=4))
+
+
+def test_observe_draws_distinct_pixels_per_field() -> None:
+    fields = make_fields(5, seed=0)
+    coords, values, idx = observe(fields, 0.05, seed=1)
+    assert coords.shape == (5, 51, 2) and values.shape == (5, 51)
+    assert all(len(set(row)) == 51 for row in idx)
+    assert not np.array_equal(idx[0], idx[1])
+    assert np.allclose(values, fields.reshape(5, -1)[np.arange(5)[:, None], idx])
+    assert np.allclose(coords, grid_coords(32, 32)[idx])
+    with pytest.raises(ValueError, match="cannot observe"):
+        observe(fields, 2.0)
+
+
+def test_psnr_of_the_truth_is_large_and_of_the_mean_is_small() -> None:
+    fields = make_fields(10, seed=0)
+    assert (psnr(fields, fields) > 200).all()
+    assert np.allclose(psnr(np.full_like(fields, 0.5), fields), 20 * np.log10(1 / 0.25), atol=2)
+
+
+def test_sampler_lands_on_the_prediction_and_averages_samples() -> None:
+    truth = np.linspace(-1, 1, 12, dtype=np.float32).reshape(2, 6)
+
+    def oracle(cc, cv, qc, xt, t):  # a perfect denoiser: always the clean field
+        return truth[np.asarray(cc[:, 0, 0], int)]
+
+    cc = np.zeros((2, 3, 2), np.float32)
+    cc[1] = 1.0
+    qc = np.zeros((2, 6, 2), np.float32)
+    x = euler_sample(oracle, cc, np.zeros((2, 3), np.float32), qc, 5, np.random.default_rng(0))
+    assert np.allclose(x, truth, atol=1e-6)
+    mean, std = reconstruct(oracle, "flow", cc, np.zeros((2, 3), np.float32), qc, 4, 3, max_rows=3)
+    assert np.allclose(mean, truth, atol=1e-6) and np.allclose(std, 0, atol=1e-6)
+
+
+def test_network_is_invariant_to_the_order_of_observations() -> None:
+    torch = pytest.importorskip("torch")
+    from seismag.models.field_flow import build_field_model
+
+    torch.manual_seed(0)
+    model = build_field_model(get_field_card()).eval()
+    cc, cv = torch.rand(2, 9, 2), torch.rand(2, 9)
+    qc, xt, t = torch.rand(2, 16, 2), torch.randn(2, 16), torch.rand(2)
+    perm = torch.randperm(9)
+    with torch.no_grad():
+        a = model(cc, cv, qc, xt, t)
+        b = model(cc[:, perm], cv[:, perm], qc, xt, t)
+    assert a.shape == (2, 16) and a.abs().max() <= 1.0
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_train_export_and_run_in_onnx_runtime(tmp_path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import onnxruntime as ort
+
+    from seismag.export.field_export import INPUT_NAMES, example_inputs, export_field_model
+    from seismag.models.field_card import FIELD_CARD_KEY
+    from seismag.training.field_train import main, override_card
+
+    card = override_card(get_field_card(), ["kwargs.d_model=16", "kwargs.query_layers=1"])
+    assert card.kwargs["d_model"] == 16
+    with pytest.raises(ValueError, match="key=value"):
+        override_card(card, ["steps"])
+    rc = main(
+        [
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "12",
+            "--threads",
+            "1",
+            "--set",
+            "kwargs.d_model=16",
+            "--set",
+            "training.batch_size=4",
+        ]
+    )
+    assert rc == 0
+    summary = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert summary["steps"] == 12 and np.isfinite(summary["psnr_5pct"])
+    exported = export_field_model(
+        weights=tmp_path / "run" / "FieldFlow.safetensors", out=tmp_path / "f.onnx"
+    )
+    assert exported.max_abs_diff <= exported.card.tolerance
+    session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta[FIELD_CARD_KEY])["kwargs"]["d_model"] == 16
+    out = session.run(None, dict(zip(INPUT_NAMES, example_inputs(5, 30, 100), strict=True)))[0]
+    assert out.shape == (5, 100)
+
+
+def test_mamba_mixer_and_the_seeds_step() -> None:
+    torch = pytest.importorskip("torch")
+    from seismag.models.field_flow import FieldFlow
+
+    torch.manual_seed(0)
+    model = FieldFlow(d_model=16, query_layers=1, query_mixer="mamba", seeds_dt=True).eval()
+    args = (
+        torch.rand(1, 5, 2),
+        torch.rand(1, 5),
+        torch.rand(1, 8, 2),
+        torch.rand(1, 8),
+        torch.rand(1),
+    )
+    with torch.no_grad():
+        seeds = model(*args)
+        model.query_blocks[0].mixer.seeds_dt = False
+        learnt = model(*args)
+    assert seeds.shape == learnt.shape == (1, 8)
+    assert not torch.allclose(seeds, learnt)
