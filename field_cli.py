@@ -320,4 +320,57 @@ def add_field_commands(sub) -> argparse._SubParsersAction:
         "--index", type=int, nargs="+", help=f"fields to draw (default: the first {SHOWN})"
     )
     p.set_defaults(func=cmd_plot)
+
+    from seismag.training.field_train import add_arguments
+
+    p = fsub.add_parser(
+        "train",
+        help="train a field model (needs the train extra: torch)",
+        description="Train a field model card (models/cards/fields: FieldFlow on sinusoid "
+        "fields, ShakeFlow on log10 PGV maps) on freshly generated fields for a number of "
+        "steps; writes OUT/<name>.safetensors (card inside) and OUT/history.json.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = fsub.add_parser(
+        "export",
+        help="export trained field weights to ONNX (parity-checked against PyTorch)",
+        description="Export a field model's safetensors (seismag field train's, card inside) to "
+        "ONNX with the card in the metadata, checked against PyTorch within the card's "
+        "tolerance; run it with seismag field eval --model or seismag serve --field-model.",
+    )
+    p.add_argument("weights", help="weights written by seismag field train")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.set_defaults(func=cmd_export)
     return fsub
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from seismag.models.card import CardError
+    from seismag.training.field_train import run
+
+    try:
+        return run(args)
+    except (CardError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from seismag.models.card import CardError
+
+    if not Path(args.weights).is_file():
+        raise CliError(f"no such weights file: {args.weights}")
+    out = _out(args.out, ".onnx")
+    from seismag.export.field_export import export_field_model
+    from seismag.export.onnx_export import ExportError
+
+    try:
+        result = export_field_model(weights=args.weights, out=out)
+    except (CardError, ExportError) as exc:
+        raise CliError(str(exc)) from None
+    print(
+        f"{result.card.name} -> {result.path} (ONNX Runtime vs PyTorch: max |diff| "
+        f"{result.max_abs_diff:.1e}, tolerance {result.card.tolerance:g})"
+    )
+    return 0

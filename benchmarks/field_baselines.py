@@ -19,7 +19,6 @@ Only the Gaussian process returns a predictive standard deviation.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -27,12 +26,9 @@ from scipy.interpolate import RBFInterpolator, griddata
 from scipy.spatial import QhullError
 
 from seismag.models.field_card import grid_coords
+from seismag.models.field_prior import gp_posterior
 
 Baseline = Callable[[np.ndarray, np.ndarray, tuple[int, int]], tuple[np.ndarray, np.ndarray | None]]
-
-GP_RESTARTS = 3
-"""Extra optimizer starts (log-uniform in the bounds) beside the kernel's initial values: the
-marginal likelihood of a few points on a periodic field has several local optima."""
 
 
 def _targets(grid: tuple[int, int]) -> np.ndarray:
@@ -89,37 +85,12 @@ def thin_plate(
     return _finish(out, grid), None
 
 
-def gp_kernel():
-    """sigma^2 * RBF(anisotropic) + white noise. Bounds: length scales from under a pixel of a
-    32-pixel grid (0.02) to twice the field (a plane), the signal variance about the normalised
-    targets' unit variance, the noise from none to a tenth of it (the fields are noise-free, but
-    a nugget keeps the fit well conditioned)."""
-    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
-
-    return ConstantKernel(1.0, (1e-2, 1e2)) * RBF(
-        length_scale=(0.2, 0.2), length_scale_bounds=(0.02, 2.0)
-    ) + WhiteKernel(1e-4, (1e-8, 1e-1))
-
-
 def gp(
     coords: np.ndarray, values: np.ndarray, grid: tuple[int, int], *, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.gaussian_process import GaussianProcessRegressor
-
-    pts, vals = np.asarray(coords, np.float64), np.asarray(values, np.float64)
-    model = GaussianProcessRegressor(
-        kernel=gp_kernel(),
-        normalize_y=True,
-        n_restarts_optimizer=GP_RESTARTS,
-        random_state=seed,
-    )
-    with warnings.catch_warnings():
-        # A length scale or the nugget at its bound is an answer here, not a failure.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(pts, vals)
-    mean, std = model.predict(_targets(grid), return_std=True)
-    return _finish(mean, grid), np.asarray(std, np.float32).reshape(grid)
+    """The GP a ``prior = "gp"`` field model refines (:mod:`seismag.models.field_prior`)."""
+    mean, std = gp_posterior(coords, values, _targets(grid), seed=seed)
+    return _finish(mean, grid), std.reshape(grid)
 
 
 BASELINES: dict[str, Baseline] = {

@@ -5,7 +5,9 @@ The graph is one network evaluation (the sampler's loop stays in
 
 - inputs ``ctx_coords`` (N, K, 2), ``ctx_values`` (N, K), ``query_coords`` (N, Q, 2), ``x_t``
   (N, Q), ``t`` (N,), float32, coordinates in [0, 1], values in the card's unit scale;
-- output ``x1`` (N, Q): the clean-field estimate in unit scale.
+- with a prior (``kwargs.prior``) also ``prior_mean`` and ``prior_std`` (N, Q), unit scale;
+- output ``x1`` (N, Q): the clean-field estimate in unit scale (for a model with a prior, the
+  standardised residual).
 
 N, K and Q are dynamic. The :class:`~seismag.models.field_card.FieldCard` rides in the metadata
 (``FIELD_CARD_KEY``), which is all the field runtime reads.
@@ -23,12 +25,16 @@ import torch
 from seismag import __version__
 from seismag.export.onnx_export import DEFAULT_OPSET, ExportError, finish_onnx, quiet_tracer
 from seismag.models.card import WEIGHTS_KEY
-from seismag.models.field_card import FIELD_CARD_KEY, FieldCard, grid_coords
+from seismag.models.field_card import (
+    FIELD_CARD_KEY,
+    OUTPUT_NAME,
+    PRIOR_INPUT_NAMES,
+    FieldCard,
+    grid_coords,
+)
 from seismag.models.field_flow import build_field_model, load_field_model
 from seismag.models.weights import file_digest
 
-INPUT_NAMES = ("ctx_coords", "ctx_values", "query_coords", "x_t", "t")
-OUTPUT_NAME = "x1"
 PARITY_SHAPES = ((1, 51, 1024), (3, 10, 64))
 """(N, K, Q) run through both PyTorch and ONNX Runtime (all three axes are dynamic)."""
 
@@ -40,17 +46,25 @@ class FieldExport:
     max_abs_diff: float
 
 
-def example_inputs(n: int, k: int, q: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+def example_inputs(
+    n: int, k: int, q: int, seed: int = 0, prior: bool = False
+) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
     side = int(np.ceil(np.sqrt(q)))
     grid = grid_coords(side, side)[:q]
-    return (
+    arrays = (
         rng.random((n, k, 2), dtype=np.float32),
         rng.uniform(-1, 1, (n, k)).astype(np.float32),
-        np.ascontiguousarray(np.broadcast_to(grid, (n, q, 2))),
+        np.broadcast_to(grid, (n, q, 2)).copy(),
         rng.standard_normal((n, q)).astype(np.float32),
         rng.random(n, dtype=np.float32),
     )
+    if prior:
+        arrays += (
+            rng.uniform(-1, 1, (n, q)).astype(np.float32),
+            (10.0 ** rng.uniform(-3, 0, (n, q))).astype(np.float32),
+        )
+    return arrays
 
 
 def export_field_model(
@@ -76,8 +90,11 @@ def export_field_model(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.onnx")
-    example = tuple(torch.from_numpy(a) for a in example_inputs(2, 7, 16))
+    prior = card.prior != "none"
+    names = card.input_names()
+    example = tuple(torch.from_numpy(a) for a in example_inputs(2, 7, 16, prior=prior))
     axes = {
+        **{name: {0: "n", 1: "q"} for name in PRIOR_INPUT_NAMES if prior},
         "ctx_coords": {0: "n", 1: "k"},
         "ctx_values": {0: "n", 1: "k"},
         "query_coords": {0: "n", 1: "q"},
@@ -91,7 +108,7 @@ def export_field_model(
                 model,
                 example,
                 str(tmp),
-                input_names=list(INPUT_NAMES),
+                input_names=list(names),
                 output_names=[OUTPUT_NAME],
                 dynamic_axes=axes,
                 opset_version=DEFAULT_OPSET,
@@ -109,7 +126,7 @@ def export_field_model(
     }
     finish_onnx(proto, card, meta, out)
     try:
-        diff = _parity(model, out)
+        diff = _parity(model, out, card)
         if diff > card.tolerance:
             raise ExportError(
                 f"{card.name}: ONNX Runtime differs from PyTorch by {diff:.2e} "
@@ -121,16 +138,16 @@ def export_field_model(
     return FieldExport(out, card, diff)
 
 
-def _parity(model: torch.nn.Module, path: Path) -> float:
+def _parity(model: torch.nn.Module, path: Path, card: FieldCard) -> float:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diff = 0.0
     for i, (n, k, q) in enumerate(PARITY_SHAPES):
-        inputs = example_inputs(n, k, q, seed=1 + i)
+        inputs = example_inputs(n, k, q, seed=1 + i, prior=card.prior != "none")
         with torch.no_grad():
             expected = model(*(torch.from_numpy(a) for a in inputs)).numpy()
-        got = session.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, inputs, strict=True)))[0]
+        got = session.run([OUTPUT_NAME], dict(zip(card.input_names(), inputs, strict=True)))[0]
         if got.shape != (n, q):
             raise ExportError(f"the ONNX output is {got.shape}, expected {(n, q)}")
         diff = max(diff, float(np.abs(got - expected).max()))

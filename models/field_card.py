@@ -25,6 +25,11 @@ FIELD_CARD_KEY = "seismag_field_card"
 """ONNX metadata key holding the card as JSON."""
 DEFAULT_FIELD_MODEL = "FieldFlow"
 OBJECTIVES = ("flow", "regress")
+INPUT_NAMES = ("ctx_coords", "ctx_values", "query_coords", "x_t", "t")
+"""The exported network's inputs, in the order the sampler passes them (the ONNX contract)."""
+PRIOR_INPUT_NAMES = ("prior_mean", "prior_std")
+"""Two more inputs of a model with a prior (``kwargs.prior``), after :data:`INPUT_NAMES`."""
+OUTPUT_NAME = "x1"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,13 @@ class FieldCard:
         for name in ("steps", "samples", "max_points", "max_grid"):
             if getattr(self, name) < 1:
                 raise CardError(f"field model {self.name}: {name} must be >= 1")
+
+    @property
+    def prior(self) -> str:
+        return str(self.kwargs.get("prior", "none"))
+
+    def input_names(self) -> tuple[str, ...]:
+        return INPUT_NAMES + (PRIOR_INPUT_NAMES if self.prior != "none" else ())
 
     def to_unit(self, values: np.ndarray) -> np.ndarray:
         """Field values -> the network's centred scale [-1, 1]."""

@@ -18,6 +18,11 @@ card switch so the ablation in docs/field.md trains the same code with one switc
 
 Query tokens attend to the context (cross-attention) and, with ``query_mixer``, to each other
 (self-attention or a bidirectional Mamba scan), so samples can be spatially coherent.
+
+``prior = "gp"``: each query token also carries a Gaussian process's posterior mean and log
+standard deviation there (``models/field_prior.py``), and the network works on the standardised
+residual ``(x - mean) / std`` (bounded to +-6 standard deviations), so it learns what the GP
+gets wrong instead of the whole field.
 """
 
 from __future__ import annotations
@@ -141,8 +146,13 @@ class QueryBlock(nn.Module):
         return x + self.mlp(self.n2(x))
 
 
+RESIDUAL_BOUND = 6.0
+"""A prior model's output, in prior standard deviations, stays within +- this."""
+
+
 class FieldFlow(nn.Module):
-    """``forward(ctx_coords, ctx_values, query_coords, x_t, t) -> x1`` (the ONNX contract)."""
+    """``forward(ctx_coords, ctx_values, query_coords, x_t, t[, prior_mean, prior_std]) -> x1``
+    (the ONNX contract)."""
 
     def __init__(
         self,
@@ -158,14 +168,18 @@ class FieldFlow(nn.Module):
         norm: bool = True,
         query_mixer: str = "none",
         seeds_dt: bool = False,
+        prior: str = "none",
         objective: str = "flow",
     ) -> None:
         super().__init__()
+        if prior not in ("none", "gp"):
+            raise ValueError(f"prior must be none or gp, not {prior!r}")
         self.bounded = bounded
         self.objective = objective
+        self.prior = prior
         self.ff = FourierFeatures(n_fourier, fourier_scale, learn_fourier)
         self.ctx_in = nn.Linear(2 * n_fourier + 1, d_model)
-        self.query_in = nn.Linear(2 * n_fourier + 1, d_model)
+        self.query_in = nn.Linear(2 * n_fourier + (3 if prior != "none" else 1), d_model)
         self.time = nn.Sequential(nn.Linear(16, d_model), nn.GELU(), nn.Linear(d_model, d_model))
         self.ctx_blocks = nn.ModuleList(
             ContextBlock(d_model, heads, mlp_ratio, norm) for _ in range(context_layers)
@@ -190,6 +204,8 @@ class FieldFlow(nn.Module):
         query_coords: torch.Tensor,
         x_t: torch.Tensor,
         t: torch.Tensor,
+        prior_mean: torch.Tensor | None = None,
+        prior_std: torch.Tensor | None = None,
     ) -> torch.Tensor:
         c = self.ctx_in(torch.cat([self.ff(ctx_coords), ctx_values[..., None]], dim=-1))
         for block in self.ctx_blocks:
@@ -199,12 +215,21 @@ class FieldFlow(nn.Module):
             # A regressor sees no noisy field: the same network, one pass.
             x_t = torch.zeros_like(x_t)
             t = torch.zeros_like(t)
-        q = self.query_in(torch.cat([self.ff(query_coords), x_t[..., None]], dim=-1))
+        feats = [self.ff(query_coords), x_t[..., None]]
+        if self.prior != "none":
+            if prior_mean is None or prior_std is None:
+                raise ValueError("a model with a prior needs prior_mean and prior_std")
+            feats += [prior_mean[..., None], torch.log(prior_std)[..., None]]
+        q = self.query_in(torch.cat(feats, dim=-1))
         q = q + self.time(self._time_features(t))[:, None, :]
         for block in self.query_blocks:
             q = block(q, c)
         out = self.head(q)[..., 0]
-        return torch.tanh(out) if self.bounded else out
+        if not self.bounded:
+            return out
+        if self.prior != "none":
+            return RESIDUAL_BOUND * torch.tanh(out / RESIDUAL_BOUND)
+        return torch.tanh(out)
 
 
 def build_field_model(card: FieldCard) -> FieldFlow:

@@ -8,6 +8,10 @@ with ``x0 ~ N(0, 1)``. The network predicts the clean field ``x1`` from ``x_t`` 
 bounded to [-1, 1]); the velocity is ``(x1_hat - x_t) / (1 - t)``. Euler steps at ``t_i = i / S``
 then read ``x_{i+1} = x_i + (x1_hat - x_i) / (S - i)``, which lands exactly on ``x1_hat`` at the
 last step.
+
+A model with a prior (``models/field_prior.py``) takes the prior's mean and standard deviation
+at the queries as two more inputs and runs the same path on the standardised residual
+``(x - mean) / std``; :func:`reconstruct` maps its draws back.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-Predict = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-"""``predict(ctx_coords (N,K,2), ctx_values (N,K), query_coords (N,Q,2), x_t (N,Q), t (N,))``
--> the clean-field estimate (N, Q), all float32 in the network's unit scale."""
+Predict = Callable[..., np.ndarray]
+"""``predict(ctx_coords (N,K,2), ctx_values (N,K), query_coords (N,Q,2), x_t (N,Q), t (N,),
+[prior_mean (N,Q), prior_std (N,Q)])`` -> the clean estimate (N, Q) in the space of ``x_t``, all
+float32 in the network's unit scale (the residual's scale for a model with a prior)."""
 
 
 def euler_sample(
@@ -28,25 +33,29 @@ def euler_sample(
     query_coords: np.ndarray,
     steps: int,
     rng: np.random.Generator,
+    extra: tuple[np.ndarray, ...] = (),
 ) -> np.ndarray:
     """One sample per row: (N, Q) float32 in unit scale."""
     n, q = query_coords.shape[:2]
     x = rng.standard_normal((n, q)).astype(np.float32)
     for i in range(steps):
         t = np.full(n, i / steps, np.float32)
-        x1 = predict(ctx_coords, ctx_values, query_coords, x, t)
+        x1 = predict(ctx_coords, ctx_values, query_coords, x, t, *extra)
         x = (x + (x1 - x) / (steps - i)).astype(np.float32)
     return x
 
 
 def regress(
-    predict: Predict, ctx_coords: np.ndarray, ctx_values: np.ndarray, query_coords: np.ndarray
+    predict: Predict,
+    ctx_coords: np.ndarray,
+    ctx_values: np.ndarray,
+    query_coords: np.ndarray,
+    extra: tuple[np.ndarray, ...] = (),
 ) -> np.ndarray:
     """A regressor's single pass: x_t = 0 and t = 0."""
     n, q = query_coords.shape[:2]
-    return predict(
-        ctx_coords, ctx_values, query_coords, np.zeros((n, q), np.float32), np.zeros(n, np.float32)
-    )
+    zeros = np.zeros((n, q), np.float32)
+    return predict(ctx_coords, ctx_values, query_coords, zeros, np.zeros(n, np.float32), *extra)
 
 
 def reconstruct(
@@ -59,23 +68,22 @@ def reconstruct(
     steps: int,
     seed: int = 0,
     max_rows: int = 64,
+    prior: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and per-point standard deviation over ``samples`` draws, unit scale, (F, Q) each.
 
     Fields are tiled ``samples`` times and run ``max_rows`` rows at a time, which bounds memory.
-    A regressor gives its single estimate and a zero deviation.
+    A regressor gives its single estimate and a zero deviation. ``prior``: the prior's mean and
+    standard deviation (F, Q) in unit scale, for a model trained with one.
     """
     f = len(ctx_coords)
     if objective == "regress":
-        outs = [
-            regress(
-                predict,
-                ctx_coords[i : i + max_rows],
-                ctx_values[i : i + max_rows],
-                query_coords[i : i + max_rows],
-            )
-            for i in range(0, f, max_rows)
-        ]
+        outs = []
+        for i in range(0, f, max_rows):
+            r = slice(i, i + max_rows)
+            extra = () if prior is None else (prior[0][r], prior[1][r])
+            y = regress(predict, ctx_coords[r], ctx_values[r], query_coords[r], extra)
+            outs.append(y if prior is None else prior[0][r] + prior[1][r] * y)
         mean = np.concatenate(outs)
         return mean, np.zeros_like(mean)
     rng = np.random.default_rng(seed)
@@ -83,9 +91,9 @@ def reconstruct(
     draws = []
     for i in range(0, len(rows), max_rows):
         r = rows[i : i + max_rows]
-        draws.append(
-            euler_sample(predict, ctx_coords[r], ctx_values[r], query_coords[r], steps, rng)
-        )
+        extra = () if prior is None else (prior[0][r], prior[1][r])
+        y = euler_sample(predict, ctx_coords[r], ctx_values[r], query_coords[r], steps, rng, extra)
+        draws.append(y if prior is None else prior[0][r] + prior[1][r] * y)
     x = np.concatenate(draws).reshape(f, samples, -1)
     std = x.std(axis=1, ddof=1) if samples > 1 else np.zeros_like(x[:, 0])
     return x.mean(axis=1), std

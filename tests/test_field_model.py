@@ -89,8 +89,8 @@ def test_train_export_and_run_in_onnx_runtime(tmp_path) -> None:
     pytest.importorskip("onnx")
     import onnxruntime as ort
 
-    from seismag.export.field_export import INPUT_NAMES, example_inputs, export_field_model
-    from seismag.models.field_card import FIELD_CARD_KEY
+    from seismag.export.field_export import example_inputs, export_field_model
+    from seismag.models.field_card import FIELD_CARD_KEY, INPUT_NAMES
     from seismag.training.field_train import main, override_card
 
     card = override_card(get_field_card(), ["kwargs.d_model=16", "kwargs.query_layers=1"])
@@ -144,3 +144,43 @@ def test_mamba_mixer_and_the_seeds_step() -> None:
         learnt = model(*args)
     assert seeds.shape == learnt.shape == (1, 8)
     assert not torch.allclose(seeds, learnt)
+
+
+def test_sampler_maps_residual_draws_back_through_the_prior() -> None:
+    prior_mean = np.array([[0.2, -0.4, 0.9]], np.float32)
+    prior_std = np.array([[0.1, 0.5, 0.01]], np.float32)
+
+    def zero_residual(cc, cv, qc, xt, t, m, s):  # the network agrees with the prior
+        assert np.array_equal(m, np.broadcast_to(prior_mean, m.shape))
+        assert np.array_equal(s, np.broadcast_to(prior_std, s.shape))
+        return np.zeros_like(xt)
+
+    args = (np.zeros((1, 2, 2), np.float32), np.zeros((1, 2), np.float32))
+    qc = np.zeros((1, 3, 2), np.float32)
+    for objective in ("flow", "regress"):
+        mean, std = reconstruct(
+            zero_residual, objective, *args, qc, 3, 4, prior=(prior_mean, prior_std)
+        )
+        assert np.allclose(mean, prior_mean) and np.allclose(std, 0.0, atol=1e-6)
+
+
+def test_a_model_with_a_gp_prior_exports_and_runs_in_the_field_runtime(tmp_path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    from seismag.export.field_export import export_field_model
+    from seismag.serving.executor.field_runtime import FieldRuntime
+    from seismag.training.field_train import override_card
+
+    card = override_card(get_field_card(), ['kwargs.prior="gp"', "kwargs.d_model=16"])
+    assert card.input_names()[-2:] == ("prior_mean", "prior_std")
+    exported = export_field_model(card, out=tmp_path / "prior.onnx")
+    assert exported.max_abs_diff <= card.tolerance
+    runtime = FieldRuntime(exported.path, threads=1)
+    truth = make_fields(2, seed=5)
+    coords, values, idx = observe(truth, 0.05, seed=6)
+    mean, std = runtime.reconstruct(coords, values, (32, 32), samples=2, steps=2)
+    assert mean.shape == std.shape == (2, 32, 32)
+    assert np.isfinite(mean).all() and (std >= 0).all()
+    # Residuals are bounded to 6 prior standard deviations, which vanish at the observations.
+    at_obs = mean.reshape(2, -1)[np.arange(2)[:, None], idx]
+    assert np.abs(at_obs - values).max() < 0.05

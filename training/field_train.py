@@ -55,12 +55,25 @@ def override_card(card: FieldCard, settings: list[str]) -> FieldCard:
     return FieldCard.from_dict(data)
 
 
+def card_fields(card: FieldCard, n: int, seed: int, validation: bool = False) -> np.ndarray:
+    """(n, H, W) fields of the card's training family: ``shaking`` is log10 PGV maps of the
+    training regimes (:mod:`seismag.training.shaking_fields`); the sinusoid families validate on
+    ``benchmark`` fields."""
+    h, w = card.training.get("grid", [32, 32])
+    family = card.training.get("family", "train")
+    if family == "shaking":
+        from seismag.training.shaking_fields import make_shaking_maps
+
+        return make_shaking_maps(n, (h, w), seed=seed).log_pgv
+    return make_fields(n, "benchmark" if validation else family, (h, w), seed=seed)
+
+
 def _batch(
     card: FieldCard, rng: np.random.Generator, step: int, batch: int
 ) -> tuple[np.ndarray, ...]:
     tr = card.training
     h, w = tr.get("grid", [32, 32])
-    fields = make_fields(batch, tr.get("family", "train"), (h, w), seed=int(rng.integers(2**31)))
+    fields = card_fields(card, batch, seed=int(rng.integers(2**31)))
     lo, hi = math.log(tr["fraction_low"]), math.log(tr["fraction_high"])
     fraction = math.exp(rng.uniform(lo, hi))
     coords, values, _ = observe(fields, fraction, seed=int(rng.integers(2**31)))
@@ -72,37 +85,144 @@ def _batch(
     return coords, card.to_unit(values), qcoords, card.to_unit(target)
 
 
+def _prior_chunk(args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    kind, coords, values, query = args
+    from seismag.models.field_prior import field_prior
+
+    return field_prior(kind, coords, values, query)
+
+
+def compute_prior(
+    card: FieldCard,
+    coords: np.ndarray,
+    values_unit: np.ndarray,
+    query: np.ndarray,
+    workers: int = 1,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The card's prior (unit scale) for every field, over ``workers`` processes."""
+    kind = card.kwargs.get("prior", "none")
+    if kind == "none":
+        return None
+    if workers <= 1:
+        return _prior_chunk((kind, coords, values_unit, query))
+    from concurrent.futures import ProcessPoolExecutor
+
+    parts = np.array_split(np.arange(len(coords)), workers * 4)
+    jobs = [(kind, coords[p], values_unit[p], query[p]) for p in parts if len(p)]
+    with ProcessPoolExecutor(workers) as ex:
+        outs = list(ex.map(_prior_chunk, jobs))
+    return np.concatenate([m for m, _ in outs]), np.concatenate([s for _, s in outs])
+
+
+def prior_pool(card: FieldCard, path: Path, seed: int, workers: int) -> list[dict]:
+    """Fields, observations and their prior for a model with a prior, computed once (a GP fit
+    per field costs 0.05-0.3 s, too slow for every step) and cached in ``path``: for each of
+    the card's ``pool_fractions``, ``pool_fields`` fields."""
+    tr = card.training
+    h, w = tr.get("grid", [32, 32])
+    key = json.dumps(
+        [
+            card.kwargs.get("prior"),
+            tr.get("family"),
+            tr["pool_fractions"],
+            tr["pool_fields"],
+            [h, w],
+            seed,
+            card.value_low,
+            card.value_high,
+        ]
+    )
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                n = len(tr["pool_fractions"])
+                return [
+                    {k: z[f"{k}{g}"] for k in ("truth", "coords", "values", "mean", "std")}
+                    for g in range(n)
+                ]
+    groups = []
+    for g, fraction in enumerate(tr["pool_fractions"]):
+        truth = card.to_unit(card_fields(card, int(tr["pool_fields"]), seed=seed * 1000 + g))
+        coords, values, _ = observe(truth, fraction, seed=seed * 1000 + 500 + g)
+        query = np.ascontiguousarray(np.broadcast_to(grid_coords(h, w), (len(truth), h * w, 2)))
+        mean, std = compute_prior(card, coords, values, query, workers)
+        groups.append(
+            {
+                "truth": truth.reshape(len(truth), -1),
+                "coords": coords,
+                "values": values,
+                "mean": mean,
+                "std": std,
+            }
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {f"{k}{g}": v for g, grp in enumerate(groups) for k, v in grp.items()}
+    np.savez(path, key=np.array(key), **flat)
+    return groups
+
+
+def _pool_batch(
+    card: FieldCard, pool: list[dict], rng: np.random.Generator, batch: int
+) -> tuple[np.ndarray, ...]:
+    from seismag.models.field_flow import RESIDUAL_BOUND
+
+    grp = pool[int(rng.integers(len(pool)))]
+    rows = rng.integers(0, len(grp["truth"]), batch)
+    hw = grp["truth"].shape[1]
+    q = min(int(card.training["query_pixels"]), hw)
+    h, w = card.training.get("grid", [32, 32])
+    idx = np.sort(np.argsort(rng.random((batch, hw)), axis=1)[:, :q], axis=1)
+    pick = (rows[:, None], idx)
+    mean, std = grp["mean"][pick], grp["std"][pick]
+    residual = np.clip((grp["truth"][pick] - mean) / std, -RESIDUAL_BOUND, RESIDUAL_BOUND)
+    return (
+        grp["coords"][rows],
+        grp["values"][rows],
+        grid_coords(h, w)[idx],
+        residual.astype(np.float32),
+        mean,
+        std,
+    )
+
+
 def torch_predictor(model):
     """The model as a :data:`seismag.models.field_sampler.Predict` (numpy in, numpy out)."""
     import torch
 
-    def predict(cc, cv, qc, xt, t):
+    def predict(*arrays):
         with torch.no_grad():
-            out = model(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (cc, cv, qc, xt, t)))
+            out = model(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
         return out.numpy()
 
     return predict
 
 
-def validate(model, card: FieldCard, fields: int = 64, samples: int = 4) -> dict[str, float]:
-    """Mean PSNR on held-out benchmark fields at 5 % observed (the card's sampler defaults)."""
+def validate(
+    model, card: FieldCard, fields: int = 64, samples: int = 4, workers: int = 1
+) -> dict[str, float]:
+    """Mean PSNR (values in [0, 1]) and RMSE (field units) on held-out fields at 5 % observed
+    with the card's sampler defaults."""
     from seismag.models.field_sampler import reconstruct
 
     h, w = card.training.get("grid", [32, 32])
-    truth = make_fields(fields, "benchmark", (h, w), seed=VALIDATION_SEED)
+    truth = card_fields(card, fields, seed=VALIDATION_SEED, validation=True)
     coords, values, _ = observe(truth, 0.05, seed=VALIDATION_SEED + 1)
-    query = np.broadcast_to(grid_coords(h, w), (fields, h * w, 2))
+    query = np.ascontiguousarray(np.broadcast_to(grid_coords(h, w), (fields, h * w, 2)))
+    unit = card.to_unit(values)
     mean, _ = reconstruct(
         torch_predictor(model),
         card.objective,
         coords,
-        card.to_unit(values),
-        np.ascontiguousarray(query),
+        unit,
+        query,
         samples,
         card.steps,
         seed=0,
+        prior=compute_prior(card, coords, unit, query, workers),
     )
-    return {"psnr_5pct": float(psnr(card.from_unit(mean), truth).mean())}
+    pred = card.from_unit(mean).reshape(truth.shape)
+    rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
+    return {"psnr_5pct": float(psnr(pred, truth).mean()), "rmse_5pct": rmse}
 
 
 def train_field_model(
@@ -113,6 +233,8 @@ def train_field_model(
     seed: int = 0,
     threads: int | None = None,
     log_every: int = 100,
+    pool_path: str | Path | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
@@ -125,6 +247,10 @@ def train_field_model(
     rng = np.random.default_rng(seed)
     tr = card.training
     total = int(steps or tr["steps"])
+    out = Path(out)
+    pool = None
+    if card.kwargs.get("prior", "none") != "none":
+        pool = prior_pool(card, Path(pool_path or out / "prior_pool.npz"), seed, workers)
     model = build_field_model(card)
     opt = torch.optim.Adam(model.parameters(), lr=tr["learning_rate"])
     warmup = min(200, total // 10)
@@ -140,7 +266,12 @@ def train_field_model(
     running = 0.0
     done = 0
     for i in tqdm(range(total), desc=f"train {card.name}", mininterval=5):
-        cc, cv, qc, x1 = (torch.from_numpy(a) for a in _batch(card, rng, i, tr["batch_size"]))
+        if pool is None:
+            arrays, extra = _batch(card, rng, i, tr["batch_size"]), ()
+        else:
+            *arrays, m, sd = _pool_batch(card, pool, rng, tr["batch_size"])
+            extra = (torch.from_numpy(m), torch.from_numpy(sd))
+        cc, cv, qc, x1 = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
         if card.objective == "flow":
             t = torch.rand(len(x1))
             x0 = torch.randn_like(x1)
@@ -148,7 +279,7 @@ def train_field_model(
         else:
             t = torch.zeros(len(x1))
             xt = torch.zeros_like(x1)
-        loss = torch.mean((model(cc, cv, qc, xt, t) - x1) ** 2)
+        loss = torch.mean((model(cc, cv, qc, xt, t, *extra) - x1) ** 2)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -169,12 +300,11 @@ def train_field_model(
             break
     minutes = (time.monotonic() - start) / 60
     model.eval()
-    out = Path(out)
     trained = dataclasses.replace(
         card, training={**tr, "steps_done": done, "minutes": round(minutes, 2)}
     )
     save_field_weights(model, trained, out / f"{card.name}.safetensors")
-    score = validate(model, trained)
+    score = validate(model, trained, workers=workers)
     summary = {
         "card": dataclasses.asdict(trained),
         "steps": done,
@@ -187,16 +317,18 @@ def train_field_model(
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="seismag field train", description=__doc__.split("\n")[0])
+def add_arguments(p) -> None:
+    """``seismag field train``'s options (registered by the CLI and by :func:`main`)."""
     p.add_argument("--card", default="FieldFlow", help="field model card (models/cards/fields)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=int, help="optimizer steps (default: the card's)")
     p.add_argument("--max-minutes", type=float, help="stop after this much wall clock")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--workers", type=int, default=1, help="processes fitting a prior's GPs")
+    p.add_argument(
+        "--pool", help="cache of the prior's training pool (default: OUT/prior_pool.npz)"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -204,14 +336,34 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a card entry, e.g. kwargs.learn_fourier=false (repeatable)",
     )
-    args = p.parse_args(argv)
+
+
+def run(args) -> int:
     card = override_card(get_field_card(args.card), args.set)
-    s = train_field_model(card, args.out, args.steps, args.max_minutes, args.seed, args.threads)
+    s = train_field_model(
+        card,
+        args.out,
+        args.steps,
+        args.max_minutes,
+        args.seed,
+        args.threads,
+        pool_path=args.pool,
+        workers=args.workers,
+    )
     print(
         f"{card.name}: {s['steps']} steps in {s['minutes']:.1f} min, {s['params']:,} "
-        f"parameters, held-out PSNR at 5 %: {s['psnr_5pct']:.2f} dB -> {args.out}"
+        f"parameters, held-out at 5 %: PSNR {s['psnr_5pct']:.2f} dB, RMSE "
+        f"{s['rmse_5pct']:.4f} -> {args.out}"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="seismag field train", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -19,14 +19,11 @@ import numpy as np
 
 from seismag.models.artifact import ArtifactError, check_file
 from seismag.models.card import WEIGHTS_KEY, CardError
-from seismag.models.field_card import FIELD_CARD_KEY, FieldCard, grid_coords
+from seismag.models.field_card import FIELD_CARD_KEY, OUTPUT_NAME, FieldCard, grid_coords
+from seismag.models.field_prior import field_prior
 from seismag.models.field_sampler import reconstruct as sample_fields
 from seismag.serving.executor.backend import ModelLoadError
 
-INPUT_NAMES = ("ctx_coords", "ctx_values", "query_coords", "x_t", "t")
-"""The exported network's inputs, in the order :data:`~seismag.models.field_sampler.Predict`
-takes them (the ONNX contract)."""
-OUTPUT_NAME = "x1"
 MAX_ROWS = 64
 """Rows (field x draw) per ONNX Runtime call at most."""
 ROW_SCORES = 1 << 24
@@ -89,10 +86,20 @@ class FieldRuntime:
     def _check_signature(self) -> None:
         """The file's tensors are the contract's: a file built otherwise is refused at load."""
         names = [i.name for i in self.session.get_inputs()]
-        if sorted(names) != sorted(INPUT_NAMES):
+        want = self.card.input_names()
+        if sorted(names) != sorted(want):
             raise ModelLoadError(
-                f"{self.path}: a field model takes {list(INPUT_NAMES)}; this one takes {names}"
+                f"{self.path}: this field model's card needs inputs {list(want)}; the file "
+                f"takes {names}"
             )
+        if self.card.prior != "none":
+            try:
+                import sklearn  # noqa: F401
+            except ImportError:
+                raise ModelLoadError(
+                    f"{self.path}: its {self.card.prior} prior needs scikit-learn: "
+                    "pip install 'seismag[field]'"
+                ) from None
         if OUTPUT_NAME not in [o.name for o in self.session.get_outputs()]:
             raise ModelLoadError(f"{self.path}: a field model has an output {OUTPUT_NAME!r}")
 
@@ -107,13 +114,14 @@ class FieldRuntime:
     def predict(self, check: Check | None = None):
         """The sampler's ``predict``: one network run (``check`` before each)."""
 
-        def run(ctx_coords, ctx_values, query_coords, x_t, t) -> np.ndarray:
+        names = self.card.input_names()
+
+        def run(*arrays: np.ndarray) -> np.ndarray:
             if check is not None:
                 check("before the field model ran")
-            arrays = (ctx_coords, ctx_values, query_coords, x_t, t)
             feed = {
                 name: np.ascontiguousarray(a, dtype=np.float32)
-                for name, a in zip(INPUT_NAMES, arrays, strict=True)
+                for name, a in zip(names, arrays, strict=True)
             }
             return self.session.run([OUTPUT_NAME], feed)[0]
 
@@ -138,16 +146,21 @@ class FieldRuntime:
         coords = np.asarray(coords, np.float32)
         f, k = coords.shape[:2]
         query = np.broadcast_to(grid_coords(h, w), (f, h * w, 2))
+        unit = card.to_unit(values)
+        if check is not None and card.prior != "none":
+            check("before the prior was fitted")
+        prior = field_prior(card.prior, coords, unit, query)
         mean, std = sample_fields(
             self.predict(check),
             card.objective,
             coords,
-            card.to_unit(values),
+            unit,
             query,
             samples=card.samples if samples is None else int(samples),
             steps=card.steps if steps is None else int(steps),
             seed=int(seed),
             max_rows=self.rows_per_run(h * w, k),
+            prior=prior,
         )
         half_span = 0.5 * (card.value_high - card.value_low)
         return (
