@@ -152,8 +152,10 @@ def _batches(data: dict[str, np.ndarray], size: int):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    if (args.model is None) == (args.server is None):
-        raise CliError("give --model FILE.onnx (run here) or --server HOST:PORT, one of them")
+    if args.model is not None and args.server is not None:
+        raise CliError("give --model FILE.onnx (run here) or --server HOST:PORT, not both")
+    if args.model is None and args.server is None:
+        args.model = "default"
     if args.name is not None and args.server is None:
         raise CliError("--name picks a server's field model; with --model the file is the model")
     if args.seed < 0:
@@ -292,7 +294,12 @@ def add_field_commands(sub) -> argparse._SubParsersAction:
         "through a server's FieldService/Reconstruct with --server (seismag serve "
         "--field-model); both give the same numbers.",
     )
-    p.add_argument("--model", metavar="FILE", help="exported field model (.onnx) to run here")
+    p.add_argument(
+        "--model",
+        metavar="FILE",
+        help="exported field model (.onnx) to run here (default without --server: the shipped "
+        "FieldFlow, also named by 'default')",
+    )
     p.add_argument("--server", metavar="HOST:PORT", help="run on this seismag server instead")
     p.add_argument("--name", help="with --server: the field model's name (default: the served one)")
     p.add_argument("--fields", required=True, help=".npz input (seismag field make writes one)")

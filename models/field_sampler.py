@@ -9,6 +9,12 @@ bounded to [-1, 1]); the velocity is ``(x1_hat - x_t) / (1 - t)``. Euler steps a
 then read ``x_{i+1} = x_i + (x1_hat - x_i) / (S - i)``, which lands exactly on ``x1_hat`` at the
 last step.
 
+The reported mean is the network's estimate at ``t = 0``, averaged over the draws: there
+``x_t`` is pure noise, so the flow-matching loss trains the network to give the posterior mean
+of the field, the estimate with the smallest squared error; the mean of the draws' endpoints
+carries their Monte Carlo scatter on top (``mean="draws"`` gives it, for comparison). The
+standard deviation is that of the endpoints.
+
 A model with a prior (``models/field_prior.py``) takes the prior's mean and standard deviation
 at the queries as two more inputs and runs the same path on the standardised residual
 ``(x - mean) / std``; :func:`reconstruct` maps its draws back.
@@ -34,15 +40,18 @@ def euler_sample(
     steps: int,
     rng: np.random.Generator,
     extra: tuple[np.ndarray, ...] = (),
-) -> np.ndarray:
-    """One sample per row: (N, Q) float32 in unit scale."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """One sample per row and the network's estimate at t = 0: (N, Q) float32 each."""
     n, q = query_coords.shape[:2]
     x = rng.standard_normal((n, q)).astype(np.float32)
+    first = x
     for i in range(steps):
         t = np.full(n, i / steps, np.float32)
         x1 = predict(ctx_coords, ctx_values, query_coords, x, t, *extra)
+        if i == 0:
+            first = x1
         x = (x + (x1 - x) / (steps - i)).astype(np.float32)
-    return x
+    return x, first
 
 
 def regress(
@@ -69,6 +78,7 @@ def reconstruct(
     seed: int = 0,
     max_rows: int = 64,
     prior: tuple[np.ndarray, np.ndarray] | None = None,
+    mean: str = "t0",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and per-point standard deviation over ``samples`` draws, unit scale, (F, Q) each.
 
@@ -84,16 +94,24 @@ def reconstruct(
             extra = () if prior is None else (prior[0][r], prior[1][r])
             y = regress(predict, ctx_coords[r], ctx_values[r], query_coords[r], extra)
             outs.append(y if prior is None else prior[0][r] + prior[1][r] * y)
-        mean = np.concatenate(outs)
-        return mean, np.zeros_like(mean)
+        single = np.concatenate(outs)
+        return single, np.zeros_like(single)
+    if mean not in ("t0", "draws"):
+        raise ValueError(f"mean must be t0 or draws, not {mean!r}")
     rng = np.random.default_rng(seed)
     rows = np.repeat(np.arange(f), samples)
-    draws = []
+    draws, firsts = [], []
     for i in range(0, len(rows), max_rows):
         r = rows[i : i + max_rows]
         extra = () if prior is None else (prior[0][r], prior[1][r])
-        y = euler_sample(predict, ctx_coords[r], ctx_values[r], query_coords[r], steps, rng, extra)
-        draws.append(y if prior is None else prior[0][r] + prior[1][r] * y)
+        y, y0 = euler_sample(
+            predict, ctx_coords[r], ctx_values[r], query_coords[r], steps, rng, extra
+        )
+        if prior is not None:
+            y, y0 = prior[0][r] + prior[1][r] * y, prior[0][r] + prior[1][r] * y0
+        draws.append(y)
+        firsts.append(y0)
     x = np.concatenate(draws).reshape(f, samples, -1)
     std = x.std(axis=1, ddof=1) if samples > 1 else np.zeros_like(x[:, 0])
-    return x.mean(axis=1), std
+    estimate = x if mean == "draws" else np.concatenate(firsts).reshape(f, samples, -1)
+    return estimate.mean(axis=1), std

@@ -181,7 +181,8 @@ class ServeConfig:
         default=None,
         metadata={
             "help": "FILE.onnx: also serve this sparse-field reconstruction model "
-            "(seismag.export.field_export) for seismag.v1.FieldService/Reconstruct",
+            "(seismag.export.field_export) for seismag.v1.FieldService/Reconstruct; 'default' "
+            "is the FieldFlow shipped in the package",
             "path": True,
         },
     )

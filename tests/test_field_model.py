@@ -62,7 +62,8 @@ def test_sampler_lands_on_the_prediction_and_averages_samples() -> None:
     cc = np.zeros((2, 3, 2), np.float32)
     cc[1] = 1.0
     qc = np.zeros((2, 6, 2), np.float32)
-    x = euler_sample(oracle, cc, np.zeros((2, 3), np.float32), qc, 5, np.random.default_rng(0))
+    x, x0 = euler_sample(oracle, cc, np.zeros((2, 3), np.float32), qc, 5, np.random.default_rng(0))
+    assert np.allclose(x0, truth)
     assert np.allclose(x, truth, atol=1e-6)
     mean, std = reconstruct(oracle, "flow", cc, np.zeros((2, 3), np.float32), qc, 4, 3, max_rows=3)
     assert np.allclose(mean, truth, atol=1e-6) and np.allclose(std, 0, atol=1e-6)

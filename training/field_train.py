@@ -11,6 +11,11 @@ scores ``query_pixels`` random grid points per field, drawn afresh each step.
 - ``objective = "regress"``: the same network in one pass, squared error to the field: the
   plain-regressor baseline of the same size and budget.
 
+A card with a prior (``kwargs.prior = "gp"``, :mod:`seismag.models.field_prior`) trains on a
+pool instead: ``pool_fields`` fields at each of ``pool_fractions``, their GP fitted once (over
+``--workers`` processes) and cached (``--pool``); each step draws fields from one share, fresh
+query points and noise, and the target is the standardised residual ``(field - mean) / std``.
+
 The budget is a number of steps (results do not depend on how busy the machine was), optionally
 cut short by ``max_minutes``; Adam with a linear warm-up and a cosine decay. The run ends with a
 score on held-out ``benchmark`` fields (seed 999 999, never drawn in training) at 5 % observed.

@@ -34,6 +34,23 @@ Check = Callable[[str], None]
 """Called before each network run with a stage name; raises to stop (a Budget's check)."""
 
 
+DEFAULT_FIELD = "default"
+"""``--field-model`` / ``field eval --model`` value naming the field model shipped in the
+package (``serving/default_field/FieldFlow.onnx``)."""
+
+
+def field_model_path(path: str | Path) -> Path:
+    """``path``, or the shipped field model's path for :data:`DEFAULT_FIELD`."""
+    if str(path) != DEFAULT_FIELD:
+        return Path(path)
+    from importlib import resources
+
+    shipped = Path(str(resources.files("seismag.serving") / "default_field" / "FieldFlow.onnx"))
+    if not shipped.is_file():
+        raise ModelLoadError(f"the packaged field model {shipped} is missing from this install")
+    return shipped
+
+
 def row_scores(card: FieldCard, q: int, k: int) -> int:
     """Attention scores one row (one draw of one field) holds: the context's self-attention
     (K x K), the queries' cross-attention (Q x K) and, with an attention mixer, Q x Q, per
@@ -51,7 +68,7 @@ class FieldRuntime:
         import onnxruntime as ort
 
         try:
-            self.path = check_file(path)
+            self.path = check_file(field_model_path(path))
         except ArtifactError as exc:
             raise ModelLoadError(str(exc)) from None
         if threads is None:
