@@ -185,3 +185,16 @@ def test_a_model_with_a_gp_prior_exports_and_runs_in_the_field_runtime(tmp_path)
     # Residuals are bounded to 6 prior standard deviations, which vanish at the observations.
     at_obs = mean.reshape(2, -1)[np.arange(2)[:, None], idx]
     assert np.abs(at_obs - values).max() < 0.05
+
+
+def test_a_request_too_costly_for_the_gp_prior_is_refused() -> None:
+    from seismag.serving.errors import Overloaded
+    from seismag.serving.pipeline.field import check_request
+    from seismag.training.field_train import override_card
+
+    card = override_card(get_field_card(), ['kwargs.prior="gp"'])
+    fields = make_fields(100, seed=0)
+    coords, values, _ = observe(fields, count=300, seed=1)
+    with pytest.raises(Overloaded, match="points\\^3"):
+        check_request(card, coords, values, (32, 32), 2, 2, 0)
+    check_request(card, coords[:2], values[:2], (32, 32), 2, 2, 0)  # two fields are fine

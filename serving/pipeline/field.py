@@ -26,6 +26,10 @@ MAX_SAMPLES = 64
 nothing but time."""
 MAX_STEPS = 100
 """Euler steps per draw (the cards' defaults are ~10)."""
+PRIOR_WORK = 1 << 29
+"""Fields x points^3 one request may ask a prior to fit: the Gaussian process's fit grows with
+the cube of the points (about 1 s for 205 points on one core, with its restarts), so this is
+about a minute of fitting."""
 MAX_FIELDS = 4_096
 """Fields in one request."""
 MAX_GRID_POINTS_DRAWN = 1 << 21
@@ -149,6 +153,12 @@ def check_request(
     if not 1 <= k <= card.max_points:
         raise InvalidInput(
             f"{k} observed points per field: {card.name} takes 1 to {card.max_points}"
+        )
+    if card.prior != "none" and f * k**3 > PRIOR_WORK:
+        raise Overloaded(
+            f"{f} fields of {k} points: fitting {card.name}'s {card.prior} prior grows with "
+            f"fields x points^3 ({f * k**3:.3g}, limit {PRIOR_WORK:.3g}); send fewer fields "
+            "per request"
         )
     for what, a in (("coords", coords), ("values", values)):
         if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
