@@ -154,3 +154,18 @@ def test_readme_serve_with_inventory_starts_and_drains(workdir):
         log = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, log
     assert "inventory" in log and "default model PhaseNetMag" in log
+
+
+def test_readme_field_block_runs_with_the_shipped_model(workdir):
+    pytest.importorskip("sklearn")
+    (block,) = [b for b in readme_blocks() if any(c[1:3] == ["field", "make"] for c in b)]
+    for argv in block:
+        if argv[1] == "serve":
+            continue  # its flags parse (above); test_field_serving.py serves field models
+        done = run(argv, workdir, port=0, timeout=300)
+        assert done.returncode == 0, f"{' '.join(argv)}: {done.stderr}"
+        if argv[1:3] == ["field", "eval"]:
+            # The README's fields are held-out benchmark fields at 5 % observed.
+            psnr = float(re.search(r"PSNR ([0-9.]+) dB", done.stdout).group(1))
+            assert psnr > 35.0, done.stdout
+    assert (workdir / "fields.png").stat().st_size > 10_000
