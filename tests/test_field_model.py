@@ -198,3 +198,18 @@ def test_a_request_too_costly_for_the_gp_prior_is_refused() -> None:
     with pytest.raises(Overloaded, match="points\\^3"):
         check_request(card, coords, values, (32, 32), 2, 2, 0)
     check_request(card, coords[:2], values[:2], (32, 32), 2, 2, 0)  # two fields are fine
+
+
+def test_ablation_trains_missing_variants_and_prints_their_row(tmp_path, capsys) -> None:
+    pytest.importorskip("torch")
+    from seismag.training.field_ablation import main
+
+    argv = ["--out", str(tmp_path), "--steps", "3", "--variants", "base", "unbounded",
+            "--fields", "2", "--samples", "2", "--set", "steps=2", "--set",
+            "training.batch_size=4", "--set", "kwargs.d_model=16"]  # fmt: skip
+    assert main(argv) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| base")]
+    assert len(rows) == 1 and rows[0].count("|") == 7
+    assert (tmp_path / "unbounded" / "FieldFlow.safetensors").is_file()
+    card = json.loads((tmp_path / "base" / "history.json").read_text())["card"]
+    assert card["kwargs"]["prior"] == "none"
