@@ -67,6 +67,12 @@ def regress(
     return predict(ctx_coords, ctx_values, query_coords, zeros, np.zeros(n, np.float32), *extra)
 
 
+def _through(prior: tuple[np.ndarray, np.ndarray], rows, residual: np.ndarray) -> np.ndarray:
+    """A residual back to unit scale, clipped to the value range: the prior's mean is not
+    bounded as the network's own output is, and the fields' values lie in the card's range."""
+    return np.clip(prior[0][rows] + prior[1][rows] * residual, -1.0, 1.0).astype(np.float32)
+
+
 def reconstruct(
     predict: Predict,
     objective: str,
@@ -93,7 +99,7 @@ def reconstruct(
             r = slice(i, i + max_rows)
             extra = () if prior is None else (prior[0][r], prior[1][r])
             y = regress(predict, ctx_coords[r], ctx_values[r], query_coords[r], extra)
-            outs.append(y if prior is None else prior[0][r] + prior[1][r] * y)
+            outs.append(y if prior is None else _through(prior, r, y))
         single = np.concatenate(outs)
         return single, np.zeros_like(single)
     if mean not in ("t0", "draws"):
@@ -108,7 +114,7 @@ def reconstruct(
             predict, ctx_coords[r], ctx_values[r], query_coords[r], steps, rng, extra
         )
         if prior is not None:
-            y, y0 = prior[0][r] + prior[1][r] * y, prior[0][r] + prior[1][r] * y0
+            y, y0 = _through(prior, r, y), _through(prior, r, y0)
         draws.append(y)
         firsts.append(y0)
     x = np.concatenate(draws).reshape(f, samples, -1)

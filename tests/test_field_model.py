@@ -74,7 +74,9 @@ def test_network_is_invariant_to_the_order_of_observations() -> None:
     from seismag.models.field_flow import build_field_model
 
     torch.manual_seed(0)
-    model = build_field_model(get_field_card()).eval()
+    from seismag.training.field_train import override_card
+
+    model = build_field_model(override_card(get_field_card(), ['kwargs.prior="none"'])).eval()
     cc, cv = torch.rand(2, 9, 2), torch.rand(2, 9)
     qc, xt, t = torch.rand(2, 16, 2), torch.randn(2, 16), torch.rand(2)
     perm = torch.randperm(9)
@@ -110,6 +112,8 @@ def test_train_export_and_run_in_onnx_runtime(tmp_path) -> None:
             "kwargs.d_model=16",
             "--set",
             "training.batch_size=4",
+            "--set",
+            'kwargs.prior="none"',
         ]
     )
     assert rc == 0
@@ -213,3 +217,21 @@ def test_ablation_trains_missing_variants_and_prints_their_row(tmp_path, capsys)
     assert (tmp_path / "unbounded" / "FieldFlow.safetensors").is_file()
     card = json.loads((tmp_path / "base" / "history.json").read_text())["card"]
     assert card["kwargs"]["prior"] == "none"
+
+
+def test_training_with_the_gp_prior_fits_its_pool_once(tmp_path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    from seismag.training.field_train import main
+
+    argv = ["--out", str(tmp_path / "run"), "--steps", "3", "--threads", "1", "--set",
+            "training.pool_fields=3", "--set", "training.batch_size=2", "--set", "steps=2",
+            "--set", "kwargs.d_model=16", "--pool", str(tmp_path / "pool.npz")]  # fmt: skip
+    assert main(argv) == 0
+    with np.load(tmp_path / "pool.npz") as pool:
+        assert pool["truth0"].shape == (3, 1024) and pool["std0"].min() >= 1e-3
+        mtime = (tmp_path / "pool.npz").stat().st_mtime_ns
+    assert main(argv) == 0  # the cached pool is reused
+    assert (tmp_path / "pool.npz").stat().st_mtime_ns == mtime
+    summary = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert summary["card"]["kwargs"]["prior"] == "gp" and summary["psnr_5pct"] > 20
