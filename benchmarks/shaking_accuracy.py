@@ -25,36 +25,22 @@ within-event terms are known (Gaussian conditioning, so no method beats it on av
 from __future__ import annotations
 
 import argparse
-import contextlib
-import inspect
 import json
 import platform
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
+from seismag.benchmarks.field_accuracy import load_model, run_model, single_threaded
 from seismag.benchmarks.shakemap_baseline import METHODS, ShakeMapModel, fit_shakemap
 from seismag.models.field_card import grid_coords
 from seismag.training.regimes import TRAIN_REGIMES, regime_names
 from seismag.training.shaking_fields import ShakingMaps, make_shaking_maps, station_observations
 
 ORACLE = "oracle"
-
-
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """BLAS at one thread where threadpoolctl is installed: small systems, threads only contend."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1):
-        yield
 
 
 def oracle(
@@ -106,39 +92,6 @@ def run_method(
             means.append(mean)
             stds.append(std)
     return np.stack(means), (None if stds[0] is None else np.stack(stds)), np.asarray(ms)
-
-
-def load_model(path: str, threads: int) -> Any:
-    # Lazy: the baselines run without the field runtime (and without ONNX Runtime).
-    from seismag.serving.executor.field_runtime import FieldRuntime
-
-    if "threads" in inspect.signature(FieldRuntime).parameters:
-        return FieldRuntime(path, threads=threads)
-    return FieldRuntime(path)
-
-
-def run_model(
-    runtime: Any,
-    coords: np.ndarray,
-    values: np.ndarray,
-    grid: tuple[int, int],
-    *,
-    samples: int | None,
-    steps: int | None,
-    batch: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Means, stds (F, H, W) in log10 m/s and ms per map (batch time over batch size)."""
-    kw = {"grid": grid, "samples": samples, "steps": steps, "seed": 0}
-    runtime.reconstruct(coords[:1], values[:1], **kw)  # warm-up: first-call allocations
-    means, stds, ms = [], [], []
-    for i in range(0, len(coords), batch):
-        c, v = coords[i : i + batch], values[i : i + batch]
-        t0 = time.perf_counter()
-        mean, std = runtime.reconstruct(c, v, **kw)
-        ms.append((time.perf_counter() - t0) * 1e3 / len(c))
-        means.append(np.asarray(mean, np.float32))
-        stds.append(np.asarray(std, np.float32))
-    return np.concatenate(means), np.concatenate(stds), np.asarray(ms)
 
 
 def score(
