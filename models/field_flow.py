@@ -5,10 +5,10 @@ point, cross-attention, an ODE sampler) with each of the failures they name fixe
 card switch so the ablation in docs/field.md trains the same code with one switch flipped:
 
 - ``learn_fourier``: coordinates enter through Fourier features whose frequencies are trained
-  (Tancik et al. 2020 use fixed random ones; the seeds' ``randn * 10`` never adapted).
+  (Tancik et al. 2020 use fixed random ones; the design documents' ``randn * 10`` never adapted).
 - ``bounded``: the network predicts the clean field, squashed into the value range by tanh, and
   the sampler derives the velocity from it (``models/field_sampler.py``); an unbounded output
-  let the seeds' decoder leave [0, 1].
+  let the design documents' decoder leave [0, 1].
 - ``norm``: pre-LayerNorm blocks and centred values ([0, 1] -> [-1, 1]).
 - Training queries (``training.query_pixels`` in the card): every step scores a random subset of
   the grid, resampled each step, never a fixed 51.
@@ -100,7 +100,7 @@ class ContextBlock(nn.Module):
 
 
 class BiMamba(nn.Module):
-    """Bidirectional Mamba over the query tokens in raster order (the seeds' V1 mixer).
+    """Bidirectional Mamba over the query tokens in raster order (the design documents' V1 mixer).
 
     ``seeds_dt`` reproduces the design documents' step, ``dt = 1 / (number of tokens)``, which
     changes the dynamics whenever the query count does (256 scored in training, 1,024 served)."""
