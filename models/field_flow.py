@@ -12,9 +12,9 @@ card switch so the ablation in docs/field.md trains the same code with one switc
 - ``norm``: pre-LayerNorm blocks and centred values ([0, 1] -> [-1, 1]).
 - Training queries (``training.query_pixels`` in the card): every step scores a random subset of
   the grid, resampled each step, never a fixed 51.
-- ``block = "mamba"`` scans the query tokens in raster order with the project's selective scan
+- ``query_mixer = "mamba"`` scans the query tokens in raster order with the project's selective scan
   (Gu & Dao 2023) and a step ``dt`` learnt per channel, not ``1 / sequence length``, which the
-  seeds tied to the query count so training and evaluation ran different dynamics.
+  design documents tied to the query count so training and evaluation ran different dynamics.
 
 Query tokens attend to the context (cross-attention) and, with ``query_mixer``, to each other
 (self-attention or a bidirectional Mamba scan), so samples can be spatially coherent.
