@@ -204,7 +204,7 @@ def _progress(r: dict[str, Any]) -> None:
     )
 
 
-def _pct(x: float | None) -> str:
+def percent_text(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.1f} %"
 
 
@@ -247,7 +247,7 @@ def markdown(report: dict[str, Any]) -> str:
             out.append(
                 f"| {r['fraction_percent']:g} | {r['method']} | {r['psnr_mean']:.2f} | "
                 f"{r['psnr_median']:.2f} | {r['psnr_std']:.2f} | {r['ms_per_field']:.2f} | "
-                f"{_pct(r.get('within_1sd'))} | {_pct(r.get('within_2sd'))} | "
+                f"{percent_text(r.get('within_1sd'))} | {percent_text(r.get('within_2sd'))} | "
                 f"{'' if sd is None else f'{sd:.2g}'} |"
             )
     if report["steps_sweep"]:
@@ -263,7 +263,7 @@ def markdown(report: dict[str, Any]) -> str:
             out.append(
                 f"| {r['family']} | {r['model']} | {r['steps']} | {r['psnr_mean']:.2f} | "
                 f"{r['psnr_median']:.2f} | {r['ms_per_field']:.2f} | "
-                f"{_pct(r.get('within_1sd'))} | {_pct(r.get('within_2sd'))} |"
+                f"{percent_text(r.get('within_1sd'))} | {percent_text(r.get('within_2sd'))} |"
             )
     return "\n".join(out)
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-from seismag.benchmarks.field_accuracy import load_model, run_model, single_threaded
+from seismag.benchmarks.field_accuracy import load_model, percent_text, run_model, single_threaded
 from seismag.benchmarks.shakemap_baseline import METHODS, ShakeMapModel, fit_shakemap
 from seismag.models.field_card import grid_coords
 from seismag.training.regimes import TRAIN_REGIMES, regime_names
@@ -199,10 +199,6 @@ def _progress(r: dict[str, Any]) -> None:
     )
 
 
-def _pct(x: float | None) -> str:
-    return "" if x is None else f"{100 * x:.1f} %"
-
-
 def markdown(report: dict[str, Any]) -> str:
     cfg, rows = report["config"], report["results"]
     gmm = cfg["fitted_baseline"]
@@ -250,8 +246,8 @@ def markdown(report: dict[str, Any]) -> str:
             out.append(
                 f"| {r['fraction_percent']:g} | {r['method']} | {r['rmse']:.3f} | "
                 f"{r['rmse_hidden']:.3f} | {r['rmse_map_median']:.3f} | {r['bias']:+.3f} | "
-                f"{r['ms_per_map']:.2f} | {_pct(r.get('within_1sd'))} | "
-                f"{_pct(r.get('within_2sd'))} | {'' if sd is None else f'{sd:.3f}'} |"
+                f"{r['ms_per_map']:.2f} | {percent_text(r.get('within_1sd'))} | "
+                f"{percent_text(r.get('within_2sd'))} | {'' if sd is None else f'{sd:.3f}'} |"
             )
     return "\n".join(out)
 

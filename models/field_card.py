@@ -81,6 +81,12 @@ class FieldCard:
             np.float32
         )
 
+    def spread_from_unit(self, std: np.ndarray) -> np.ndarray:
+        """A standard deviation in unit scale -> field units (the scale only, no offset)."""
+        return (np.asarray(std, np.float32) * 0.5 * (self.value_high - self.value_low)).astype(
+            np.float32
+        )
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

@@ -70,7 +70,7 @@ def score(weights: Path, fields: int, seed: int, samples: int) -> dict[str, floa
         out[f"psnr_{how}"] = float(psnr(pred, truth).mean())
         if how == "draws" and card.objective == "flow":
             err = np.abs(pred - truth.reshape(fields, -1))
-            sd = std * 0.5 * (card.value_high - card.value_low)
+            sd = card.spread_from_unit(std)
             free = np.ones_like(err, bool)
             free[np.arange(fields)[:, None], idx] = False
             out["within_1sd"] = float((err <= sd)[free].mean())

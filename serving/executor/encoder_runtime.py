@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from seismag.models.artifact import ArtifactError, check_file
 from seismag.models.card import WEIGHTS_KEY, CardError
 from seismag.models.encoder_card import ENCODER_CARD_KEY, INPUT_NAME, OUTPUT_NAME, EncoderCard
 from seismag.models.preprocess import normalise
@@ -41,28 +40,11 @@ class EncoderRuntime:
     """One encoder ONNX file in one ONNX Runtime session (thread-safe: ORT's ``run`` is)."""
 
     def __init__(self, path: str | Path, *, threads: int = DEFAULTS.threads) -> None:
-        import onnxruntime as ort
+        from seismag.serving.executor.ort_backend import carded_session
 
-        from seismag.serving.executor.ort_backend import session_options
-
-        try:
-            self.path = check_file(path)
-        except ArtifactError as exc:
-            raise ModelLoadError(str(exc)) from None
-        opts = session_options(threads)
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT's own load errors (not ONNX, truncated, ...)
-            raise ModelLoadError(f"{self.path}: ONNX Runtime cannot load it: {exc}") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if ENCODER_CARD_KEY not in meta:
-            raise ModelLoadError(
-                f"{self.path}: no encoder card in its metadata (key {ENCODER_CARD_KEY!r}); "
-                "export it with `seismag export-encoder`"
-            )
+        self.path, self.session, meta = carded_session(
+            path, threads, ENCODER_CARD_KEY, "encoder", "export it with `seismag export-encoder`"
+        )
         try:
             self.card = EncoderCard.from_json(meta[ENCODER_CARD_KEY])
         except (CardError, json.JSONDecodeError, TypeError) as exc:

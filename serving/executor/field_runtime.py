@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from seismag.models.artifact import ArtifactError, check_file
 from seismag.models.card import WEIGHTS_KEY, CardError
 from seismag.models.field_card import FIELD_CARD_KEY, OUTPUT_NAME, FieldCard, grid_coords
 from seismag.models.field_prior import field_prior
@@ -65,31 +64,15 @@ class FieldRuntime:
     is). ``threads``: intra-op threads per run (None = ONNX Runtime's default, every core)."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        from seismag.serving.executor.ort_backend import carded_session
 
-        try:
-            self.path = check_file(field_model_path(path))
-        except ArtifactError as exc:
-            raise ModelLoadError(str(exc)) from None
-        if threads is None:
-            opts = ort.SessionOptions()
-        else:
-            from seismag.serving.executor.ort_backend import session_options
-
-            opts = session_options(threads)
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT's own load errors (not ONNX, truncated, ...)
-            raise ModelLoadError(f"{self.path}: ONNX Runtime cannot load it: {exc}") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if FIELD_CARD_KEY not in meta:
-            raise ModelLoadError(
-                f"{self.path}: no field model card in its metadata (key {FIELD_CARD_KEY!r}); "
-                "export it with seismag.export.field_export"
-            )
+        self.path, self.session, meta = carded_session(
+            field_model_path(path),
+            threads,
+            FIELD_CARD_KEY,
+            "field model",
+            "export it with seismag.export.field_export",
+        )
         try:
             self.card = FieldCard.from_dict(json.loads(meta[FIELD_CARD_KEY]))
         except (CardError, json.JSONDecodeError, TypeError, AttributeError) as exc:
@@ -179,10 +162,9 @@ class FieldRuntime:
             max_rows=self.rows_per_run(h * w, k),
             prior=prior,
         )
-        half_span = 0.5 * (card.value_high - card.value_low)
         return (
             card.from_unit(mean).reshape(f, h, w),
-            (std * half_span).astype(np.float32).reshape(f, h, w),
+            card.spread_from_unit(std).reshape(f, h, w),
         )
 
     def warm_up(self) -> None:

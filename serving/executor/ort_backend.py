@@ -92,6 +92,33 @@ def session_options(threads: int) -> ort.SessionOptions:
     return opts
 
 
+def carded_session(
+    path: str | Path, threads: int | None, card_key: str, what: str, hint: str
+) -> tuple[Path, ort.InferenceSession, dict[str, str]]:
+    """An inline model's file (picker, encoder, field model): the path checked, a quiet CPU
+    session (``threads`` intra-op threads; None: ONNX Runtime's default, every core) and the
+    file's metadata, which must hold its card under ``card_key`` (else ModelLoadError naming
+    ``what`` and ``hint``, how to make such a file)."""
+    from seismag.models.artifact import ArtifactError, check_file
+
+    try:
+        checked = check_file(path)
+    except ArtifactError as exc:
+        raise ModelLoadError(str(exc)) from None
+    opts = ort.SessionOptions() if threads is None else session_options(threads)
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(checked), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's own load errors (not ONNX, truncated, ...)
+        raise ModelLoadError(f"{checked}: ONNX Runtime cannot load it: {exc}") from None
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    if card_key not in meta:
+        raise ModelLoadError(
+            f"{checked}: no {what} card in its metadata (key {card_key!r}); {hint}"
+        )
+    return checked, session, meta
+
+
 def plain_session(path: Path, threads: int, providers: list[str]) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), session_options(threads), providers=providers)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from seismag.models.artifact import ArtifactError, check_file
 from seismag.models.card import CardError
 from seismag.models.picker_card import CLASSES, PICKER_CARD_KEY, PickerCard
 from seismag.models.preprocess import picker_inputs
@@ -31,28 +30,15 @@ class PickerRuntime:
     """One picker ONNX file in one ONNX Runtime session (thread-safe: ORT's ``run`` is)."""
 
     def __init__(self, path: str | Path, *, threads: int = 1) -> None:
-        import onnxruntime as ort
+        from seismag.serving.executor.ort_backend import carded_session
 
+        self.path, self.session, meta = carded_session(
+            path, threads, PICKER_CARD_KEY, "picker", "export it with `seismag export-picker`"
+        )
         try:
-            self.path = check_file(path)
-        except ArtifactError as exc:
-            raise ModelLoadError(str(exc)) from None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), opts, providers=["CPUExecutionProvider"]
-            )
-            meta = self.session.get_modelmeta().custom_metadata_map
             self.card = PickerCard.from_dict(json.loads(meta[PICKER_CARD_KEY]))
-        except KeyError:
-            raise ModelLoadError(f"{self.path}: no picker card in its metadata") from None
         except (CardError, json.JSONDecodeError) as exc:
             raise ModelLoadError(f"{self.path}: unreadable picker card: {exc}") from None
-        except Exception as exc:  # ORT's own load errors
-            raise ModelLoadError(f"{self.path}: ONNX Runtime cannot load it: {exc}") from None
         self.input_name = self.session.get_inputs()[0].name
         self.name = self.card.name
 
