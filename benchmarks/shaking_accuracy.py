@@ -37,8 +37,13 @@ from scipy.linalg import cho_factor, cho_solve
 from seismag.benchmarks.field_accuracy import load_model, percent_text, run_model, single_threaded
 from seismag.benchmarks.shakemap_baseline import METHODS, ShakeMapModel, fit_shakemap
 from seismag.models.field_card import grid_coords
-from seismag.training.regimes import TRAIN_REGIMES, regime_names
-from seismag.training.shaking_fields import ShakingMaps, make_shaking_maps, station_observations
+from seismag.training.shaking_fields import (
+    SHAKING_REGIMES,
+    ShakingMaps,
+    make_shaking_maps,
+    shaking_regime_names,
+    station_observations,
+)
 
 ORACLE = "oracle"
 
@@ -133,7 +138,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for spec in args.regimes:
         maps = make_shaking_maps(
-            args.maps, grid, args.extent_km, seed=args.seed, regimes=regime_names(spec)
+            args.maps, grid, args.extent_km, seed=args.seed, regimes=shaking_regime_names(spec)
         )
         for pct in args.fractions:
             coords, values, idx = station_observations(maps, pct / 100, seed=args.seed + 1)
@@ -285,10 +290,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--train-seed must be below 1000 (evaluation seeds start at 1000)")
     for spec in args.regimes:
         try:
-            regime_names(spec)
+            shaking_regime_names(spec)
         except ValueError as exc:
             ap.error(str(exc))
-    args.train_regimes = regime_names(args.train_regimes) if args.train_regimes else TRAIN_REGIMES
+    args.train_regimes = (
+        shaking_regime_names(args.train_regimes) if args.train_regimes else SHAKING_REGIMES
+    )
     return args
 
 

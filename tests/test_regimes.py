@@ -91,3 +91,23 @@ def test_regime_events_carry_instruments_layout_and_are_deterministic():
         assert r["trace_snr_db"] >= config.snr_min_db
     # S may lie after the record end; P never does.
     assert max(r["trace_p_arrival_sample"] for r in rows) < 6000
+
+
+def test_wide_regime_spans_the_published_ranges_of_single_parameters():
+    rng = np.random.default_rng(3)
+    drawn = [draw_event_physics(rng, "wide") for _ in range(3000)]
+    stress = np.array([d.stress_drop_bar for d in drawn])
+    kappa = np.array([d.kappa_median_s for d in drawn])
+    q0 = np.array([d.physics.q0 for d in drawn])
+    # The ranges the literature gives (stress drop ~1-300 bar, kappa ~0.005-0.08 s, Q0 of
+    # volcanic basins to cratons), reached at both ends.
+    assert 1.0 <= stress.min() < 1.2 and 250 < stress.max() <= 300.0
+    assert 0.005 <= kappa.min() < 0.006 and 0.07 < kappa.max() <= 0.08
+    assert 40.0 <= q0.min() < 45.0 and 900 < q0.max() <= 1000.0
+    trilinear = [d.physics.spreading for d in drawn if len(d.physics.spreading) == 3]
+    assert 0.25 < len(trilinear) / len(drawn) < 0.42
+    for segs in trilinear[:20]:  # continuous at both hinges, hinges increasing
+        assert segs[0][0] < segs[1][0]
+        for hinge, _ in segs[:-1]:
+            lo, hi = piecewise_power(np.array([hinge - 1e-9, hinge + 1e-9]), segs)
+            assert lo == pytest.approx(hi, rel=1e-6)

@@ -53,7 +53,7 @@ import numpy as np
 
 from seismag.models.field_card import grid_coords
 from seismag.training.field_data import observe
-from seismag.training.regimes import TRAIN_REGIMES, Physics, draw_event_physics
+from seismag.training.regimes import Physics, draw_event_physics, regime_names
 from seismag.training.synthetic import duration_s, source_shape, velocity_spectrum
 
 # Frequencies of the spectral moments: PGV is controlled by 0.1-10 Hz; the tails are negligible.
@@ -182,12 +182,22 @@ def exponential_field(
     return (sd * z[:h, :w]).astype(np.float64)
 
 
+SHAKING_REGIMES = ("wna", "two_corner", "broad")
+"""The maps' training regimes: the magnitude models' before ``wide`` joined them (0.3), kept so
+that ShakeFlow's maps and figures are made again as recorded."""
+
+
+def shaking_regime_names(spec: str) -> tuple[str, ...]:
+    """:func:`regime_names`, where ``train`` means :data:`SHAKING_REGIMES`."""
+    return SHAKING_REGIMES if spec == "train" else regime_names(spec)
+
+
 def make_shaking_maps(
     n: int,
     grid: tuple[int, int] = (32, 32),
     extent_km: float = 200.0,
     seed: int = 0,
-    regimes: tuple[str, ...] = TRAIN_REGIMES,
+    regimes: tuple[str, ...] = SHAKING_REGIMES,
     config: ShakingConfig | None = None,
 ) -> ShakingMaps:
     """``n`` one-event maps of log10 PGV (m/s). Map ``i`` depends only on (``seed``, ``i``) and the
