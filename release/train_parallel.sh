@@ -7,9 +7,10 @@
 # Each model trains in its own process with the recipe train_defaults.py uses on CPUs
 # (lr 3e-4, batch 64), for MIN minutes of wall clock. The dataset is the one docs/data.md names
 # (`seismag synth --events 6000 --seed 1 --regimes train`): its metadata.csv md5 is printed, so
-# a run can be checked to have trained on the same traces. Per model, OUT/MODEL.tgz holds the
-# best weights, history.json and the log. Runs from a checkout; PYTHON and seismag's
-# training dependencies must be importable (PYTHONPATH may point at carried wheels).
+# a run can be checked to have trained on the same traces. INIT=shipped starts each model from
+# its shipped weights (models/weights/MODEL.safetensors) instead of from scratch. Per model,
+# OUT/MODEL.tgz holds the best weights, history.json and the log. Runs from a checkout; PYTHON
+# and seismag's training dependencies must be importable (PYTHONPATH may point at wheels).
 set -u
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}; EVENTS=${EVENTS:-6000}; MIN=${MIN:-7}
@@ -31,8 +32,9 @@ if [ -n "${DEADLINE:-}" ]; then  # budget = what is left before DEADLINE s, less
 fi
 echo "training budget $MIN min per model"
 for m in $MODELS; do
-  $PY -m seismag train "$m" --data "$W/data" --out "$W/runs/$m" --device "$DEVICE" \
-      --max-minutes "$MIN" --lr 3e-4 --batch-size 64 --threads 2 --quiet > "$W/runs/$m.log" 2>&1 &
+  init=(); [ "${INIT:-}" = shipped ] && init=(--init-weights "models/weights/$m.safetensors")
+  $PY -m seismag train "$m" --data "$W/data" --out "$W/runs/$m" --device "$DEVICE" "${init[@]}" \
+      --max-minutes "$MIN" --lr "${LR:-3e-4}" --batch-size 64 --threads 2 --quiet > "$W/runs/$m.log" 2>&1 &
 done
 wait
 echo "train done at $(( $(date +%s) - T0 )) s"

@@ -169,3 +169,34 @@ def test_clean_traces_skip_the_merge_and_give_the_same_array():
     clean, merged = stream_to_array(st, card), stream_to_array(split, card)
     assert np.array_equal(clean.data, merged.data) and clean.starttime == merged.starttime
     assert all(np.array_equal(a, tr.data) for a, tr in zip(before, st, strict=True))
+
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_gpu_throughput_without_a_gpu_is_a_clear_error():
+    if _cuda():
+        pytest.skip("a CUDA GPU is present: the refusal cannot be seen here")
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "seismag.benchmarks.gpu_throughput"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "no CUDA device" in r.stderr
+
+
+def test_gpu_throughput_measures_fp32_and_fp16():
+    if not _cuda():
+        pytest.skip("no CUDA GPU here: the measurement runs only on one")
+    from seismag.benchmarks import gpu_throughput
+
+    row = gpu_throughput.measure("PhaseNetMag", batch=8, repeats=2)
+    assert row["fp32_wps"] > 0 and row["fp16_wps"] > 0 and row["fp16_max_diff"] < 0.1
