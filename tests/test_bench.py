@@ -171,7 +171,6 @@ def test_clean_traces_skip_the_merge_and_give_the_same_array():
     assert all(np.array_equal(a, tr.data) for a, tr in zip(before, st, strict=True))
 
 
-
 def _cuda() -> bool:
     import torch
 

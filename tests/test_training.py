@@ -353,3 +353,42 @@ def test_evaluate_divides_counts_by_the_given_sensitivity(tiny_data, tmp_path):
     # ML is linear in log amplitude: dividing by 1000 lowers every value by exactly 3.
     assert scaled["metrics"]["full"]["bias"] == pytest.approx(plain["metrics"]["full"]["bias"] - 3)
     assert scaled["sensitivity"] == 1000.0 and plain["sensitivity"] is None
+
+
+def test_precise_batchnorm_averages_batch_statistics_and_touches_nothing_else():
+    import torch
+
+    from seismag.training.train import precise_batchnorm
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(3, 4, 3, padding=1)
+            self.bn = torch.nn.BatchNorm1d(4)
+
+        def forward(self, waveform, log_amp):
+            return self.bn(self.conv(waveform)).mean(dim=(1, 2)) + log_amp
+
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    rng = np.random.default_rng(0)
+    batches = [
+        dataclasses.make_dataclass("B", ["waveform", "log_amp"])(
+            (rng.normal(size=(8, 3, 50)) * scale + scale).astype(np.float32),
+            np.zeros(8, np.float32),
+        )
+        for scale in (1.0, 3.0, 10.0)
+    ]
+    assert precise_batchnorm(model, batches) == 3
+    with torch.no_grad():
+        feats = [model.conv(torch.from_numpy(b.waveform)) for b in batches]
+    means = torch.stack([f.mean(dim=(0, 2)) for f in feats]).mean(0)
+    varis = torch.stack([f.var(dim=(0, 2), unbiased=True) for f in feats]).mean(0)
+    # The plain average over the batches, not an exponential one dominated by the last batch.
+    assert torch.allclose(model.bn.running_mean, means, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(model.bn.running_var, varis, rtol=1e-5, atol=1e-6)
+    assert model.bn.momentum == 0.1 and not model.training
+    for k, v in weights.items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert precise_batchnorm(torch.nn.Linear(2, 2), batches) == 0

@@ -34,12 +34,12 @@ and accelerometer stations (the latter two with their self-noise and band limits
 removal), frequency-dependent site amplification, P/S ratio and radiation scatter, clipping,
 gaps, and P from 2 s into the record with S possibly outside it.
 
-``TRAIN_REGIMES`` and ``HELD_OUT_REGIMES`` are the split the shipped weights use. Since 0.3 the
-training regimes include ``wide``, so each single parameter of ``ena`` and ``high_attenuation``
+``TRAIN_REGIMES`` and ``HELD_OUT_REGIMES`` are the split the shipped weights use. The training
+regimes include ``wide``, so each single parameter of ``ena`` and ``high_attenuation``
 lies inside a training range, but not their combinations: the ENA trilinear duration, its Q floor
 and high stress drop with low kappa, the slow, strongly attenuating volcanic crust with low stress
 drops. Scores on them measure physics the models never saw as a whole. ``broad``-only training
-(the 0.2 weights) left them outside every range at both ends: that measured extrapolation.
+(the weights shipped before ``wide``) left them outside every range at both ends: that measured extrapolation.
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ def exponential_field(
 
 
 SHAKING_REGIMES = ("wna", "two_corner", "broad")
-"""The maps' training regimes: the magnitude models' before ``wide`` joined them (0.3), kept so
+"""The maps' training regimes: the magnitude models' before ``wide`` joined them, kept so
 that ShakeFlow's maps and figures are made again as recorded."""
 
 
