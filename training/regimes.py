@@ -39,7 +39,8 @@ regimes include ``wide``, so each single parameter of ``ena`` and ``high_attenua
 lies inside a training range, but not their combinations: the ENA trilinear duration, its Q floor
 and high stress drop with low kappa, the slow, strongly attenuating volcanic crust with low stress
 drops. Scores on them measure physics the models never saw as a whole. ``broad``-only training
-(the weights shipped before ``wide``) left them outside every range at both ends: that measured extrapolation.
+(the weights shipped before ``wide``) left them outside every range at both ends: that measured
+extrapolation.
 """
 
 from __future__ import annotations
