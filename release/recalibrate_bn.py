@@ -43,7 +43,7 @@ def main() -> None:
         ds = dataset_for(card, args.data, T.TrainingError)
         dev = T.load_split(ds, "dev", seed=0)
         dev_ends = T.training_ends(dev.p_samples, dev.lengths, card, seed=0, epoch=T.DEV_EPOCH)
-        _, before = T._dev_pass(model, dev, dev_ends, card, args.batch_size, "cpu")
+        _, before = T.dev_pass(model, dev, dev_ends, card, args.batch_size, "cpu")
         train_split = T.load_split(ds, "train", seed=0)
         batches = T.precise_bn_batches(train_split, card, args.batch_size, seed=0, epoch=0)
         used = T.precise_batchnorm(model, batches)
@@ -51,7 +51,7 @@ def main() -> None:
             shutil.copyfile(src / f"{name}.safetensors", dst / f"{name}.safetensors")
             print(f"{name}: no BatchNorm, copied (dev MAE {before:.3f})", flush=True)
             continue
-        _, after = T._dev_pass(model, dev, dev_ends, card, args.batch_size, "cpu")
+        _, after = T.dev_pass(model, dev, dev_ends, card, args.batch_size, "cpu")
         save_weights(
             model,
             dst / f"{name}.safetensors",

@@ -318,7 +318,7 @@ def precise_bn_batches(split: SplitTraces, card: ModelCard, size: int, seed: int
     return _batches(split, order, ends, card, size)
 
 
-def _dev_pass(model, dev: SplitTraces, ends, card, batch_size, device) -> tuple[float, float]:
+def dev_pass(model, dev: SplitTraces, ends, card, batch_size, device) -> tuple[float, float]:
     """(dev loss, dev MAE per waveform in magnitude units)."""
     import torch
 
@@ -532,7 +532,7 @@ def train(
         bar.close()
 
         precise_batchnorm(model, precise_bn_batches(train_set, card, bs, seed, epoch), device)
-        dev_loss, dev_mae = _dev_pass(model, dev_set, dev_ends, card, bs, device)
+        dev_loss, dev_mae = dev_pass(model, dev_set, dev_ends, card, bs, device)
         if epoch + 1 > recipe.warmup_epochs:  # the plateau schedule starts after warm-up
             scheduler.step(dev_loss)
         improved = dev_mae < state.best_dev_mae - MIN_IMPROVEMENT
