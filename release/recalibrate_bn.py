@@ -7,7 +7,8 @@ every dev pass: takes IN_DIR/MODEL/MODEL.safetensors, prints the dev MAE of DATA
 the saved running statistics and with statistics averaged over ``PRECISE_BN_BATCHES`` training
 batches (:func:`~seismag.training.train.precise_batchnorm`), and writes the latter with the run's
 history.json to OUT_DIR/MODEL/, ready for ``release/train_defaults.py --from-runs OUT_DIR``.
-Models without BatchNorm are copied unchanged. A release script: run from a checkout.
+Models without BatchNorm are copied unchanged, no data loaded. A release script: run from a
+checkout.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def main() -> None:
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / "history.json", dst / "history.json")
         model = model_from_weights(src / f"{name}.safetensors", name).eval()
+        if not T.batchnorm_layers(model):  # nothing to recompute: no split to load
+            shutil.copyfile(src / f"{name}.safetensors", dst / f"{name}.safetensors")
+            print(f"{name}: no BatchNorm, copied", flush=True)
+            continue
         card = model.card
         ds = dataset_for(card, args.data, T.TrainingError)
         dev = T.load_split(ds, "dev", seed=0)
@@ -47,10 +52,6 @@ def main() -> None:
         train_split = T.load_split(ds, "train", seed=0)
         batches = T.precise_bn_batches(train_split, card, args.batch_size, seed=0, epoch=0)
         used = T.precise_batchnorm(model, batches)
-        if used == 0:
-            shutil.copyfile(src / f"{name}.safetensors", dst / f"{name}.safetensors")
-            print(f"{name}: no BatchNorm, copied (dev MAE {before:.3f})", flush=True)
-            continue
         _, after = T.dev_pass(model, dev, dev_ends, card, args.batch_size, "cpu")
         save_weights(
             model,

@@ -284,13 +284,20 @@ def magnitude_loss(model, waveform, log_amp, target, card: ModelCard):
     return (weight * nll * known).sum() / known.sum().clamp(min=1), mean
 
 
+def batchnorm_layers(model) -> list:
+    """The model's BatchNorm layers (what :func:`precise_batchnorm` recomputes)."""
+    import torch
+
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
 def precise_batchnorm(model, batches, device: str = "cpu") -> int:
     """Set every BatchNorm layer's running mean and variance to the average of its batch
     statistics over ``batches`` (a finite iterable of window batches), the weights untouched.
     Returns how many batches were used; 0 where the model has no BatchNorm (nothing is run)."""
     import torch
 
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    layers = batchnorm_layers(model)
     if not layers:
         return 0
     momenta = [m.momentum for m in layers]
