@@ -65,6 +65,36 @@ def test_kernel_matches_reference(batch, d_inner, length, dt_scale):
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(ref))))
 
 
+def test_decay_exp_is_float32_exp_over_the_scans_arguments():
+    import numba
+
+    from seismag.models.scan_exp import decay_exp
+
+    @numba.njit
+    def evaluate(xs):
+        out = np.empty_like(xs)
+        for i in range(xs.size):
+            out[i] = decay_exp(xs[i])
+        return out
+
+    xs = -np.linspace(0.0, 100.0, 1_000_001).astype(np.float32)
+    got = evaluate(xs).astype(np.float64)
+    want = np.exp(xs.astype(np.float64))
+    exact = xs >= -87.0
+    assert got[0] == 1.0
+    assert np.max(np.abs(got[exact] - want[exact]) / want[exact]) <= 3e-7
+    # Below -87 a decay is 0 for every purpose: the result is tiny, never garbage.
+    assert np.all((got[~exact] >= 0) & (got[~exact] < 2e-38))
+
+
+def test_kernel_propagates_nan():
+    # A NaN step must not turn into a plausible magnitude (the server refuses NaN outputs).
+    u, delta, A, B, C, D, z = scan_inputs(1, 2, 16)
+    delta[0, 0, 5] = np.nan
+    y = fused_selective_scan(u, delta, A, B, C, D, z)
+    assert np.all(np.isnan(y[0, 0, 5:])) and np.all(np.isfinite(y[0, 1]))
+
+
 def test_kernel_is_stable_at_extremes():
     # dt * |A| up to ~1e5 (decay exp(-1e5) = 0) and |z| = 200 (exp(200) = inf in float32).
     u, delta, A, B, C, D, z = scan_inputs(2, 4, 64, dt_scale=1e4)
