@@ -149,6 +149,21 @@ def test_train_export_and_load(tmp_path):
     assert main(["export-picker", "--weights", str(tmp_path / "none"), "--out", "x.onnx"]) == 2
     assert main(["train-picker", "--data", str(tmp_path / "none")]) == 2
 
+    # Warm start: at a negligible learning rate the weights stay those it started from (only the
+    # BatchNorm statistics are recomputed).
+    from safetensors.numpy import load_file, save_file
+
+    again = tmp_path / "again.safetensors"
+    warm = ["--init-weights", str(weights), "--lr", "1e-12", "--minutes", "0", "--out", str(again)]
+    assert main(["train-picker", "--data", str(data), "--max-traces", "40", *warm]) == 0
+    before, after = load_file(str(weights)), load_file(str(again))
+    convs = [k for k in before if k.endswith("weight") and before[k].ndim == 3]
+    assert convs and all(np.allclose(before[k], after[k], atol=1e-8) for k in convs)
+    assert main(["train-picker", "--data", str(data), "--init-weights", "nope"]) == 2
+    save_file({"w": np.zeros(3, np.float32)}, str(tmp_path / "other.safetensors"))
+    other = ["--init-weights", str(tmp_path / "other.safetensors"), "--out", str(again)]
+    assert main(["train-picker", "--data", str(data), "--max-traces", "40", *other]) not in (0, 2)
+
 
 def test_predicts_that_run_the_network_leave_the_event_loop(registry):
     """A small Predict is prepared on the event loop only when no station runs the network."""

@@ -374,15 +374,12 @@ def test_precise_batchnorm_averages_batch_statistics_and_touches_nothing_else():
     weights = {k: v.clone() for k, v in model.named_parameters()}
     rng = np.random.default_rng(0)
     batches = [
-        dataclasses.make_dataclass("B", ["waveform", "log_amp"])(
-            (rng.normal(size=(8, 3, 50)) * scale + scale).astype(np.float32),
-            np.zeros(8, np.float32),
-        )
+        ((rng.normal(size=(8, 3, 50)) * scale + scale).astype(np.float32), np.zeros(8, np.float32))
         for scale in (1.0, 3.0, 10.0)
     ]
     assert precise_batchnorm(model, batches) == 3
     with torch.no_grad():
-        feats = [model.conv(torch.from_numpy(b.waveform)) for b in batches]
+        feats = [model.conv(torch.from_numpy(waveform)) for waveform, _ in batches]
     means = torch.stack([f.mean(dim=(0, 2)) for f in feats]).mean(0)
     varis = torch.stack([f.var(dim=(0, 2), unbiased=True) for f in feats]).mean(0)
     # The plain average over the batches, not an exponential one dominated by the last batch.

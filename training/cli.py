@@ -164,6 +164,10 @@ def _device_arg(p: argparse.ArgumentParser, default: str) -> None:
 def _cmd_train_picker(args: argparse.Namespace) -> int:
     if not Path(args.data).is_dir():
         return _error(f"data directory not found: {args.data}")
+    if args.init_weights is not None and not Path(args.init_weights).is_file():
+        return _error(f"--init-weights: file not found: {args.init_weights}")
+    if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
+        return _error(f"--lr must be a positive number, got {args.lr}")
     try:
         from seismag.training.picker import PickerTrainingError, train_picker
     except ImportError as exc:
@@ -178,6 +182,8 @@ def _cmd_train_picker(args: argparse.Namespace) -> int:
             max_traces=args.max_traces,
             seed=args.seed,
             threads=args.threads,
+            init_weights=args.init_weights,
+            lr=args.lr,
         )
     except (PickerTrainingError, DatasetFormatError) as exc:
         return _error(str(exc), EXIT_FAILED)
@@ -329,6 +335,10 @@ def add_training_commands(sub) -> None:
     )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--init-weights", help="start from these picker weights (safetensors), e.g. the shipped"
+    )
+    p.add_argument("--lr", type=float, help="Adam's learning rate (default: the card's)")
     p.set_defaults(func=_cmd_train_picker)
 
     p = sub.add_parser(

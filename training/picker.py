@@ -109,10 +109,21 @@ def train_picker(
     max_traces: int = 8000,
     seed: int = 0,
     threads: int | None = None,
+    init_weights: str | Path | None = None,
+    lr: float | None = None,
     log=print,
 ) -> dict:
-    """Train for ``minutes`` of wall clock; write ``out`` (safetensors); return a summary."""
-    from safetensors.torch import save_file
+    """Train for ``minutes`` of wall clock; write ``out`` (safetensors); return a summary.
+
+    ``init_weights``: start from these picker weights (safetensors) instead of a random
+    initialisation; ``lr``: Adam's learning rate instead of the card's. Before every dev loss the
+    BatchNorm statistics are recomputed over training windows (precise BN, as
+    :func:`seismag.training.train.precise_batchnorm` explains), so the best weights are chosen by
+    the weights, not by the last batches' running averages.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from seismag.training.train import PRECISE_BN_BATCHES, precise_batchnorm
 
     card = card or get_picker_card()
     if threads:
@@ -127,11 +138,25 @@ def train_picker(
     dev_x, dev_y = sample_windows(dev, np.random.default_rng(seed + 2), 512, card)
     dev_x, dev_y = torch.from_numpy(dev_x), torch.from_numpy(dev_y)
     model = build_picker(card)
-    opt = torch.optim.Adam(model.parameters(), lr=float(card.training["learning_rate"]))
+    if init_weights is not None:
+        try:
+            model.load_state_dict(load_file(str(init_weights)))
+        except (OSError, RuntimeError) as exc:
+            raise PickerTrainingError(f"{init_weights}: not weights of {card.name}: {exc}") from exc
+    lr = float(card.training["learning_rate"]) if lr is None else float(lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     batch = int(card.training["batch_size"])
-    log(f"picker {card.name}: {len(train.p)} train traces, {len(dev.p)} dev, {minutes:g} min")
+    log(
+        f"picker {card.name}: {len(train.p)} train traces, {len(dev.p)} dev, {minutes:g} min, "
+        f"lr {lr:g}" + (f", from {init_weights}" if init_weights is not None else "")
+    )
 
     def dev_loss() -> float:
+        bn_rng = np.random.default_rng([seed, step, 0xB4])
+        precise_batchnorm(
+            model,
+            (sample_windows(train, bn_rng, batch, card)[:1] for _ in range(PRECISE_BN_BATCHES)),
+        )
         model.eval()
         with torch.no_grad():
             loss = -(dev_y * torch.log_softmax(model(dev_x), 1)).sum(1).mean()
@@ -157,6 +182,8 @@ def train_picker(
     save_file(best_state, str(out), metadata={"picker_card": card.to_json()})
     return {
         "steps": step,
+        "lr": lr,
+        "init_weights": None if init_weights is None else str(init_weights),
         "dev_loss": best,
         "minutes": (time.monotonic() - t0) / 60,
         "out": str(out),

@@ -293,8 +293,9 @@ def batchnorm_layers(model) -> list:
 
 def precise_batchnorm(model, batches, device: str = "cpu") -> int:
     """Set every BatchNorm layer's running mean and variance to the average of its batch
-    statistics over ``batches`` (a finite iterable of window batches), the weights untouched.
-    Returns how many batches were used; 0 where the model has no BatchNorm (nothing is run)."""
+    statistics over ``batches`` (a finite iterable of tuples of numpy arrays, the model's
+    positional inputs), the weights untouched. Returns how many batches were used; 0 where the
+    model has no BatchNorm (nothing is run)."""
     import torch
 
     layers = batchnorm_layers(model)
@@ -308,8 +309,8 @@ def precise_batchnorm(model, batches, device: str = "cpu") -> int:
     model.train()
     used = 0
     with torch.no_grad():
-        for b in batches:
-            model(torch.from_numpy(b.waveform).to(device), torch.from_numpy(b.log_amp).to(device))
+        for inputs in batches:
+            model(*(torch.from_numpy(x).to(device) for x in inputs))
             used += 1
     for m, momentum in zip(layers, momenta, strict=True):
         m.momentum = momentum
@@ -322,7 +323,7 @@ def precise_bn_batches(split: SplitTraces, card: ModelCard, size: int, seed: int
     ends = training_ends(split.p_samples, split.lengths, card, seed=seed, epoch=epoch)
     rng = np.random.default_rng([int(seed), int(epoch), 0xB4])
     order = rng.permutation(len(split))[: PRECISE_BN_BATCHES * size]
-    return _batches(split, order, ends, card, size)
+    return ((b.waveform, b.log_amp) for b in _batches(split, order, ends, card, size))
 
 
 def dev_pass(model, dev: SplitTraces, ends, card, batch_size, device) -> tuple[float, float]:
