@@ -413,6 +413,40 @@ def test_read_miniseed_roundtrip_and_bad_bytes():
             ingest.read_miniseed(bad)
 
 
+def test_miniseed_counts_are_checked_before_decompression_where_they_could_be_exceeded(
+    monkeypatch,
+):
+    from seismag.serving.errors import Overloaded
+
+    # An ordinary request is decoded once: it cannot hold more than the limits allow.
+    data = to_mseed(rjob(), reclen=512)
+    assert not ingest._may_exceed_limits(len(data))
+    calls = []
+    decode = ingest._decode_miniseed
+    monkeypatch.setattr(
+        ingest,
+        "_decode_miniseed",
+        lambda d, headonly=False: calls.append(headonly) or decode(d, headonly),
+    )
+    ingest.read_miniseed(data)
+    assert calls == [False]
+    # Past the bound (here: more records than MAX_TRACES could come from) the headers are read
+    # first and the request refused before any record is decompressed.
+    t0 = UTCDateTime(2024, 1, 1)
+    many = Stream(
+        [
+            Trace(np.zeros(1, np.int32), {"station": f"S{i}", "channel": "HHZ", "starttime": t0})
+            for i in range(ingest.MAX_TRACES + 1)
+        ]
+    )
+    payload = to_mseed(many, reclen=256)
+    assert ingest._may_exceed_limits(len(payload))
+    calls.clear()
+    with pytest.raises(Overloaded, match="traces"):
+        ingest.read_miniseed(payload)
+    assert calls == [True]
+
+
 def test_trace_from_array_validates():
     t0 = UTCDateTime(2024, 1, 1)
     tr = ingest.trace_from_array("XX", "A", "", "HHZ", 100.0, t0, np.arange(10))

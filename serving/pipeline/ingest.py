@@ -27,6 +27,11 @@ try:  # ObsPy's miniSEED reader itself: read() spools a BytesIO to a temporary f
 except ImportError:  # pragma: no cover - a future ObsPy that moved it: the public path
     _read_mseed = None
 
+MAX_SAMPLES_PER_BYTE = 1.75
+"""The densest miniSEED encoding, Steim2, packs at most seven differences in a 32-bit word."""
+MIN_RECORD_BYTES = 128
+"""libmseed's smallest record: each record is at most one trace segment."""
+
 PRE_FILTER_LOW = (0.01, 0.02)
 """Hz. The deconvolution's low cosine taper: below the corner of broadband sensors' useful band
 but above the drift that inverting a short-period response would blow up."""
@@ -77,9 +82,12 @@ def read_miniseed(data: bytes) -> Stream:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            # Headers first: compressed records can hold ~1.6 samples per byte (Steim2), so the
-            # sample counts are checked before anything is decompressed.
-            check_headers(_decode_miniseed(data, headonly=True))
+            # Headers first where the payload could decompress past the limits (Steim2 holds up
+            # to 1.75 samples per byte): then the counts are checked before anything is
+            # decompressed. A smaller payload cannot exceed them, and check_stream below checks
+            # the same headers after decoding; skipping the extra pass saves ~0.15 ms a Predict.
+            if _may_exceed_limits(len(data)):
+                check_headers(_decode_miniseed(data, headonly=True))
             stream = _decode_miniseed(data)
         except (InvalidInput, Overloaded):
             raise
@@ -97,6 +105,14 @@ def read_miniseed(data: bytes) -> Stream:
         raise InvalidInput(f"the miniSEED payload ({len(data)} bytes) holds no traces")
     check_stream(stream)
     return stream
+
+
+def _may_exceed_limits(n_bytes: int) -> bool:
+    """Whether ``n_bytes`` of miniSEED could hold more samples or traces than a request may."""
+    return (
+        n_bytes * MAX_SAMPLES_PER_BYTE > MAX_INPUT_SAMPLES
+        or n_bytes // MIN_RECORD_BYTES > MAX_TRACES
+    )
 
 
 def _decode_miniseed(data: bytes, headonly: bool = False) -> Stream:
