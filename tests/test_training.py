@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -268,12 +269,37 @@ def test_warm_start_from_weights(tiny_data, tmp_path):
     assert state["config"]["init_weights"] == str(start)
     assert state["state"]["history"][0]["lr"] == pytest.approx(state["config"]["learning_rate"])
     load_weights(build_model("PhaseNetMag"), best)
+    # The starting weights are scored before the first step and are the best until beaten.
+    start_mae, best_mae = state["state"]["start_dev_mae"], state["state"]["best_dev_mae"]
+    assert math.isfinite(start_mae) and best_mae <= start_mae
     with pytest.raises(TrainingError, match="resume"):
         train("PhaseNetMag", tiny_data, out, epochs=2, init_weights=start, resume=True, **kw)
     with pytest.raises(TrainingError, match="cannot start from"):
         train(
             "PhaseNetMag", tiny_data, tmp_path / "x", epochs=1, init_weights=tmp_path / "no", **kw
         )
+
+
+def test_warm_start_keeps_the_start_when_no_epoch_beats_it(tiny_data, tmp_path):
+    """A continuation that only gets worse on dev returns the starting weights, unchanged."""
+    from safetensors.numpy import load_file
+
+    from seismag.models import build_model
+    from seismag.models.weights import save_weights
+    from seismag.training.train import train
+
+    start = save_weights(build_model("PhaseNetMag"), tmp_path / "start.safetensors")
+    out = tmp_path / "worse"
+    # lr 1.0: every Adam step moves every weight by about 1, which wrecks the model.
+    kw = {"batch_size": 8, "limit_train": 16, "threads": 2, "progress": False, "device": "cpu"}
+    best = train("PhaseNetMag", tiny_data, out, epochs=1, init_weights=start, lr=1.0, **kw)
+    state = json.loads((out / "history.json").read_text())["state"]
+    epoch_mae = state["history"][0]["dev_mae"]
+    assert not epoch_mae < state["start_dev_mae"], (epoch_mae, state["start_dev_mae"])
+    assert state["best_epoch"] == 0 and state["best_dev_mae"] == state["start_dev_mae"]
+    got, want = load_file(best), load_file(start)
+    assert got.keys() == want.keys()
+    assert all(np.array_equal(got[k], want[k]) for k in want)
 
 
 def test_onnx_evaluation_matches_torch(tiny_data, tmp_path):

@@ -255,7 +255,8 @@ def add_training_commands(sub) -> None:
         "--init-weights",
         metavar="FILE",
         help="warm start from these safetensors weights of MODEL (fresh optimizer, no "
-        "learning-rate warm-up)",
+        "learning-rate warm-up); they are scored on dev first and kept unless an epoch beats "
+        "them",
     )
     p.add_argument(
         "--init-encoder",

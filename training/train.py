@@ -219,7 +219,8 @@ class TrainState:
     epoch: int = 0  # epochs completed
     global_step: int = 0
     best_dev_mae: float = math.inf
-    best_epoch: int = 0
+    best_epoch: int = 0  # 0 with init_weights: no epoch beat the starting weights
+    start_dev_mae: float | None = None  # the init_weights' dev MAE, before any step
     bad_epochs: int = 0
     stopped: str | None = None
     history: list[dict] = field(default_factory=list)
@@ -397,7 +398,8 @@ def train(
     budget: training stops after the epoch at which the next one would overrun it.
     ``init_weights``: start from these weights of the same model (a warm start: a new run with
     fresh optimizer state, without the recipe's learning-rate warm-up, which the weights are
-    past); not with ``resume``.
+    past); not with ``resume``. They are scored on dev before the first step and returned
+    unchanged unless an epoch beats them.
 
     ``init_encoder``: for a head on a pretraining encoder (``cards/heads/``), the encoder's
     pretrained weights (``seismag pretrain``); the encoder is frozen for the first
@@ -486,6 +488,19 @@ def train(
         state = _load_checkpoint(ckpt, model, optimizer, scheduler, device)
         state.stopped = None  # a new budget / epoch target applies to the resumed run
     out_dir.mkdir(parents=True, exist_ok=True)
+
+    if init_weights is not None:
+        # A warm start must beat where it started: the starting weights are the best so far,
+        # so a continuation that only gets worse on dev ships them unchanged.
+        _, state.start_dev_mae = dev_pass(model, dev_set, dev_ends, card, bs, device)
+        state.best_dev_mae = state.start_dev_mae
+        save_weights(
+            model,
+            best_path,
+            extra={"epoch": "0", "dev_mae": f"{state.start_dev_mae:.6f}", "data": str(data_dir)},
+        )
+        if progress:
+            tqdm.write(f"{card.name} from {init_weights}: dev MAE {state.start_dev_mae:.3f}")
 
     steps_per_epoch = math.ceil(len(train_set) / bs)
     warmup_steps = 0 if init_weights is not None else recipe.warmup_epochs * steps_per_epoch
