@@ -13,7 +13,8 @@ one evaluator on the held-out test events of ``--data`` (in-distribution) and on
 set (``NAME=PATH[:SPLIT]``, default split ``test``), copy the best weights to ``models/weights/``
 (shipped in the package) and write ``docs/evaluation.md``. The classic ML baseline is scored on
 the same traces of every set. ``--models A B --merge`` retrains only A and B and keeps the other
-rows from ``runs/summary.json``; every row records the command that produced it. Text under the
+rows from ``docs/evaluation.json`` (the figures behind the doc, committed with it so a fresh
+checkout can regenerate it); every row records the command that produced it. Text under the
 doc's "## Reading" heading is hand-written commentary and is kept across runs. The embedded
 serving model is re-exported from the new PhaseNetMag weights.
 """
@@ -35,6 +36,9 @@ SCRIPT = "python release/train_defaults.py"
 OLD_SCRIPT = "python -m seismag.training.train_defaults"
 WEIGHTS_DIR = ROOT / "models" / "weights"
 DOC = ROOT / "docs" / "evaluation.md"
+# The doc's figures, committed beside it: regenerating the doc for one model keeps the others'
+# rows without the (uncommitted) runs/ folder of whoever measured them.
+SUMMARY = ROOT / "docs" / "evaluation.json"
 COMMENTARY = "## Reading"
 BASELINE = "ML baseline (Hutton & Boore 1987)"
 IN_DISTRIBUTION = "in-distribution"
@@ -98,7 +102,7 @@ def main() -> None:
         help="a model's own training budget (repeatable)",
     )
     parser.add_argument(
-        "--merge", action="store_true", help="keep the other models' rows from runs/summary.json"
+        "--merge", action="store_true", help="keep the other models' rows from docs/evaluation.json"
     )
     parser.add_argument(
         "--resume",
@@ -122,7 +126,7 @@ def main() -> None:
         "--evaluate-only",
         action="store_true",
         help="no training: score the shipped weights on the --eval sets, merged into "
-        "runs/summary.json",
+        "docs/evaluation.json",
     )
     args = parser.parse_args()
     budgets = dict(args.minutes_for)
@@ -131,10 +135,16 @@ def main() -> None:
 
     runs = Path(args.runs)
     names = args.models or list(load_cards())
-    summary_path = runs / "summary.json"
+    summary_path = SUMMARY
     keep = args.merge or args.evaluate_only or args.resume or bool(args.from_runs)
     summary = json.loads(summary_path.read_text()) if keep and summary_path.exists() else {}
     if args.evaluate_only:
+        missing = [n for n in names if n not in summary]
+        if missing:
+            parser.error(
+                f"--evaluate-only: no row for {', '.join(missing)} in {summary_path}; "
+                "train or --from-runs them first"
+            )
         for name in names:
             row = summary[name]
             for set_name, path, split, sensitivity in args.eval:
@@ -368,8 +378,9 @@ def _write_docs(summary: dict) -> None:
         dict.fromkeys(
             # Runs recorded before this script left the package name its old module path.
             c.replace(OLD_SCRIPT, SCRIPT)
+            for key in ("command", "resumed_by", "evaluated_by")  # training first, then scoring
             for row in summary.values()
-            for c in [row["command"], *row.get("resumed_by", []), *row.get("evaluated_by", [])]
+            for c in ([row[key]] if key == "command" else row.get(key, []))
         )
     )
     sets = _set_names(summary)

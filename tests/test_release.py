@@ -4,6 +4,7 @@ yet they run from a checkout and import ``seismag`` from the editable install.""
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import tomllib
@@ -51,6 +52,7 @@ def test_script_runs_from_the_checkout(name):
 
 def test_scripts_write_into_the_checkout():
     assert release_script("train_defaults").DOC == ROOT / "docs" / "evaluation.md"
+    assert release_script("train_defaults").SUMMARY == ROOT / "docs" / "evaluation.json"
     assert release_script("train_defaults").WEIGHTS_DIR == ROOT / "models" / "weights"
     assert release_script("benchmarks_report").DOC == ROOT / "docs" / "benchmarks.md"
 
@@ -111,6 +113,22 @@ def test_default_weights_doc_has_every_set_bins_calibration_and_keeps_commentary
     assert "### real: bias (predicted - true) by epicentral distance" in text
     assert "| 0-20 km (n=" in text
     assert text.rstrip().endswith("## Reading this run\n\nhand-written notes")
+
+
+def test_committed_figures_regenerate_the_committed_doc(tmp_path, monkeypatch):
+    """docs/evaluation.json is the one source of docs/evaluation.md's tables: regenerating the
+    doc from it changes nothing but the line naming the machine it runs on."""
+    train_defaults = release_script("train_defaults")
+    committed = train_defaults.DOC.read_text(encoding="utf-8")
+    doc = tmp_path / "evaluation.md"
+    doc.write_text(committed, encoding="utf-8")
+    monkeypatch.setattr(train_defaults, "DOC", doc)
+    train_defaults._write_docs(json.loads(train_defaults.SUMMARY.read_text(encoding="utf-8")))
+
+    def tables(text: str) -> list[str]:
+        return [line for line in text.splitlines() if not line.startswith("Produced by")]
+
+    assert tables(doc.read_text(encoding="utf-8")) == tables(committed)
 
 
 def test_eval_set_spec_with_split_and_sensitivity():
