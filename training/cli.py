@@ -337,7 +337,9 @@ def add_training_commands(sub) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--init-weights", help="start from these picker weights (safetensors), e.g. the shipped"
+        "--init-weights",
+        help="start from these picker weights (safetensors), e.g. the shipped ones; they are "
+        "scored on dev first and kept unless a later dev loss beats them",
     )
     p.add_argument("--lr", type=float, help="Adam's learning rate (default: the card's)")
     p.set_defaults(func=_cmd_train_picker)

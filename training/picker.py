@@ -116,8 +116,9 @@ def train_picker(
     """Train for ``minutes`` of wall clock; write ``out`` (safetensors); return a summary.
 
     ``init_weights``: start from these picker weights (safetensors) instead of a random
-    initialisation; ``lr``: Adam's learning rate instead of the card's. Before every dev loss the
-    BatchNorm statistics are recomputed over training windows (precise BN, as
+    initialisation; they are scored on dev as they are and written back unchanged unless a
+    later dev loss beats them. ``lr``: Adam's learning rate instead of the card's. Before every
+    dev loss the BatchNorm statistics are recomputed over training windows (precise BN, as
     :func:`seismag.training.train.precise_batchnorm` explains), so the best weights are chosen by
     the weights, not by the last batches' running averages.
     """
@@ -151,12 +152,13 @@ def train_picker(
         f"lr {lr:g}" + (f", from {init_weights}" if init_weights is not None else "")
     )
 
-    def dev_loss() -> float:
-        bn_rng = np.random.default_rng([seed, step, 0xB4])
-        precise_batchnorm(
-            model,
-            (sample_windows(train, bn_rng, batch, card)[:1] for _ in range(PRECISE_BN_BATCHES)),
-        )
+    def dev_loss(recompute_bn: bool = True) -> float:
+        if recompute_bn:
+            bn_rng = np.random.default_rng([seed, step, 0xB4])
+            batches = (
+                sample_windows(train, bn_rng, batch, card)[:1] for _ in range(PRECISE_BN_BATCHES)
+            )
+            precise_batchnorm(model, batches)
         model.eval()
         with torch.no_grad():
             loss = -(dev_y * torch.log_softmax(model(dev_x), 1)).sum(1).mean()
@@ -164,7 +166,14 @@ def train_picker(
         return float(loss)
 
     best, best_state, step, t0 = np.inf, None, 0, time.monotonic()
-    while time.monotonic() - t0 < minutes * 60 or best_state is None:
+    start_loss = None
+    if init_weights is not None:
+        # The starting weights as they would ship (their own BatchNorm statistics) are the best
+        # so far: a continuation that never beats them writes them back unchanged.
+        best = start_loss = dev_loss(recompute_bn=False)
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        log(f"start: dev loss {start_loss:.4f}")
+    while time.monotonic() - t0 < minutes * 60 or best_state is None or step == 0:
         x, y = sample_windows(train, rng, batch, card)
         loss = -(torch.from_numpy(y) * torch.log_softmax(model(torch.from_numpy(x)), 1)).sum(1)
         opt.zero_grad()
@@ -185,6 +194,7 @@ def train_picker(
         "lr": lr,
         "init_weights": None if init_weights is None else str(init_weights),
         "dev_loss": best,
+        "start_dev_loss": start_loss,
         "minutes": (time.monotonic() - t0) / 60,
         "out": str(out),
     }
