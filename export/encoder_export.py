@@ -79,9 +79,10 @@ def export_encoder(weights_path: str | Path, out_dir: str | Path) -> EncoderExpo
     """Export the encoder a safetensors file holds (:func:`~seismag.models.encoders.save_encoder`)
     to ``<out_dir>/<card.name>.onnx``; raises ExportError (and writes nothing) when the ONNX
     Runtime embedding differs from PyTorch's by more than the card's ``tolerance``, absolute or
-    relative to the largest value (the rule of the magnitude export's
-    :class:`~seismag.export.parity.Parity`: an untrained BidirAutoregEncoder's float32 PyTorch
-    output is itself 1e-4 from float64 on values up to 4, its LayerNorms amplifying rounding).
+    relative to the largest value (the tolerance rule of the magnitude export's
+    :class:`~seismag.export.parity.Parity`, without its float64 comparison beyond the tolerance:
+    an untrained BidirAutoregEncoder's float32 PyTorch output is itself 1e-4 from float64 on
+    values up to 4, its LayerNorms amplifying rounding).
 
     ``load_encoder`` raises :class:`~seismag.models.weights.WeightsError` for a missing file or
     one that holds no encoder.
