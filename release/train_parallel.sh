@@ -8,8 +8,11 @@
 # (lr 3e-4, batch 64), for MIN minutes of wall clock. The dataset is the one docs/data.md names
 # (`seismag synth --events 6000 --seed 1 --regimes train`): its metadata.csv md5 is printed, so
 # a run can be checked to have trained on the same traces. INIT=shipped starts each model from
-# its shipped weights (models/weights/MODEL.safetensors) instead of from scratch. Per model,
-# OUT/MODEL.tgz holds the best weights, history.json and the log. Runs from a checkout; PYTHON
+# its shipped weights (models/weights/MODEL.safetensors) instead of from scratch. An entry of
+# MODELS may set its own start and learning rate, so one model can train several ways at once:
+#   MODELS="ViTMag,init=scratch,lr=1e-4 ViTMag,init=shipped,lr=3e-4" DEADLINE=480 bash ...
+# runs as ViTMag-scratch-1e-4 and ViTMag-shipped-3e-4. Per run, OUT/RUN.tgz holds the best
+# weights, history.json and the log. Runs from a checkout; PYTHON
 # and seismag's training dependencies must be importable (PYTHONPATH may point at wheels).
 set -u
 export PYTHONUNBUFFERED=1
@@ -31,17 +34,26 @@ if [ -n "${DEADLINE:-}" ]; then  # budget = what is left before DEADLINE s, less
   MIN=$($PY -c "print(round(max(1.0, ($DEADLINE - ($(date +%s) - $T0)) / 60 - 0.7), 2))")
 fi
 echo "training budget $MIN min per model"
-for m in $MODELS; do
-  init=(); [ "${INIT:-}" = shipped ] && init=(--init-weights "models/weights/$m.safetensors")
-  $PY -m seismag train "$m" --data "$W/data" --out "$W/runs/$m" --device "$DEVICE" "${init[@]}" \
-      --max-minutes "$MIN" --lr "${LR:-3e-4}" --batch-size 64 --threads 2 --quiet > "$W/runs/$m.log" 2>&1 &
+RUNS=()
+for spec in $MODELS; do  # NAME[,init=shipped|scratch][,lr=X]
+  IFS=, read -r m opts <<< "$spec"
+  init=${INIT:-scratch}; lr=${LR:-3e-4}
+  for o in ${opts//,/ }; do
+    case $o in init=*) init=${o#init=} ;; lr=*) lr=${o#lr=} ;; *) echo "bad option $o in $spec"; exit 2 ;; esac
+  done
+  run=$m; [ -n "$opts" ] && run=$m-$init-$lr
+  RUNS+=("$run")
+  args=(); [ "$init" = shipped ] && args=(--init-weights "models/weights/$m.safetensors")
+  echo "$run: $m, start $init, lr $lr"
+  $PY -m seismag train "$m" --data "$W/data" --out "$W/runs/$run" --device "$DEVICE" "${args[@]}" \
+      --max-minutes "$MIN" --lr "$lr" --batch-size 64 --threads 2 --quiet > "$W/runs/$run.log" 2>&1 &
 done
 wait
 echo "train done at $(( $(date +%s) - T0 )) s"
-for m in $MODELS; do
-  echo "== $m"; tail -3 "$W/runs/$m.log"
+for r in "${RUNS[@]}"; do
+  echo "== $r"; tail -3 "$W/runs/$r.log"
   $PY -c "import json, sys; [print(e) for e in json.load(open(sys.argv[1]))['state']['history']]" \
-      "$W/runs/$m/history.json" || true
-  tar czf "$OUT/$m.tgz" -C "$W/runs" --exclude="$m/checkpoint" "$m" "$m.log"
+      "$W/runs/$r/history.json" || true
+  tar czf "$OUT/$r.tgz" -C "$W/runs" --exclude="$r/checkpoint" "$r" "$r.log"
 done
 ls -la "$OUT"
