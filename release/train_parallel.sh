@@ -39,7 +39,8 @@ for spec in $MODELS; do  # NAME[,init=shipped|scratch][,lr=X]
   IFS=, read -r m opts <<< "$spec"
   init=${INIT:-scratch}; lr=${LR:-3e-4}
   for o in ${opts//,/ }; do
-    case $o in init=*) init=${o#init=} ;; lr=*) lr=${o#lr=} ;; *) echo "bad option $o in $spec"; exit 2 ;; esac
+    case $o in init=shipped|init=scratch) init=${o#init=} ;; lr=*) lr=${o#lr=} ;;
+      *) echo "bad option $o in $spec (init=shipped|scratch, lr=X)"; exit 2 ;; esac
   done
   run=$m; [ -n "$opts" ] && run=$m-$init-$lr
   RUNS+=("$run")
