@@ -6,8 +6,9 @@
 #
 # Each model trains in its own process with the recipe train_defaults.py uses on CPUs
 # (lr 3e-4, batch 64), for MIN minutes of wall clock. The dataset is the one docs/data.md names
-# (`seismag synth --events 6000 --seed 1 --regimes train`): its metadata.csv md5 is printed, so
-# a run can be checked to have trained on the same traces. INIT=shipped starts each model from
+# (`seismag synth --events 6000 --seed 1 --regimes train`): its metadata.csv md5 is printed; it
+# matches another copy only under the same numpy and scipy (otherwise compare the starting
+# weights' dev MAE, which each --init-weights run logs; docs/data.md). INIT=shipped starts each model from
 # its shipped weights (models/weights/MODEL.safetensors) instead of from scratch. An entry of
 # MODELS may set its own start and learning rate, so one model can train several ways at once:
 #   MODELS="ViTMag,init=scratch,lr=1e-4 ViTMag,init=shipped,lr=3e-4" DEADLINE=480 bash ...
