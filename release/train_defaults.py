@@ -135,14 +135,13 @@ def main() -> None:
 
     runs = Path(args.runs)
     names = args.models or list(load_cards())
-    summary_path = SUMMARY
     keep = args.merge or args.evaluate_only or args.resume or bool(args.from_runs)
-    summary = json.loads(summary_path.read_text()) if keep and summary_path.exists() else {}
+    summary = json.loads(SUMMARY.read_text()) if keep and SUMMARY.exists() else {}
     if args.evaluate_only:
         missing = [n for n in names if n not in summary]
         if missing:
             parser.error(
-                f"--evaluate-only: no row for {', '.join(missing)} in {summary_path}; "
+                f"--evaluate-only: no row for {', '.join(missing)} in {SUMMARY}; "
                 "train or --from-runs them first"
             )
         for name in names:
@@ -159,7 +158,7 @@ def main() -> None:
                 )
                 row["sets"][set_name] = {"path": path, "split": split, "sensitivity": sensitivity}
             row.setdefault("evaluated_by", []).append(command)
-            summary_path.write_text(json.dumps(summary, indent=2, default=str))
+            SUMMARY.write_text(json.dumps(summary, indent=2, default=str))
         _write_docs(summary)
         return
     for name in names:
@@ -207,8 +206,8 @@ def main() -> None:
         }
         WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(best, WEIGHTS_DIR / f"{name}.safetensors")
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
-        summary_path.write_text(json.dumps(summary, indent=2, default=str))
+        SUMMARY.parent.mkdir(parents=True, exist_ok=True)
+        SUMMARY.write_text(json.dumps(summary, indent=2, default=str))
 
     _write_docs(summary)
     if "PhaseNetMag" in names:

@@ -165,13 +165,16 @@ def train_picker(
         model.train()
         return float(loss)
 
+    def snapshot() -> dict:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
     best, best_state, step, t0 = np.inf, None, 0, time.monotonic()
     start_loss = None
     if init_weights is not None:
         # The starting weights as they would ship (their own BatchNorm statistics) are the best
         # so far: a continuation that never beats them writes them back unchanged.
         best = start_loss = dev_loss(recompute_bn=False)
-        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best_state = snapshot()
         log(f"start: dev loss {start_loss:.4f}")
     while time.monotonic() - t0 < minutes * 60 or best_state is None or step == 0:
         x, y = sample_windows(train, rng, batch, card)
@@ -183,8 +186,7 @@ def train_picker(
         if step % 500 == 0 or time.monotonic() - t0 >= minutes * 60:
             d = dev_loss()
             if d < best:
-                best = d
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best, best_state = d, snapshot()
             log(f"step {step}, {time.monotonic() - t0:.0f} s: dev loss {d:.4f} (best {best:.4f})")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
