@@ -55,3 +55,28 @@ def test_warm_start_is_kept_when_nothing_beats_it(tiny_data, tmp_path):
     got, want = load_file(out), load_file(SHIPPED)
     assert got.keys() == want.keys()
     assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_cli_refuses_cuda_where_there_is_none(tiny_data, tmp_path, capsys):
+    import torch
+
+    from seismag.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: the refusal is for hosts without it")
+    out = tmp_path / "p.safetensors"
+    code = main(["train-picker", "--data", str(tiny_data), "--out", str(out), "--device", "cuda"])
+    assert code != 0 and not out.exists()
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_trains_on_the_gpu(tiny_data, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    summary = train_picker(
+        tiny_data, tmp_path / "p.safetensors", minutes=1e-4, max_traces=64, device="cuda", log=quiet
+    )
+    assert summary["device"] == "cuda" and math.isfinite(summary["dev_loss"])
+    assert set(load_file(tmp_path / "p.safetensors")) == set(load_file(SHIPPED))

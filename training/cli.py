@@ -173,6 +173,7 @@ def _cmd_train_picker(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return _error(f"training needs the 'torch' extra ({exc})")
     from seismag.training.dataset import DatasetFormatError
+    from seismag.training.train import TrainingError
 
     try:
         summary = train_picker(
@@ -184,8 +185,9 @@ def _cmd_train_picker(args: argparse.Namespace) -> int:
             threads=args.threads,
             init_weights=args.init_weights,
             lr=args.lr,
+            device=args.device,
         )
-    except (PickerTrainingError, DatasetFormatError) as exc:
+    except (PickerTrainingError, DatasetFormatError, TrainingError) as exc:
         return _error(str(exc), EXIT_FAILED)
     print(json.dumps(summary))
     return 0
@@ -342,6 +344,7 @@ def add_training_commands(sub) -> None:
         "scored on dev first and kept unless a later dev loss beats them",
     )
     p.add_argument("--lr", type=float, help="Adam's learning rate (default: the card's)")
+    _device_arg(p, "cpu")
     p.set_defaults(func=_cmd_train_picker)
 
     p = sub.add_parser(

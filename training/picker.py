@@ -111,22 +111,26 @@ def train_picker(
     threads: int | None = None,
     init_weights: str | Path | None = None,
     lr: float | None = None,
+    device: str = "cpu",
     log=print,
 ) -> dict:
     """Train for ``minutes`` of wall clock; write ``out`` (safetensors); return a summary.
 
     ``init_weights``: start from these picker weights (safetensors) instead of a random
     initialisation; they are scored on dev as they are and written back unchanged unless a
-    later dev loss beats them. ``lr``: Adam's learning rate instead of the card's. Before every
+    later dev loss beats them. ``lr``: Adam's learning rate instead of the card's. ``device``:
+    where the network trains (``auto``, ``cpu``, ``cuda``...); windows are drawn on the CPU and
+    the weights are written from the CPU either way. Before every
     dev loss the BatchNorm statistics are recomputed over training windows (precise BN, as
     :func:`seismag.training.train.precise_batchnorm` explains), so the best weights are chosen by
     the weights, not by the last batches' running averages.
     """
     from safetensors.torch import load_file, save_file
 
-    from seismag.training.train import PRECISE_BN_BATCHES, precise_batchnorm
+    from seismag.training.train import PRECISE_BN_BATCHES, precise_batchnorm, resolve_device
 
     card = card or get_picker_card()
+    device = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -137,19 +141,20 @@ def train_picker(
     except PickerTrainingError:
         dev = train
     dev_x, dev_y = sample_windows(dev, np.random.default_rng(seed + 2), 512, card)
-    dev_x, dev_y = torch.from_numpy(dev_x), torch.from_numpy(dev_y)
+    dev_x, dev_y = torch.from_numpy(dev_x).to(device), torch.from_numpy(dev_y).to(device)
     model = build_picker(card)
     if init_weights is not None:
         try:
             model.load_state_dict(load_file(str(init_weights)))
         except (OSError, RuntimeError) as exc:
             raise PickerTrainingError(f"{init_weights}: not weights of {card.name}: {exc}") from exc
+    model.to(device)
     lr = float(card.training["learning_rate"]) if lr is None else float(lr)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     batch = int(card.training["batch_size"])
     log(
         f"picker {card.name}: {len(train.p)} train traces, {len(dev.p)} dev, {minutes:g} min, "
-        f"lr {lr:g}" + (f", from {init_weights}" if init_weights is not None else "")
+        f"lr {lr:g}, {device}" + (f", from {init_weights}" if init_weights is not None else "")
     )
 
     def dev_loss(recompute_bn: bool = True) -> float:
@@ -158,7 +163,7 @@ def train_picker(
             batches = (
                 sample_windows(train, bn_rng, batch, card)[:1] for _ in range(PRECISE_BN_BATCHES)
             )
-            precise_batchnorm(model, batches)
+            precise_batchnorm(model, batches, device)
         model.eval()
         with torch.no_grad():
             loss = -(dev_y * torch.log_softmax(model(dev_x), 1)).sum(1).mean()
@@ -166,7 +171,7 @@ def train_picker(
         return float(loss)
 
     def snapshot() -> dict:
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
     best, best_state, step, t0 = np.inf, None, 0, time.monotonic()
     start_loss = None
@@ -178,7 +183,8 @@ def train_picker(
         log(f"start: dev loss {start_loss:.4f}")
     while time.monotonic() - t0 < minutes * 60 or best_state is None or step == 0:
         x, y = sample_windows(train, rng, batch, card)
-        loss = -(torch.from_numpy(y) * torch.log_softmax(model(torch.from_numpy(x)), 1)).sum(1)
+        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        loss = -(y * torch.log_softmax(model(x), 1)).sum(1)
         opt.zero_grad()
         loss.mean().backward()
         opt.step()
@@ -194,6 +200,7 @@ def train_picker(
     return {
         "steps": step,
         "lr": lr,
+        "device": device,
         "init_weights": None if init_weights is None else str(init_weights),
         "dev_loss": best,
         "start_dev_loss": start_loss,
