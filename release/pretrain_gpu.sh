@@ -20,17 +20,9 @@ ENCODERS=${ENCODERS:-"BidirAutoregEncoder ConvDownEncoderContrastive"}; PICKER=$
 WORKERS=${WORKERS:-$(nproc)}; OUT=${OUT:-/tmp/pretrain_gpu_out}; mkdir -p "$OUT"
 T0=$(date +%s)
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
-W=${WORK:-/tmp/seismag_pretrain_gpu}; rm -rf "$W"; mkdir -p "$W/pkg" "$W/runs" "$W/out"
+W=${WORK:-/tmp/seismag_pretrain_gpu}; rm -rf "$W"; mkdir -p "$W/out"
 R=$W/out  # what comes back, packed at the end
-ln -sfn "$PWD" "$W/pkg/seismag"  # the checkout is the seismag package
-export PYTHONPATH=$W/pkg:${EXTRA_PYTHONPATH:-}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
-echo "cores: $(nproc)"
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 3
-$PY -m seismag synth --out "$W/data" --events "$EVENTS" --seed 1 --regimes train \
-    --workers "$WORKERS" > "$W/synth.log" 2>&1 || { tail -20 "$W/synth.log"; exit 4; }
-md5sum "$W/data/metadata.csv"
-echo "synth done at $(( $(date +%s) - T0 )) s"
+source "$(dirname "$0")/gpu_setup.sh"
 
 if [ "$PICKER" = 1 ]; then
   minutes=$($PY -c "print(round(max(0.5, ($(left) - 75) / 60), 2))")  # 75 s: loading, writing

@@ -21,16 +21,8 @@ PY=${PY:-python3}; DEVICE=${DEVICE:-cuda}; EVENTS=${EVENTS:-6000}; MIN=${MIN:-7}
 WORKERS=${WORKERS:-$(nproc)}; OUT=${OUT:-/tmp/train_parallel_out}; mkdir -p "$OUT"
 MODELS=${MODELS:-"AMAG_v2 ViTMag UMambaMagV1 UMambaMagV2 PhaseNetMag EQTransformerMag"}
 T0=$(date +%s)
-W=${WORK:-/tmp/seismag_train_parallel}; rm -rf "$W"; mkdir -p "$W/pkg" "$W/runs"
-ln -sfn "$PWD" "$W/pkg/seismag"  # the checkout is the seismag package
-export PYTHONPATH=$W/pkg:${EXTRA_PYTHONPATH:-}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
-echo "cores: $(nproc)"
-$PY -c "import torch, numpy, scipy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'numpy', numpy.__version__, 'scipy', scipy.__version__)" || exit 3
-$PY -m seismag synth --out "$W/data" --events "$EVENTS" --seed 1 --regimes train \
-    --workers "$WORKERS" > "$W/synth.log" 2>&1 || { tail -20 "$W/synth.log"; exit 4; }
-md5sum "$W/data/metadata.csv"
-echo "synth done at $(( $(date +%s) - T0 )) s"
+W=${WORK:-/tmp/seismag_train_parallel}; rm -rf "$W"
+source "$(dirname "$0")/gpu_setup.sh"
 if [ -n "${DEADLINE:-}" ]; then  # budget = what is left before DEADLINE s, less a margin
   MIN=$($PY -c "print(round(max(1.0, ($DEADLINE - ($(date +%s) - $T0)) / 60 - 0.7), 2))")
 fi
