@@ -153,8 +153,12 @@ def annotate_stream(
     *,
     unit: str = "",
     inventory: StationInventory | None = None,
+    picker_threads: int = 1,
 ) -> UnitResult:
-    """One station's samples -> its evaluated series; failures are the result's ``error``."""
+    """One station's samples -> its evaluated series; failures are the result's ``error``.
+
+    ``picker_threads``: intra-op threads of the picker network (the values do not depend on it).
+    """
     t0 = time.perf_counter()
     card = backend.card
     first = stream[0].stats if len(stream) else None
@@ -179,7 +183,7 @@ def annotate_stream(
             response=options.response,
             pick=None,
             missing=options.missing,
-            picker=load_picker(options.picker),
+            picker=load_picker(options.picker, picker_threads),
         )
         result.start, result.rate, result.step = track.start, track.rate, step
         result.warnings = warnings

@@ -60,7 +60,9 @@ def annotate_unit(unit: Unit, spec: ModelSpec, options: AnnotateOptions) -> Unit
             failed=True,
         )
     stream, notes = one_band(stream)
-    result = annotate_stream(backend, stream, options, unit=unit.name, inventory=inventory)
+    result = annotate_stream(
+        backend, stream, options, unit=unit.name, inventory=inventory, picker_threads=spec.threads
+    )
     result.network, result.station, result.location = unit.network, unit.station, unit.location
     result.warnings = (*notes, *result.warnings)
     return result

@@ -277,13 +277,15 @@ def fused_scan_session(path: Path, threads: int) -> ort.InferenceSession | None:
     Any failure falls back (None) to the plain session, whose standard-op function computes the
     same scan.
     """
-    if not kernel_available()[0]:
-        return None
     try:
         import onnx
 
         proto = onnx.load(str(path))
+        # Graph first: a model without scans (ViTMag, PhaseNetMag) must not pay the kernel's
+        # availability check, which imports and compiles numba and the ORT extensions (~4 s).
         if not any(n.domain == OP_DOMAIN and n.op_type == OP_TYPE for n in proto.graph.node):
+            return None
+        if not kernel_available()[0]:
             return None
         return fused_session(proto, threads=threads)
     except Exception as exc:

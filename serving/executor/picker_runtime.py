@@ -60,15 +60,16 @@ def default_picker_path() -> Path:
     return path
 
 
-@lru_cache(maxsize=1)
-def default_picker() -> PickerRuntime:
-    """The packaged picker, loaded once per process (sessions are shared: ``run`` is
-    thread-safe)."""
-    return PickerRuntime(default_picker_path())
+@lru_cache(maxsize=4)
+def default_picker(threads: int = 1) -> PickerRuntime:
+    """The packaged picker, loaded once per process and thread count (sessions are shared:
+    ``run`` is thread-safe). The server keeps one thread (its stations' pickers run side by
+    side); an archive worker gives it the model's threads. The outputs do not depend on it."""
+    return PickerRuntime(default_picker_path(), threads=threads)
 
 
-def load_picker(name: str) -> PickerRuntime | None:
+def load_picker(name: str, threads: int = 1) -> PickerRuntime | None:
     """``--picker`` -> the runtime the station tracks use; None for the STA/LTA + AIC picker."""
     if name not in PICKERS:
         raise ModelLoadError(f"unknown picker {name!r}; choose one of {', '.join(PICKERS)}")
-    return default_picker() if name == "phasenet" else None
+    return default_picker(threads) if name == "phasenet" else None
