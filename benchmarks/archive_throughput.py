@@ -3,6 +3,8 @@ with local processes and Dask workers. One run, one machine; every figure is mea
 
     python -m seismag.benchmarks.archive_throughput --workdir /tmp/archive_bench \\
         [--every-window-model ViTMag.onnx] [--json OUT.json]
+    python -m seismag.benchmarks.archive_throughput --stages ViTMag.onnx --hours 6
+
 
 Data: synthetic 100 Hz 3-component station-days (:mod:`seismag.benchmarks.archive_data`, 24
 events a day), written as miniSEED. Windows per second count the grid of the 1 s series, one
@@ -109,6 +111,12 @@ def run(args: argparse.Namespace) -> dict:
     s = _annotate(one, out, "--workers", "1", "--threads", str(args.threads))
     row(f"seismag annotate, PhaseNetMag, 1 process x {args.threads} threads", s, grid,
         _model_windows(out), 1)  # fmt: skip
+    # The default picker runs its network wherever the STA/LTA stirs; the STA/LTA alone is the
+    # cheap choice for strong P (docs/serving.md#p-onsets), and this row says what it saves.
+    s = _annotate(one, out, "--workers", "1", "--threads", str(args.threads),
+                  "--picker", "sta_lta_aic")  # fmt: skip
+    row(f"seismag annotate, PhaseNetMag, --picker sta_lta_aic, 1 process x {args.threads} "
+        "threads", s, grid, _model_windows(out), 1)  # fmt: skip
     if args.every_window_model:
         name = Path(args.every_window_model).stem
         for backend in ("ort", "openvino"):
@@ -141,6 +149,49 @@ def _scaling(args, files, grid, out, row, rows) -> dict:
     return {"cpu_count": os.cpu_count(), "hours": args.hours, "days": args.days, "rows": rows}
 
 
+def stages(model: str, path: Path, hours: float, threads: int) -> dict:
+    """Where one record's time goes in ``seismag annotate``'s path, stage by stage: the walk
+    over the grid (the picker and building each window), normalisation, and the model calls."""
+    import numpy as np
+
+    from seismag.models.preprocess import model_inputs
+    from seismag.serving.executor.backend import BackendOptions, load_backend
+    from seismag.serving.executor.picker_runtime import load_picker
+    from seismag.serving.pipeline.limits import Budget
+    from seismag.serving.pipeline.predict import interval_samples, station_track, walk
+    from seismag.serving.pipeline.units import VELOCITY, Responses
+
+    st = read(str(path))
+    st.trim(st[0].stats.starttime, st[0].stats.starttime + hours * 3600 - 0.001)
+    backend = load_backend("ort", model, BackendOptions(threads=threads))
+    card = backend.card
+    times = {"walk (picker, windows)": 0.0, "normalise": 0.0, "model": 0.0}
+    t0 = time.perf_counter()
+    track, data, _ = station_track(("XX", st[0].stats.station, ""), st, card,
+                                   responses=Responses(VELOCITY, None, None), inventory=None,
+                                   response="causal", pick=None, missing="zeros",
+                                   picker=load_picker("phasenet", threads))  # fmt: skip
+    step = interval_samples(1.0, card.sampling_rate)
+    evals = list(walk(track, data, step, budget=Budget(), normalise=False))
+    times["walk (picker, windows)"] = time.perf_counter() - t0
+    for i in range(0, len(evals), 256):
+        t1 = time.perf_counter()
+        x, log_amp = model_inputs(np.stack([e.waveform for e in evals[i : i + 256]]), card)
+        t2 = time.perf_counter()
+        backend.run(x, log_amp)
+        times["normalise"] += t2 - t1
+        times["model"] += time.perf_counter() - t2
+    network = getattr(track.picker, "pickers", (None,))[0]
+    result = {"model": card.name, "hours": hours, "windows": len(evals),
+              "picker_windows": getattr(network, "windows_run", 0),
+              "seconds": {k: round(v, 2) for k, v in times.items()}}  # fmt: skip
+    print(f"{card.name}, {hours:g} h, {len(evals)} model windows, "
+          f"{result['picker_windows']} picker windows: "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in times.items())
+          + f"; model {times['model'] / max(len(evals), 1) * 1e3:.2f} ms per window")  # fmt: skip
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="/tmp/seismag_archive_bench")
@@ -152,7 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every-window-model", help="a scalar model's ONNX file (e.g. ViTMag)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--scaling-only", action="store_true", help="only the 1..N worker runs")
+    p.add_argument(
+        "--stages", metavar="MODEL.onnx", help="only where one record's time goes for this model"
+    )
     args = p.parse_args(argv)
+    if args.stages:
+        path = _days(Path(args.workdir), 1, args.hours)[0]
+        result = stages(args.stages, path, args.hours, args.threads)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return 0
     result = run(args)
     print("\n| run | s | windows | windows/s | network windows | station-days/h |")
     print("|---|---:|---:|---:|---:|---:|")

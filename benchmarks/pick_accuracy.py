@@ -281,6 +281,44 @@ def cost(network: PickerRuntime, repeats: int = 5) -> None:
             print(f"| {label} | {name} | {np.median(live):.0f} | {np.median(whole):.2f} |")
 
 
+def sweep(network: PickerRuntime, settings: list[str], sets: list[TraceSet]) -> None:
+    """The served picker under other serving settings of the network (``STRIDE,GATE,LOOKAHEAD``
+    in seconds, ratio, seconds): share within 0.5 s and S taken for P per set, the longest an
+    onset waits to be decided (``max_delay``: a live magnitude starts no earlier), and the
+    network windows run on two hours of a continuous record (Peterson noise with two events, the
+    archive benchmark's generator) with their time."""
+    import time
+
+    from seismag.benchmarks.archive_data import station_record
+
+    st, _ = station_record(7200.0, events=2, seed=2)
+    record = np.stack([tr.data for tr in st]).astype(np.float64)
+    base = network.card
+    print("| stride s | gate | look-ahead s | max delay s | " + " | ".join(ts.name for ts in sets)
+          + " | network windows in 2 h | s |")  # fmt: skip
+    print("|" + "---|" * (len(sets) + 6))
+    try:
+        for text in settings:
+            stride, gate, look = (float(v) for v in text.split(","))
+            network.card = replace(base, stride_s=stride, gate=gate, lookahead_s=look)
+            cells = []
+            for ts in sets:
+                pick = network_pick(network, combined=True)
+                kind = outcomes([pick(w, ts.rate)[0] for w in ts.waveforms], ts)
+                cells.append(f"{np.mean(kind == 'ok'):.3f} / {np.mean(kind == 'S'):.3f}")
+            net = NetworkPicker(network)
+            served = CombinedPicker(net, PPicker(100.0))
+            t0 = time.perf_counter()
+            for i in range(0, record.shape[1], 3001):  # the chunks a Predict's walk feeds
+                served.feed(record[:, i : i + 3001])
+            seconds = time.perf_counter() - t0
+            delay = net.max_delay / net.rate
+            print(f"| {stride:g} | {gate:g} | {look:g} | {delay:.1f} | " + " | ".join(cells)
+                  + f" | {net.windows_run} | {seconds:.1f} |")  # fmt: skip
+    finally:
+        network.card = base
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--events", type=int, default=60, help="synthetic events per set")
@@ -299,6 +337,12 @@ def main() -> None:
     )
     ap.add_argument("--picker-onnx", type=Path, help="picker network (default: the packaged one)")
     ap.add_argument("--cost", action="store_true", help="only the time the pickers take")
+    ap.add_argument(
+        "--sweep",
+        nargs="+",
+        metavar="STRIDE,GATE,LOOKAHEAD",
+        help="only the served picker under these network settings (e.g. 0.5,2,1 2,2,1)",
+    )
     args = ap.parse_args()
     network = PickerRuntime(args.picker_onnx or default_picker_path())
     if args.cost:
@@ -314,6 +358,9 @@ def main() -> None:
         sets.append((heldout_set(args.heldout), True))
     if args.stead is not None:
         sets.append((stead_set(args.stead), False))
+    if args.sweep:
+        sweep(network, args.sweep, [ts for ts, _ in sets])
+        return
     print(f"P within {TOLERANCE_S} s of the true P; fractions of all traces in the row.\n")
     print(HEADER)
     by_set = []
