@@ -183,3 +183,16 @@ def test_loading_the_kernel_leaves_the_protobuf_setting_of_child_processes_alone
         "assert 'PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION' not in os.environ, os.environ"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_model_without_scans_skips_the_kernel_check(tmp_path, monkeypatch):
+    # The check imports and compiles numba and the ORT extensions (seconds): a model without
+    # SelectiveScan nodes must get its plain session without paying for it.
+    from seismag.serving.executor import ort_backend
+
+    path = export_onnx(build_model("PhaseNetMag").eval(), tmp_path / "phasenet.onnx").path
+    calls = []
+    monkeypatch.setattr(ort_backend, "kernel_available", lambda: calls.append(1) or (True, ""))
+    session, kernel = ort_backend.server_session(path, threads=1)
+    assert calls == [] and kernel == "onnxruntime"
+    assert session.get_inputs()[0].name == "waveform"

@@ -89,6 +89,15 @@ def test_noise_gives_no_onset(runtime, rng):
     assert picker.accepted == []
 
 
+def test_picker_threads_do_not_change_its_output(runtime, rng):
+    # An archive worker gives the picker its --threads; the onsets must not depend on it.
+    two = load_picker("phasenet", 2)
+    assert two is not runtime and two.session.get_session_options().intra_op_num_threads == 2
+    windows = rng.standard_normal((17, 3, runtime.card.in_samples)) * 1e-7
+    np.testing.assert_array_equal(two.p_probability(windows), runtime.p_probability(windows))
+    assert load_picker("phasenet", 2) is two  # loaded once per process and thread count
+
+
 def test_unknown_picker_is_refused():
     with pytest.raises(ModelLoadError, match="unknown picker"):
         load_picker("bogus")
