@@ -279,7 +279,9 @@ def fused_scan_session(path: Path, threads: int) -> ort.InferenceSession | None:
     """
     try:
         import onnx
-
+    except ImportError:  # a serving-only install: no kernel either (it needs onnx), no warning
+        return None
+    try:
         proto = onnx.load(str(path))
         # Graph first: a model without scans (ViTMag, PhaseNetMag) must not pay the kernel's
         # availability check, which imports and compiles numba and the ORT extensions (~4 s).
