@@ -5,7 +5,6 @@ with local processes and Dask workers. One run, one machine; every figure is mea
         [--every-window-model ViTMag.onnx] [--json OUT.json]
     python -m seismag.benchmarks.archive_throughput --stages ViTMag.onnx --hours 6
 
-
 Data: synthetic 100 Hz 3-component station-days (:mod:`seismag.benchmarks.archive_data`, 24
 events a day), written as miniSEED. Windows per second count the grid of the 1 s series, one
 window per second of data (86,400 a day), the same count as SeisBench at a 100-sample stride
@@ -155,6 +154,7 @@ def stages(model: str, path: Path, hours: float, threads: int) -> dict:
     import numpy as np
 
     from seismag.models.preprocess import model_inputs
+    from seismag.serving.archive.annotate import AnnotateOptions
     from seismag.serving.executor.backend import BackendOptions, load_backend
     from seismag.serving.executor.picker_runtime import load_picker
     from seismag.serving.pipeline.limits import Budget
@@ -174,9 +174,10 @@ def stages(model: str, path: Path, hours: float, threads: int) -> dict:
     step = interval_samples(1.0, card.sampling_rate)
     evals = list(walk(track, data, step, budget=Budget(), normalise=False))
     times["walk (picker, windows)"] = time.perf_counter() - t0
-    for i in range(0, len(evals), 256):
+    batch = AnnotateOptions().batch  # annotate's batch, written once there
+    for i in range(0, len(evals), batch):
         t1 = time.perf_counter()
-        x, log_amp = model_inputs(np.stack([e.waveform for e in evals[i : i + 256]]), card)
+        x, log_amp = model_inputs(np.stack([e.waveform for e in evals[i : i + batch]]), card)
         t2 = time.perf_counter()
         backend.run(x, log_amp)
         times["normalise"] += t2 - t1
