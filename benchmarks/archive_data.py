@@ -70,3 +70,27 @@ def station_record(
         ]
     )
     return st, inserted
+
+
+KW1_SENSITIVITY = 2516778400.0
+"""Counts per m/s of BW.KW1..EHZ, from the poles-and-zeros ObsPy's PPSD tests give with it."""
+
+
+def obspy_kw1_record() -> Stream:
+    """The one real continuous record a plain install carries: 2.6 hours (2011-03-31
+    00:00-02:36 UTC, night in Bavaria) of the short-period vertical BW.KW1..EHZ, downsampled to
+    100 Hz, that ObsPy ships for its PPSD tests (``obspy/signal/tests/data``; BayernNetz). Ground
+    velocity in m/s by the sensitivity alone (flat above ~1 Hz). Vertical only: the STA/LTA that
+    gates the picker network triggers on Z, so this measures the gate on real noise."""
+    import gzip
+    from importlib import resources
+
+    name = "BW.KW1._.EHZ.D.2011.090_downsampled.asc.gz"
+    path = resources.files("obspy.signal") / "tests" / "data" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} is not in this ObsPy install")
+    with gzip.open(str(path)) as f:
+        counts = np.loadtxt(f)
+    header = {"network": "BW", "station": "KW1", "channel": "EHZ", "sampling_rate": 100.0,
+              "starttime": UTCDateTime(2011, 3, 31, 0, 0, 0, 180000)}  # fmt: skip
+    return Stream([Trace(counts / KW1_SENSITIVITY, header)])
