@@ -46,6 +46,11 @@ def test_card_is_checked():
         get_picker_card("NoSuchPicker")
 
 
+def test_packaged_picker_carries_the_card_of_its_toml(runtime):
+    # The server reads the card from the ONNX metadata: a card edit needs `seismag export-picker`.
+    assert runtime.card == get_picker_card()
+
+
 def test_any_chunking_gives_the_same_onsets(runtime, event):
     waves, _ = event
     w = waves[0].astype(np.float64)
