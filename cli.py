@@ -175,8 +175,10 @@ def _cmd_station_table(args: argparse.Namespace) -> int:
         return 2
     table.write(args.out)
     print(
-        f"wrote {args.out}: {len(table.corrections)} stations, {table.events} events, "
-        f"shared error fraction {table.shared_error_fraction:.2f}"
+        f"wrote {args.out}: {table.events} events, network correction "
+        f"{table.network_correction:+.2f}, {len(table.corrections)} stations with their own, "
+        f"shared error fraction {table.shared_error_fraction:.2f}, sigma scale "
+        f"{table.sigma_scale:.2f}"
     )
     return 0
 
@@ -295,16 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "station-table",
-        help="fit station corrections for event magnitudes from past events' predictions",
-        description="Station corrections (minus each station's mean residual, shrunk towards 0 "
-        "for stations with few events) and the share of the error common to an event, from "
+        help="calibrate event magnitudes on a network's past events' predictions",
+        description="A network correction (minus the mean residual of the past events, shrunk "
+        "towards 0 for few events), station corrections for stations with 3 or more events, the "
+        "share of the error common to an event and a scale for the event sigma, from "
         "per-station magnitudes of past events with catalogue magnitudes. Serve the result "
         "with `seismag serve --station-table FILE`.",
     )
     p.add_argument(
         "predictions",
         help="CSV, one row per station and event: source_id, station_id (NET.STA.LOC), "
-        "magnitude, catalogue_magnitude",
+        "magnitude, catalogue_magnitude, and optionally sigma (needed for the sigma scale)",
     )
     p.add_argument("--out", required=True, help="TOML file to write")
     p.add_argument("--model", default="", help="model the magnitudes came from (recorded)")

@@ -8,10 +8,13 @@ pipeline as one request holding all its stations (:func:`~seismag.serving.pipeli
 the same code as a Predict) and the event magnitude of
 :mod:`~seismag.serving.pipeline.event` is read at t seconds after the first P: the latest value
 of its causal series at or before that time, so every number is what a live system would have
-published then. P onsets are the catalogue's picks unless ``--picker``. Station corrections and
-the shared error fraction are fitted on ``--table-events`` events of the dataset's ``train``
-split (earlier events of the same stations, never the test events) and applied to the test events
-as a second row. The ensemble is the members' mean per station
+published then. P onsets are the catalogue's picks unless ``--picker``. A station table (the
+network's calibration of :mod:`~seismag.serving.pipeline.station_table`) is fitted on
+``--table-events`` events of the dataset's ``train`` split (earlier events of the same stations,
+never the test events) and applied to the test events as a second row. A network lies in one
+crust: with ``--group-by`` (the metadata's ``source_regime`` by default, where it has one) each
+group is its own network, with its own table fitted on its own past events, and the figures come
+per group as well as pooled. The ensemble is the members' mean per station
 (:mod:`~seismag.serving.pipeline.ensemble`). Columns: MAE and bias of the event magnitude, and the
 share of events whose error is within one and two of its sigmas (68 % and 95 % when calibrated).
 ``n`` counts events that have a value at that time.
@@ -30,7 +33,7 @@ from obspy import Stream, Trace, UTCDateTime
 from seismag.serving.errors import InvalidInput
 from seismag.serving.executor.runtime import ModelRegistry
 from seismag.serving.pipeline.ensemble import ensemble_station
-from seismag.serving.pipeline.event import SHARED_ERROR_FRACTION, event_magnitude
+from seismag.serving.pipeline.event import event_magnitude
 from seismag.serving.pipeline.predict import predict, station_id
 from seismag.serving.pipeline.station_table import StationTable, fit
 
@@ -38,6 +41,16 @@ TIMES = (3.0, 5.0, 10.0, 20.0)
 """Seconds after the first P. No value exists before 2 s (a station counts from 2 s after its P),
 and at 2 s only where a station's series point falls exactly there (1 event in 60)."""
 SERIES_INTERVAL = 0.5
+
+
+def event_groups(data: Path, column: str | None) -> dict[str, str]:
+    """source_id -> its group (one network each); one group "all" without ``column``."""
+    from seismag.training.dataset import WaveformDataset
+
+    meta = WaveformDataset(data).metadata
+    if not column or column not in meta:
+        return defaultdict(lambda: "all")
+    return dict(zip(meta["source_id"].astype(str), meta[column].astype(str), strict=True))
 
 
 def event_streams(data: Path, split: str, limit: int, seed: int = 0):
@@ -115,15 +128,12 @@ def with_ensemble(results: dict, members: list[str], name: str) -> None:
         ]
 
 
-def score(results: dict, truth: dict, table: StationTable | None) -> dict:
-    """Per time: errors and sigmas of the event magnitudes."""
+def score(results: dict, truth: dict, tables: dict[str, StationTable] | None, groups) -> dict:
+    """Per time: errors and sigmas of the event magnitudes (each event calibrated by its group's
+    table, or by none)."""
     rows = {t: [] for t in (*TIMES, "full")}
     for sid, stations in results.items():
-        ev = event_magnitude(
-            stations,
-            corrections=table.corrections if table else None,
-            shared=table.shared_error_fraction if table else SHARED_ERROR_FRACTION,
-        )
+        ev = event_magnitude(stations, tables[groups[sid]] if tables else None)
         if ev is None:
             continue
         offsets = ev.series_interval * np.arange(len(ev.series))
@@ -158,10 +168,21 @@ def station_rows(results: dict, truth: dict) -> list[dict[str, str]]:
             "station_id": station_id(r.network, r.station, r.location),
             "magnitude": str(r.magnitude),
             "catalogue_magnitude": str(truth[sid]),
+            "sigma": str(r.magnitude_sigma),
         }
         for sid, stations in results.items()
         for r in stations
     ]
+
+
+def _table_figures(t: StationTable) -> dict:
+    return {
+        "events": t.events,
+        "network_correction": t.network_correction,
+        "stations": len(t.corrections),
+        "shared_error_fraction": t.shared_error_fraction,
+        "sigma_scale": t.sigma_scale,
+    }
 
 
 def markdown(label: str, summary: dict) -> str:
@@ -203,6 +224,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--picker", action="store_true", help="onsets from the picker, not the catalogue"
     )
+    ap.add_argument(
+        "--group-by",
+        default="source_regime",
+        help="metadata column whose values are separate networks (each its own station table); "
+        "'none' for one network",
+    )
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument(
         "--plot", type=Path, help="PNG of the first test event of the first model (or ensemble)"
@@ -226,26 +253,51 @@ def main(argv: list[str] | None = None) -> None:
             ens = "ensemble(" + "+".join(members) + ")"
             with_ensemble(test, members, ens)
             with_ensemble(past, members, ens)
+    groups = event_groups(args.data, None if args.group_by == "none" else args.group_by)
+    names_of = sorted({groups[s] for s in truth} | {groups[s] for s in past_truth})
     figures = {}
-    print(f"{args.data}: event magnitude at t s after the first P; MAE (bias; within 1/2 sigma)\n")
+    per_group = []
+    print(f"{args.data}: event magnitude at t s after the first P; MAE (bias; within 1/2 sigma)")
+    print(f"Networks (a station table each): {', '.join(names_of)}\n")
     print(HEADER)
     for name in test:
-        table = fit(station_rows(past[name], past_truth), model=name)
-        plain = score(test[name], truth, None)
-        corrected = score(test[name], truth, table)
+        tables = {}
+        for g in names_of:
+            rows = station_rows({s: v for s, v in past[name].items() if groups[s] == g}, past_truth)
+            tables[g] = fit(rows, model=name) if rows else StationTable(model=name)
+        plain = score(test[name], truth, None, groups)
+        corrected = score(test[name], truth, tables, groups)
         figures[name] = {
             "no_corrections": plain,
             "station_table": corrected,
-            "fitted_shared_error_fraction": table.shared_error_fraction,
-            "table_events": table.events,
+            "tables": {g: _table_figures(t) for g, t in tables.items()},
+            "groups": {},
         }
         print(markdown(name, plain))
         print(markdown(f"{name} + station table", corrected))
-    print(
-        "\nShared error fraction of the station residuals (train-split events, after corrections):"
-    )
+        if len(names_of) > 1:
+            for g in names_of:
+                part = {s: v for s, v in test[name].items() if groups[s] == g}
+                fig = {
+                    "no_corrections": score(part, truth, None, groups),
+                    "station_table": score(part, truth, tables, groups),
+                }
+                figures[name]["groups"][g] = fig
+                per_group.append(markdown(f"{name}, {g}", fig["no_corrections"]))
+                per_group.append(markdown(f"{name}, {g} + station table", fig["station_table"]))
+    if per_group:
+        print("\nPer network:\n")
+        print(HEADER)
+        print("\n".join(per_group))
+    print("\nStation tables (train-split events of each network):")
     for name, f in figures.items():
-        print(f"- {name}: {f['fitted_shared_error_fraction']:.2f} ({f['table_events']} events)")
+        for g, t in f["tables"].items():
+            print(
+                f"- {name}, {g}: {t['events']} events, network correction "
+                f"{t['network_correction']:+.2f}, {t['stations']} station corrections, shared "
+                f"error fraction {t['shared_error_fraction']:.2f}, sigma scale "
+                f"{t['sigma_scale']:.2f}"
+            )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1, default=lambda x: None))
     if args.plot:

@@ -95,6 +95,54 @@ def test_station_table_fit_recovers_corrections_and_round_trips(tmp_path):
     assert shared_fraction([np.array([1.0])]) > 0  # no multi-station event: the default
 
 
+def test_station_table_fits_the_network_offset_and_a_sigma_scale_left_out_of_its_own_fit():
+    # 300 stations in 3 events each (9 stations an event), all reading 0.25 high, with
+    # independent errors of 0.2 that claim a sigma of 0.2.
+    rng = np.random.default_rng(1)
+    rows = []
+    for ev in range(100):
+        for k in range(9):
+            rows.append(
+                dict(source_id=str(ev), station_id=f"XX.S{(3 * ev + k) % 300}.",
+                     magnitude=str(3.0 + 0.25 + rng.normal(0, 0.2)), catalogue_magnitude="3.0",
+                     sigma="0.2")
+            )  # fmt: skip
+    table = fit(rows)
+    assert table.network_correction == pytest.approx(-0.25 * 100 / 103, abs=0.02)
+    assert len(table.corrections) == 300
+    # A station term from 3 events (3 pseudo-events) absorbs 1/6 of each of its residuals: in
+    # sample the scale would be sqrt((5/6)**2 + 2/36) = 0.87; each residual left out of its own
+    # term gives sqrt(1 + 2/25) = 1.04.
+    assert 0.97 < table.sigma_scale < 1.12
+    assert table.shared_error_fraction < 0.1  # nothing is common to an event here
+
+
+def test_calibration_corrects_by_station_then_network_and_scales_the_sigma():
+    from seismag.serving.pipeline.event import Calibration, EventTracker
+
+    cal = Calibration(
+        corrections={"XX.A.": 0.3, "XX.B": -0.1}, network_correction=0.05, sigma_scale=2.0
+    )
+    assert cal.correction("XX.A.") == 0.3 and cal.correction("XX.B.00") == -0.1
+    assert cal.correction("XX.C.") == 0.05
+    t = UTCDateTime(2024, 1, 1)
+    updates = [station_update("A", t + 3, t, 4.0), station_update("C", t + 4, t + 1, 4.2)]
+    got = EventTracker(calibration=cal).add(updates)[0].estimate
+    plain = combine([est("XX.A.", 4.3, 0.3), est("XX.C.", 4.25, 0.3)])
+    assert got.magnitude == pytest.approx(plain.magnitude)
+    assert got.sigma == pytest.approx(2.0 * plain.sigma)
+
+
+def test_a_station_table_with_a_bad_scale_or_network_correction_is_refused(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text("sigma_scale = 0\n")
+    with pytest.raises(ValueError, match="sigma_scale"):
+        StationTable.read(path)
+    path.write_text("network_correction = 7.5\n")
+    with pytest.raises(ValueError, match="network_correction"):
+        StationTable.read(path)
+
+
 def synthetic_event(index: int = 3, seed: int = 11):
     """A multi-station synthetic event as an ObsPy stream in m/s, its P picks and magnitude."""
     ev = simulate_event(seed, index, SyntheticConfig(p_window_s=(4.0, 8.0)))
@@ -144,7 +192,12 @@ def table_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("table") / "stations.toml"
     st, _, _ = synthetic_event()
     first = st[0].stats.station
-    StationTable({f"SY.{first}": 0.25}, 0.3, "PhaseNetMag", 10).write(path)
+    StationTable(
+        corrections={f"SY.{first}": 0.25},
+        shared_error_fraction=0.3,
+        model="PhaseNetMag",
+        events=10,
+    ).write(path)
     return path
 
 
@@ -286,7 +339,9 @@ def test_station_table_cli_fits_and_the_server_reads_it(tmp_path, capsys):
     out = tmp_path / "table.toml"
     assert main(["station-table", str(csv), "--out", str(out), "--model", "M"]) == 0
     table = StationTable.read(out)
-    assert table.corrections["XX.A."] == pytest.approx(-0.6 / 5)  # 2 events + 3 pseudo-events
+    # Event mean residuals 0.1 and 0.15, 2 events + 3 pseudo-events; no station has 3 events.
+    assert table.network_correction == pytest.approx(-0.25 / 5, abs=1e-4)
+    assert table.corrections == {} and table.sigma_scale == 1.0  # no sigma column
     assert main(["station-table", str(tmp_path / "none.csv"), "--out", str(out)]) == 2
     assert "none.csv" in capsys.readouterr().err
 
@@ -301,10 +356,10 @@ def station_update(sta, time, onset, magnitude, sigma=0.3):
 
 
 def test_tracker_associates_by_onset_and_follows_a_station_to_its_next_event():
-    from seismag.serving.pipeline.event import EventTracker
+    from seismag.serving.pipeline.event import Calibration, EventTracker
 
     t = UTCDateTime(2024, 1, 1)
-    tracker = EventTracker(shared=0.0)
+    tracker = EventTracker(calibration=Calibration(shared_error_fraction=0.0))
     out = tracker.add([station_update("A", t + 3, t, 4.0), station_update("B", t + 12, t + 9, 4.2)])
     assert [e.event_id for e in out] == ["ev1"] and out[0].estimate.used == ("XX.A.", "XX.B.")
     assert out[0].time == t + 12 and out[0].first_onset == t
@@ -351,11 +406,7 @@ def test_stream_events_end_at_the_predict_event(stub, registry, table_path):
     st32 = st.copy()
     for tr in st32:  # the stream carried float32 samples: compare with the same samples
         tr.data = tr.data.astype(np.float32).astype(np.float64)
-    expect = event_magnitude(
-        predict(registry, st32, units="m/s", p_picks=picks),
-        corrections=table.corrections,
-        shared=table.shared_error_fraction,
-    )
+    expect = event_magnitude(predict(registry, st32, units="m/s", p_picks=picks), table)
     last = events[-1]
     assert last.magnitude == pytest.approx(expect.final.magnitude, abs=1e-4)
     assert last.magnitude_sigma == pytest.approx(expect.final.sigma, abs=1e-4)

@@ -18,9 +18,10 @@ with weights ``w_i = 1 / s_i**2`` is
 where ``k = max(1, chi2 / (n - 1))`` inflates the independent part when the stations scatter more
 than their sigmas say (Birge ratio). With equal sigmas that is ``s**2 * (rho + (1 - rho) / n)``:
 ``s / sqrt(n)`` for independent stations, ``s`` when everything is shared. ``rho`` is measured on
-events from the training regimes (``python -m seismag.benchmarks.event_accuracy`` prints it) and
-can be refitted, with station corrections, from a network's own past events
-(:mod:`seismag.serving.pipeline.station_table`).
+events from the training regimes (``python -m seismag.benchmarks.event_accuracy`` prints it).
+A network's own past events calibrate all of it (:class:`Calibration`, fitted by
+:mod:`seismag.serving.pipeline.station_table`): a network correction (the regional offset of the
+models' magnitudes), station corrections, ``rho``, and a scale for the sigma.
 
 Association: a Predict carries the stations of one event. Stations without a P onset (none sent,
 none picked) cannot be placed in time and are left out; so are stations whose onset lies more than
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from obspy import UTCDateTime
@@ -59,6 +60,28 @@ METHOD = (
     "inverse-variance weighted mean of the station magnitudes after station corrections, stations "
     f"beyond {REJECT_SIGMAS:g} sigma rejected; sigma with a shared error fraction"
 )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a network's past events teach the event magnitude; the defaults change nothing but
+    the shared error fraction, which then has its measured default."""
+
+    corrections: Mapping[str, float] = field(default_factory=dict)
+    """Station (NET.STA.LOC or NET.STA) -> magnitude units added to its magnitudes."""
+    network_correction: float = 0.0
+    """Added to the magnitudes of stations without a correction of their own."""
+    shared_error_fraction: float = SHARED_ERROR_FRACTION
+    sigma_scale: float = 1.0
+    """The event sigma is multiplied by this (the models' sigmas, measured on the network's
+    past events after the corrections, are too wide or too narrow there)."""
+
+    def correction(self, key: str) -> float:
+        """A station's correction by NET.STA.LOC, else NET.STA, else the network's."""
+        if key in self.corrections:
+            return float(self.corrections[key])
+        short = ".".join(key.split(".")[:2])
+        return float(self.corrections.get(short, self.network_correction))
 
 
 @dataclass(frozen=True)
@@ -163,15 +186,6 @@ def associate(onsets: Mapping[str, UTCDateTime | None]) -> tuple[UTCDateTime | N
     return (group[0][0] if group else None), [s for _, s in group]
 
 
-def correction_for(corrections: Mapping[str, float] | None, key: str) -> float:
-    """A station's correction by NET.STA.LOC, else NET.STA, else 0."""
-    if not corrections:
-        return 0.0
-    if key in corrections:
-        return float(corrections[key])
-    return float(corrections.get(".".join(key.split(".")[:2]), 0.0))
-
-
 def _combine_grid(
     names: list[str], m: np.ndarray, s: np.ndarray, shared: float
 ) -> list[EventEstimate]:
@@ -207,20 +221,22 @@ def _combine_grid(
     return out
 
 
+def _scaled(estimate: EventEstimate, scale: float) -> EventEstimate:
+    return estimate if scale == 1.0 else replace(estimate, sigma=estimate.sigma * scale)
+
+
 def event_magnitude(
-    results: Sequence[StationResult],
-    *,
-    corrections: Mapping[str, float] | None = None,
-    shared: float = SHARED_ERROR_FRACTION,
+    results: Sequence[StationResult], calibration: Calibration | None = None
 ) -> EventResult | None:
     """The event magnitude of a Predict's stations and its causal series; None when no station
     has an onset."""
+    cal = calibration or Calibration()
     by_id = {station_id(r.network, r.station, r.location): r for r in results}
     first, members = associate({k: r.onset for k, r in by_id.items()})
     if first is None:
         return None
     not_associated = tuple(k for k in by_id if k not in members)
-    applied = {k: correction_for(corrections, k) for k in members}
+    applied = {k: cal.correction(k) for k in members}
     # Each station's values as (absolute time in s after `first`, value, sigma), usable ones only.
     tracks = {}
     for k in members:
@@ -247,7 +263,10 @@ def event_magnitude(
         j = np.searchsorted(t, grid + 1e-9, side="right") - 1
         m[i] = np.where(j >= 0, v[np.maximum(j, 0)], np.nan)
         s[i] = np.where(j >= 0, sg[np.maximum(j, 0)], np.nan)
-    estimates = _combine_grid(list(tracks), m, s, shared)
+    estimates = [
+        _scaled(e, cal.sigma_scale)
+        for e in _combine_grid(list(tracks), m, s, cal.shared_error_fraction)
+    ]
     final = estimates[-1]
     return EventResult(
         final=final,
@@ -299,15 +318,8 @@ class EventTracker:
     ``MAX_LIVE_EVENTS`` and the stream's own bound on stations.
     """
 
-    def __init__(
-        self,
-        *,
-        corrections: Mapping[str, float] | None = None,
-        shared: float = SHARED_ERROR_FRACTION,
-        event_id: str = "",
-    ) -> None:
-        self.corrections = dict(corrections or {})
-        self.shared = shared
+    def __init__(self, *, calibration: Calibration | None = None, event_id: str = "") -> None:
+        self.calibration = calibration or Calibration()
         self.fixed_id = event_id
         self.events: list[_LiveEvent] = []
         self._count = 0
@@ -323,7 +335,7 @@ class EventTracker:
             onset = UTCDateTime(u.onset)
             ev = self._event_for(sid, onset)
             estimate = StationEstimate(
-                sid, u.magnitude + correction_for(self.corrections, sid), u.magnitude_sigma
+                sid, u.magnitude + self.calibration.correction(sid), u.magnitude_sigma
             )
             ev.stations[sid] = (onset, estimate)
             ev.first_onset = min(ev.first_onset, onset)
@@ -334,7 +346,13 @@ class EventTracker:
                 ev.event_id,
                 ev.last_time,
                 ev.first_onset,
-                combine([e for _, e in ev.stations.values()], self.shared),
+                _scaled(
+                    combine(
+                        [e for _, e in ev.stations.values()],
+                        self.calibration.shared_error_fraction,
+                    ),
+                    self.calibration.sigma_scale,
+                ),
             )
             for ev in changed.values()
         ]

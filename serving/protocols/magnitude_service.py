@@ -120,10 +120,7 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
         )
 
     def _event(self, results):
-        table = self._server.station_table
-        return event_magnitude(
-            results, corrections=table.corrections, shared=table.shared_error_fraction
-        )
+        return event_magnitude(results, self._server.station_table)
 
     def _predict_ensemble(self, request, members, budget: Budget, started: float):
         """An ensemble's Predict (in a work thread): every member, then the per-station mean."""

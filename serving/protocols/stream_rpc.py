@@ -139,13 +139,8 @@ class StreamCall:
         self.loop = asyncio.get_running_loop()
         self.wake = asyncio.Event()
         self.session = _new_session(server, config, self.wake_soon)
-        table = server.station_table
         self.events = (
-            EventTracker(
-                corrections=table.corrections,
-                shared=table.shared_error_fraction,
-                event_id=config.event_id,
-            )
+            EventTracker(calibration=server.station_table, event_id=config.event_id)
             if config.events or config.event_id
             else None
         )
