@@ -307,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "predictions",
         help="CSV, one row per station and event: source_id, station_id (NET.STA.LOC), "
-        "magnitude, catalogue_magnitude, and optionally sigma (needed for the sigma scale)",
+        "magnitude, catalogue_magnitude, and optionally sigma (needed for the sigma scale) and "
+        "seconds_after_p (empty for the final magnitude; a number for an earlier value of the "
+        "station's series, which joins the sigma scale's residuals only)",
     )
     p.add_argument("--out", required=True, help="TOML file to write")
     p.add_argument("--model", default="", help="model the magnitudes came from (recorded)")

@@ -161,18 +161,31 @@ def score(results: dict, truth: dict, tables: dict[str, StationTable] | None, gr
 
 
 def station_rows(results: dict, truth: dict) -> list[dict[str, str]]:
-    """Per-station full-record magnitudes, as the station table's fit reads them."""
-    return [
-        {
-            "source_id": sid,
-            "station_id": station_id(r.network, r.station, r.location),
-            "magnitude": str(r.magnitude),
-            "catalogue_magnitude": str(truth[sid]),
-            "sigma": str(r.magnitude_sigma),
-        }
-        for sid, stations in results.items()
-        for r in stations
-    ]
+    """Per-station magnitudes as the station table's fit reads them: the full-record value, and
+    the series values at ``TIMES`` after the station's onset (for the sigma scale)."""
+    rows = []
+    for sid, stations in results.items():
+        for r in stations:
+            key = station_id(r.network, r.station, r.location)
+            values = [("", r.magnitude, r.magnitude_sigma)]
+            if r.onset is not None and r.sigma_series is not None:
+                after = r.series_offsets() + float(UTCDateTime(r.series_start) - r.onset)
+                for t in TIMES:
+                    k = int(np.searchsorted(after, t + 1e-9, side="right")) - 1
+                    if k >= 0:
+                        values.append((f"{t:g}", r.series[k], r.sigma_series[k]))
+            rows += [
+                {
+                    "source_id": sid,
+                    "station_id": key,
+                    "magnitude": str(m),
+                    "catalogue_magnitude": str(truth[sid]),
+                    "sigma": str(s),
+                    "seconds_after_p": t,
+                }
+                for t, m, s in values
+            ]
+    return rows
 
 
 def _table_figures(t: StationTable) -> dict:
