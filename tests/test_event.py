@@ -117,6 +117,26 @@ def test_station_table_fits_the_network_offset_and_a_sigma_scale_left_out_of_its
     assert table.shared_error_fraction < 0.1  # nothing is common to an event here
 
 
+def test_series_rows_join_the_sigma_scale_only():
+    rng = np.random.default_rng(2)
+    final, early = [], []
+    for ev in range(60):
+        for k in range(4):
+            base = dict(source_id=str(ev), station_id=f"XX.S{k}.", catalogue_magnitude="3.0")
+            final.append(dict(base, magnitude=str(3.0 + rng.normal(0, 0.2)), sigma="0.2"))
+            # 3 s after P the values err twice as much as their sigma says
+            early.append(dict(base, magnitude=str(3.0 + rng.normal(0, 0.4)), sigma="0.2",
+                              seconds_after_p="3"))  # fmt: skip
+    alone, both = fit(final), fit(final + early)
+    assert both.network_correction == alone.network_correction
+    assert both.corrections == alone.corrections
+    assert both.shared_error_fraction == alone.shared_error_fraction
+    assert 0.9 < alone.sigma_scale < 1.15
+    assert both.sigma_scale > 1.4  # sqrt((1 + 4) / 2) = 1.58 for these
+    with pytest.raises(ValueError, match="final"):
+        fit(early)
+
+
 def test_calibration_corrects_by_station_then_network_and_scales_the_sigma():
     from seismag.serving.pipeline.event import Calibration, EventTracker
 
