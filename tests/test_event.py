@@ -364,6 +364,9 @@ def test_station_table_cli_fits_and_the_server_reads_it(tmp_path, capsys):
     assert table.corrections == {} and table.sigma_scale == 1.0  # no sigma column
     assert main(["station-table", str(tmp_path / "none.csv"), "--out", str(out)]) == 2
     assert "none.csv" in capsys.readouterr().err
+    csv.write_text("source_id,station_id,magnitude,catalogue_magnitude\ne1,XX.A.,high,3.0\n")
+    assert main(["station-table", str(csv), "--out", str(out)]) == 2
+    assert "line 2" in capsys.readouterr().err
 
 
 # -- live events in StreamPredict -----------------------------------------------------------------

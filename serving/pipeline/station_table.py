@@ -124,10 +124,16 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
         raise ValueError(f"the predictions CSV lacks the columns {missing} (needs {COLUMNS})")
     records = []  # final values: (event, station, residual, sigma)
     series = []  # earlier values, for the sigma scale
-    for r in rows:
-        m, cat = float(r["magnitude"]), float(r["catalogue_magnitude"])
-        if math.isfinite(m) and math.isfinite(cat):
+    for line, r in enumerate(rows, start=2):  # line 1 is the CSV header
+        try:
+            m, cat = float(r["magnitude"]), float(r["catalogue_magnitude"])
             sigma = float(r.get("sigma") or "nan")
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"line {line}: magnitude, catalogue_magnitude and sigma must be numbers, got "
+                f"{r.get('magnitude')!r}, {r.get('catalogue_magnitude')!r}, {r.get('sigma')!r}"
+            ) from None
+        if math.isfinite(m) and math.isfinite(cat):
             row = (r["source_id"], r["station_id"], m - cat, sigma)
             (series if (r.get("seconds_after_p") or "").strip() else records).append(row)
     if not records:
