@@ -128,9 +128,14 @@ def with_ensemble(results: dict, members: list[str], name: str) -> None:
         ]
 
 
-def score(results: dict, truth: dict, tables: dict[str, StationTable] | None, groups) -> dict:
-    """Per time: errors and sigmas of the event magnitudes (each event calibrated by its group's
-    table, or by none)."""
+def latest_at(times: np.ndarray, t: float) -> int:
+    """Index of the latest value at or before ``t`` (-1: none yet)."""
+    return int(np.searchsorted(times, t + 1e-9, side="right")) - 1
+
+
+def event_errors(results: dict, truth: dict, tables: dict[str, StationTable] | None, groups):
+    """Per time: (event, error, sigma) of the event magnitudes (each event calibrated by its
+    group's table, or by none)."""
     rows = {t: [] for t in (*TIMES, "full")}
     for sid, stations in results.items():
         ev = event_magnitude(stations, tables[groups[sid]] if tables else None)
@@ -138,14 +143,20 @@ def score(results: dict, truth: dict, tables: dict[str, StationTable] | None, gr
             continue
         offsets = ev.series_interval * np.arange(len(ev.series))
         offsets[-1] = float(ev.series_end - ev.series_start)
-        start = float(ev.series_start - ev.first_onset)
+        after = float(ev.series_start - ev.first_onset) + offsets
         for t in TIMES:
-            k = int(np.searchsorted(start + offsets, t + 1e-9, side="right")) - 1
+            k = latest_at(after, t)
             if k >= 0:
-                rows[t].append((ev.series[k] - truth[sid], ev.sigma_series[k]))
-        rows["full"].append((ev.final.magnitude - truth[sid], ev.final.sigma))
+                rows[t].append((sid, ev.series[k] - truth[sid], ev.sigma_series[k]))
+        rows["full"].append((sid, ev.final.magnitude - truth[sid], ev.final.sigma))
+    return rows
+
+
+def score(rows: dict, keep=lambda sid: True) -> dict:
+    """Per time: MAE, bias and coverage of :func:`event_errors` rows (of the events kept)."""
     summary = {}
-    for t, pairs in rows.items():
+    for t, all_pairs in rows.items():
+        pairs = [(e, s) for sid, e, s in all_pairs if keep(sid)]
         if not pairs:
             summary[str(t)] = {"n": 0}
             continue
@@ -171,7 +182,7 @@ def station_rows(results: dict, truth: dict) -> list[dict[str, str]]:
             if r.onset is not None and r.sigma_series is not None:
                 after = r.series_offsets() + float(UTCDateTime(r.series_start) - r.onset)
                 for t in TIMES:
-                    k = int(np.searchsorted(after, t + 1e-9, side="right")) - 1
+                    k = latest_at(after, t)
                     if k >= 0:
                         values.append((f"{t:g}", r.series[k], r.sigma_series[k]))
             rows += [
@@ -278,8 +289,9 @@ def main(argv: list[str] | None = None) -> None:
         for g in names_of:
             rows = station_rows({s: v for s, v in past[name].items() if groups[s] == g}, past_truth)
             tables[g] = fit(rows, model=name) if rows else StationTable(model=name)
-        plain = score(test[name], truth, None, groups)
-        corrected = score(test[name], truth, tables, groups)
+        plain_rows = event_errors(test[name], truth, None, groups)
+        corrected_rows = event_errors(test[name], truth, tables, groups)
+        plain, corrected = score(plain_rows), score(corrected_rows)
         figures[name] = {
             "no_corrections": plain,
             "station_table": corrected,
@@ -290,10 +302,9 @@ def main(argv: list[str] | None = None) -> None:
         print(markdown(f"{name} + station table", corrected))
         if len(names_of) > 1:
             for g in names_of:
-                part = {s: v for s, v in test[name].items() if groups[s] == g}
                 fig = {
-                    "no_corrections": score(part, truth, None, groups),
-                    "station_table": score(part, truth, tables, groups),
+                    "no_corrections": score(plain_rows, lambda s, g=g: groups[s] == g),
+                    "station_table": score(corrected_rows, lambda s, g=g: groups[s] == g),
                 }
                 figures[name]["groups"][g] = fig
                 per_group.append(markdown(f"{name}, {g}", fig["no_corrections"]))
