@@ -179,6 +179,13 @@ def _cmd_station_table(args: argparse.Namespace) -> int:
         f"{table.network_correction:+.2f}, {len(table.corrections)} stations with their own, "
         f"shared error fraction {table.shared_error_fraction:.2f}, sigma scale "
         f"{table.sigma_scale:.2f}"
+        + (
+            ", early correction "
+            + ", ".join(f"{c:+.2f} at {t:g} s" for t, c in table.early)
+            + " after P"
+            if table.early
+            else ""
+        )
     )
     return 0
 

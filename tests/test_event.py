@@ -126,7 +126,7 @@ def test_series_rows_join_the_sigma_scale_only():
             final.append(dict(base, magnitude=str(3.0 + rng.normal(0, 0.2)), sigma="0.2"))
             # 3 s after P the values err twice as much as their sigma says
             early.append(dict(base, magnitude=str(3.0 + rng.normal(0, 0.4)), sigma="0.2",
-                              seconds_after_p="3"))  # fmt: skip
+                              seconds_after_first_p="3"))  # fmt: skip
     alone, both = fit(final), fit(final + early)
     assert both.network_correction == alone.network_correction
     assert both.corrections == alone.corrections
@@ -135,6 +135,73 @@ def test_series_rows_join_the_sigma_scale_only():
     assert both.sigma_scale > 1.4  # sqrt((1 + 4) / 2) = 1.58 for these
     with pytest.raises(ValueError, match="final"):
         fit(early)
+
+
+def test_station_table_fits_an_early_correction_per_time_after_the_first_p(tmp_path):
+    # Final values right on average; 3 s after the first P they read 0.3 low and 10 s after 0.1
+    # low, with the scatter their sigma claims.
+    rng = np.random.default_rng(3)
+    rows = []
+    for ev in range(60):
+        for k in range(4):
+            base = dict(source_id=str(ev), station_id=f"XX.S{k}.", catalogue_magnitude="3.0",
+                        sigma="0.2")  # fmt: skip
+            rows.append(dict(base, magnitude=str(3.0 + rng.normal(0, 0.2))))
+            for t, low in ((3, 0.3), (10, 0.1)):
+                value = 3.0 - low + rng.normal(0, 0.2)
+                rows.append(dict(base, magnitude=str(value), seconds_after_first_p=str(t)))
+    table = fit(rows)
+    (t3, c3), (t10, c10) = table.early
+    assert (t3, t10) == (3.0, 10.0)
+    assert c3 == pytest.approx(0.3 * 60 / 63, abs=0.04)
+    assert c10 == pytest.approx(0.1 * 60 / 63, abs=0.04)
+    # The scale sees the early values after their correction: the sigma was right everywhere.
+    assert 0.9 < table.sigma_scale < 1.2
+    table.write(tmp_path / "t.toml")
+    back = np.array(StationTable.read(tmp_path / "t.toml").early)
+    np.testing.assert_allclose(back, np.array(table.early), atol=1e-4)
+    # Linear between the knots, the first knot's before the first, nothing after the last.
+    got = table.early_correction(np.array([2.0, 3.0, 6.5, 10.0, 10.5]))
+    np.testing.assert_allclose(got, [c3, c3, (c3 + c10) / 2, c10, 0.0])
+    bad = {"seconds_after_first_p": "soon", "source_id": "1", "station_id": "XX.S0.",
+           "magnitude": "3", "catalogue_magnitude": "3"}  # fmt: skip
+    with pytest.raises(ValueError, match=r"line 3: .*seconds_after_first_p"):
+        fit([rows[0], bad])
+    # The column of the first release timed values from each station's own P: refused by name.
+    old = [
+        {**{k: v for k, v in r.items() if k != "seconds_after_first_p"},
+         "seconds_after_p": r.get("seconds_after_first_p", "")}
+        for r in rows
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="seconds_after_p column"):
+        fit(old)
+
+
+def test_a_station_table_with_bad_early_corrections_is_refused(tmp_path):
+    path = tmp_path / "t.toml"
+    for text in (
+        "early_seconds = [3, 5]\nearly_correction = [0.1]\n",
+        "early_seconds = [5, 3]\nearly_correction = [0.1, 0.2]\n",
+        "early_seconds = [3]\nearly_correction = [9.0]\n",
+        "early_seconds = 3\nearly_correction = 0.1\n",
+    ):
+        path.write_text(text)
+        with pytest.raises(ValueError, match="early_seconds"):
+            StationTable.read(path)
+
+
+def test_live_early_correction_follows_the_time_after_the_event_s_first_p():
+    from seismag.serving.pipeline.event import Calibration, EventTracker
+
+    cal = Calibration(network_correction=0.1, early=((3.0, 0.2), (10.0, 0.0)))
+    t = UTCDateTime(2024, 1, 1)
+    tracker = EventTracker(calibration=cal)
+    # 3 s after the first P: +0.2 on the event magnitude; 11 s after, none (past the last knot).
+    early = tracker.add([station_update("A", t + 3, t, 4.0)])[0].estimate
+    assert early.magnitude == pytest.approx(4.0 + 0.1 + 0.2)
+    late = tracker.add([station_update("C", t + 11, t + 1, 4.2)])[0].estimate
+    plain = combine([est("XX.A.", 4.1, 0.3), est("XX.C.", 4.3, 0.3)])
+    assert late.magnitude == pytest.approx(plain.magnitude)
 
 
 def test_calibration_corrects_by_station_then_network_and_scales_the_sigma():
@@ -205,6 +272,14 @@ def test_event_of_a_predict_is_causal_and_combines_its_stations(registry):
     np.testing.assert_allclose(
         short.sigma_series[before], ev.sigma_series[: len(before)][before], atol=1e-5
     )
+    # An early correction shifts the event magnitude by its time after the first P: one knot past
+    # the record's end shifts every value; one before the first value, none.
+    from seismag.serving.pipeline.event import Calibration
+
+    late = event_magnitude(results, Calibration(early=((500.0, 0.5),)))
+    np.testing.assert_allclose(late.series, ev.series + 0.5, atol=1e-9)
+    none = event_magnitude(results, Calibration(early=((1.0, 0.5),)))
+    np.testing.assert_allclose(none.series, ev.series, atol=1e-9)
 
 
 @pytest.fixture(scope="module")

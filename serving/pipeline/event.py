@@ -21,7 +21,8 @@ than their sigmas say (Birge ratio). With equal sigmas that is ``s**2 * (rho + (
 events from the training regimes (``python -m seismag.benchmarks.event_accuracy`` prints it).
 A network's own past events calibrate all of it (:class:`Calibration`, fitted by
 :mod:`seismag.serving.pipeline.station_table`): a network correction (the regional offset of the
-models' magnitudes), station corrections, ``rho``, and a scale for the sigma.
+models' magnitudes), station corrections, an early correction of the event magnitude by the time
+after its first P, ``rho``, and a scale for the sigma.
 
 Association: a Predict carries the stations of one event. Stations without a P onset (none sent,
 none picked) cannot be placed in time and are left out; so are stations whose onset lies more than
@@ -75,6 +76,11 @@ class Calibration:
     sigma_scale: float = 1.0
     """The event sigma is multiplied by this (the models' sigmas, measured on the network's
     past events after the corrections, are too wide or too narrow there)."""
+    early: tuple[tuple[float, float], ...] = ()
+    """(seconds after the event's first P, magnitude units) knots, ascending: added to the event
+    magnitude that early. The first seconds' estimate rests on the nearest stations' first
+    seconds of P, which err in their own direction per crust (module of
+    :mod:`.station_table`)."""
 
     def correction(self, key: str) -> float:
         """A station's correction by NET.STA.LOC, else NET.STA, else the network's."""
@@ -82,6 +88,16 @@ class Calibration:
             return float(self.corrections[key])
         short = ".".join(key.split(".")[:2])
         return float(self.corrections.get(short, self.network_correction))
+
+    def early_correction(self, seconds_after_first_p: float | np.ndarray) -> np.ndarray:
+        """The ``early`` term of an event magnitude this many seconds after the first P: linear
+        between the knots, the first knot's before it, none after the last (the other
+        corrections are fitted on the final values)."""
+        t = np.asarray(seconds_after_first_p, dtype=np.float64)
+        if not self.early:
+            return np.zeros_like(t)
+        knots, values = np.array(self.early, dtype=np.float64).T
+        return np.where(t <= knots[-1] + 1e-9, np.interp(t, knots, values), 0.0)
 
 
 @dataclass(frozen=True)
@@ -221,8 +237,13 @@ def _combine_grid(
     return out
 
 
-def _scaled(estimate: EventEstimate, scale: float) -> EventEstimate:
-    return estimate if scale == 1.0 else replace(estimate, sigma=estimate.sigma * scale)
+def _calibrated(estimate: EventEstimate, cal: Calibration, after_first_p: float) -> EventEstimate:
+    """The event-level terms of a calibration: its early correction and its sigma scale."""
+    return replace(
+        estimate,
+        magnitude=estimate.magnitude + float(cal.early_correction(after_first_p)),
+        sigma=estimate.sigma * cal.sigma_scale,
+    )
 
 
 def event_magnitude(
@@ -264,8 +285,10 @@ def event_magnitude(
         m[i] = np.where(j >= 0, v[np.maximum(j, 0)], np.nan)
         s[i] = np.where(j >= 0, sg[np.maximum(j, 0)], np.nan)
     estimates = [
-        _scaled(e, cal.sigma_scale)
-        for e in _combine_grid(list(tracks), m, s, cal.shared_error_fraction)
+        _calibrated(e, cal, t)
+        for e, t in zip(
+            _combine_grid(list(tracks), m, s, cal.shared_error_fraction), grid, strict=True
+        )
     ]
     final = estimates[-1]
     return EventResult(
@@ -346,12 +369,13 @@ class EventTracker:
                 ev.event_id,
                 ev.last_time,
                 ev.first_onset,
-                _scaled(
+                _calibrated(
                     combine(
                         [e for _, e in ev.stations.values()],
                         self.calibration.shared_error_fraction,
                     ),
-                    self.calibration.sigma_scale,
+                    self.calibration,
+                    ev.last_time - ev.first_onset,
                 ),
             )
             for ev in changed.values()

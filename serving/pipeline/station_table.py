@@ -10,14 +10,26 @@ local-magnitude distance corrections are (Hutton & Boore 1987). Fitted on past e
 * **station corrections** (a site amplification the model did not see, a wrong gain): the network
   correction plus minus the station's mean residual left after it, shrunk the same way, for
   stations with at least ``MIN_STATION_EVENTS`` events; the others get the network correction;
+* the **early correction** of the event magnitude, from rows with ``seconds_after_first_p`` (a
+  station's latest value that many seconds after the event's first P, written only where the
+  station counted then, from ``MIN_AFTER_ONSET_SECONDS`` after its own P): at each such time, the
+  event magnitude of those values (:func:`.event.combine`, after the corrections) minus the
+  event magnitude of the final values, averaged over events, negated and shrunk the same way
+  (times with fewer than ``MIN_KNOT_EVENTS`` events are left out). Early estimates are not
+  final ones with more noise. They rest on the nearest stations' first seconds of P, and how
+  those err depends on the crust: on the unseen regimes of docs/events.md a station's value 3 s
+  after its P sat 0.05 below its final value near the source and 0.4 below at the farthest
+  stations in one crust, 0.25 above near the source in the other. A correction by the station's
+  own time after P is dominated by the many far stations and corrects the nearest ones the
+  wrong way; the event's own early estimates measure what is published;
 * the **shared error fraction** (``rho`` of :mod:`.event`) from the residuals left after the
   corrections, and a **sigma scale** (the root mean square of residual / sigma), each residual
   taken against a station correction fitted without its event: residuals a correction has already
   absorbed would make the next events look more certain than they are. The scale multiplies every
   published event sigma, early ones too, and early values err more than final ones (on the unseen
   regimes of docs/events.md a scale from final values alone narrowed the 3 s band to 60 % of
-  events within one sigma): rows with ``seconds_after_p`` (a station's value that many seconds
-  after its P) join the scale's residuals. Corrections and ``rho`` use the final values only.
+  events within one sigma): the series rows, with the early correction of their time, join the
+  scale's residuals. The other corrections and ``rho`` use the final values only.
 
 The table is a small TOML file, read by ``seismag serve --station-table`` and written by
 ``seismag station-table PREDICTIONS.csv``::
@@ -27,6 +39,8 @@ The table is a small TOML file, read by ``seismag serve --station-table`` and wr
     network_correction = -0.08
     shared_error_fraction = 0.33
     sigma_scale = 0.85
+    early_seconds = [3.0, 5.0, 10.0, 20.0]
+    early_correction = [0.14, 0.09, 0.05, 0.03]
 
     [corrections]
     "SY.S0166." = 0.12
@@ -40,22 +54,32 @@ import math
 import tomllib
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
-from seismag.serving.pipeline.event import SHARED_ERROR_FRACTION, Calibration
+from seismag.serving.pipeline.event import (
+    SHARED_ERROR_FRACTION,
+    Calibration,
+    StationEstimate,
+    combine,
+)
 
 PRIOR_EVENTS = 3.0
 """Shrinkage: a term fitted on n events gets n / (n + PRIOR_EVENTS) of its mean residual."""
 MIN_STATION_EVENTS = 3
 """Events a station needs for a correction of its own (with fewer, its term is mostly noise)."""
+MIN_KNOT_EVENTS = 3
+"""Events a time after the first P needs for an early correction of its own."""
 MAX_CORRECTION = 2.0
 """Magnitude units; a larger correction is a wrong table, not a calibration."""
 COLUMNS = ("source_id", "station_id", "magnitude", "catalogue_magnitude")
 """Required columns of the predictions CSV. Optional: ``sigma`` (without it the sigma scale is
-not fitted) and ``seconds_after_p`` (empty for a station's final magnitude; a number for a value
-of its series, used for the sigma scale only)."""
+not fitted) and ``seconds_after_first_p`` (empty for a station's final magnitude; a number for
+its latest value that many seconds after the event's first P, for the early correction and the
+sigma scale)."""
+SERIES_COLUMN = "seconds_after_first_p"
 
 
 @dataclass(frozen=True)
@@ -88,12 +112,13 @@ class StationTable(Calibration):
                 f"station table {path}: sigma_scale must be within (0, 10], got {scale!r}"
             )
         return cls(
-            {str(k): float(v) for k, v in corrections.items()},
-            float(network),
-            float(rho),
-            float(scale),
-            str(raw.get("model", "")),
-            int(raw.get("events", 0)),
+            corrections={str(k): float(v) for k, v in corrections.items()},
+            network_correction=float(network),
+            shared_error_fraction=float(rho),
+            sigma_scale=float(scale),
+            early=_early(raw, path),
+            model=str(raw.get("model", "")),
+            events=int(raw.get("events", 0)),
         )
 
     def write(self, path: str | Path) -> None:
@@ -104,6 +129,8 @@ class StationTable(Calibration):
             f"network_correction = {self.network_correction:.4f}",
             f"shared_error_fraction = {self.shared_error_fraction:.4f}",
             f"sigma_scale = {self.sigma_scale:.4f}",
+            f"early_seconds = [{', '.join(f'{t:g}' for t, _ in self.early)}]",
+            f"early_correction = [{', '.join(f'{c:.4f}' for _, c in self.early)}]",
             "",
             "[corrections]",
         ]
@@ -115,6 +142,24 @@ def _finite(v) -> bool:
     return isinstance(v, int | float) and math.isfinite(v)
 
 
+def _early(raw: dict, path) -> tuple[tuple[float, float], ...]:
+    seconds, values = raw.get("early_seconds", []), raw.get("early_correction", [])
+    ok = (
+        isinstance(seconds, list)
+        and isinstance(values, list)
+        and len(seconds) == len(values)
+        and all(_finite(t) and t >= 0 for t in seconds)
+        and all(b > a for a, b in pairwise(seconds))
+        and all(_finite(c) and abs(c) <= MAX_CORRECTION for c in values)
+    )
+    if not ok:
+        raise ValueError(
+            f"station table {path}: early_seconds (ascending, >= 0) and early_correction "
+            f"(within +-{MAX_CORRECTION:g}) must be lists of numbers of one length"
+        )
+    return tuple((float(t), float(c)) for t, c in zip(seconds, values, strict=True))
+
+
 def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
     """The calibration of past events' per-station predictions (module docstring)."""
     if not rows:
@@ -122,20 +167,33 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
     missing = [c for c in COLUMNS if c not in rows[0]]
     if missing:
         raise ValueError(f"the predictions CSV lacks the columns {missing} (needs {COLUMNS})")
+    if "seconds_after_p" in rows[0]:
+        raise ValueError(
+            f"the predictions CSV has a seconds_after_p column: series values are now timed from "
+            f"the event's first P, in a {SERIES_COLUMN} column"
+        )
     records = []  # final values: (event, station, residual, sigma)
-    series = []  # earlier values, for the sigma scale
+    series = []  # earlier values: (event, station, residual, sigma, seconds after the first P)
     for line, r in enumerate(rows, start=2):  # line 1 is the CSV header
+        after = (r.get(SERIES_COLUMN) or "").strip()
         try:
             m, cat = float(r["magnitude"]), float(r["catalogue_magnitude"])
             sigma = float(r.get("sigma") or "nan")
+            seconds = float(after) if after else 0.0
+            if not (math.isfinite(seconds) and seconds >= 0):
+                raise ValueError
         except (TypeError, ValueError):
             raise ValueError(
-                f"line {line}: magnitude, catalogue_magnitude and sigma must be numbers, got "
-                f"{r.get('magnitude')!r}, {r.get('catalogue_magnitude')!r}, {r.get('sigma')!r}"
+                f"line {line}: magnitude, catalogue_magnitude and sigma must be numbers and "
+                f"{SERIES_COLUMN} empty or a time >= 0, got {r.get('magnitude')!r}, "
+                f"{r.get('catalogue_magnitude')!r}, {r.get('sigma')!r}, {after!r}"
             ) from None
         if math.isfinite(m) and math.isfinite(cat):
             row = (r["source_id"], r["station_id"], m - cat, sigma)
-            (series if (r.get("seconds_after_p") or "").strip() else records).append(row)
+            if after:
+                series.append((*row, seconds))
+            else:
+                records.append(row)
     if not records:
         raise ValueError("no finite final magnitudes to fit a station table from")
     by_event: dict[str, list[float]] = defaultdict(list)
@@ -167,19 +225,49 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
         e = left_out(event, station, res)
         left[event].append(e)
         standardised.append(e / sigma if sigma > 0 else math.nan)
-    for event, station, res, sigma in series:
-        if (event, station) in final:  # a series without its final value is not a station's
-            standardised.append(left_out(event, station, res) / sigma if sigma > 0 else math.nan)
+    rho = shared_fraction([np.array(v) for v in left.values()])
+    series = [row for row in series if row[:2] in final]  # a series needs its station's end
+    early = _fit_early(records, series, lambda s: corrections.get(s, network), rho)
+    early_at = dict(early)
+    for event, station, res, sigma, seconds in series:
+        e = left_out(event, station, res) + early_at.get(round(seconds, 3), 0.0)
+        standardised.append(e / sigma if sigma > 0 else math.nan)
     z = np.array(standardised)
     scale = float(np.sqrt(np.mean(z**2))) if np.all(np.isfinite(z)) else 1.0
     return StationTable(
-        corrections,
-        network,
-        shared_fraction([np.array(v) for v in left.values()]),
-        scale,
-        model,
-        len(by_event),
+        corrections=corrections,
+        network_correction=network,
+        shared_error_fraction=rho,
+        sigma_scale=scale,
+        early=early,
+        model=model,
+        events=len(by_event),
     )
+
+
+def _fit_early(records: list, series: list, correction, rho: float):
+    """Per time after the first P: minus the shrunk mean over events of (the event magnitude
+    then - the final event magnitude), both of corrected residuals (``combine`` is the same
+    for magnitudes and for their residuals against one catalogue value)."""
+
+    def estimate(station: str, res: float, sigma: float) -> StationEstimate:
+        return StationEstimate(station, res + correction(station), sigma)
+
+    final: dict[str, list[StationEstimate]] = defaultdict(list)
+    for event, station, res, sigma in records:
+        final[event].append(estimate(station, res, sigma))
+    by_time: dict[float, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for event, station, res, sigma, seconds in series:
+        by_time[round(seconds, 3)][event].append(estimate(station, res, sigma))
+    early = []
+    for t, events in sorted(by_time.items()):
+        if len(events) >= MIN_KNOT_EVENTS:
+            d = [
+                combine(v, rho).magnitude - combine(final[e], rho).magnitude
+                for e, v in events.items()
+            ]
+            early.append((t, -float(np.sum(d)) / (len(d) + PRIOR_EVENTS)))
+    return tuple(early)
 
 
 def shared_fraction(residuals_by_event: list[np.ndarray]) -> float:
