@@ -315,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predictions",
         help="CSV, one row per station and event: source_id, station_id (NET.STA.LOC), "
         "magnitude, catalogue_magnitude, and optionally sigma (needed for the sigma scale) and "
-        "seconds_after_p (empty for the final magnitude; a number for an earlier value of the "
-        "station's series, which joins the sigma scale's residuals only)",
+        "seconds_after_first_p (empty for the final magnitude; a number for the station's "
+        "latest value that many seconds after the event's first P, from 2 s after its own P: "
+        "these fit the early correction and join the sigma scale's residuals)",
     )
     p.add_argument("--out", required=True, help="TOML file to write")
     p.add_argument("--model", default="", help="model the magnitudes came from (recorded)")
