@@ -290,6 +290,7 @@ def table_path(tmp_path_factory):
     StationTable(
         corrections={f"SY.{first}": 0.25},
         shared_error_fraction=0.3,
+        early=((3.0, 0.1), (6.0, 0.05)),  # the records run well past 6 s: finals unchanged
         model="PhaseNetMag",
         events=10,
     ).write(path)
@@ -303,7 +304,7 @@ def server(registry, table_path):
     srv.stop(1)
 
 
-def test_predict_returns_the_event_over_grpc(stub):
+def test_predict_returns_the_event_over_grpc(stub, registry):
     st, picks, true_m = synthetic_event()
     buf = io.BytesIO()
     st.write(buf, format="MSEED", encoding="FLOAT64")
@@ -327,6 +328,11 @@ def test_predict_returns_the_event_over_grpc(stub):
     assert e.magnitude_sigma == pytest.approx(expect.sigma, abs=1e-5) and e.has_sigma
     assert set(e.stations) == set(expect.used) and not e.not_associated
     assert len(e.series.values) == len(e.station_counts) == len(e.series.sigmas)
+    # The early correction is in the early values: 0.1 on the first (2 s after the first P).
+    results = predict(registry, st, units="m/s", p_picks=picks)
+    plain = event_magnitude(results, StationTable(corrections={first: 0.25}))
+    assert e.series.values[0] - plain.series[0] == pytest.approx(0.1, abs=1e-5)
+    assert e.series.values[-1] == pytest.approx(plain.series[-1], abs=1e-5)
     assert abs(e.magnitude - true_m) < 1.0  # a sanity bound, not an accuracy claim
 
 
