@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         "magnitude, catalogue_magnitude, and optionally sigma (needed for the sigma scale) and "
         "seconds_after_first_p (empty for the final magnitude; a number for the station's "
         "latest value that many seconds after the event's first P, from 2 s after its own P: "
-        "these fit the early correction and join the sigma scale's residuals)",
+        "these fit the early correction and join the sigma scale's residuals). `seismag "
+        "predict FILE --table-rows CSV --event ID=MAGNITUDE` appends one past event's rows",
     )
     p.add_argument("--out", required=True, help="TOML file to write")
     p.add_argument("--model", default="", help="model the magnitudes came from (recorded)")

@@ -33,16 +33,18 @@ from obspy import Stream, Trace, UTCDateTime
 from seismag.serving.errors import InvalidInput
 from seismag.serving.executor.runtime import ModelRegistry
 from seismag.serving.pipeline.ensemble import ensemble_station
-from seismag.serving.pipeline.event import associate, event_magnitude
-from seismag.serving.pipeline.predict import MIN_AFTER_ONSET_SECONDS, predict, station_id
-from seismag.serving.pipeline.station_table import SERIES_COLUMN, StationTable, fit
+from seismag.serving.pipeline.event import event_magnitude
+from seismag.serving.pipeline.predict import predict, station_id
+from seismag.serving.pipeline.station_table import (
+    PastStation,
+    StationTable,
+    fit,
+    prediction_rows,
+)
 
 TIMES = (3.0, 5.0, 10.0, 20.0)
 """Seconds after the first P. No value exists before 2 s (a station counts from 2 s after its P),
 and at 2 s only where a station's series point falls exactly there (1 event in 60)."""
-KNOTS = (2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 45.0)
-"""Seconds after the event's first P at which the station table's rows sample the stations'
-series (its early correction's knots)."""
 SERIES_INTERVAL = 0.5
 
 
@@ -175,36 +177,25 @@ def score(rows: dict, keep=lambda sid: True) -> dict:
 
 
 def station_rows(results: dict, truth: dict) -> list[dict[str, str]]:
-    """Per-station magnitudes as the station table's fit reads them: the full-record value, and
-    its latest values at ``KNOTS`` after the event's first P where it counted then (the early
-    correction and the sigma scale)."""
-    rows = []
-    for sid, stations in results.items():
-        by_id = {station_id(r.network, r.station, r.location): r for r in stations}
-        first, members = associate({k: r.onset for k, r in by_id.items()})
-        for key, r in by_id.items():
-            values = [("", r.magnitude, r.magnitude_sigma)]
-            if key in members and r.sigma_series is not None:
-                t = r.series_offsets() + float(UTCDateTime(r.series_start) - first)
-                # the values event_magnitude counts: from MIN_AFTER_ONSET_SECONDS after its P
-                usable = t >= float(r.onset - first) + MIN_AFTER_ONSET_SECONDS - 1e-9
-                t, m, sg = t[usable], np.asarray(r.series)[usable], r.sigma_series[usable]
-                for knot in KNOTS:
-                    k = latest_at(t, knot)
-                    if k >= 0:
-                        values.append((f"{knot:g}", m[k], sg[k]))
-            rows += [
-                {
-                    "source_id": sid,
-                    "station_id": key,
-                    "magnitude": str(m),
-                    "catalogue_magnitude": str(truth[sid]),
-                    "sigma": str(s),
-                    SERIES_COLUMN: t,
-                }
-                for t, m, s in values
-            ]
-    return rows
+    """The predictions CSV rows of events' station results (the station table's fit reads them)."""
+    return [
+        row
+        for sid, stations in results.items()
+        for row in prediction_rows(sid, truth[sid], [past_station(r) for r in stations])
+    ]
+
+
+def past_station(r) -> PastStation:
+    return PastStation(
+        station_id(r.network, r.station, r.location),
+        r.magnitude,
+        r.magnitude_sigma,
+        r.onset,
+        UTCDateTime(r.series_start),
+        r.series_offsets(),
+        np.asarray(r.series),
+        None if r.sigma_series is None else np.asarray(r.sigma_series),
+    )
 
 
 def _table_figures(t: StationTable) -> dict:

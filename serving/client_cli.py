@@ -188,11 +188,66 @@ def _magnitude(value: float, sigma: float, has_sigma: bool) -> str:
     return f"{value:5.2f} ± {sigma:.2f}" if has_sigma else f"{value:5.2f}"
 
 
+def _past_event(args: argparse.Namespace) -> tuple[str, float] | None:
+    """``--event ID=MAGNITUDE`` (with ``--table-rows``), checked before anything is sent."""
+    if not args.table_rows and not args.event:
+        return None
+    if not (args.table_rows and args.event):
+        raise CliError("--table-rows and --event go together (the rows need the event's id and "
+                       "catalogue magnitude)")  # fmt: skip
+    if len(args.files) != 1:
+        raise CliError("--table-rows takes one file: one past event's stations")
+    event, sep, value = args.event.partition("=")
+    try:
+        magnitude = float(value)
+    except ValueError:
+        magnitude = math.nan
+    if not (sep and event and math.isfinite(magnitude)):
+        raise CliError(f"--event takes ID=MAGNITUDE (the catalogue magnitude), got {args.event!r}")
+    return event, magnitude
+
+
+def table_rows(results, event: str, magnitude: float) -> list[dict[str, str]]:
+    """The station-table rows of one past event's Predict. The reply's last series value is at
+    the data end, a time it does not carry; it is placed at its grid time, which is never earlier
+    (with less than one interval of data after the previous value there would be no grid value
+    between), so no row holds a value before it existed."""
+    import numpy as np
+
+    from seismag.serving.pipeline.station_table import PastStation, prediction_rows
+
+    stations = [
+        PastStation(
+            r.station_id,
+            r.magnitude,
+            r.magnitude_sigma,
+            r.onset,
+            r.series.stats.starttime,
+            np.arange(len(r.series.data)) * r.series.stats.delta,
+            np.asarray(r.series.data, dtype=np.float64),
+            None if r.sigma_series is None else np.asarray(r.sigma_series.data, dtype=np.float64),
+        )
+        for r in results
+    ]
+    return prediction_rows(event, magnitude, stations)
+
+
 @_server_errors
 def cmd_predict(args: argparse.Namespace) -> int:
+    past = _past_event(args)
     everything = []
     for path in args.files:
         results = _predict(args, path)
+        if past is not None:
+            from seismag.serving.pipeline.station_table import write_predictions
+
+            rows = table_rows(results, *past)
+            try:
+                write_predictions(args.table_rows, rows)
+            except OSError as exc:
+                raise CliError(f"cannot write --table-rows: {exc}") from None
+            print(f"appended {len(rows)} rows of event {past[0]} to {args.table_rows}",
+                  file=sys.stderr)  # fmt: skip
         if args.json:
             everything += [{"file": path, **r.to_dict()} for r in results]
             continue
@@ -564,6 +619,14 @@ def add_client_commands(sub) -> None:
         help="send the file through StreamPredict as an archive replay (every window, flow "
         "control) instead of one Predict; done by itself when the file is too large for one",
     )
+    p.add_argument(
+        "--table-rows",
+        metavar="CSV",
+        help="also append the stations' rows for `seismag station-table` to this CSV (one file, "
+        "a past event; needs --event)",
+    )
+    p.add_argument("--event", metavar="ID=MAGNITUDE", help="the past event's id and catalogue "
+                   "magnitude, for --table-rows")  # fmt: skip
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("stream", help="replay a file or forward SeedLink into StreamPredict")

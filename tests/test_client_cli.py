@@ -68,6 +68,34 @@ def test_predict_json_has_magnitude_and_series(server, event, capsys):
     assert station["series"]["interval_s"] == 1.0
 
 
+def test_predict_appends_rows_a_station_table_is_fitted_from(server, event, tmp_path, capsys):
+    from seismag.serving.pipeline.station_table import fit, read_predictions
+
+    _, path, pick, xml = event
+    rows = tmp_path / "past.csv"
+    base = ["predict", path, "--server", server, "--pick", pick, "--stationxml", xml]
+    for event_id, magnitude in (("e1", "2.1"), ("e2", "2.3")):
+        assert main([*base, "--table-rows", str(rows), "--event", f"{event_id}={magnitude}"]) == 0
+    assert "appended" in capsys.readouterr().err
+    table_rows = read_predictions(rows)
+    finals = [r for r in table_rows if not r["seconds_after_first_p"]]
+    assert [(r["source_id"], r["catalogue_magnitude"]) for r in finals] == [
+        ("e1", "2.1"),
+        ("e2", "2.3"),
+    ]
+    series = [r for r in table_rows if r["source_id"] == "e1" and r["seconds_after_first_p"]]
+    at = {r["seconds_after_first_p"]: float(r["magnitude"]) for r in series}
+    # P 5 s into 30 s of record: values from 2 s after P; past the record's end (~25 s after
+    # P) the station holds its final value, as the event magnitude counts it.
+    assert {"3", "10", "20", "30", "45"} <= set(at) and "2.5" not in at  # 1 s grid: 3 s first
+    assert at["30"] == at["45"] == pytest.approx(float(finals[0]["magnitude"]))
+    table = fit(table_rows)
+    assert table.events == 2 and table.early == ()  # too few events for an early term
+    for bad in (["--event", "e3=2.0"], ["--table-rows", str(rows), "--event", "e3"]):
+        assert main([*base, *bad]) == 2
+    assert "--event" in capsys.readouterr().err
+
+
 def test_predict_readable_output(server, event, capsys):
     _, path, pick, xml = event
     assert main(["predict", path, "--server", server, "--pick", pick, "--stationxml", xml]) == 0

@@ -58,13 +58,16 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
+from obspy import UTCDateTime
 
 from seismag.serving.pipeline.event import (
     SHARED_ERROR_FRACTION,
     Calibration,
     StationEstimate,
+    associate,
     combine,
 )
+from seismag.serving.pipeline.predict import MIN_AFTER_ONSET_SECONDS
 
 PRIOR_EVENTS = 3.0
 """Shrinkage: a term fitted on n events gets n / (n + PRIOR_EVENTS) of its mean residual."""
@@ -80,6 +83,26 @@ not fitted) and ``seconds_after_first_p`` (empty for a station's final magnitude
 its latest value that many seconds after the event's first P, for the early correction and the
 sigma scale)."""
 SERIES_COLUMN = "seconds_after_first_p"
+SERIES_KNOTS = (2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 45.0)
+"""Seconds after the event's first P at which :func:`prediction_rows` samples the stations'
+series (the early correction's knots)."""
+
+
+@dataclass(frozen=True)
+class PastStation:
+    """One station's answer for a past event, as :func:`prediction_rows` reads it."""
+
+    station: str
+    """NET.STA.LOC"""
+    magnitude: float
+    sigma: float
+    onset: UTCDateTime | None
+    series_start: UTCDateTime
+    offsets: np.ndarray
+    """Seconds after ``series_start`` of the series values (only values whose time is known
+    exactly; relative times keep the knots exact, absolute POSIX seconds would round them)."""
+    series: np.ndarray
+    sigmas: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -268,6 +291,51 @@ def _fit_early(records: list, series: list, correction, rho: float):
             ]
             early.append((t, -float(np.sum(d)) / (len(d) + PRIOR_EVENTS)))
     return tuple(early)
+
+
+def prediction_rows(
+    source_id: str, catalogue_magnitude: float, stations: list[PastStation]
+) -> list[dict[str, str]]:
+    """The predictions CSV rows of one past event: each station's final magnitude, and its
+    latest value at each of ``SERIES_KNOTS`` after the event's first P where it counted then
+    (from ``MIN_AFTER_ONSET_SECONDS`` after its own P, as the event magnitude counts it)."""
+    first, members = associate({s.station: s.onset for s in stations})
+    rows = []
+    for s in stations:
+        values = [("", s.magnitude, s.sigma)]
+        if first is not None and s.station in members and s.sigmas is not None:
+            t = np.asarray(s.offsets, dtype=np.float64) + float(s.series_start - first)
+            usable = (t >= float(s.onset - first) + MIN_AFTER_ONSET_SECONDS - 1e-9) & np.isfinite(
+                s.series
+            )
+            t, m, sg = t[usable], np.asarray(s.series)[usable], np.asarray(s.sigmas)[usable]
+            for knot in SERIES_KNOTS:
+                k = int(np.searchsorted(t, knot + 1e-9, side="right")) - 1
+                if k >= 0:
+                    values.append((f"{knot:g}", m[k], sg[k]))
+        rows += [
+            {
+                "source_id": source_id,
+                "station_id": s.station,
+                "magnitude": str(m),
+                "catalogue_magnitude": str(catalogue_magnitude),
+                "sigma": str(sg),
+                SERIES_COLUMN: t,
+            }
+            for t, m, sg in values
+        ]
+    return rows
+
+
+def write_predictions(path: str | Path, rows: list[dict[str, str]]) -> None:
+    """Appends rows to a predictions CSV (the header first when the file is new or empty)."""
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "sigma", SERIES_COLUMN])
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
 
 
 def shared_fraction(residuals_by_event: list[np.ndarray]) -> float:
