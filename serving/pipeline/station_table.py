@@ -99,8 +99,9 @@ class PastStation:
     onset: UTCDateTime | None
     series_start: UTCDateTime
     offsets: np.ndarray
-    """Seconds after ``series_start`` of the series values (only values whose time is known
-    exactly; relative times keep the knots exact, absolute POSIX seconds would round them)."""
+    """Seconds after ``series_start`` of the series values (where a value's time is not known
+    exactly, a time never earlier; relative times keep the knots exact, absolute POSIX seconds
+    would round them)."""
     series: np.ndarray
     sigmas: np.ndarray | None
 
