@@ -277,19 +277,17 @@ def _fit_early(records: list, series: list, correction, rho: float):
     def estimate(station: str, res: float, sigma: float) -> StationEstimate:
         return StationEstimate(station, res + correction(station), sigma)
 
-    final: dict[str, list[StationEstimate]] = defaultdict(list)
+    final_estimates: dict[str, list[StationEstimate]] = defaultdict(list)
     for event, station, res, sigma in records:
-        final[event].append(estimate(station, res, sigma))
+        final_estimates[event].append(estimate(station, res, sigma))
+    final = {e: combine(v, rho).magnitude for e, v in final_estimates.items()}  # once per event
     by_time: dict[float, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for event, station, res, sigma, seconds in series:
         by_time[round(seconds, 3)][event].append(estimate(station, res, sigma))
     early = []
     for t, events in sorted(by_time.items()):
         if len(events) >= MIN_KNOT_EVENTS:
-            d = [
-                combine(v, rho).magnitude - combine(final[e], rho).magnitude
-                for e, v in events.items()
-            ]
+            d = [combine(v, rho).magnitude - final[e] for e, v in events.items()]
             early.append((t, -float(np.sum(d)) / (len(d) + PRIOR_EVENTS)))
     return tuple(early)
 
@@ -318,12 +316,12 @@ def prediction_rows(
             {
                 "source_id": source_id,
                 "station_id": s.station,
-                "magnitude": str(m),
+                "magnitude": str(value),
                 "catalogue_magnitude": str(catalogue_magnitude),
-                "sigma": str(sg),
-                SERIES_COLUMN: t,
+                "sigma": str(sigma),
+                SERIES_COLUMN: seconds,
             }
-            for t, m, sg in values
+            for seconds, value, sigma in values
         ]
     return rows
 
