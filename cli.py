@@ -178,14 +178,8 @@ def _cmd_station_table(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {table.events} events, network correction "
         f"{table.network_correction:+.2f}, {len(table.corrections)} stations with their own, "
         f"shared error fraction {table.shared_error_fraction:.2f}, sigma scale "
-        f"{table.sigma_scale:.2f}"
-        + (
-            ", early correction "
-            + ", ".join(f"{c:+.2f} at {t:g} s" for t, c in table.early)
-            + " after P"
-            if table.early
-            else ""
-        )
+        f"{table.sigma_scale:.2f}; event magnitude by seconds after the first P: "
+        f"{table.describe_event_terms()}"
     )
     return 0
 
@@ -317,8 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         "magnitude, catalogue_magnitude, and optionally sigma (needed for the sigma scale) and "
         "seconds_after_first_p (empty for the final magnitude; a number for the station's "
         "latest value that many seconds after the event's first P, from 2 s after its own P: "
-        "these fit the early correction and join the sigma scale's residuals). `seismag "
-        "predict FILE --table-rows CSV --event ID=MAGNITUDE` appends one past event's rows",
+        "these fit the event-level correction and gain by time and join the sigma scale's "
+        "residuals). `seismag predict FILE --table-rows CSV --event ID=MAGNITUDE` appends one "
+        "past event's rows",
     )
     p.add_argument("--out", required=True, help="TOML file to write")
     p.add_argument("--model", default="", help="model the magnitudes came from (recorded)")

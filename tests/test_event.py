@@ -157,12 +157,15 @@ def test_station_table_fits_an_early_correction_per_time_after_the_first_p(tmp_p
     assert c10 == pytest.approx(0.1 * 60 / 63, abs=0.04)
     # The scale sees the early values after their correction: the sigma was right everywhere.
     assert 0.9 < table.sigma_scale < 1.2
+    # Finals right on average: a final correction near zero; one catalogue magnitude: no gain.
+    assert abs(table.final_correction) < 0.04
+    assert table.early_gain == (1.0, 1.0) and table.final_gain == 1.0
     table.write(tmp_path / "t.toml")
     back = np.array(StationTable.read(tmp_path / "t.toml").early)
     np.testing.assert_allclose(back, np.array(table.early), atol=1e-4)
-    # Linear between the knots, the first knot's before the first, nothing after the last.
+    # Linear between the knots, the first knot's before the first, the final's after the last.
     got = table.early_correction(np.array([2.0, 3.0, 6.5, 10.0, 10.5]))
-    np.testing.assert_allclose(got, [c3, c3, (c3 + c10) / 2, c10, 0.0])
+    np.testing.assert_allclose(got, [c3, c3, (c3 + c10) / 2, c10, table.final_correction])
     bad = {"seconds_after_first_p": "soon", "source_id": "1", "station_id": "XX.S0.",
            "magnitude": "3", "catalogue_magnitude": "3"}  # fmt: skip
     with pytest.raises(ValueError, match=r"line 3: .*seconds_after_first_p"):
@@ -175,6 +178,52 @@ def test_station_table_fits_an_early_correction_per_time_after_the_first_p(tmp_p
     ]  # fmt: skip
     with pytest.raises(ValueError, match="seconds_after_p column"):
         fit(old)
+
+
+def test_station_table_fits_a_magnitude_scale_gain_per_time(tmp_path):
+    # A network whose final values run on a scale 1.25 times as wide as the catalogue's about
+    # M 3.5, and whose values 3 s after the first P are compressed to 0.8 of it (an early
+    # estimate of a large event saturates).
+    from seismag.serving.pipeline.event import EventEstimate
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for ev in range(80):
+        cat = rng.uniform(2.0, 5.0)
+        for k in range(4):
+            base = dict(source_id=str(ev), station_id=f"XX.S{k}.", catalogue_magnitude=str(cat),
+                        sigma="0.1")  # fmt: skip
+            final = 3.5 + 1.25 * (cat - 3.5) + rng.normal(0, 0.1)
+            early = 3.5 + 0.8 * (cat - 3.5) + rng.normal(0, 0.1)
+            rows.append(dict(base, magnitude=str(final)))
+            rows.append(dict(base, magnitude=str(early), seconds_after_first_p="3"))
+    table = fit(rows)
+    # Regression slopes +0.25 and -0.2, shrunk by 80 / 83, inverted.
+    assert table.final_gain == pytest.approx(1 / (1 + 0.25 * 80 / 83), abs=0.02)
+    assert table.early_gain[0] == pytest.approx(1 / (1 - 0.2 * 80 / 83), abs=0.02)
+    # The calibrated event magnitude of a M 5 event's values lands near 5 at both times.
+    for value, t in ((3.5 + 1.25 * 1.5, 60.0), (3.5 + 0.8 * 1.5, 3.0)):
+        got = table.calibrate(EventEstimate(value, 0.1, ("XX.S0.",), ()), t)
+        assert got.magnitude == pytest.approx(5.0, abs=0.12)
+        assert got.sigma == pytest.approx(0.1 * table.sigma_scale * float(table.gain(t)))
+    table.write(tmp_path / "t.toml")
+    back = StationTable.read(tmp_path / "t.toml")
+    assert back.final_gain == pytest.approx(table.final_gain, abs=1e-4)
+    assert back.early_gain == pytest.approx(table.early_gain, abs=1e-4)
+    assert back.magnitude_pivot == pytest.approx(table.magnitude_pivot, abs=1e-4)
+    # A table without gains (written before them) reads with gain 1 everywhere.
+    path = tmp_path / "old.toml"
+    path.write_text("early_seconds = [3]\nearly_correction = [0.1]\n")
+    old = StationTable.read(path)
+    assert old.early_gain == (1.0,) and old.final_gain == 1.0 and old.final_correction == 0.0
+    for text in ("final_gain = 3.0\n", "final_gain = 0\n", "final_correction = 5\n",
+                 "magnitude_pivot = 1e9\n"):  # fmt: skip
+        path.write_text(text)
+        with pytest.raises(ValueError, match="final_gain"):
+            StationTable.read(path)
+    path.write_text("early_seconds = [3]\nearly_correction = [0.1]\nearly_gain = [0.1]\n")
+    with pytest.raises(ValueError, match="early_gain"):
+        StationTable.read(path)
 
 
 def test_a_station_table_with_bad_early_corrections_is_refused(tmp_path):
@@ -202,6 +251,15 @@ def test_live_early_correction_follows_the_time_after_the_event_s_first_p():
     late = tracker.add([station_update("C", t + 11, t + 1, 4.2)])[0].estimate
     plain = combine([est("XX.A.", 4.1, 0.3), est("XX.C.", 4.3, 0.3)])
     assert late.magnitude == pytest.approx(plain.magnitude)
+    # Past the last knot the final terms hold: m -> pivot + gain * (m + correction - pivot).
+    cal = Calibration(early=((3.0, 0.2),), final_correction=-0.1, final_gain=0.8,
+                      magnitude_pivot=3.0)  # fmt: skip
+    tracker = EventTracker(calibration=cal)
+    tracker.add([station_update("A", t + 3, t, 4.0)])
+    late = tracker.add([station_update("C", t + 11, t + 1, 4.2)])[0].estimate
+    plain = combine([est("XX.A.", 4.0, 0.3), est("XX.C.", 4.2, 0.3)])
+    assert late.magnitude == pytest.approx(3.0 + 0.8 * (plain.magnitude - 0.1 - 3.0))
+    assert late.sigma == pytest.approx(0.8 * plain.sigma)
 
 
 def test_calibration_corrects_by_station_then_network_and_scales_the_sigma():

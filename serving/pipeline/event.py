@@ -21,8 +21,8 @@ than their sigmas say (Birge ratio). With equal sigmas that is ``s**2 * (rho + (
 events from the training regimes (``python -m seismag.benchmarks.event_accuracy`` prints it).
 A network's own past events calibrate all of it (:class:`Calibration`, fitted by
 :mod:`seismag.serving.pipeline.station_table`): a network correction (the regional offset of the
-models' magnitudes), station corrections, an early correction of the event magnitude by the time
-after its first P, ``rho``, and a scale for the sigma.
+models' magnitudes), station corrections, a correction and a magnitude-scale gain of the event
+magnitude by the time after its first P, ``rho``, and a scale for the sigma.
 
 Association: a Predict carries the stations of one event. Stations without a P onset (none sent,
 none picked) cannot be placed in time and are left out; so are stations whose onset lies more than
@@ -81,6 +81,16 @@ class Calibration:
     magnitude that early. The first seconds' estimate rests on the nearest stations' first
     seconds of P, which err in their own direction per crust (module of
     :mod:`.station_table`)."""
+    early_gain: tuple[float, ...] = ()
+    """The magnitude-scale gain at each ``early`` knot (none: 1 everywhere); see ``final_gain``."""
+    final_correction: float = 0.0
+    """Added to the event magnitude after the last ``early`` knot (fitted on final values)."""
+    final_gain: float = 1.0
+    """After the correction, the event magnitude's distance from ``magnitude_pivot`` is
+    multiplied by this (and its sigma too): a network's magnitudes may run on a wider or
+    narrower scale than its catalogue's, as ML does against Mw (Deichmann 2006, BSSA 96(4A))."""
+    magnitude_pivot: float = 0.0
+    """Magnitude about which the gains stretch (the mean of the past events')."""
 
     def correction(self, key: str) -> float:
         """A station's correction by NET.STA.LOC, else NET.STA, else the network's."""
@@ -90,14 +100,38 @@ class Calibration:
         return float(self.corrections.get(short, self.network_correction))
 
     def early_correction(self, seconds_after_first_p: float | np.ndarray) -> np.ndarray:
-        """The ``early`` term of an event magnitude this many seconds after the first P: linear
-        between the knots, the first knot's before it, none after the last (the other
-        corrections are fitted on the final values)."""
+        """The event-level correction this many seconds after the first P: linear between the
+        ``early`` knots, the first knot's before it, ``final_correction`` after the last."""
+        return self._at(seconds_after_first_p, 0)
+
+    def gain(self, seconds_after_first_p: float | np.ndarray) -> np.ndarray:
+        """The magnitude-scale gain this many seconds after the first P (as
+        :meth:`early_correction`, with ``early_gain`` and ``final_gain``)."""
+        return self._at(seconds_after_first_p, 1)
+
+    def _at(self, seconds_after_first_p, which: int) -> np.ndarray:
         t = np.asarray(seconds_after_first_p, dtype=np.float64)
+        final = (self.final_correction, self.final_gain)[which]
         if not self.early:
-            return np.zeros_like(t)
-        knots, values = np.array(self.early, dtype=np.float64).T
-        return np.where(t <= knots[-1] + 1e-9, np.interp(t, knots, values), 0.0)
+            return np.full_like(t, final)
+        knots = np.array([k for k, _ in self.early], dtype=np.float64)
+        values = np.array(
+            [c for _, c in self.early] if which == 0 else self.early_gain or [1.0] * len(knots),
+            dtype=np.float64,
+        )
+        return np.where(t <= knots[-1] + 1e-9, np.interp(t, knots, values), final)
+
+    def calibrate(self, estimate: EventEstimate, seconds_after_first_p: float) -> EventEstimate:
+        """The event-level terms: ``m -> pivot + gain * (m + correction - pivot)`` at that time,
+        the sigma times ``gain * sigma_scale``."""
+        c = float(self.early_correction(seconds_after_first_p))
+        g = float(self.gain(seconds_after_first_p))
+        p = self.magnitude_pivot
+        return replace(
+            estimate,
+            magnitude=p + g * (estimate.magnitude + c - p),
+            sigma=estimate.sigma * self.sigma_scale * g,
+        )
 
 
 @dataclass(frozen=True)
@@ -237,15 +271,6 @@ def _combine_grid(
     return out
 
 
-def _calibrated(estimate: EventEstimate, cal: Calibration, after_first_p: float) -> EventEstimate:
-    """The event-level terms of a calibration: its early correction and its sigma scale."""
-    return replace(
-        estimate,
-        magnitude=estimate.magnitude + float(cal.early_correction(after_first_p)),
-        sigma=estimate.sigma * cal.sigma_scale,
-    )
-
-
 def event_magnitude(
     results: Sequence[StationResult], calibration: Calibration | None = None
 ) -> EventResult | None:
@@ -285,7 +310,7 @@ def event_magnitude(
         m[i] = np.where(j >= 0, v[np.maximum(j, 0)], np.nan)
         s[i] = np.where(j >= 0, sg[np.maximum(j, 0)], np.nan)
     estimates = [
-        _calibrated(e, cal, t)
+        cal.calibrate(e, t)
         for e, t in zip(
             _combine_grid(list(tracks), m, s, cal.shared_error_fraction), grid, strict=True
         )
@@ -369,12 +394,11 @@ class EventTracker:
                 ev.event_id,
                 ev.last_time,
                 ev.first_onset,
-                _calibrated(
+                self.calibration.calibrate(
                     combine(
                         [e for _, e in ev.stations.values()],
                         self.calibration.shared_error_fraction,
                     ),
-                    self.calibration,
                     ev.last_time - ev.first_onset,
                 ),
             )

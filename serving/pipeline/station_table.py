@@ -10,25 +10,32 @@ local-magnitude distance corrections are (Hutton & Boore 1987). Fitted on past e
 * **station corrections** (a site amplification the model did not see, a wrong gain): the network
   correction plus minus the station's mean residual left after it, shrunk the same way, for
   stations with at least ``MIN_STATION_EVENTS`` events; the others get the network correction;
-* the **early correction** of the event magnitude, from rows with ``seconds_after_first_p`` (a
-  station's latest value that many seconds after the event's first P, written only where the
-  station counted then, from ``MIN_AFTER_ONSET_SECONDS`` after its own P): at each such time, the
-  event magnitude of those values (:func:`.event.combine`, after the corrections) minus the
-  event magnitude of the final values, averaged over events, negated and shrunk the same way
-  (times with fewer than ``MIN_KNOT_EVENTS`` events are left out). Early estimates are not
-  final ones with more noise. They rest on the nearest stations' first seconds of P, and how
-  those err depends on the crust: on the unseen regimes of docs/events.md a station's value 3 s
-  after its P sat 0.05 below its final value near the source and 0.4 below at the farthest
-  stations in one crust, 0.25 above near the source in the other. A correction by the station's
-  own time after P is dominated by the many far stations and corrects the nearest ones the
-  wrong way; the event's own early estimates measure what is published;
+* the **event-level terms by time after the first P**, from rows with ``seconds_after_first_p``
+  (a station's latest value that many seconds after the event's first P, written only where the
+  station counted then, from ``MIN_AFTER_ONSET_SECONDS`` after its own P), and from the final
+  values: at each such time, the event magnitudes of those values (:func:`.event.combine` of
+  the corrected values, each station's term fitted without the event) are regressed on the
+  catalogue magnitude, ``residual = a + b * (M - pivot)``, with ``pivot`` the past events' mean
+  magnitude; ``a`` and ``b`` are shrunk the same way and inverted into a correction ``-a`` and a
+  gain ``1 / (1 + b)``, so that the calibrated magnitude ``pivot + gain * (m - a - pivot)`` is
+  unbiased at every magnitude (times with fewer than ``MIN_KNOT_EVENTS`` events are left out;
+  with fewer than ``MIN_SLOPE_EVENTS`` the gain is 1). Early estimates are not final ones with
+  more noise. They rest on the nearest stations' first seconds of P, and how those err depends
+  on the crust: on the unseen regimes of docs/events.md a station's value 3 s after its P sat
+  0.05 below its final value near the source and 0.4 below at the farthest stations in one
+  crust, 0.25 above near the source in the other; and an early estimate of a large event is
+  low (the first seconds do not yet show how large it grows), so early gains come out above 1
+  and final ones near 1. A correction by the station's own time after P would be dominated by
+  the many far stations and correct the nearest ones the wrong way; the event's own early
+  estimates measure what is published. The gain trades accuracy for the absence of a
+  magnitude-dependent bias where the estimate is noisy (docs/events.md);
 * the **shared error fraction** (``rho`` of :mod:`.event`) from the residuals left after the
   corrections, and a **sigma scale** (the root mean square of residual / sigma), each residual
   taken against a station correction fitted without its event: residuals a correction has already
   absorbed would make the next events look more certain than they are. The scale multiplies every
   published event sigma, early ones too, and early values err more than final ones (on the unseen
   regimes of docs/events.md a scale from final values alone narrowed the 3 s band to 60 % of
-  events within one sigma): the series rows, with the early correction of their time, join the
+  events within one sigma): the series rows, calibrated by the terms of their time, join the
   scale's residuals. The other corrections and ``rho`` use the final values only.
 
 The table is a small TOML file, read by ``seismag serve --station-table`` and written by
@@ -41,6 +48,10 @@ The table is a small TOML file, read by ``seismag serve --station-table`` and wr
     sigma_scale = 0.85
     early_seconds = [3.0, 5.0, 10.0, 20.0]
     early_correction = [0.14, 0.09, 0.05, 0.03]
+    early_gain = [1.07, 1.03, 1.02, 1.0]
+    final_correction = 0.01
+    final_gain = 0.97
+    magnitude_pivot = 3.4
 
     [corrections]
     "SY.S0166." = 0.12
@@ -74,7 +85,12 @@ PRIOR_EVENTS = 3.0
 MIN_STATION_EVENTS = 3
 """Events a station needs for a correction of its own (with fewer, its term is mostly noise)."""
 MIN_KNOT_EVENTS = 3
-"""Events a time after the first P needs for an early correction of its own."""
+"""Events a time after the first P needs for an event-level correction of its own."""
+MIN_SLOPE_EVENTS = 10
+"""Events a time needs for a magnitude-scale gain (with fewer, a slope is mostly noise)."""
+SLOPE_RANGE = (-0.5, 1.0)
+"""Slope of the event residual on the catalogue magnitude kept within this: gains 0.5 to 2."""
+GAIN_RANGE = (0.5, 2.0)
 MAX_CORRECTION = 2.0
 """Magnitude units; a larger correction is a wrong table, not a calibration."""
 COLUMNS = ("source_id", "station_id", "magnitude", "catalogue_magnitude")
@@ -135,17 +151,48 @@ class StationTable(Calibration):
             raise ValueError(
                 f"station table {path}: sigma_scale must be within (0, 10], got {scale!r}"
             )
+        early, gains = _early(raw, path)
+        final_c, final_g, pivot = (
+            raw.get(k, d)
+            for k, d in (("final_correction", 0.0), ("final_gain", 1.0), ("magnitude_pivot", 0.0))
+        )
+        if not (
+            _finite(final_c)
+            and abs(final_c) <= MAX_CORRECTION
+            and _gain_ok(final_g)
+            and _finite(pivot)
+            and -3 <= pivot <= 10
+        ):
+            raise ValueError(
+                f"station table {path}: final_correction must be within +-{MAX_CORRECTION:g}, "
+                f"final_gain within [{GAIN_RANGE[0]:g}, {GAIN_RANGE[1]:g}] and magnitude_pivot a "
+                f"magnitude, got {final_c!r}, {final_g!r}, {pivot!r}"
+            )
         return cls(
             corrections={str(k): float(v) for k, v in corrections.items()},
             network_correction=float(network),
             shared_error_fraction=float(rho),
             sigma_scale=float(scale),
-            early=_early(raw, path),
+            early=early,
+            early_gain=gains,
+            final_correction=float(final_c),
+            final_gain=float(final_g),
+            magnitude_pivot=float(pivot),
             model=str(raw.get("model", "")),
             events=int(raw.get("events", 0)),
         )
 
+    def describe_event_terms(self) -> str:
+        """The event-level terms in one line: correction and gain at each knot and after."""
+        gains = self.early_gain or (1.0,) * len(self.early)
+        cells = [
+            f"{c:+.2f} x{g:.2f} at {t:g} s" for (t, c), g in zip(self.early, gains, strict=True)
+        ]
+        cells.append(f"{self.final_correction:+.2f} x{self.final_gain:.2f} after")
+        return f"{', '.join(cells)} (gains about M {self.magnitude_pivot:.2f})"
+
     def write(self, path: str | Path) -> None:
+        gains = self.early_gain or (1.0,) * len(self.early)
         lines = [
             "# seismag station table: corrections are added to the station magnitudes",
             f"model = {json.dumps(self.model)}",
@@ -155,6 +202,10 @@ class StationTable(Calibration):
             f"sigma_scale = {self.sigma_scale:.4f}",
             f"early_seconds = [{', '.join(f'{t:g}' for t, _ in self.early)}]",
             f"early_correction = [{', '.join(f'{c:.4f}' for _, c in self.early)}]",
+            f"early_gain = [{', '.join(f'{g:.4f}' for g in gains)}]",
+            f"final_correction = {self.final_correction:.4f}",
+            f"final_gain = {self.final_gain:.4f}",
+            f"magnitude_pivot = {self.magnitude_pivot:.4f}",
             "",
             "[corrections]",
         ]
@@ -166,22 +217,31 @@ def _finite(v) -> bool:
     return isinstance(v, int | float) and math.isfinite(v)
 
 
-def _early(raw: dict, path) -> tuple[tuple[float, float], ...]:
+def _gain_ok(g) -> bool:
+    return _finite(g) and GAIN_RANGE[0] <= g <= GAIN_RANGE[1]
+
+
+def _early(raw: dict, path) -> tuple[tuple[tuple[float, float], ...], tuple[float, ...]]:
     seconds, values = raw.get("early_seconds", []), raw.get("early_correction", [])
+    gains = raw.get("early_gain", [1.0] * len(seconds) if isinstance(seconds, list) else [])
     ok = (
         isinstance(seconds, list)
         and isinstance(values, list)
-        and len(seconds) == len(values)
+        and isinstance(gains, list)
+        and len(seconds) == len(values) == len(gains)
         and all(_finite(t) and t >= 0 for t in seconds)
         and all(b > a for a, b in pairwise(seconds))
         and all(_finite(c) and abs(c) <= MAX_CORRECTION for c in values)
+        and all(_gain_ok(g) for g in gains)
     )
     if not ok:
         raise ValueError(
-            f"station table {path}: early_seconds (ascending, >= 0) and early_correction "
-            f"(within +-{MAX_CORRECTION:g}) must be lists of numbers of one length"
+            f"station table {path}: early_seconds (ascending, >= 0), early_correction (within "
+            f"+-{MAX_CORRECTION:g}) and early_gain (within [{GAIN_RANGE[0]:g}, "
+            f"{GAIN_RANGE[1]:g}]; optional) must be lists of numbers of one length"
         )
-    return tuple((float(t), float(c)) for t, c in zip(seconds, values, strict=True))
+    early = tuple((float(t), float(c)) for t, c in zip(seconds, values, strict=True))
+    return early, tuple(float(g) for g in gains)
 
 
 def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
@@ -198,6 +258,7 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
         )
     records = []  # final values: (event, station, residual, sigma)
     series = []  # earlier values: (event, station, residual, sigma, seconds after the first P)
+    catalogue: dict[str, float] = {}
     for line, r in enumerate(rows, start=2):  # line 1 is the CSV header
         after = (r.get(SERIES_COLUMN) or "").strip()
         try:
@@ -214,6 +275,7 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
             ) from None
         if math.isfinite(m) and math.isfinite(cat):
             row = (r["source_id"], r["station_id"], m - cat, sigma)
+            catalogue[r["source_id"]] = cat
             if after:
                 series.append((*row, seconds))
             else:
@@ -244,52 +306,72 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
         return res + network - (float(np.sum(v)) - own) / (len(v) - 1 + PRIOR_EVENTS)
 
     left: dict[str, list[float]] = defaultdict(list)
-    standardised = []
-    for event, station, res, sigma in records:
-        e = left_out(event, station, res)
-        left[event].append(e)
-        standardised.append(e / sigma if sigma > 0 else math.nan)
+    for event, station, res, _ in records:
+        left[event].append(left_out(event, station, res))
     rho = shared_fraction([np.array(v) for v in left.values()])
     series = [row for row in series if row[:2] in final]  # a series needs its station's end
-    early = _fit_early(records, series, lambda s: corrections.get(s, network), rho)
-    early_at = dict(early)
-    for event, station, res, sigma, seconds in series:
-        e = left_out(event, station, res) + early_at.get(round(seconds, 3), 0.0)
-        standardised.append(e / sigma if sigma > 0 else math.nan)
+    pivot = float(np.mean([catalogue[e] for e in by_event]))
+    terms = _fit_event_terms(
+        [(*r[:2], left_out(*r[:3]), r[3], None) for r in records]
+        + [(*r[:2], left_out(*r[:3]), *r[3:]) for r in series],
+        catalogue,
+        pivot,
+        rho,
+    )
+    standardised = []
+    for event, station, res, sigma, *seconds in [*records, *series]:
+        c, g = terms.get(round(seconds[0], 3) if seconds else None, (0.0, 1.0))
+        # The calibrated event-level error of this one value, in units of its calibrated sigma.
+        err = (g - 1.0) * (catalogue[event] - pivot) + g * (left_out(event, station, res) + c)
+        standardised.append(err / (g * sigma) if sigma > 0 else math.nan)
     z = np.array(standardised)
     scale = float(np.sqrt(np.mean(z**2))) if np.all(np.isfinite(z)) else 1.0
+    knots = sorted(t for t in terms if t is not None)
+    final_c, final_g = terms.get(None, (0.0, 1.0))
     return StationTable(
         corrections=corrections,
         network_correction=network,
         shared_error_fraction=rho,
         sigma_scale=scale,
-        early=early,
+        early=tuple((t, terms[t][0]) for t in knots),
+        early_gain=tuple(terms[t][1] for t in knots),
+        final_correction=final_c,
+        final_gain=final_g,
+        magnitude_pivot=pivot,
         model=model,
         events=len(by_event),
     )
 
 
-def _fit_early(records: list, series: list, correction, rho: float):
-    """Per time after the first P: minus the shrunk mean over events of (the event magnitude
-    then - the final event magnitude), both of corrected residuals (``combine`` is the same
-    for magnitudes and for their residuals against one catalogue value)."""
-
-    def estimate(station: str, res: float, sigma: float) -> StationEstimate:
-        return StationEstimate(station, res + correction(station), sigma)
-
-    final_estimates: dict[str, list[StationEstimate]] = defaultdict(list)
-    for event, station, res, sigma in records:
-        final_estimates[event].append(estimate(station, res, sigma))
-    final = {e: combine(v, rho).magnitude for e, v in final_estimates.items()}  # once per event
-    by_time: dict[float, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for event, station, res, sigma, seconds in series:
-        by_time[round(seconds, 3)][event].append(estimate(station, res, sigma))
-    early = []
-    for t, events in sorted(by_time.items()):
-        if len(events) >= MIN_KNOT_EVENTS:
-            d = [combine(v, rho).magnitude - final[e] for e, v in events.items()]
-            early.append((t, -float(np.sum(d)) / (len(d) + PRIOR_EVENTS)))
-    return tuple(early)
+def _fit_event_terms(rows: list, catalogue: dict[str, float], pivot: float, rho: float) -> dict:
+    """Per time after the first P (None: the final values), the (correction, gain) of the event
+    magnitude: the event residuals then (``combine`` of the stations' corrected residuals; it
+    is the same for magnitudes and for their residuals against one catalogue value) regressed
+    on the catalogue magnitude, ``residual = a + b * (M - pivot)``, both terms shrunk, and
+    inverted: correction ``-a``, gain ``1 / (1 + b)``. Times with fewer than
+    ``MIN_KNOT_EVENTS`` events are left out; with fewer than ``MIN_SLOPE_EVENTS`` the gain
+    is 1."""
+    by_time: dict[float | None, dict[str, list[StationEstimate]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for event, station, res, sigma, seconds in rows:
+        key = None if seconds is None else round(seconds, 3)
+        by_time[key][event].append(StationEstimate(station, res, sigma))
+    terms = {}
+    for t, events in by_time.items():
+        n = len(events)
+        if n < MIN_KNOT_EVENTS:
+            continue
+        r = np.array([combine(v, rho).magnitude for v in events.values()])
+        x = np.array([catalogue[e] - pivot for e in events])
+        b = 0.0
+        if n >= MIN_SLOPE_EVENTS and np.ptp(x) > 0:
+            b = float(np.cov(x, r, bias=True)[0, 1] / np.var(x))
+        a = float(np.mean(r) - b * np.mean(x))
+        shrink = n / (n + PRIOR_EVENTS)
+        b = float(np.clip(b * shrink, *SLOPE_RANGE))
+        terms[t] = (-a * shrink, 1.0 / (1.0 + b))
+    return terms
 
 
 def prediction_rows(
