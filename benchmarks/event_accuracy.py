@@ -163,7 +163,8 @@ def score(rows: dict, keep=lambda sid: True) -> dict:
     interval (a calibrated 68 % over 150 events lands within 68 +- 7.5 % only 95 % of the time)."""
     summary = {}
     for t, all_pairs in rows.items():
-        pairs = [(e, s) for sid, e, s in all_pairs if keep(sid)]
+        # In event order: the bootstrap's resamples then do not depend on dict order.
+        pairs = [(e, s) for sid, e, s in sorted(all_pairs, key=lambda r: r[0]) if keep(sid)]
         if not pairs:
             summary[str(t)] = {"n": 0}
             continue

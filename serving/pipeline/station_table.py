@@ -96,12 +96,12 @@ MAX_CORRECTION = 2.0
 COLUMNS = ("source_id", "station_id", "magnitude", "catalogue_magnitude")
 """Required columns of the predictions CSV. Optional: ``sigma`` (without it the sigma scale is
 not fitted) and ``seconds_after_first_p`` (empty for a station's final magnitude; a number for
-its latest value that many seconds after the event's first P, for the early correction and the
-sigma scale)."""
+its latest value that many seconds after the event's first P, for the event-level terms by
+time and the sigma scale)."""
 SERIES_COLUMN = "seconds_after_first_p"
 SERIES_KNOTS = (2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 45.0)
 """Seconds after the event's first P at which :func:`prediction_rows` samples the stations'
-series (the early correction's knots)."""
+series (the knots of the event-level terms)."""
 
 
 @dataclass(frozen=True)
