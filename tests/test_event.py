@@ -206,8 +206,16 @@ def test_station_table_fits_a_magnitude_scale_gain_per_time(tmp_path):
         got = table.calibrate(EventEstimate(value, 0.1, ("XX.S0.",), ()), t)
         assert got.magnitude == pytest.approx(5.0, abs=0.12)
         assert got.sigma == pytest.approx(0.1 * table.sigma_scale * float(table.gain(t)))
+    # Beyond the past events' magnitudes (2-5) the gain's shift is held, not extrapolated.
+    lo, hi = table.magnitude_range
+    assert 2.0 <= lo < 2.1 and 4.9 < hi <= 5.0
+    at_end = table.calibrate(EventEstimate(3.5 + 1.25 * (hi - 3.5), 0.1, (), ()), 60.0)
+    beyond = table.calibrate(EventEstimate(3.5 + 1.25 * (hi - 3.5) + 2.0, 0.1, (), ()), 60.0)
+    assert at_end.magnitude == pytest.approx(hi, abs=0.1)
+    assert beyond.magnitude - at_end.magnitude == pytest.approx(2.0)
     table.write(tmp_path / "t.toml")
     back = StationTable.read(tmp_path / "t.toml")
+    assert back.magnitude_range == pytest.approx(table.magnitude_range, abs=1e-4)
     assert back.final_gain == pytest.approx(table.final_gain, abs=1e-4)
     assert back.early_gain == pytest.approx(table.early_gain, abs=1e-4)
     assert back.magnitude_pivot == pytest.approx(table.magnitude_pivot, abs=1e-4)
@@ -224,6 +232,10 @@ def test_station_table_fits_a_magnitude_scale_gain_per_time(tmp_path):
     path.write_text("early_seconds = [3]\nearly_correction = [0.1]\nearly_gain = [0.1]\n")
     with pytest.raises(ValueError, match="early_gain"):
         StationTable.read(path)
+    for text in ("magnitude_range = [5, 2]\n", "magnitude_range = 3\n"):
+        path.write_text(text)
+        with pytest.raises(ValueError, match="magnitude_range"):
+            StationTable.read(path)
 
 
 def test_a_station_table_with_bad_early_corrections_is_refused(tmp_path):

@@ -91,6 +91,11 @@ class Calibration:
     narrower scale than its catalogue's, as ML does against Mw (Deichmann 2006, BSSA 96(4A))."""
     magnitude_pivot: float = 0.0
     """Magnitude about which the gains stretch (the mean of the past events')."""
+    magnitude_range: tuple[float, float] | None = None
+    """The past events' smallest and largest catalogue magnitudes: a gain is a straight line
+    fitted there, so beyond them its shift is held at the end's value, not extrapolated (a
+    network whose past events are all M 2-3 says nothing about the scale at M 6). None: no
+    limit."""
 
     def correction(self, key: str) -> float:
         """A station's correction by NET.STA.LOC, else NET.STA, else the network's."""
@@ -122,14 +127,19 @@ class Calibration:
         return np.where(t <= knots[-1] + 1e-9, np.interp(t, knots, values), final)
 
     def calibrate(self, estimate: EventEstimate, seconds_after_first_p: float) -> EventEstimate:
-        """The event-level terms: ``m -> pivot + gain * (m + correction - pivot)`` at that time,
-        the sigma times ``gain * sigma_scale``."""
+        """The event-level terms: ``m -> pivot + gain * (m + correction - pivot)`` at that time
+        within ``magnitude_range`` (slope 1 beyond it), the sigma times ``gain * sigma_scale``."""
         c = float(self.early_correction(seconds_after_first_p))
         g = float(self.gain(seconds_after_first_p))
         p = self.magnitude_pivot
+        u = estimate.magnitude + c
+        inside = u
+        if self.magnitude_range is not None:
+            lo, hi = self.magnitude_range  # in calibrated magnitudes: back to u's scale
+            inside = float(np.clip(u, p + (lo - p) / g, p + (hi - p) / g))
         return replace(
             estimate,
-            magnitude=p + g * (estimate.magnitude + c - p),
+            magnitude=u + (g - 1.0) * (inside - p),
             sigma=estimate.sigma * self.sigma_scale * g,
         )
 

@@ -52,6 +52,7 @@ The table is a small TOML file, read by ``seismag serve --station-table`` and wr
     final_correction = 0.01
     final_gain = 0.97
     magnitude_pivot = 3.4
+    magnitude_range = [1.8, 6.1]
 
     [corrections]
     "SY.S0166." = 0.12
@@ -152,6 +153,17 @@ class StationTable(Calibration):
                 f"station table {path}: sigma_scale must be within (0, 10], got {scale!r}"
             )
         early, gains = _early(raw, path)
+        span = raw.get("magnitude_range")
+        if span is not None and not (
+            isinstance(span, list)
+            and len(span) == 2
+            and all(_finite(v) and -3 <= v <= 10 for v in span)
+            and span[0] <= span[1]
+        ):
+            raise ValueError(
+                f"station table {path}: magnitude_range must be [smallest, largest] past "
+                f"magnitude, got {span!r}"
+            )
         final_c, final_g, pivot = (
             raw.get(k, d)
             for k, d in (("final_correction", 0.0), ("final_gain", 1.0), ("magnitude_pivot", 0.0))
@@ -178,6 +190,7 @@ class StationTable(Calibration):
             final_correction=float(final_c),
             final_gain=float(final_g),
             magnitude_pivot=float(pivot),
+            magnitude_range=None if span is None else (float(span[0]), float(span[1])),
             model=str(raw.get("model", "")),
             events=int(raw.get("events", 0)),
         )
@@ -189,7 +202,9 @@ class StationTable(Calibration):
             f"{c:+.2f} x{g:.2f} at {t:g} s" for (t, c), g in zip(self.early, gains, strict=True)
         ]
         cells.append(f"{self.final_correction:+.2f} x{self.final_gain:.2f} after")
-        return f"{', '.join(cells)} (gains about M {self.magnitude_pivot:.2f})"
+        span = self.magnitude_range
+        within = f", within M {span[0]:.1f}-{span[1]:.1f}" if span is not None else ""
+        return f"{', '.join(cells)} (gains about M {self.magnitude_pivot:.2f}{within})"
 
     def write(self, path: str | Path) -> None:
         gains = self.early_gain or (1.0,) * len(self.early)
@@ -206,6 +221,11 @@ class StationTable(Calibration):
             f"final_correction = {self.final_correction:.4f}",
             f"final_gain = {self.final_gain:.4f}",
             f"magnitude_pivot = {self.magnitude_pivot:.4f}",
+            *(
+                [f"magnitude_range = [{', '.join(f'{v:.4f}' for v in self.magnitude_range)}]"]
+                if self.magnitude_range is not None
+                else []
+            ),
             "",
             "[corrections]",
         ]
@@ -310,7 +330,8 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
         left[event].append(left_out(event, station, res))
     rho = shared_fraction([np.array(v) for v in left.values()])
     series = [row for row in series if row[:2] in final]  # a series needs its station's end
-    pivot = float(np.mean([catalogue[e] for e in by_event]))
+    event_magnitudes = [catalogue[e] for e in by_event]
+    pivot = float(np.mean(event_magnitudes))
     terms = _fit_event_terms(
         [(*r[:2], left_out(*r[:3]), r[3], None) for r in records]
         + [(*r[:2], left_out(*r[:3]), *r[3:]) for r in series],
@@ -338,6 +359,7 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
         final_correction=final_c,
         final_gain=final_g,
         magnitude_pivot=pivot,
+        magnitude_range=(min(event_magnitudes), max(event_magnitudes)),
         model=model,
         events=len(by_event),
     )
