@@ -209,7 +209,8 @@ class StationTable(Calibration):
     def write(self, path: str | Path) -> None:
         gains = self.early_gain or (1.0,) * len(self.early)
         lines = [
-            "# seismag station table: corrections are added to the station magnitudes",
+            "# seismag station table: corrections are added to the station magnitudes;",
+            "# the early_* and final_* terms act on the event magnitude",
             f"model = {json.dumps(self.model)}",
             f"events = {self.events}",
             f"network_correction = {self.network_correction:.4f}",
