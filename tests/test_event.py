@@ -232,6 +232,9 @@ def test_station_table_fits_a_magnitude_scale_gain_per_time(tmp_path):
     path.write_text("early_seconds = [3]\nearly_correction = [0.1]\nearly_gain = [0.1]\n")
     with pytest.raises(ValueError, match="early_gain"):
         StationTable.read(path)
+    path.write_text("final_gain = 0.9\n")
+    with pytest.raises(ValueError, match="magnitude_pivot"):
+        StationTable.read(path)
     for text in ("magnitude_range = [5, 2]\n", "magnitude_range = 3\n"):
         path.write_text(text)
         with pytest.raises(ValueError, match="magnitude_range"):

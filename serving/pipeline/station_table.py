@@ -92,6 +92,7 @@ MIN_SLOPE_EVENTS = 10
 SLOPE_RANGE = (-0.5, 1.0)
 """Slope of the event residual on the catalogue magnitude kept within this: gains 0.5 to 2."""
 GAIN_RANGE = (0.5, 2.0)
+"""Gains a table may hold (what ``SLOPE_RANGE`` allows the fit)."""
 MAX_CORRECTION = 2.0
 """Magnitude units; a larger correction is a wrong table, not a calibration."""
 COLUMNS = ("source_id", "station_id", "magnitude", "catalogue_magnitude")
@@ -179,6 +180,11 @@ class StationTable(Calibration):
                 f"station table {path}: final_correction must be within +-{MAX_CORRECTION:g}, "
                 f"final_gain within [{GAIN_RANGE[0]:g}, {GAIN_RANGE[1]:g}] and magnitude_pivot a "
                 f"magnitude, got {final_c!r}, {final_g!r}, {pivot!r}"
+            )
+        if "magnitude_pivot" not in raw and any(g != 1.0 for g in (*gains, final_g)):
+            raise ValueError(
+                f"station table {path}: gains other than 1 need the magnitude_pivot they "
+                "stretch about"
             )
         return cls(
             corrections={str(k): float(v) for k, v in corrections.items()},
