@@ -256,7 +256,7 @@ def _table_figures(t: StationTable) -> dict:
         "shared_error_fraction": t.shared_error_fraction,
         "sigma_scale": t.sigma_scale,
         "early_correction": {f"{s:g}": c for s, c in t.early},
-        "early_gain": {f"{s:g}": float(t.gain(s)) for s, _ in t.early},
+        "early_gain": {f"{s:g}": g for (s, _), g in zip(t.early, t.knot_gains(), strict=True)},
         "final_correction": t.final_correction,
         "final_gain": t.final_gain,
         "magnitude_pivot": t.magnitude_pivot,

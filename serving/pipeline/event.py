@@ -104,6 +104,10 @@ class Calibration:
         short = ".".join(key.split(".")[:2])
         return float(self.corrections.get(short, self.network_correction))
 
+    def knot_gains(self) -> tuple[float, ...]:
+        """The gain at each ``early`` knot (1 where the table has none)."""
+        return self.early_gain or (1.0,) * len(self.early)
+
     def early_correction(self, seconds_after_first_p: float | np.ndarray) -> np.ndarray:
         """The event-level correction this many seconds after the first P: linear between the
         ``early`` knots, the first knot's before it, ``final_correction`` after the last."""
@@ -121,7 +125,7 @@ class Calibration:
             return np.full_like(t, final)
         knots = np.array([k for k, _ in self.early], dtype=np.float64)
         values = np.array(
-            [c for _, c in self.early] if which == 0 else self.early_gain or [1.0] * len(knots),
+            [c for _, c in self.early] if which == 0 else self.knot_gains(),
             dtype=np.float64,
         )
         return np.where(t <= knots[-1] + 1e-9, np.interp(t, knots, values), final)

@@ -203,7 +203,7 @@ class StationTable(Calibration):
 
     def describe_event_terms(self) -> str:
         """The event-level terms in one line: correction and gain at each knot and after."""
-        gains = self.early_gain or (1.0,) * len(self.early)
+        gains = self.knot_gains()
         cells = [
             f"{c:+.2f} x{g:.2f} at {t:g} s" for (t, c), g in zip(self.early, gains, strict=True)
         ]
@@ -213,7 +213,7 @@ class StationTable(Calibration):
         return f"{', '.join(cells)} (gains about M {self.magnitude_pivot:.2f}{within})"
 
     def write(self, path: str | Path) -> None:
-        gains = self.early_gain or (1.0,) * len(self.early)
+        gains = self.knot_gains()
         lines = [
             "# seismag station table: corrections are added to the station magnitudes;",
             "# the early_* and final_* terms act on the event magnitude",
@@ -332,25 +332,25 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
         own = final[event, station] + network
         return res + network - (float(np.sum(v)) - own) / (len(v) - 1 + PRIOR_EVENTS)
 
-    left: dict[str, list[float]] = defaultdict(list)
-    for event, station, res, _ in records:
-        left[event].append(left_out(event, station, res))
-    rho = shared_fraction([np.array(v) for v in left.values()])
     series = [row for row in series if row[:2] in final]  # a series needs its station's end
+    # Every value once: (event, station, left-out residual, sigma, time after the first P or
+    # None for a final value), read by rho, the event-level terms and the sigma scale.
+    left = [(e, s, left_out(e, s, r), sg, None) for e, s, r, sg in records] + [
+        (e, s, left_out(e, s, r), sg, round(t, 3)) for e, s, r, sg, t in series
+    ]
+    by_event_left: dict[str, list[float]] = defaultdict(list)
+    for event, _, res, _, seconds in left:
+        if seconds is None:
+            by_event_left[event].append(res)
+    rho = shared_fraction([np.array(v) for v in by_event_left.values()])
     event_magnitudes = [catalogue[e] for e in by_event]
     pivot = float(np.mean(event_magnitudes))
-    terms = _fit_event_terms(
-        [(*r[:2], left_out(*r[:3]), r[3], None) for r in records]
-        + [(*r[:2], left_out(*r[:3]), *r[3:]) for r in series],
-        catalogue,
-        pivot,
-        rho,
-    )
+    terms = _fit_event_terms(left, catalogue, pivot, rho)
     standardised = []
-    for event, station, res, sigma, *seconds in [*records, *series]:
-        c, g = terms.get(round(seconds[0], 3) if seconds else None, (0.0, 1.0))
+    for event, _, res, sigma, seconds in left:
+        c, g = terms.get(seconds, (0.0, 1.0))
         # The calibrated event-level error of this one value, in units of its calibrated sigma.
-        err = (g - 1.0) * (catalogue[event] - pivot) + g * (left_out(event, station, res) + c)
+        err = (g - 1.0) * (catalogue[event] - pivot) + g * (res + c)
         standardised.append(err / (g * sigma) if sigma > 0 else math.nan)
     z = np.array(standardised)
     scale = float(np.sqrt(np.mean(z**2))) if np.all(np.isfinite(z)) else 1.0
@@ -384,8 +384,7 @@ def _fit_event_terms(rows: list, catalogue: dict[str, float], pivot: float, rho:
         lambda: defaultdict(list)
     )
     for event, station, res, sigma, seconds in rows:
-        key = None if seconds is None else round(seconds, 3)
-        by_time[key][event].append(StationEstimate(station, res, sigma))
+        by_time[seconds][event].append(StationEstimate(station, res, sigma))
     terms = {}
     for t, events in by_time.items():
         n = len(events)
