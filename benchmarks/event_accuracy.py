@@ -259,6 +259,13 @@ def _table_figures(t: StationTable) -> dict:
         "early_gain": {f"{s:g}": g for (s, _), g in zip(t.early, t.knot_gains(), strict=True)},
         "final_correction": t.final_correction,
         "final_gain": t.final_gain,
+        "sigma_scale_by_time": dict(
+            zip(
+                [*(f"{s:g}" for s, _ in t.early), "after"],
+                t.sigma_scale_at(np.array([*(s for s, _ in t.early), np.inf])).tolist(),
+                strict=True,
+            )
+        ),
         "magnitude_pivot": t.magnitude_pivot,
         "event_terms": t.describe_event_terms(),
     }

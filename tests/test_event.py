@@ -137,6 +137,43 @@ def test_series_rows_join_the_sigma_scale_only():
         fit(early)
 
 
+def test_station_table_fits_the_event_sigma_scale_per_time(tmp_path):
+    # One station per event: its values 3 s after the first P err twice as much as their sigma
+    # says, its final values as much as it says. One scale for both (1.58) would make the final
+    # band too wide and the early one too narrow.
+    from seismag.serving.pipeline.event import EventEstimate
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for ev in range(60):
+        base = dict(source_id=str(ev), station_id=f"XX.S{ev % 3}.", catalogue_magnitude="3.0",
+                    sigma="0.2")  # fmt: skip
+        rows.append(dict(base, magnitude=str(3.0 + rng.normal(0, 0.2))))
+        rows.append(dict(base, magnitude=str(3.0 + rng.normal(0, 0.4)), seconds_after_first_p="3"))
+    table = fit(rows)
+    assert table.sigma_scale > 1.4  # station values of both times
+    (s3,) = table.early_sigma_scale
+    assert 1.7 < s3 < 2.3 and 0.85 < table.final_sigma_scale < 1.2
+    for t, scale in ((3.0, s3), (60.0, table.final_sigma_scale)):
+        got = table.calibrate(EventEstimate(3.0, 0.2, ("XX.S0.",), ()), t)
+        assert got.sigma == pytest.approx(0.2 * scale)
+    table.write(tmp_path / "t.toml")
+    back = StationTable.read(tmp_path / "t.toml")
+    assert back.early_sigma_scale == pytest.approx((s3,), abs=1e-4)
+    assert back.final_sigma_scale == pytest.approx(table.final_sigma_scale, abs=1e-4)
+    assert "sd x" in table.describe_event_terms()
+    # A table written before the scales by time uses sigma_scale at every time.
+    path = tmp_path / "old.toml"
+    path.write_text("sigma_scale = 1.3\nearly_seconds = [3]\nearly_correction = [0.1]\n")
+    old = StationTable.read(path)
+    np.testing.assert_allclose(old.sigma_scale_at(np.array([1.0, 3.0, 60.0])), 1.3)
+    for text in ("early_sigma_scale = [1, 2]\n", "early_sigma_scale = [0]\n",
+                 "final_sigma_scale = 50\n"):  # fmt: skip
+        path.write_text("early_seconds = [3]\nearly_correction = [0.1]\n" + text)
+        with pytest.raises(ValueError, match="sigma_scale"):
+            StationTable.read(path)
+
+
 def test_station_table_fits_an_early_correction_per_time_after_the_first_p(tmp_path):
     # Final values right on average; 3 s after the first P they read 0.3 low and 10 s after 0.1
     # low, with the scatter their sigma claims.
@@ -205,7 +242,7 @@ def test_station_table_fits_a_magnitude_scale_gain_per_time(tmp_path):
     for value, t in ((3.5 + 1.25 * 1.5, 60.0), (3.5 + 0.8 * 1.5, 3.0)):
         got = table.calibrate(EventEstimate(value, 0.1, ("XX.S0.",), ()), t)
         assert got.magnitude == pytest.approx(5.0, abs=0.12)
-        assert got.sigma == pytest.approx(0.1 * table.sigma_scale * float(table.gain(t)))
+        assert got.sigma == pytest.approx(0.1 * float(table.sigma_scale_at(t) * table.gain(t)))
     # Beyond the past events' magnitudes (2-5) the gain's shift is held, not extrapolated.
     lo, hi = table.magnitude_range
     assert 2.0 <= lo < 2.1 and 4.9 < hi <= 5.0

@@ -83,6 +83,11 @@ class Calibration:
     :mod:`.station_table`)."""
     early_gain: tuple[float, ...] = ()
     """The magnitude-scale gain at each ``early`` knot (none: 1 everywhere); see ``final_gain``."""
+    early_sigma_scale: tuple[float, ...] = ()
+    """The sigma scale at each ``early`` knot (none: ``sigma_scale`` everywhere): early event
+    magnitudes err differently from final ones, and not as the station values' scale says."""
+    final_sigma_scale: float | None = None
+    """The sigma scale after the last ``early`` knot (None: ``sigma_scale``)."""
     final_correction: float = 0.0
     """Added to the event magnitude after the last ``early`` knot (fitted on final values)."""
     final_gain: float = 1.0
@@ -118,21 +123,30 @@ class Calibration:
         :meth:`early_correction`, with ``early_gain`` and ``final_gain``)."""
         return self._at(seconds_after_first_p, 1)
 
+    def sigma_scale_at(self, seconds_after_first_p: float | np.ndarray) -> np.ndarray:
+        """The sigma scale this many seconds after the first P (as :meth:`early_correction`,
+        with ``early_sigma_scale`` and ``final_sigma_scale``, else ``sigma_scale``)."""
+        return self._at(seconds_after_first_p, 2)
+
     def _at(self, seconds_after_first_p, which: int) -> np.ndarray:
         t = np.asarray(seconds_after_first_p, dtype=np.float64)
-        final = (self.final_correction, self.final_gain)[which]
+        final_scale = self.sigma_scale if self.final_sigma_scale is None else self.final_sigma_scale
+        final = (self.final_correction, self.final_gain, final_scale)[which]
         if not self.early:
             return np.full_like(t, final)
         knots = np.array([k for k, _ in self.early], dtype=np.float64)
-        values = np.array(
-            [c for _, c in self.early] if which == 0 else self.knot_gains(),
-            dtype=np.float64,
+        knot_values = (
+            [c for _, c in self.early],
+            self.knot_gains(),
+            self.early_sigma_scale or [self.sigma_scale] * len(self.early),
         )
+        values = np.array(knot_values[which], dtype=np.float64)
         return np.where(t <= knots[-1] + 1e-9, np.interp(t, knots, values), final)
 
     def calibrate(self, estimate: EventEstimate, seconds_after_first_p: float) -> EventEstimate:
         """The event-level terms: ``m -> pivot + gain * (m + correction - pivot)`` at that time
-        within ``magnitude_range`` (slope 1 beyond it), the sigma times ``gain * sigma_scale``."""
+        within ``magnitude_range`` (slope 1 beyond it), the sigma times the gain and the sigma
+        scale at that time."""
         c = float(self.early_correction(seconds_after_first_p))
         g = float(self.gain(seconds_after_first_p))
         p = self.magnitude_pivot
@@ -144,7 +158,7 @@ class Calibration:
         return replace(
             estimate,
             magnitude=u + (g - 1.0) * (inside - p),
-            sigma=estimate.sigma * self.sigma_scale * g,
+            sigma=estimate.sigma * float(self.sigma_scale_at(seconds_after_first_p)) * g,
         )
 
 

@@ -36,7 +36,12 @@ local-magnitude distance corrections are (Hutton & Boore 1987). Fitted on past e
   published event sigma, early ones too, and early values err more than final ones (on the unseen
   regimes of docs/events.md a scale from final values alone narrowed the 3 s band to 60 % of
   events within one sigma): the series rows, calibrated by the terms of their time, join the
-  scale's residuals. The other corrections and ``rho`` use the final values only.
+  scale's residuals. The other corrections and ``rho`` use the final values only;
+* a **sigma scale by time**, where the event-level terms are fitted: the root mean square of the
+  calibrated event errors there in units of the event sigma (over n - 2 events), shrunk in log
+  towards the station values' scale. The station values' scale misjudges the event band when
+  errors are shared unlike ``rho`` says or the Birge ratio has already widened it; on the
+  development events of docs/events.md early bands were too narrow and 10-20 s ones too wide.
 
 The table is a small TOML file, read by ``seismag serve --station-table`` and written by
 ``seismag station-table PREDICTIONS.csv``::
@@ -49,8 +54,10 @@ The table is a small TOML file, read by ``seismag serve --station-table`` and wr
     early_seconds = [3.0, 5.0, 10.0, 20.0]
     early_correction = [0.14, 0.09, 0.05, 0.03]
     early_gain = [1.07, 1.03, 1.02, 1.0]
+    early_sigma_scale = [0.95, 0.9, 0.8, 0.8]
     final_correction = 0.01
     final_gain = 0.97
+    final_sigma_scale = 0.85
     magnitude_pivot = 3.4
     magnitude_range = [1.8, 6.1]
 
@@ -75,6 +82,7 @@ from obspy import UTCDateTime
 from seismag.serving.pipeline.event import (
     SHARED_ERROR_FRACTION,
     Calibration,
+    EventEstimate,
     StationEstimate,
     associate,
     combine,
@@ -93,6 +101,8 @@ SLOPE_RANGE = (-0.5, 1.0)
 """Slope of the event residual on the catalogue magnitude kept within this: gains 0.5 to 2."""
 GAIN_RANGE = (0.5, 2.0)
 """Gains a table may hold (what ``SLOPE_RANGE`` allows the fit)."""
+SIGMA_SCALE_RANGE = (0.1, 10.0)
+"""Sigma scales a table may hold."""
 MAX_CORRECTION = 2.0
 """Magnitude units; a larger correction is a wrong table, not a calibration."""
 COLUMNS = ("source_id", "station_id", "magnitude", "catalogue_magnitude")
@@ -149,11 +159,24 @@ class StationTable(Calibration):
             raise ValueError(
                 f"station table {path}: shared_error_fraction must be within [0, 1], got {rho!r}"
             )
-        if not _finite(scale) or not 0.0 < scale <= 10.0:
+        if not _scale_ok(scale):
             raise ValueError(
-                f"station table {path}: sigma_scale must be within (0, 10], got {scale!r}"
+                f"station table {path}: sigma_scale must be within [{SIGMA_SCALE_RANGE[0]:g}, "
+                f"{SIGMA_SCALE_RANGE[1]:g}], got {scale!r}"
             )
         early, gains = _early(raw, path)
+        scales = raw.get("early_sigma_scale", [])
+        final_scale = raw.get("final_sigma_scale", scale)
+        if not (
+            isinstance(scales, list)
+            and len(scales) in (0, len(early))
+            and all(_scale_ok(v) for v in (*scales, final_scale))
+        ):
+            raise ValueError(
+                f"station table {path}: early_sigma_scale (one per early_seconds; optional) and "
+                f"final_sigma_scale must be within [{SIGMA_SCALE_RANGE[0]:g}, "
+                f"{SIGMA_SCALE_RANGE[1]:g}], got {scales!r}, {final_scale!r}"
+            )
         span = raw.get("magnitude_range")
         if span is not None and not (
             isinstance(span, list)
@@ -193,6 +216,8 @@ class StationTable(Calibration):
             sigma_scale=float(scale),
             early=early,
             early_gain=gains,
+            early_sigma_scale=tuple(float(v) for v in scales),
+            final_sigma_scale=float(final_scale),
             final_correction=float(final_c),
             final_gain=float(final_g),
             magnitude_pivot=float(pivot),
@@ -202,18 +227,19 @@ class StationTable(Calibration):
         )
 
     def describe_event_terms(self) -> str:
-        """The event-level terms in one line: correction and gain at each knot and after."""
-        gains = self.knot_gains()
-        cells = [
-            f"{c:+.2f} x{g:.2f} at {t:g} s" for (t, c), g in zip(self.early, gains, strict=True)
-        ]
-        cells.append(f"{self.final_correction:+.2f} x{self.final_gain:.2f} after")
+        """The event-level terms in one line: correction, gain and sigma scale at each knot and
+        after."""
+        knots = [t for t, _ in self.early]
+        c, g, s = (self._at(np.array([*knots, math.inf]), which) for which in range(3))
+        cells = [f"{c[i]:+.2f} x{g[i]:.2f} sd x{s[i]:.2f} at {t:g} s" for i, t in enumerate(knots)]
+        cells.append(f"{c[-1]:+.2f} x{g[-1]:.2f} sd x{s[-1]:.2f} after")
         span = self.magnitude_range
         within = f", within M {span[0]:.1f}-{span[1]:.1f}" if span is not None else ""
         return f"{', '.join(cells)} (gains about M {self.magnitude_pivot:.2f}{within})"
 
     def write(self, path: str | Path) -> None:
         gains = self.knot_gains()
+        scales = self.sigma_scale_at(np.array([*(t for t, _ in self.early), math.inf]))
         lines = [
             "# seismag station table: corrections are added to the station magnitudes;",
             "# the early_* and final_* terms act on the event magnitude",
@@ -225,8 +251,10 @@ class StationTable(Calibration):
             f"early_seconds = [{', '.join(f'{t:g}' for t, _ in self.early)}]",
             f"early_correction = [{', '.join(f'{c:.4f}' for _, c in self.early)}]",
             f"early_gain = [{', '.join(f'{g:.4f}' for g in gains)}]",
+            f"early_sigma_scale = [{', '.join(f'{v:.4f}' for v in scales[:-1])}]",
             f"final_correction = {self.final_correction:.4f}",
             f"final_gain = {self.final_gain:.4f}",
+            f"final_sigma_scale = {scales[-1]:.4f}",
             f"magnitude_pivot = {self.magnitude_pivot:.4f}",
             *(
                 [f"magnitude_range = [{', '.join(f'{v:.4f}' for v in self.magnitude_range)}]"]
@@ -242,6 +270,10 @@ class StationTable(Calibration):
 
 def _finite(v) -> bool:
     return isinstance(v, int | float) and math.isfinite(v)
+
+
+def _scale_ok(v) -> bool:
+    return _finite(v) and SIGMA_SCALE_RANGE[0] <= v <= SIGMA_SCALE_RANGE[1]
 
 
 def _gain_ok(g) -> bool:
@@ -345,7 +377,8 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
     rho = shared_fraction([np.array(v) for v in by_event_left.values()])
     event_magnitudes = [catalogue[e] for e in by_event]
     pivot = float(np.mean(event_magnitudes))
-    terms = _fit_event_terms(left, catalogue, pivot, rho)
+    by_time = _event_residuals(left, rho)
+    terms = _fit_event_terms(by_time, catalogue, pivot)
     standardised = []
     for event, _, res, sigma, seconds in left:
         c, g = terms.get(seconds, (0.0, 1.0))
@@ -354,6 +387,7 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
         standardised.append(err / (g * sigma) if sigma > 0 else math.nan)
     z = np.array(standardised)
     scale = float(np.sqrt(np.mean(z**2))) if np.all(np.isfinite(z)) else 1.0
+    scales = _fit_sigma_scales(by_time, catalogue, pivot, terms, scale)
     knots = sorted(t for t in terms if t is not None)
     final_c, final_g = terms.get(None, (0.0, 1.0))
     return StationTable(
@@ -363,6 +397,8 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
         sigma_scale=scale,
         early=tuple((t, terms[t][0]) for t in knots),
         early_gain=tuple(terms[t][1] for t in knots),
+        early_sigma_scale=tuple(scales.get(t, scale) for t in knots),
+        final_sigma_scale=scales.get(None, scale),
         final_correction=final_c,
         final_gain=final_g,
         magnitude_pivot=pivot,
@@ -372,25 +408,33 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
     )
 
 
-def _fit_event_terms(rows: list, catalogue: dict[str, float], pivot: float, rho: float) -> dict:
-    """Per time after the first P (None: the final values), the (correction, gain) of the event
-    magnitude: the event residuals then (``combine`` of the stations' corrected residuals; it
-    is the same for magnitudes and for their residuals against one catalogue value) regressed
-    on the catalogue magnitude, ``residual = a + b * (M - pivot)``, both terms shrunk, and
-    inverted: correction ``-a``, gain ``1 / (1 + b)``. Times with fewer than
-    ``MIN_KNOT_EVENTS`` events are left out; with fewer than ``MIN_SLOPE_EVENTS`` the gain
-    is 1."""
+def _event_residuals(rows: list, rho: float) -> dict[float | None, dict[str, EventEstimate]]:
+    """Per time after the first P (None: the final values), each event's residual as the event
+    magnitude combines it (:func:`.event.combine` of its stations' residuals then; the same
+    for magnitudes and for their residuals against one catalogue value)."""
     by_time: dict[float | None, dict[str, list[StationEstimate]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for event, station, res, sigma, seconds in rows:
         by_time[seconds][event].append(StationEstimate(station, res, sigma))
+    return {t: {e: combine(v, rho) for e, v in events.items()} for t, events in by_time.items()}
+
+
+def _fit_event_terms(
+    by_time: dict[float | None, dict[str, EventEstimate]], catalogue: dict[str, float], pivot: float
+) -> dict:
+    """Per time after the first P (None: the final values), the (correction, gain) of the event
+    magnitude: the event residuals then (:func:`_event_residuals`) regressed
+    on the catalogue magnitude, ``residual = a + b * (M - pivot)``, both terms shrunk, and
+    inverted: correction ``-a``, gain ``1 / (1 + b)``. Times with fewer than
+    ``MIN_KNOT_EVENTS`` events are left out; with fewer than ``MIN_SLOPE_EVENTS`` the gain
+    is 1."""
     terms = {}
     for t, events in by_time.items():
         n = len(events)
         if n < MIN_KNOT_EVENTS:
             continue
-        r = np.array([combine(v, rho).magnitude for v in events.values()])
+        r = np.array([est.magnitude for est in events.values()])
         x = np.array([catalogue[e] - pivot for e in events])
         b = 0.0
         if n >= MIN_SLOPE_EVENTS and np.ptp(x) > 0:
@@ -400,6 +444,35 @@ def _fit_event_terms(rows: list, catalogue: dict[str, float], pivot: float, rho:
         b = float(np.clip(b * shrink, *SLOPE_RANGE))
         terms[t] = (-a * shrink, 1.0 / (1.0 + b))
     return terms
+
+
+def _fit_sigma_scales(
+    by_time: dict[float | None, dict[str, EventEstimate]],
+    catalogue: dict[str, float],
+    pivot: float,
+    terms: dict,
+    scale: float,
+) -> dict:
+    """Per time with event-level terms, the scale of the event sigma: the root mean square of
+    the calibrated event errors in units of their sigma (over n - 2: the correction and gain
+    were fitted on these events), shrunk in log towards ``scale`` (the station values') by
+    n / (n + PRIOR_EVENTS). Times with fewer than ``MIN_SLOPE_EVENTS`` events keep ``scale``."""
+    out = {}
+    for t, (c, g) in terms.items():
+        z = np.array(
+            [
+                ((g - 1.0) * (catalogue[e] - pivot) + g * (est.magnitude + c)) / (g * est.sigma)
+                for e, est in by_time[t].items()
+                if est.sigma > 0
+            ]
+        )
+        n = z.size
+        if n < MIN_SLOPE_EVENTS:
+            continue
+        w = n / (n + PRIOR_EVENTS)
+        log_scale = w * 0.5 * math.log(float(np.sum(z**2)) / (n - 2)) + (1 - w) * math.log(scale)
+        out[t] = float(np.clip(math.exp(log_scale), *SIGMA_SCALE_RANGE))
+    return out
 
 
 def prediction_rows(
