@@ -74,8 +74,9 @@ class Calibration:
     """Added to the magnitudes of stations without a correction of their own."""
     shared_error_fraction: float = SHARED_ERROR_FRACTION
     sigma_scale: float = 1.0
-    """The event sigma is multiplied by this (the models' sigmas, measured on the network's
-    past events after the corrections, are too wide or too narrow there)."""
+    """The event sigma is multiplied by this where no scale by time is given (the models'
+    sigmas, measured on the network's past events after the corrections, are too wide or too
+    narrow there)."""
     early: tuple[tuple[float, float], ...] = ()
     """(seconds after the event's first P, magnitude units) knots, ascending: added to the event
     magnitude that early. The first seconds' estimate rests on the nearest stations' first
