@@ -262,7 +262,7 @@ def _table_figures(t: StationTable) -> dict:
         "sigma_scale_by_time": dict(
             zip(
                 [*(f"{s:g}" for s, _ in t.early), "after"],
-                t.sigma_scale_at(np.array([*(s for s, _ in t.early), np.inf])).tolist(),
+                t.knot_terms()[2].tolist(),
                 strict=True,
             )
         ),

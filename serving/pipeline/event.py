@@ -129,6 +129,11 @@ class Calibration:
         with ``early_sigma_scale`` and ``final_sigma_scale``, else ``sigma_scale``)."""
         return self._at(seconds_after_first_p, 2)
 
+    def knot_terms(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Correction, gain and sigma scale at each ``early`` knot, then after the last one."""
+        t = np.array([*(k for k, _ in self.early), math.inf])
+        return self.early_correction(t), self.gain(t), self.sigma_scale_at(t)
+
     def _at(self, seconds_after_first_p, which: int) -> np.ndarray:
         t = np.asarray(seconds_after_first_p, dtype=np.float64)
         final_scale = self.sigma_scale if self.final_sigma_scale is None else self.final_sigma_scale

@@ -229,17 +229,18 @@ class StationTable(Calibration):
     def describe_event_terms(self) -> str:
         """The event-level terms in one line: correction, gain and sigma scale at each knot and
         after."""
-        knots = [t for t, _ in self.early]
-        c, g, s = (self._at(np.array([*knots, math.inf]), which) for which in range(3))
-        cells = [f"{c[i]:+.2f} x{g[i]:.2f} sd x{s[i]:.2f} at {t:g} s" for i, t in enumerate(knots)]
-        cells.append(f"{c[-1]:+.2f} x{g[-1]:.2f} sd x{s[-1]:.2f} after")
+        where = [f"at {t:g} s" for t, _ in self.early] + ["after"]
+        cells = [
+            f"{c:+.2f} x{g:.2f} sd x{s:.2f} {w}"
+            for c, g, s, w in zip(*self.knot_terms(), where, strict=True)
+        ]
         span = self.magnitude_range
         within = f", within M {span[0]:.1f}-{span[1]:.1f}" if span is not None else ""
         return f"{', '.join(cells)} (gains about M {self.magnitude_pivot:.2f}{within})"
 
     def write(self, path: str | Path) -> None:
         gains = self.knot_gains()
-        scales = self.sigma_scale_at(np.array([*(t for t, _ in self.early), math.inf]))
+        scales = self.knot_terms()[2]
         lines = [
             "# seismag station table: corrections are added to the station magnitudes;",
             "# the early_* and final_* terms act on the event magnitude",
@@ -383,7 +384,7 @@ def fit(rows: list[dict[str, str]], model: str = "") -> StationTable:
     for event, _, res, sigma, seconds in left:
         c, g = terms.get(seconds, (0.0, 1.0))
         # The calibrated event-level error of this one value, in units of its calibrated sigma.
-        err = (g - 1.0) * (catalogue[event] - pivot) + g * (res + c)
+        err = _calibrated_error(res, catalogue[event] - pivot, c, g)
         standardised.append(err / (g * sigma) if sigma > 0 else math.nan)
     z = np.array(standardised)
     scale = float(np.sqrt(np.mean(z**2))) if np.all(np.isfinite(z)) else 1.0
@@ -446,6 +447,12 @@ def _fit_event_terms(
     return terms
 
 
+def _calibrated_error(residual: float, above_pivot: float, correction: float, gain: float) -> float:
+    """The error of a value ``residual`` off a catalogue magnitude ``above_pivot`` above the
+    pivot, once the correction and gain are applied (:meth:`.event.Calibration.calibrate`)."""
+    return (gain - 1.0) * above_pivot + gain * (residual + correction)
+
+
 def _fit_sigma_scales(
     by_time: dict[float | None, dict[str, EventEstimate]],
     catalogue: dict[str, float],
@@ -461,7 +468,7 @@ def _fit_sigma_scales(
     for t, (c, g) in terms.items():
         z = np.array(
             [
-                ((g - 1.0) * (catalogue[e] - pivot) + g * (est.magnitude + c)) / (g * est.sigma)
+                _calibrated_error(est.magnitude, catalogue[e] - pivot, c, g) / (g * est.sigma)
                 for e, est in by_time[t].items()
                 if est.sigma > 0
             ]
