@@ -10,7 +10,10 @@ The graph is one network evaluation (the sampler's loop stays in
   standardised residual).
 
 N, K and Q are dynamic. The :class:`~seismag.models.field_card.FieldCard` rides in the metadata
-(``FIELD_CARD_KEY``), which is all the field runtime reads.
+(``FIELD_CARD_KEY``), which is all the field runtime reads. A Mamba query mixer's scans become
+``seismag::SelectiveScan`` nodes with their standard-op function, as in the magnitude export
+(:mod:`seismag.export.onnx_export`), so the file runs in any ONNX runtime and the field runtime
+puts them on the fused kernel where it can.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ import onnx
 import torch
 
 from seismag import __version__
-from seismag.export.onnx_export import DEFAULT_OPSET, ExportError, finish_onnx, quiet_tracer
+from seismag.export.onnx_export import (
+    DEFAULT_OPSET,
+    ExportError,
+    attach_scan_functions,
+    finish_onnx,
+    quiet_tracer,
+)
 from seismag.models.card import WEIGHTS_KEY
 from seismag.models.field_card import (
     FIELD_CARD_KEY,
@@ -44,6 +53,8 @@ class FieldExport:
     path: Path
     card: FieldCard
     max_abs_diff: float
+    scan_nodes: int = 0
+    """SelectiveScan nodes in the graph (a Mamba query mixer: two per block)."""
 
 
 def example_inputs(
@@ -85,8 +96,13 @@ def export_field_model(
         torch.manual_seed(seed)
         model = build_field_model(card).eval()
         provenance = f"untrained (random initialisation, seed {seed})"
-    if card.kwargs.get("query_mixer", "none") == "mamba":
-        raise ExportError(f"{card.name}: the Mamba query mixer is not exported (see docs/field.md)")
+    if card.kwargs.get("query_mixer", "none") == "mamba" and card.kwargs.get("seeds_dt", False):
+        # dt = 1 / Q would be traced as the example's constant, wrong for every other Q.
+        raise ExportError(
+            f"{card.name}: the design documents' step (seeds_dt, dt = 1 / number of queries) "
+            "is tied to the query count, which the exported graph leaves dynamic; only the "
+            "learnt step is exported"
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.onnx")
@@ -118,6 +134,7 @@ def export_field_model(
         proto = onnx.load(str(tmp))
     finally:
         tmp.unlink(missing_ok=True)
+    scans = attach_scan_functions(proto, DEFAULT_OPSET)
     meta = {
         FIELD_CARD_KEY: card.to_json(),
         WEIGHTS_KEY: provenance,
@@ -135,10 +152,12 @@ def export_field_model(
     except BaseException:
         out.unlink(missing_ok=True)  # a file that failed its check must not be served
         raise
-    return FieldExport(out, card, diff)
+    return FieldExport(out, card, diff, scans)
 
 
 def _parity(model: torch.nn.Module, path: Path, card: FieldCard) -> float:
+    """Largest difference from PyTorch over :data:`PARITY_SHAPES` in a plain ONNX Runtime
+    session (scans through their standard-op function, what any runtime can run)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -92,7 +92,9 @@ def quiet_tracer():
         yield
 
 
-def _attach_scan_functions(proto: onnx.ModelProto, opset: int) -> int:
+def attach_scan_functions(proto: onnx.ModelProto, opset: int) -> int:
+    """Give the traced graph's SelectiveScan nodes their standard-op function; returns how many
+    there are (0: the graph is unchanged)."""
     nodes = [n for n in proto.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
     if not nodes:
         return 0
@@ -165,7 +167,7 @@ def export_onnx(
         tmp.unlink(missing_ok=True)
         model.train(was_training)
 
-    custom = _attach_scan_functions(proto, opset)
+    custom = attach_scan_functions(proto, opset)
     if optimize:
         import onnxscript.optimizer
 

@@ -151,6 +151,49 @@ def test_mamba_mixer_and_the_seeds_step() -> None:
     assert not torch.allclose(seeds, learnt)
 
 
+def test_a_mamba_mixer_exports_through_selective_scan_and_serves(tmp_path) -> None:
+    pytest.importorskip("torch")
+    import onnx
+    import onnxruntime as ort
+
+    from seismag.export.field_export import example_inputs, export_field_model
+    from seismag.export.onnx_export import ExportError
+    from seismag.models.field_card import OUTPUT_NAME
+    from seismag.models.scan_kernel import OP_DOMAIN, OP_TYPE
+    from seismag.serving.executor.field_runtime import FieldRuntime
+    from seismag.serving.executor.ort_backend import kernel_available
+    from seismag.training.field_train import override_card
+
+    base = ['kwargs.query_mixer="mamba"', "kwargs.d_model=16", "kwargs.query_layers=2"]
+    card = override_card(get_field_card(), [*base, 'kwargs.prior="none"'])
+    exported = export_field_model(card, out=tmp_path / "mamba.onnx")
+    # Two scans (forward and backward) per query block, each one custom node with its function.
+    assert exported.scan_nodes == 4
+    proto = onnx.load(str(exported.path))
+    assert sum(n.domain == OP_DOMAIN and n.op_type == OP_TYPE for n in proto.graph.node) == 4
+    assert [f.name for f in proto.functions] == [OP_TYPE]
+    assert exported.max_abs_diff <= card.tolerance
+
+    runtime = FieldRuntime(exported.path, threads=1)
+    fused, why = kernel_available()
+    assert runtime.kernel == ("fused-scan" if fused else "onnxruntime"), why
+    plain = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    feed = dict(zip(card.input_names(), example_inputs(2, 20, 300, seed=3), strict=True))
+    a = runtime.session.run([OUTPUT_NAME], feed)[0]
+    b = plain.run([OUTPUT_NAME], feed)[0]
+    assert np.abs(a - b).max() <= card.tolerance
+    truth = make_fields(2, seed=5)
+    coords, values, _ = observe(truth, 0.05, seed=6)
+    mean, std = runtime.reconstruct(coords, values, (32, 32), samples=2, steps=2)
+    assert mean.shape == std.shape == (2, 32, 32)
+    assert np.isfinite(mean).all() and (std >= 0).all()
+
+    seeds = override_card(card, ["kwargs.seeds_dt=true"])
+    with pytest.raises(ExportError, match="tied to the query count"):
+        export_field_model(seeds, out=tmp_path / "seeds.onnx")
+    assert not (tmp_path / "seeds.onnx").exists()
+
+
 def test_sampler_maps_residual_draws_back_through_the_prior() -> None:
     prior_mean = np.array([[0.2, -0.4, 0.9]], np.float32)
     prior_std = np.array([[0.1, 0.5, 0.01]], np.float32)

@@ -271,7 +271,7 @@ def fused_session(path_or_proto, *, threads: int | None = None) -> ort.Inference
     )
 
 
-def fused_scan_session(path: Path, threads: int) -> ort.InferenceSession | None:
+def fused_scan_session(path: Path, threads: int | None) -> ort.InferenceSession | None:
     """A session with the fused kernel when the file has scans and the kernel can run, else None.
 
     Any failure falls back (None) to the plain session, whose standard-op function computes the
