@@ -186,6 +186,14 @@ class ServeConfig:
             "path": True,
         },
     )
+    field_concurrency: int = field(
+        default=2,
+        metadata={
+            "help": "reconstructions in flight at once (running or waiting for a work thread); "
+            "more are refused with RESOURCE_EXHAUSTED, so they never hold every work thread "
+            "Predict needs; below work_threads"
+        },
+    )
     tokens: tuple[str, ...] = field(default=(), metadata={"secret": True, "cli": False})
     """Bearer tokens; every RPC but health then needs one."""
 
@@ -243,6 +251,9 @@ class ServeConfig:
              "max_queue_delay_ms must be >= 0"),
             (self.max_queue >= 1, "max_queue must be >= 1"),
             (self.work_threads >= 1, "work_threads must be >= 1"),
+            (self.field_concurrency >= 1, "field_concurrency must be >= 1"),
+            (self.field_model is None or self.field_concurrency < self.work_threads,
+             "field_concurrency must be below work_threads (Predict needs a thread too)"),
             (math.isfinite(self.max_message_mb) and self.max_message_mb > 0,
              "max_message_mb must be positive"),
             (math.isfinite(self.stream_hop) and self.stream_hop >= MIN_INTERVAL_SECONDS,

@@ -10,6 +10,8 @@ exporter; every size the runtime and the checks use comes from the card in its m
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 
 import grpc
 import numpy as np
@@ -192,6 +194,58 @@ def test_health_and_reflection_include_the_service(address):
     assert FIELD_SERVICE == "seismag.v1.FieldService"
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert FIELD_SERVICE in [s.name for s in reply.list_services_response.service]
+
+
+def test_list_models_lists_the_field_model(address, card, runtime):
+    from seismag.serving.v1 import seismag_pb2 as pb
+    from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        reply = pb_grpc.MagnitudeServiceStub(ch).ListModels(pb.ListModelsRequest(), timeout=10)
+    (info,) = reply.field_models
+    assert (info.name, info.version) == ("FieldFlow", "0.1.0")
+    assert FieldCard.from_dict(json.loads(info.card_json)) == card
+    assert [i.name for i in info.inputs] == list(card.input_names())
+    assert list(info.inputs[0].shape) == [-1, -1, 2]  # fields and points are dynamic
+    assert [o.name for o in info.outputs] == ["x1"]
+    assert json.loads(info.runtime_json)["kernel"] == runtime.kernel
+    assert json.loads(info.server_config_json)["field_concurrency"] == 2
+    assert "FieldFlow" not in [m.name for m in reply.models]  # not a magnitude model
+
+
+def test_reconstructions_beyond_the_servers_concurrency_are_refused(registry, model_path, observed):
+    coords, values = observed
+    srv = build_server(
+        registry, address="127.0.0.1:0", field_model=model_path, field_concurrency=1,
+        work_threads=3,
+    ).start()  # fmt: skip
+    # 14 M network evaluations, under the per-request limit: seconds of work.
+    slow = _request(coords, values, height=48, width=48, samples=20, steps=100)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = fpb_grpc.FieldServiceStub(ch)
+            first = stub.Reconstruct.future(slow, timeout=60)
+            time.sleep(0.5)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Reconstruct(_request(coords, values), timeout=10)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "1 reconstructions are in flight (limit 1" in err.value.details()
+            assert not first.done()
+            first.cancel()  # its slot is free once its work thread has stopped
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    reply = stub.Reconstruct(_request(coords, values), timeout=10)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert time.monotonic() < deadline, "the cancelled call kept its slot"
+                    time.sleep(0.1)
+        assert len(reply.fields) == len(values)
+    finally:
+        srv.stop(0)
+    with pytest.raises(ValueError, match="field_concurrency must be below work_threads"):
+        build_server(registry, address="127.0.0.1:0", field_model=model_path, work_threads=2)
 
 
 def test_without_a_field_model_the_server_is_unchanged(registry, observed):

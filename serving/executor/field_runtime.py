@@ -5,8 +5,9 @@ evaluation and carries its :class:`~seismag.models.field_card.FieldCard` in the 
 the sampling loop is :func:`seismag.models.field_sampler.reconstruct`, the one training and the
 export's parity check use, so a served reconstruction is the one the docs measured. Like the
 encoders, the model runs inline in the calling thread (the server's work threads, the CLI), not
-through the magnitude batcher. Inputs are not checked here: the pipeline
-(:mod:`seismag.serving.pipeline.field`) checks them once at the boundary.
+through the magnitude batcher. A Mamba query mixer's SelectiveScan nodes run on the fused
+kernel where it is available, as the magnitude models' do. Inputs are not checked here: the
+pipeline (:mod:`seismag.serving.pipeline.field`) checks them once at the boundary.
 """
 
 from __future__ import annotations
@@ -59,12 +60,16 @@ def row_scores(card: FieldCard, q: int, k: int) -> int:
     return heads * (k * k + q * k + (q * q if mixer else 0))
 
 
+def _specs(args) -> list[tuple[str, str, list[int]]]:
+    return [(a.name, "FP32", [d if isinstance(d, int) else -1 for d in a.shape]) for a in args]
+
+
 class FieldRuntime:
     """One field model's ONNX file in one ONNX Runtime session (thread-safe: ORT's ``run``
     is). ``threads``: intra-op threads per run (None = ONNX Runtime's default, every core)."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        from seismag.serving.executor.ort_backend import carded_session
+        from seismag.serving.executor.ort_backend import carded_session, fused_scan_session
 
         self.path, self.session, meta = carded_session(
             field_model_path(path),
@@ -78,6 +83,12 @@ class FieldRuntime:
         except (CardError, json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise ModelLoadError(f"{self.path}: unreadable field card: {exc}") from None
         self._check_signature()
+        # The card and signature were read from the plain session; a graph with scans then
+        # runs on the fused kernel (None: no scans, or no kernel here).
+        fused = fused_scan_session(self.path, threads)
+        self.kernel = "onnxruntime" if fused is None else "fused-scan"
+        if fused is not None:
+            self.session = fused
         self.threads = threads
         self.name = self.card.name
         self.version = str(self.card.version)
@@ -104,7 +115,21 @@ class FieldRuntime:
             raise ModelLoadError(f"{self.path}: a field model has an output {OUTPUT_NAME!r}")
 
     def __repr__(self) -> str:
-        return f"FieldRuntime({self.name} {self.version}, {self.path})"
+        return f"FieldRuntime({self.name} {self.version}, {self.path}, {self.kernel})"
+
+    def input_specs(self) -> list[tuple[str, str, list[int]]]:
+        """The network's inputs (one evaluation; -1 for the dynamic fields, points and
+        queries axes), as ListModels lists them."""
+        return _specs(self.session.get_inputs())
+
+    def output_specs(self) -> list[tuple[str, str, list[int]]]:
+        return _specs(self.session.get_outputs())
+
+    def runtime_info(self) -> dict[str, object]:
+        """How the server runs it (ListModels' ``runtime_json``)."""
+        return {"backend": "ort", "kernel": self.kernel, "threads": self.threads,
+                "batching": "none (inline)", "max_rows": MAX_ROWS,
+                "samples": self.card.samples, "steps": self.card.steps}  # fmt: skip
 
     def rows_per_run(self, q: int, k: int) -> int:
         """Rows per ONNX Runtime call for Q queries and K points (memory, not results: the

@@ -4,18 +4,24 @@ A reconstruction is milliseconds to minutes of NumPy and ONNX Runtime, so all of
 message conversion, the checks, the sampler, the reply's float lists) runs in one of the
 server's work threads; the event loop only awaits it. The work carries a Budget (the client's
 deadline, a cancel flag set when the call is cancelled), checked before each network run, so a
-reconstruction nobody waits for stops within one run. No model logic here.
+reconstruction nobody waits for stops within one run. At most ``field_concurrency``
+reconstructions are in flight (running, or waiting for a work thread) at once; one more is
+refused at once with RESOURCE_EXHAUSTED, so minutes-long reconstructions can never hold every
+work thread that Predict needs. A slot is freed when the work ends in its thread, not when the
+call ends, so a cancelled reconstruction still counts until it has stopped. No model logic here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from seismag.serving.errors import Overloaded
 from seismag.serving.executor.field_runtime import FieldRuntime
 from seismag.serving.pipeline import field
 from seismag.serving.pipeline.limits import Budget, check_model_name
@@ -70,10 +76,21 @@ def reconstruct_response(result: field.FieldResult) -> fpb.ReconstructResponse:
     )
 
 
+def _call_soon(loop: asyncio.AbstractEventLoop, fn) -> None:
+    # RuntimeError: the loop has closed (the server stopped); nobody counts any more.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn)
+
+
 class FieldServicer(fpb_grpc.FieldServiceServicer):
     def __init__(self, server: SeismagServer, runtime: FieldRuntime) -> None:
         self._server = server
         self._runtime = runtime
+        self._limit = server.config.field_concurrency
+        self._in_flight = 0  # touched on the event loop only
+
+    def _release(self) -> None:
+        self._in_flight -= 1
 
     @staticmethod
     def _work(request, runtime: FieldRuntime, budget: Budget, started: float):
@@ -88,9 +105,18 @@ class FieldServicer(fpb_grpc.FieldServiceServicer):
         self._server.require_ready()
         runtime = field.resolve(self._runtime, check_model_name(request.model))
         budget = Budget(await check_deadline(context))
+        if self._in_flight >= self._limit:
+            raise Overloaded(
+                f"{self._in_flight} reconstructions are in flight (limit {self._limit}, "
+                "seismag serve --field-concurrency); retry when one has finished"
+            )
+        loop = asyncio.get_running_loop()
         work = functools.partial(self._work, request, runtime, budget, started)
+        future = self._server.work.submit(work)
+        self._in_flight += 1
+        future.add_done_callback(lambda _: _call_soon(loop, self._release))
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._server.work, work)
+            return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             budget.cancelled.set()  # the work thread stops before its next network run
             raise

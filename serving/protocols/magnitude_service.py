@@ -39,7 +39,7 @@ from seismag.serving.pipeline.predict import PreparedRequest, find_pick, prepare
 from seismag.serving.protocols import stream_rpc
 from seismag.serving.protocols.messages import (
     embed_response,
-    encoder_info,
+    inline_model_info,
     model_info,
     pick_time,
     predict_response,
@@ -191,7 +191,10 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
             + [self._ensemble_info(n, config) for n in self._server.ensembles],
             default_model=reg.default_name,
             server_config_json=config,
-            encoders=[encoder_info(e, config) for e in self._server.encoders],
+            encoders=[inline_model_info(e, config) for e in self._server.encoders],
+            field_models=[
+                inline_model_info(m, config) for m in (self._server.field_model,) if m is not None
+            ],
         )
 
     @rpc

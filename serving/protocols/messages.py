@@ -157,20 +157,21 @@ def model_info(runtime, default_name: str, server_config_json: str = "") -> pb.M
     )
 
 
-def encoder_info(encoder, server_config_json: str = "") -> pb.ModelInfo:
-    """An encoder (``--encoder``) as ListModelsResponse.encoders lists it."""
+def inline_model_info(model, server_config_json: str = "") -> pb.ModelInfo:
+    """A model that runs inline, outside the batcher (an ``--encoder``, the ``--field-model``),
+    as ListModelsResponse.encoders and .field_models list them."""
 
     def specs(items) -> list[pb.TensorSpec]:
         return [pb.TensorSpec(name=n, datatype=d, shape=[int(x) for x in s]) for n, d, s in items]
 
     return pb.ModelInfo(
-        name=encoder.name,
-        version=str(encoder.version),
-        card_json=encoder.card.to_json(),
-        weights=str(encoder.weights),
-        inputs=specs(encoder.input_specs()),
-        outputs=specs(encoder.output_specs()),
-        runtime_json=json.dumps(encoder.runtime_info(), sort_keys=True),
+        name=model.name,
+        version=str(model.version),
+        card_json=model.card.to_json(),
+        weights=str(model.weights),
+        inputs=specs(model.input_specs()),
+        outputs=specs(model.output_specs()),
+        runtime_json=json.dumps(model.runtime_info(), sort_keys=True),
         server_config_json=server_config_json,
     )
 

@@ -292,16 +292,18 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., card_json: _Optional[str] = ..., weights: _Optional[str] = ..., is_default: bool = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., runtime_json: _Optional[str] = ..., server_config_json: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "default_model", "server_config_json", "encoders")
+    __slots__ = ("models", "default_model", "server_config_json", "encoders", "field_models")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
     SERVER_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     ENCODERS_FIELD_NUMBER: _ClassVar[int]
+    FIELD_MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     default_model: str
     server_config_json: str
     encoders: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ..., server_config_json: _Optional[str] = ..., encoders: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    field_models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ..., server_config_json: _Optional[str] = ..., encoders: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., field_models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("name",)
