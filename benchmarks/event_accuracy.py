@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from obspy import Stream, Trace, UTCDateTime
 
+from seismag.benchmarks.stats import bootstrap_interval
 from seismag.serving.errors import InvalidInput
 from seismag.serving.executor.runtime import ModelRegistry
 from seismag.serving.pipeline.ensemble import ensemble_station
@@ -173,7 +174,7 @@ def score(rows: dict, keep=lambda sid: True) -> dict:
         summary[str(t)] = {
             "n": len(pairs),
             "mae": float(np.mean(np.abs(err))),
-            "mae_interval": _bootstrap(np.abs(err)),
+            "mae_interval": bootstrap_interval(np.abs(err)),
             "bias": float(np.mean(err)),
             "within_1sigma": within[0] / len(pairs),
             "within_1sigma_interval": wilson(within[0], len(pairs)),
@@ -181,17 +182,6 @@ def score(rows: dict, keep=lambda sid: True) -> dict:
             "within_2sigma_interval": wilson(within[1], len(pairs)),
         }
     return summary
-
-
-BOOTSTRAP_RESAMPLES = 2000
-
-
-def _bootstrap(values: np.ndarray) -> list[float]:
-    """95 % percentile interval of the mean of per-event values, resampling events (seeded: a
-    rerun prints the same interval)."""
-    rng = np.random.default_rng(0)
-    means = values[rng.integers(0, values.size, size=(BOOTSTRAP_RESAMPLES, values.size))].mean(1)
-    return [float(v) for v in np.percentile(means, [2.5, 97.5])]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
@@ -221,7 +211,7 @@ def against_best_member(rows_by_name: dict, members: list[str], ensemble: str) -
             "ensemble_mae": float(np.mean([errors[s] for s in events])),
             "member_mae": float(np.mean([by_member[best][s] for s in events])),
             "difference": float(diff.mean()),
-            "difference_interval": _bootstrap(diff),
+            "difference_interval": bootstrap_interval(diff),
         }
     return out
 

@@ -1,9 +1,12 @@
-"""Percentiles and the perf_analyzer stability rule, kept apart so tests can pin them down."""
+"""Percentiles, the perf_analyzer stability rule and a bootstrap interval of a mean, kept apart
+so tests can pin them down."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+import numpy as np
 
 PERCENTILES = (50, 90, 95, 99)
 STABILITY_TOLERANCE = 0.10
@@ -59,3 +62,16 @@ def is_stable(
         return False
     last = windows[-count:]
     return all(agree([w[k] for w in last], tolerance) for k in keys)
+
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_interval(values: Sequence[float]) -> list[float]:
+    """95 % percentile interval of the mean of per-item values (events, fields), resampling the
+    items; for a paired comparison pass the per-item differences. Seeded: a rerun prints the
+    same interval."""
+    values = np.asarray(values, np.float64)
+    rng = np.random.default_rng(0)
+    means = values[rng.integers(0, values.size, size=(BOOTSTRAP_RESAMPLES, values.size))].mean(1)
+    return [float(v) for v in np.percentile(means, [2.5, 97.5])]

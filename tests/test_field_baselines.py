@@ -132,12 +132,23 @@ def test_model_branch_and_steps_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
 
     stub = _StubRuntime()
     monkeypatch.setattr(field_accuracy, "load_model", lambda path, threads: stub)
-    argv = "--fields 4 --fractions 5 --baselines linear --model m.onnx --batch 3 --steps-sweep 1 4"
+    argv = (
+        "--fields 4 --fractions 5 --baselines mean linear --model m.onnx --batch 3 "
+        "--steps-sweep 1 4"
+    )
     args = field_accuracy.parse_args(argv.split())
     report = field_accuracy.evaluate(args)
-    base, model = report["results"]
+    worse, base, model = report["results"]
     assert (model["method"], model["kind"]) == ("m", "model")
     assert model["psnr_mean"] == pytest.approx(base["psnr_mean"], abs=1e-3)
+    # The stub is the linear baseline, the better of the two: a paired difference of ~0.
+    assert worse["psnr_mean"] < base["psnr_mean"]
+    paired = model["vs_best_baseline"]
+    assert paired["baseline"] == "linear"
+    assert paired["mean_difference_db"] == pytest.approx(0.0, abs=1e-3)
+    lo, hi = paired["interval_db"]
+    assert lo <= paired["mean_difference_db"] <= hi
+    assert "against the best baseline" in field_accuracy.markdown(report)
     assert 0.0 <= model["within_1sd"] <= model["within_2sd"] <= 1.0
     assert model["std_median"] == pytest.approx(0.05)
     assert [r["steps"] for r in report["steps_sweep"]] == [1, 4]
