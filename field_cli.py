@@ -376,8 +376,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         result = export_field_model(weights=args.weights, out=out)
     except (CardError, ExportError) as exc:
         raise CliError(str(exc)) from None
+    scans = f"; {result.scan_nodes} SelectiveScan nodes" if result.scan_nodes else ""
     print(
         f"{result.card.name} -> {result.path} (ONNX Runtime vs PyTorch: max |diff| "
-        f"{result.max_abs_diff:.1e}, tolerance {result.card.tolerance:g})"
+        f"{result.max_abs_diff:.1e}, tolerance {result.card.tolerance:g}{scans})"
     )
     return 0

@@ -194,6 +194,22 @@ def test_a_mamba_mixer_exports_through_selective_scan_and_serves(tmp_path) -> No
     assert not (tmp_path / "seeds.onnx").exists()
 
 
+def test_field_train_and_export_cli_for_a_mamba_mixer(tmp_path, capsys) -> None:
+    pytest.importorskip("torch")
+    from seismag.cli import main as cli
+    from seismag.training.field_train import main
+
+    sets = ['kwargs.query_mixer="mamba"', "kwargs.d_model=16", "kwargs.query_layers=1"]
+    sets += ['kwargs.prior="none"', "training.batch_size=4"]
+    argv = ["--out", str(tmp_path / "run"), "--steps", "2", "--threads", "1"]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    weights = tmp_path / "run" / "FieldFlow.safetensors"
+    out = tmp_path / "mamba.onnx"
+    assert cli(["field", "export", str(weights), "--out", str(out)]) == 0
+    assert "2 SelectiveScan nodes" in capsys.readouterr().out
+    assert out.is_file()
+
+
 def test_sampler_maps_residual_draws_back_through_the_prior() -> None:
     prior_mean = np.array([[0.2, -0.4, 0.9]], np.float32)
     prior_std = np.array([[0.1, 0.5, 0.01]], np.float32)
