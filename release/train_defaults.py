@@ -158,6 +158,7 @@ def main() -> None:
                 )
                 row["sets"][set_name] = {"path": path, "split": split, "sensitivity": sensitivity}
             row.setdefault("evaluated_by", []).append(command)
+            _record_synth(row)
             SUMMARY.write_text(json.dumps(summary, indent=2, default=str))
         _write_docs(summary)
         return
@@ -204,6 +205,7 @@ def main() -> None:
             "sets": {n: {"path": p, "split": s, "sensitivity": c} for n, p, s, c in sets},
             "evals": evals,
         }
+        _record_synth(summary[name], before.get("synth"))
         WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(best, WEIGHTS_DIR / f"{name}.safetensors")
         SUMMARY.parent.mkdir(parents=True, exist_ok=True)
@@ -370,6 +372,17 @@ def synth_command(path: str) -> str | None:
     return cmd
 
 
+def _data_paths(row: dict) -> list[str]:
+    return list(dict.fromkeys([row["data"], *(v["path"] for v in row.get("sets", {}).values())]))
+
+
+def _record_synth(row: dict, before: dict | None = None) -> None:
+    """Keep in the row the `seismag synth` command of each synthetic dataset it names, read
+    from the data while it is here, so the doc can be regenerated where the data is not."""
+    live = {p: c for p in _data_paths(row) if (c := synth_command(p))}
+    row["synth"] = {**(before or {}), **row.get("synth", {}), **live}
+
+
 def _write_docs(summary: dict) -> None:
     old = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
     commentary = old[old.index(COMMENTARY) :] if COMMENTARY in old else ""
@@ -384,8 +397,8 @@ def _write_docs(summary: dict) -> None:
     )
     sets = _set_names(summary)
     first = next(iter(summary.values()))
-    paths = dict.fromkeys([first["data"], *(v["path"] for v in first.get("sets", {}).values())])
-    synth = [c for c in map(synth_command, paths) if c]
+    recorded = {p: c for row in summary.values() for p, c in row.get("synth", {}).items()}
+    synth = [c for p in _data_paths(first) if (c := synth_command(p) or recorded.get(p))]
     where = "\n".join(
         f"- **{s}**: `{first['sets'][s]['path']}`, split `{first['sets'][s]['split']}`"
         + (
