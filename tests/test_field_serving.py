@@ -225,7 +225,7 @@ def test_reconstructions_beyond_the_servers_concurrency_are_refused(registry, mo
         with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
             stub = fpb_grpc.FieldServiceStub(ch)
             first = stub.Reconstruct.future(slow, timeout=60)
-            time.sleep(0.5)
+            time.sleep(1.0)  # the first call reaches the server and takes the slot
             with pytest.raises(grpc.RpcError) as err:
                 stub.Reconstruct(_request(coords, values), timeout=10)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
