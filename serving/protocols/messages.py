@@ -140,18 +140,20 @@ def runtime_json(runtime) -> str:
     )
 
 
-def model_info(runtime, default_name: str, server_config_json: str = "") -> pb.ModelInfo:
-    def specs(items) -> list[pb.TensorSpec]:
-        return [pb.TensorSpec(name=n, datatype=d, shape=[int(x) for x in s]) for n, d, s in items]
+def _specs(items) -> list[pb.TensorSpec]:
+    """(name, datatype, shape) triples, as the runtimes' input_specs / output_specs give them."""
+    return [pb.TensorSpec(name=n, datatype=d, shape=[int(x) for x in s]) for n, d, s in items]
 
+
+def model_info(runtime, default_name: str, server_config_json: str = "") -> pb.ModelInfo:
     return pb.ModelInfo(
         name=runtime.name,
         version=str(runtime.version),
         card_json=json.dumps(runtime.card.to_dict()),
         weights=str(runtime.weights),
         is_default=runtime.name == default_name,
-        inputs=specs(runtime.input_specs()),
-        outputs=specs(runtime.output_specs()),
+        inputs=_specs(runtime.input_specs()),
+        outputs=_specs(runtime.output_specs()),
         runtime_json=runtime_json(runtime),
         server_config_json=server_config_json,
     )
@@ -160,17 +162,13 @@ def model_info(runtime, default_name: str, server_config_json: str = "") -> pb.M
 def inline_model_info(model, server_config_json: str = "") -> pb.ModelInfo:
     """A model that runs inline, outside the batcher (an ``--encoder``, the ``--field-model``),
     as ListModelsResponse.encoders and .field_models list them."""
-
-    def specs(items) -> list[pb.TensorSpec]:
-        return [pb.TensorSpec(name=n, datatype=d, shape=[int(x) for x in s]) for n, d, s in items]
-
     return pb.ModelInfo(
         name=model.name,
         version=str(model.version),
         card_json=model.card.to_json(),
         weights=str(model.weights),
-        inputs=specs(model.input_specs()),
-        outputs=specs(model.output_specs()),
+        inputs=_specs(model.input_specs()),
+        outputs=_specs(model.output_specs()),
         runtime_json=json.dumps(model.runtime_info(), sort_keys=True),
         server_config_json=server_config_json,
     )
