@@ -353,7 +353,8 @@ def _offsets(summary: dict, set_name: str) -> str:
 
 
 def synth_command(path: str) -> str | None:
-    """The `seismag synth` command that made a synthetic dataset, from its stored provenance."""
+    """The command that made a synthetic dataset (`seismag synth`, or the one the generator
+    recorded), from its stored provenance."""
     import h5py
 
     try:
@@ -363,6 +364,8 @@ def synth_command(path: str) -> str | None:
             prov = dict(f["provenance"].attrs)
     except OSError:
         return None
+    if prov.get("command"):  # a generator that records its own command (crosscheck_data)
+        return str(prov["command"])
     cmd = f"seismag synth --out {path} --events {int(prov['n_events'])} --seed {int(prov['seed'])}"
     regimes = prov.get("regimes", "()")
     if regimes != "()":
