@@ -10,7 +10,8 @@ PAGEOPH 160:635):
   stress drop drawn log-normally per event (median 100 bar), so equal magnitudes differ in
   frequency content as real ones do;
 * path: geometric spreading 1/R to 40 km and R^-0.5 beyond, anelastic Q(f) = 180 f^0.45;
-* site: kappa (median 0.04 s) and a log-normal amplitude term, fixed per station;
+* site: kappa (median 0.04 s) and a log-normal amplitude term, fixed per station; in the
+  ``empirical`` regime also Boore & Joyner (1997)'s generic-rock crustal amplification;
 * time series: Saragoni-Hart windowed Gaussian noise, FFT, normalised to unit mean power,
   multiplied by the target Fourier spectrum, inverse FFT;
 * P and S: P at R / 6.1 km/s with (beta/alpha)^3 of the S level and 1.5x the corner frequency,
@@ -231,7 +232,18 @@ def velocity_spectrum(
         * np.exp(-np.pi * fpos * r / (quality_factor(fpos, physics) * speed))
         * np.exp(-np.pi * np.asarray(kappa_s) * f)
     )
+    if physics.crust_amplification:
+        displacement_cm_s = displacement_cm_s * crust_amplification(fpos, physics)
     return 2.0 * np.pi * f * displacement_cm_s * 0.01
+
+
+def crust_amplification(f: np.ndarray, physics: Physics) -> np.ndarray:
+    """The regime's crustal amplification at ``f`` (log-log interpolation; 1 without a table)."""
+    if not physics.crust_amplification:
+        return np.ones_like(np.asarray(f, dtype=np.float64))
+    table = np.asarray(physics.crust_amplification)
+    logf = np.log(np.maximum(np.asarray(f, dtype=np.float64), 1e-6))
+    return np.exp(np.interp(logf, np.log(table[:, 0]), np.log(table[:, 1])))
 
 
 def site_amplification(f: np.ndarray, high: np.ndarray, f0: np.ndarray) -> np.ndarray:
