@@ -63,7 +63,9 @@ MIN_SNR_DB = 10.0
 MIN_P_SNR_DB = 3.0
 REDRAWS = 3
 
-# Boore & Joyner (1997), generic rock (Vs30 620 m/s): frequency (Hz), amplification.
+# Boore & Joyner (1997), generic rock (Vs30 620 m/s): frequency (Hz), amplification. The
+# training regimes hold the same published table (regimes.BJ97_GENERIC_ROCK); it is written out
+# again here on purpose, so that this generator imports nothing of the training generator's.
 GENERIC_ROCK = np.array(
     [
         (0.01, 1.00),
@@ -148,14 +150,25 @@ def phase_series(
     rng: np.random.Generator, n: int, start: int, duration_s: float, fas, fs: float
 ) -> np.ndarray:
     """Windowed Gaussian noise shaped to the Fourier amplitude spectrum ``fas(f)`` (m: velocity
-    spectrum), Boore (2003)'s normalisation: the noise spectrum scaled to unit mean square."""
-    x = rng.standard_normal(n) * envelope(n, start, duration_s, fs)
+    spectrum), Boore (2003)'s normalisation: the noise spectrum scaled to unit mean square.
+
+    The FFT works on a buffer 30 s longer than the record, with the window ending at the record
+    end, so the coda does not wrap round to the start; and nothing is left before the onset
+    (the zero-phase spectral shaping spreads a little energy both ways): a first arrival is
+    the first arrival.
+    """
+    n_buffer = n + int(30 * fs)
+    window = envelope(n_buffer, start, duration_s, fs)
+    window[n:] = 0.0
+    x = rng.standard_normal(n_buffer) * window
     spec = np.fft.rfft(x)
-    f = np.fft.rfftfreq(n, 1 / fs)
+    f = np.fft.rfftfreq(n_buffer, 1 / fs)
     spec /= np.sqrt(np.mean(np.abs(spec[1:]) ** 2))
     spec *= fas(f) / (1 / fs)
     spec[0] = 0.0
-    return np.fft.irfft(spec, n)
+    series = np.fft.irfft(spec, n_buffer)[:n]
+    series[:start] = 0.0
+    return series
 
 
 def band_noise(rng, n: int, fs: float, band: tuple[float, float], rms: float) -> np.ndarray:

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import signal as ssignal
 
 from seismag.benchmarks import crosscheck_data as xc
 from seismag.training.dataset import WaveformDataset
@@ -144,3 +145,22 @@ def test_empirical_regime_has_real_record_lengths_and_crustal_amplification():
     assert WNA.crust_amplification == ()
     for other in ("wna", "ena", "two_corner", "high_attenuation", "broad", "wide"):
         assert draw_event_physics(rng, other).physics.crust_amplification == ()
+
+
+def test_nothing_arrives_before_the_first_arrival():
+    """Spectral shaping by FFT is circular and zero-phase: without care, a long coda wraps round
+    to the record start and the onset smears backwards, so pickers (and any model) see signal
+    before P."""
+    rng = np.random.default_rng(4)
+    n, fs, start = 6000, 100.0, 700
+    series = xc.phase_series(rng, n, start, 40.0, lambda f: np.exp(-f / 5.0), fs)
+    assert np.all(series[:start] == 0.0)
+    assert np.abs(series[start : start + 200]).max() > 0
+    event = xc.draw_event(np.random.default_rng(5))
+    event["mw"], event["fc"] = 6.0, xc.corner_hz(6.0, event["stress_bar"], event["vs"])
+    wave, meta = xc.simulate_trace(np.random.default_rng(6), event, 250.0)
+    noise_only = wave[:, : meta["trace_p_arrival_sample"] - 10]
+    sos = ssignal.butter(4, (1.0, 20.0), "bandpass", fs=fs, output="sos")
+    quiet = ssignal.sosfiltfilt(sos, noise_only, axis=-1)
+    # What is before P is the noise alone: no coda wrapped round from the record end.
+    assert np.abs(quiet).max() < 10 * quiet.std()

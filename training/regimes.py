@@ -33,7 +33,7 @@ Each regime is a distribution over :class:`Physics`. The named ones follow publi
   western North America) times a log-uniform 0.5-2 (4.5 s at 20 km and 8.4 s at 45 km, where
   Boore 2003's 0.05 R gives 1 and 2.25 s). Added after an independently written generator with
   both (:mod:`seismag.benchmarks.crosscheck_data`) found every model trained without them
-  reading 0.6-0.8 magnitude units high, as they read the real STEAD records 0.4-0.7 high.
+  reading 0.6-0.7 magnitude units high, as they read the real STEAD records 0.4-0.7 high.
 
 Whatever the regime, the nuisances a real network adds are drawn the same way (see
 :func:`draw_instrument` and :mod:`seismag.training.synthetic`): broadband, short-period
