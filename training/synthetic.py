@@ -238,9 +238,8 @@ def velocity_spectrum(
 
 
 def crust_amplification(f: np.ndarray, physics: Physics) -> np.ndarray:
-    """The regime's crustal amplification at ``f`` (log-log interpolation; 1 without a table)."""
-    if not physics.crust_amplification:
-        return np.ones_like(np.asarray(f, dtype=np.float64))
+    """The regime's crustal amplification table at ``f`` (log-log interpolation, flat beyond its
+    ends); only called for a regime that has one."""
     table = np.asarray(physics.crust_amplification)
     logf = np.log(np.maximum(np.asarray(f, dtype=np.float64), 1e-6))
     return np.exp(np.interp(logf, np.log(table[:, 0]), np.log(table[:, 1])))
