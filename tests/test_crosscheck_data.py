@@ -147,6 +147,24 @@ def test_empirical_regime_has_real_record_lengths_and_crustal_amplification():
         assert draw_event_physics(rng, other).physics.crust_amplification == ()
 
 
+def test_site_range_spans_hard_rock_to_stiff_soil():
+    rng = np.random.default_rng(2)
+    drawn = [draw_event_physics(rng, "site_range").physics for _ in range(400)]
+    # The generic-rock amplification at 6 Hz is 2.58; scaled in log by U(0, 1.4): 1 to 3.77.
+    at_6hz = np.array([dict(p.crust_amplification)[6.05] for p in drawn])
+    assert at_6hz.min() == pytest.approx(1.0, abs=0.05)
+    assert at_6hz.max() == pytest.approx(2.58**1.4, rel=0.03)
+    assert np.median(np.log(at_6hz)) == pytest.approx(0.7 * np.log(2.58), rel=0.1)
+    # every table keeps generic rock's frequencies and rises with frequency, as a crust does
+    for p in drawn[:20]:
+        amp = [a for _, a in p.crust_amplification]
+        assert [f for f, _ in p.crust_amplification] == [f for f, _ in BJ97_GENERIC_ROCK]
+        assert amp == sorted(amp)
+    # and the long durations of ``empirical``
+    at_20 = [float(piecewise_linear(np.array([20.0]), p.duration_path)[0]) for p in drawn]
+    assert min(at_20) > 2.2
+
+
 def test_nothing_arrives_before_the_first_arrival():
     """Spectral shaping by FFT is circular and zero-phase: without care, a long coda wraps round
     to the record start and the onset smears backwards, so pickers (and any model) see signal
