@@ -45,8 +45,8 @@ removal), frequency-dependent site amplification, P/S ratio and radiation scatte
 gaps, and P from 2 s into the record with S possibly outside it.
 
 ``TRAIN_REGIMES`` and ``HELD_OUT_REGIMES`` are the split the shipped weights use (weights trained
-before ``empirical`` existed say so in docs/evaluation.md). The training
-regimes include ``wide``, so each single parameter of ``ena`` and ``high_attenuation``
+before ``empirical`` or ``site_range`` existed say on which regimes in docs/evaluation.md).
+The training regimes include ``wide``, so each single parameter of ``ena`` and ``high_attenuation``
 lies inside a training range, but not their combinations: the ENA trilinear duration, its Q floor
 and high stress drop with low kappa, the slow, strongly attenuating volcanic crust with low stress
 drops. Scores on them measure physics the models never saw as a whole. ``broad``-only training

@@ -11,7 +11,7 @@ PAGEOPH 160:635):
   frequency content as real ones do;
 * path: geometric spreading 1/R to 40 km and R^-0.5 beyond, anelastic Q(f) = 180 f^0.45;
 * site: kappa (median 0.04 s) and a log-normal amplitude term, fixed per station; in the
-  ``empirical`` regime also Boore & Joyner (1997)'s generic-rock crustal amplification;
+  ``empirical`` and ``site_range`` regimes also a crustal amplification (Boore & Joyner 1997);
 * time series: Saragoni-Hart windowed Gaussian noise, FFT, normalised to unit mean power,
   multiplied by the target Fourier spectrum, inverse FFT;
 * P and S: P at R / 6.1 km/s with (beta/alpha)^3 of the S level and 1.5x the corner frequency,
