@@ -174,6 +174,30 @@ def test_station_table_fits_the_event_sigma_scale_per_time(tmp_path):
             StationTable.read(path)
 
 
+def test_sigma_scales_by_time_are_averaged_with_their_neighbours(monkeypatch):
+    # Values at 3 and 10 s err twice as much as their sigma says, at 5 s as much as it says:
+    # one knot's own scale is noisy (a network's few past events), so each knot's scale is the
+    # geometric mean of its own and its neighbours'.
+    import seismag.serving.pipeline.station_table as station_table
+
+    rng = np.random.default_rng(6)
+    rows = []
+    for ev in range(80):
+        base = dict(source_id=str(ev), station_id=f"XX.S{ev % 3}.", catalogue_magnitude="3.0",
+                    sigma="0.2")  # fmt: skip
+        rows.append(dict(base, magnitude=str(3.0 + rng.normal(0, 0.2))))
+        for t, sd in ((3, 0.4), (5, 0.2), (10, 0.4)):
+            value = 3.0 + rng.normal(0, sd)
+            rows.append(dict(base, magnitude=str(value), seconds_after_first_p=str(t)))
+    smoothed = fit(rows).early_sigma_scale
+    monkeypatch.setattr(station_table, "SMOOTH_KNOTS", 0)
+    own = fit(rows).early_sigma_scale
+    assert 1.7 < own[0] < 2.3 and 0.8 < own[1] < 1.2 and 1.7 < own[2] < 2.3
+    geometric = [np.exp(np.mean(np.log(own[max(0, i - 1) : i + 2]))) for i in range(3)]
+    assert smoothed == pytest.approx(geometric, rel=1e-9)
+    assert fit(rows).final_sigma_scale == pytest.approx(1.0, abs=0.2)  # its own, unsmoothed
+
+
 def test_station_table_fits_an_early_correction_per_time_after_the_first_p(tmp_path):
     # Final values right on average; 3 s after the first P they read 0.3 low and 10 s after 0.1
     # low, with the scatter their sigma claims.
