@@ -109,7 +109,8 @@ SIGMA_SCALE_RANGE = (0.1, 10.0)
 SMOOTH_KNOTS = 1
 """A sigma scale by time is the geometric mean of the scales fitted at its own knot and this many
 knots on each side (the final values' scale stays its own). On the development events of
-docs/events.md it lifted the 10 s band, where one knot had dipped, and moved no other time."""
+docs/events.md it lifted the 10 s band, where one knot had dipped, and moved no other time by
+more than a point."""
 MAX_CORRECTION = 2.0
 """Magnitude units; a larger correction is a wrong table, not a calibration."""
 COLUMNS = ("source_id", "station_id", "magnitude", "catalogue_magnitude")
