@@ -137,20 +137,29 @@ def test_series_rows_join_the_sigma_scale_only():
         fit(early)
 
 
+def _one_station_events(seed: int, events: int, early_sd: dict[int, float]) -> list[dict]:
+    """Past events of one station each (three stations in turn), catalogue M 3, sigma 0.2: final
+    values that err as their sigma says, values ``t`` s after the first P with sd
+    ``early_sd[t]``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for ev in range(events):
+        base = dict(source_id=str(ev), station_id=f"XX.S{ev % 3}.", catalogue_magnitude="3.0",
+                    sigma="0.2")  # fmt: skip
+        rows.append(dict(base, magnitude=str(3.0 + rng.normal(0, 0.2))))
+        for t, sd in early_sd.items():
+            value = 3.0 + rng.normal(0, sd)
+            rows.append(dict(base, magnitude=str(value), seconds_after_first_p=str(t)))
+    return rows
+
+
 def test_station_table_fits_the_event_sigma_scale_per_time(tmp_path):
     # One station per event: its values 3 s after the first P err twice as much as their sigma
     # says, its final values as much as it says. One scale for both (1.58) would make the final
     # band too wide and the early one too narrow.
     from seismag.serving.pipeline.event import EventEstimate
 
-    rng = np.random.default_rng(5)
-    rows = []
-    for ev in range(60):
-        base = dict(source_id=str(ev), station_id=f"XX.S{ev % 3}.", catalogue_magnitude="3.0",
-                    sigma="0.2")  # fmt: skip
-        rows.append(dict(base, magnitude=str(3.0 + rng.normal(0, 0.2))))
-        rows.append(dict(base, magnitude=str(3.0 + rng.normal(0, 0.4)), seconds_after_first_p="3"))
-    table = fit(rows)
+    table = fit(_one_station_events(5, 60, {3: 0.4}))
     assert table.sigma_scale > 1.4  # station values of both times
     (s3,) = table.early_sigma_scale
     assert 1.7 < s3 < 2.3 and 0.85 < table.final_sigma_scale < 1.2
@@ -180,15 +189,7 @@ def test_sigma_scales_by_time_are_averaged_with_their_neighbours(monkeypatch):
     # geometric mean of its own and its neighbours'.
     import seismag.serving.pipeline.station_table as station_table
 
-    rng = np.random.default_rng(6)
-    rows = []
-    for ev in range(80):
-        base = dict(source_id=str(ev), station_id=f"XX.S{ev % 3}.", catalogue_magnitude="3.0",
-                    sigma="0.2")  # fmt: skip
-        rows.append(dict(base, magnitude=str(3.0 + rng.normal(0, 0.2))))
-        for t, sd in ((3, 0.4), (5, 0.2), (10, 0.4)):
-            value = 3.0 + rng.normal(0, sd)
-            rows.append(dict(base, magnitude=str(value), seconds_after_first_p=str(t)))
+    rows = _one_station_events(6, 80, {3: 0.4, 5: 0.2, 10: 0.4})
     smoothed = fit(rows).early_sigma_scale
     monkeypatch.setattr(station_table, "SMOOTH_KNOTS", 0)
     own = fit(rows).early_sigma_scale
