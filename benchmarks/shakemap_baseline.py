@@ -32,6 +32,9 @@ residuals are interpolated by conditioning a multivariate normal with a spatial 
 Variants, all ``(coords (K, 2), values (K,), grid (H, W), event) -> (mean (H, W), std | None)``:
 
 * ``gmm_kriging``: the ShakeMap reconstruction above;
+* ``gmm_event_terms``: the GMM with random event terms for its level, spreading and anelastic
+  decay, then the same kriging (:class:`seismag.models.ground_motion.ShakingPrior`: the prior
+  of the ``shakemap`` field models, given the same catalogue);
 * ``gmm_only``: the GMM plus the event term from the stations, no spatial interpolation;
 * ``gmm_median``: the GMM alone (a ShakeMap before any station reports);
 * ``kriging_only``: ordinary kriging of the raw log10 PGV (no GMM, no catalogue), exponential
@@ -52,131 +55,24 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
 from seismag.models.field_card import grid_coords
+from seismag.models.ground_motion import (
+    JITTER,
+    ExponentialCovariance,
+    GroundMotionModel,
+    ShakingPrior,
+    distances_km,
+    fit_shaking_prior,
+    hypocentral_km,
+)
 from seismag.training.shaking_fields import ShakingMaps
 
 Method = Callable[
     [np.ndarray, np.ndarray, tuple[int, int], dict], tuple[np.ndarray, np.ndarray | None]
 ]
-HINGE_KM = 40.0
-M_REF = 6.0
-H_GRID_KM = tuple(float(h) for h in range(1, 31))
-FIT_MAX_LAG_KM = 100.0
-_JITTER = 1e-9  # relative: keeps Cholesky well posed when two stations nearly coincide
-
-
-@dataclass(frozen=True)
-class GroundMotionModel:
-    """log10 PGV (m/s) of the form in the module docstring; ``coef`` = (e0, e1, e2, c1, c2, c3,
-    c4)."""
-
-    coef: tuple[float, ...]
-    h_km: float
-    sigma: float
-    """Total sd of the training residuals (log10)."""
-
-    @staticmethod
-    def features(magnitude: np.ndarray, r_hyp_km: np.ndarray, h_km: float) -> np.ndarray:
-        m = np.asarray(magnitude, np.float64) - M_REF
-        r = np.sqrt(np.asarray(r_hyp_km, np.float64) ** 2 + h_km**2)
-        m = np.broadcast_to(m, r.shape)
-        lr = np.log10(r)
-        return np.stack(
-            [
-                np.ones_like(r),
-                m,
-                m**2,
-                lr,
-                m * lr,
-                np.maximum(lr - np.log10(HINGE_KM), 0.0),
-                r,
-            ],
-            axis=-1,
-        )
-
-    def predict(self, magnitude: float | np.ndarray, r_hyp_km: np.ndarray) -> np.ndarray:
-        return self.features(magnitude, r_hyp_km, self.h_km) @ np.asarray(self.coef)
-
-    @classmethod
-    def fit(
-        cls, magnitude: np.ndarray, r_hyp_km: np.ndarray, log_pgv: np.ndarray
-    ) -> GroundMotionModel:
-        """Least squares for each h of ``H_GRID_KM``; the h with the smallest residual wins."""
-        best = None
-        y = np.asarray(log_pgv, np.float64)
-        for h in H_GRID_KM:
-            x = cls.features(magnitude, r_hyp_km, h)
-            coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-            sse = float(np.sum((y - x @ coef) ** 2))
-            if best is None or sse < best[0]:
-                best = (sse, h, coef)
-        sse, h, coef = best
-        return cls(tuple(float(c) for c in coef), h, float(np.sqrt(sse / len(y))))
-
-
-@dataclass(frozen=True)
-class ExponentialCovariance:
-    """C(h) = sd^2 exp(-h / length_km) for h > 0, sd^2 + nugget at h = 0 (log10 units)."""
-
-    sd: float
-    length_km: float
-    nugget: float = 0.0
-
-    def __call__(self, h_km: np.ndarray) -> np.ndarray:
-        h = np.asarray(h_km, np.float64)
-        return self.sd**2 * np.exp(-h / self.length_km) + self.nugget * (h < 1e-6)
-
-    @property
-    def total(self) -> float:
-        return self.sd**2 + self.nugget
-
-    @classmethod
-    def fit(cls, fields: np.ndarray, spacing_km: float) -> ExponentialCovariance:
-        """Fit to the pair-averaged covariance of zero-mean (n, H, W) fields on a regular grid."""
-        lags, cov, pairs = empirical_covariance(fields, spacing_km)
-        c0 = float(cov[0])
-        use = (lags > 0) & (lags <= FIT_MAX_LAG_KM)
-        h, c, wt = lags[use], cov[use], pairs[use]
-        best = None
-        for length in np.geomspace(1.0, 500.0, 400):
-            basis = np.exp(-h / length)
-            s2 = float(np.sum(wt * basis * c) / np.sum(wt * basis**2))
-            s2 = min(max(s2, 0.0), c0)
-            err = float(np.sum(wt * (c - s2 * basis) ** 2))
-            if best is None or err < best[0]:
-                best = (err, s2, float(length))
-        _, s2, length = best
-        return cls(float(np.sqrt(s2)), length, max(c0 - s2, 0.0))
-
-
-def empirical_covariance(
-    fields: np.ndarray, spacing_km: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(distinct lags in km, covariance at each, pair counts) of zero-mean (n, H, W) fields:
-    every pixel pair of every field, through zero-padded FFT autocorrelations."""
-    f = np.asarray(fields, np.float64)
-    n, h, w = f.shape
-    shape = (2 * h, 2 * w)
-    spec = np.fft.rfft2(f, s=shape)
-    auto = np.fft.irfft2(np.sum(spec * spec.conj(), axis=0), s=shape)
-    ones = np.fft.rfft2(np.ones((h, w)), s=shape)
-    count = np.fft.irfft2(ones * ones.conj(), s=shape) * n
-    di = np.minimum(np.arange(2 * h), 2 * h - np.arange(2 * h))
-    dj = np.minimum(np.arange(2 * w), 2 * w - np.arange(2 * w))
-    lag = np.round(np.hypot(di[:, None], dj[None, :]) * spacing_km, 6)
-    valid = count > 0.5
-    lags, inverse = np.unique(lag[valid], return_inverse=True)
-    sums = np.bincount(inverse, weights=auto[valid])
-    pairs = np.bincount(inverse, weights=count[valid])
-    return lags, sums / pairs, pairs
-
-
-def _distances_km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.maximum(np.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1), 0.0))
 
 
 def _hypocentral_km(points_km: np.ndarray, event: dict) -> np.ndarray:
-    epi = np.asarray(event["epicentre_km"], np.float64)
-    return np.sqrt(np.sum((points_km - epi) ** 2, axis=-1) + float(event["depth_km"]) ** 2)
+    return hypocentral_km(points_km, event["epicentre_km"], event["depth_km"])
 
 
 @dataclass(frozen=True)
@@ -189,6 +85,8 @@ class ShakeMapModel:
     within: ExponentialCovariance
     raw: ExponentialCovariance
     """Covariance of the raw, per-map-demeaned log10 PGV (``kriging_only``)."""
+    terms: ShakingPrior
+    """The GMM with random event terms (``gmm_event_terms``), fitted on the same maps."""
 
     # --- the variants ------------------------------------------------------------------------
     def _setup(
@@ -206,8 +104,8 @@ class ShakeMapModel:
 
     def _event_system(self, stations: np.ndarray) -> tuple:
         k = len(stations)
-        cov = self.tau**2 + self.within(_distances_km(stations, stations))
-        cov[np.diag_indices(k)] += _JITTER * self.within.total
+        cov = self.tau**2 + self.within(distances_km(stations, stations))
+        cov[np.diag_indices(k)] += JITTER * self.within.total
         return cho_factor(cov, lower=True)
 
     def gmm_kriging(
@@ -216,10 +114,21 @@ class ShakeMapModel:
         """GMM + event term + simple kriging of the within-event residuals (Worden et al. 2018)."""
         stations, targets, resid, prior = self._setup(coords, values, grid, event)
         factor = self._event_system(stations)
-        cross = self.tau**2 + self.within(_distances_km(targets, stations))  # (P, K)
+        cross = self.tau**2 + self.within(distances_km(targets, stations))  # (P, K)
         mean = prior + cross @ cho_solve(factor, resid)
         var = self.tau**2 + self.within.total - np.sum(cross * cho_solve(factor, cross.T).T, 1)
         return _finish(mean, grid), _finish(np.sqrt(np.maximum(var, 0.0)), grid)
+
+    def gmm_event_terms(
+        self, coords: np.ndarray, values: np.ndarray, grid: tuple[int, int], event: dict
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """GMM + random event terms (level, spreading, anelastic decay) + simple kriging: the
+        prior of the ``shakemap`` field models (:class:`ShakingPrior`), here as a method."""
+        extent = float(event["extent_km"])
+        epi = np.asarray(event["epicentre_km"], np.float64) / extent
+        source = (float(event["magnitude"]), epi[0], epi[1], float(event["depth_km"]))
+        mean, std = self.terms.posterior(coords, values, source, grid_coords(*grid))
+        return _finish(mean, grid), _finish(std, grid)
 
     def event_term(
         self, coords: np.ndarray, values: np.ndarray, event: dict
@@ -262,11 +171,11 @@ class ShakeMapModel:
         targets = grid_coords(*grid).astype(np.float64) * extent
         k = len(stations)
         system = np.zeros((k + 1, k + 1))
-        system[:k, :k] = self.raw(_distances_km(stations, stations))
-        system[np.diag_indices(k)] += _JITTER * self.raw.total
+        system[:k, :k] = self.raw(distances_km(stations, stations))
+        system[np.diag_indices(k)] += JITTER * self.raw.total
         system[:k, k] = system[k, :k] = 1.0
         rhs = np.ones((k + 1, len(targets)))
-        rhs[:k] = self.raw(_distances_km(stations, targets))
+        rhs[:k] = self.raw(distances_km(stations, targets))
         sol = np.linalg.solve(system, rhs)  # weights (K, P) and Lagrange multipliers (P,)
         mean = sol[:k].T @ np.asarray(values, np.float64)
         var = self.raw.total - np.sum(sol * rhs, axis=0)
@@ -286,6 +195,7 @@ class ShakeMapModel:
             "gmm_median": self.gmm_median,
             "gmm_only": self.gmm_only,
             "gmm_kriging": self.gmm_kriging,
+            "gmm_event_terms": self.gmm_event_terms,
         }
 
     def to_dict(self) -> dict:
@@ -299,10 +209,11 @@ class ShakeMapModel:
             float(data["tau"]),
             ExponentialCovariance(**data["within"]),
             ExponentialCovariance(**data["raw"]),
+            ShakingPrior.from_dict(data["terms"]),
         )
 
 
-METHODS = ("mean", "kriging_only", "gmm_median", "gmm_only", "gmm_kriging")
+METHODS = ("mean", "kriging_only", "gmm_median", "gmm_only", "gmm_kriging", "gmm_event_terms")
 
 
 def _finish(flat: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -322,4 +233,7 @@ def fit_shakemap(maps: ShakingMaps) -> ShakeMapModel:
     spacing = maps.extent_km / max(h, w)
     within = ExponentialCovariance.fit((resid - per_map[:, None]).reshape(-1, h, w), spacing)
     raw = ExponentialCovariance.fit((y - y.mean(axis=1, keepdims=True)).reshape(-1, h, w), spacing)
-    return ShakeMapModel(gmm, float(np.std(per_map)), within, raw)
+    terms = fit_shaking_prior(
+        maps.log_pgv, maps.magnitude, maps.epicentre_km, maps.depth_km, maps.extent_km
+    )
+    return ShakeMapModel(gmm, float(np.std(per_map)), within, raw, terms)

@@ -17,7 +17,8 @@ Per group, fraction and method: RMSE in log10 units pooled over every pixel of e
 (``rmse``), over the unobserved pixels only (``rmse_hidden``), the median of the per-map RMSEs,
 and, for methods with a standard deviation, the share of unobserved pixels within 1 and 2 std
 (68.3 / 95.4 % if calibrated). Baselines see the catalogue (magnitude, epicentre, depth); models
-see only the stations. ``oracle`` is a bound, not a method: the conditional mean given the
+see the stations, and the catalogue too where their prior is a ground-motion model (``prior =
+"shakemap"``). ``oracle`` is a bound, not a method: the conditional mean given the
 stations when the event's noise-free median and the exact covariance of its event, site and
 within-event terms are known (Gaussian conditioning, so no method beats it on average).
 """
@@ -36,6 +37,7 @@ from scipy.linalg import cho_factor, cho_solve
 
 from seismag.benchmarks.field_accuracy import load_model, percent_text, run_model, single_threaded
 from seismag.benchmarks.shakemap_baseline import METHODS, ShakeMapModel, fit_shakemap
+from seismag.benchmarks.stats import bootstrap_interval
 from seismag.models.field_card import grid_coords
 from seismag.training.shaking_fields import (
     SHAKING_REGIMES,
@@ -46,6 +48,8 @@ from seismag.training.shaking_fields import (
 )
 
 ORACLE = "oracle"
+REFERENCE = "gmm_kriging"
+"""The method every other is compared with, map by map: ShakeMap's."""
 
 
 def oracle(
@@ -124,6 +128,24 @@ def score(
     return row
 
 
+def map_mse(truth: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """(F,) mean squared error of each map (log10 units squared)."""
+    err = np.asarray(mean, np.float64) - truth
+    return np.mean(err.reshape(len(truth), -1) ** 2, axis=1)
+
+
+def paired(truth: np.ndarray, mean: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """Map by map against :data:`REFERENCE`'s MSEs: the mean difference of the MSEs (negative:
+    better), its bootstrap 95 % interval over maps, and the share of maps where it is better."""
+    diff = map_mse(truth, mean) - reference
+    return {
+        "method": REFERENCE,
+        "mse_difference": float(np.mean(diff)),
+        "interval": bootstrap_interval(diff),
+        "maps_better": float(np.mean(diff < 0)),
+    }
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     grid = (args.grid[0], args.grid[1])
     t0 = time.perf_counter()
@@ -143,12 +165,17 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         for pct in args.fractions:
             coords, values, idx = station_observations(maps, pct / 100, seed=args.seed + 1)
             k = coords.shape[1]
+            reference = None
             for name in args.baselines:
                 mean, std, ms = run_method(name, baseline, maps, coords, values)
                 kind = "bound" if name == ORACLE else "baseline"
                 results.append(
                     _row(spec, pct, k, name, kind, score(maps.log_pgv, idx, mean, std, ms))
                 )
+                if name == REFERENCE:
+                    reference = map_mse(maps.log_pgv, mean)
+                elif reference is not None:
+                    results[-1]["vs_reference"] = paired(maps.log_pgv, mean, reference)
                 _progress(results[-1])
             for name, runtime in models:
                 mean, std, ms = run_model(
@@ -159,10 +186,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                     samples=args.samples,
                     steps=args.steps,
                     batch=args.batch,
+                    sources=maps.sources() if runtime.card.needs_source else None,
                 )
                 results.append(
                     _row(spec, pct, k, name, "model", score(maps.log_pgv, idx, mean, std, ms))
                 )
+                if reference is not None:
+                    results[-1]["vs_reference"] = paired(maps.log_pgv, mean, reference)
                 _progress(results[-1])
     return {
         "config": {
@@ -254,6 +284,25 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{r['ms_per_map']:.2f} | {percent_text(r.get('within_1sd'))} | "
                 f"{percent_text(r.get('within_2sd'))} | {'' if sd is None else f'{sd:.3f}'} |"
             )
+        compared = [r for r in grp if "vs_reference" in r]
+        if compared:
+            out += [
+                "",
+                f"**{spec}**: map by map against {REFERENCE} (mean difference of the per-map "
+                "MSE, log10 units squared x 1000, negative = better; bootstrap 95 % interval "
+                "over maps; share of maps better)",
+                "",
+                "| % | method | MSE difference x 1000 | 95 % interval | maps better |",
+                "|---:|---|---:|---|---:|",
+            ]
+            for r in compared:
+                v = r["vs_reference"]
+                lo, hi = (1000 * x for x in v["interval"])
+                out.append(
+                    f"| {r['fraction_percent']:g} | {r['method']} | "
+                    f"{1000 * v['mse_difference']:+.2f} | [{lo:+.2f}, {hi:+.2f}] | "
+                    f"{percent_text(v['maps_better'])} |"
+                )
     return "\n".join(out)
 
 

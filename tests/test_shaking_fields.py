@@ -160,8 +160,20 @@ def test_cli_writes_json(tmp_path, capsys) -> None:
     )  # fmt: skip
     report = json.loads(out.read_text())
     methods = {r["method"] for r in report["results"]}
-    assert {"mean", "kriging_only", "gmm_only", "gmm_kriging", "oracle"} <= methods
+    assert {"mean", "kriging_only", "gmm_only", "gmm_kriging", "gmm_event_terms"} <= methods
     assert {r["regimes"] for r in report["results"]} == {"train", "ena"}
     row = next(r for r in report["results"] if r["method"] == "gmm_kriging")
-    assert 0 < row["rmse"] < 1 and 0 <= row["within_1sd"] <= 1
-    assert "| gmm_kriging |" in capsys.readouterr().out
+    assert 0 < row["rmse"] < 1 and 0 <= row["within_1sd"] <= 1 and "vs_reference" not in row
+    # Every method after ShakeMap's is compared with it map by map: MSE differences agree with
+    # the pooled RMSEs (the pooled MSE is the mean of the per-map MSEs: equal maps per group).
+    for r in report["results"]:
+        if r["method"] in ("gmm_event_terms", "oracle"):
+            ref = next(
+                x["rmse"] for x in report["results"]
+                if x["method"] == "gmm_kriging" and x["regimes"] == r["regimes"]
+            )  # fmt: skip
+            v = r["vs_reference"]
+            assert v["mse_difference"] == pytest.approx(r["rmse"] ** 2 - ref**2, abs=1e-9)
+            assert v["interval"][0] <= v["mse_difference"] <= v["interval"][1]
+    printed = capsys.readouterr().out
+    assert "| gmm_kriging |" in printed and "map by map against gmm_kriging" in printed
