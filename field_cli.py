@@ -8,8 +8,10 @@ spread. It lives at the package root, beside ``cli.py``, because it reads from `
 and ``serving`` both, which ``serving`` itself may not (docs/architecture.md).
 
 File formats (``.npz``): inputs hold ``coords`` (F, K, 2) (row, column in [0, 1]), ``values``
-(F, K), ``grid`` (H, W) and optionally ``truth`` (F, H, W); results hold ``mean`` and ``std``
-(F, H, W) and what ran (``model``, ``model_version``, ``samples``, ``steps``, ``seed``).
+(F, K), ``grid`` (H, W), optionally ``truth`` (F, H, W) and, for a model whose prior is a
+ground-motion model (ShakeFlow), ``sources`` (F, 4): each field's magnitude, epicentre row and
+column in the same [0, 1] frame, and depth in km; results hold ``mean`` and ``std`` (F, H, W)
+and what ran (``model``, ``model_version``, ``samples``, ``steps``, ``seed``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seismag.models.ground_motion import SOURCE_COLUMNS
 from seismag.serving.client_cli import CliError, describe_rpc_error
 
 BATCH = 64
@@ -74,6 +77,12 @@ def read_fields(path: str) -> dict[str, np.ndarray]:
     want = (len(coords), int(grid[0]), int(grid[1]))
     if truth is not None and truth.shape != want:
         raise CliError(f"{path}: truth must be (F, H, W) = {want}, got {truth.shape}")
+    sources = data.get("sources")
+    if sources is not None and sources.shape != (len(coords), len(SOURCE_COLUMNS)):
+        raise CliError(
+            f"{path}: sources must be (F, {len(SOURCE_COLUMNS)}) = ({len(coords)}, "
+            f"{len(SOURCE_COLUMNS)}) ({', '.join(SOURCE_COLUMNS)}), got {sources.shape}"
+        )
     return data
 
 
@@ -86,10 +95,17 @@ def cmd_make(args: argparse.Namespace) -> int:
     if not 0 < args.fraction <= 1:
         raise CliError(f"--fraction must be in (0, 1], got {args.fraction:g}")
     out = _out(args.out, ".npz")
-    truth = make_fields(args.count, args.family, (h, w), seed=args.seed)
+    extra = {}
+    if args.family == "shaking":
+        from seismag.training.shaking_fields import make_shaking_maps
+
+        maps = make_shaking_maps(args.count, (h, w), seed=args.seed)
+        truth, extra["sources"] = maps.log_pgv, maps.sources()
+    else:
+        truth = make_fields(args.count, args.family, (h, w), seed=args.seed)
     # The benchmarks' convention: fields from seed, observations from seed + 1.
     coords, values, _ = observe(truth, args.fraction, seed=args.seed + 1)
-    np.savez(out, coords=coords, values=values, grid=np.array([h, w]), truth=truth)
+    np.savez(out, coords=coords, values=values, grid=np.array([h, w]), truth=truth, **extra)
     k = coords.shape[1]
     print(
         f"wrote {out}: {args.count} {args.family} fields of {h} x {w}, {k} observed points "
@@ -109,10 +125,17 @@ def _local(args: argparse.Namespace, data: dict[str, np.ndarray]):
         runtime = FieldRuntime(args.model, threads=args.threads)
     except ModelLoadError as exc:
         raise CliError(str(exc)) from None
-    for b, (coords, values) in enumerate(_batches(data, args.batch)):
+    for b, (coords, values, sources) in enumerate(_batches(data, args.batch)):
         try:
             request = field.check_request(
-                runtime.card, coords, values, data["grid"], args.samples, args.steps, args.seed + b
+                runtime.card,
+                coords,
+                values,
+                data["grid"],
+                args.samples,
+                args.steps,
+                args.seed + b,
+                sources,
             )
         except ServingError as exc:
             raise CliError(f"{args.fields}: {exc}") from None
@@ -134,10 +157,17 @@ def _remote(args: argparse.Namespace, data: dict[str, np.ndarray]):
             raise CliError(f"cannot read --token-file: {exc}") from None
     grid = (int(data["grid"][0]), int(data["grid"][1]))
     with SeismagClient(args.server, token=token, tls_ca=args.tls_ca, timeout=args.timeout) as c:
-        for b, (coords, values) in enumerate(_batches(data, args.batch)):
+        for b, (coords, values, sources) in enumerate(_batches(data, args.batch)):
             try:
                 r = c.reconstruct_fields(
-                    coords, values, grid, args.samples, args.steps, args.seed + b, args.name
+                    coords,
+                    values,
+                    grid,
+                    args.samples,
+                    args.steps,
+                    args.seed + b,
+                    args.name,
+                    sources=sources,
                 )
             except grpc.RpcError as exc:
                 raise CliError(describe_rpc_error(exc, args.server, args)) from None
@@ -147,8 +177,14 @@ def _remote(args: argparse.Namespace, data: dict[str, np.ndarray]):
 
 
 def _batches(data: dict[str, np.ndarray], size: int):
+    sources = data.get("sources")
     for i in range(0, len(data["coords"]), size):
-        yield data["coords"][i : i + size], data["values"][i : i + size]
+        part = slice(i, i + size)
+        yield (
+            data["coords"][part],
+            data["values"][part],
+            None if sources is None else sources[part],
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -183,8 +219,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "truth" in data:
         from seismag.training.field_data import psnr
 
-        scores = psnr(mean, data["truth"])
-        print(f"PSNR {scores.mean():.2f} dB (mean over {f} fields; peak 1, values in [0, 1])")
+        truth = data["truth"]
+        rmse = float(np.sqrt(np.mean((mean - truth) ** 2)))
+        if truth.min() >= 0 and truth.max() <= 1:
+            scores = psnr(mean, truth)
+            print(f"PSNR {scores.mean():.2f} dB (mean over {f} fields; peak 1, values in [0, 1])")
+        print(f"RMSE {rmse:.4f} (the fields' units, over every point of every field)")
     print(f"wrote {out}")
     return 0
 
@@ -277,7 +317,12 @@ def add_field_commands(sub) -> argparse._SubParsersAction:
         "generators) observed at a random fraction of their pixels: coords, values, grid "
         "and truth in one .npz, the input of seismag field eval.",
     )
-    p.add_argument("--family", choices=("benchmark", "oblique", "train"), default="benchmark")
+    p.add_argument(
+        "--family",
+        choices=("benchmark", "oblique", "train", "shaking"),
+        default="benchmark",
+        help="sinusoid fields, or shaking: log10 PGV maps (m/s) with their sources",
+    )
     p.add_argument("--count", type=int, default=16, help="number of fields")
     p.add_argument("--fraction", type=float, default=0.05, help="observed share of the pixels")
     p.add_argument("--grid", type=int, nargs=2, default=[32, 32], metavar=("H", "W"))

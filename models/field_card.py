@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from seismag.models.card import CardError
+from seismag.models.field_sampler import SAMPLERS
 
 FIELD_CARD_KEY = "seismag_field_card"
 """ONNX metadata key holding the card as JSON."""
@@ -30,6 +31,9 @@ INPUT_NAMES = ("ctx_coords", "ctx_values", "query_coords", "x_t", "t")
 PRIOR_INPUT_NAMES = ("prior_mean", "prior_std")
 """Two more inputs of a model with a prior (``kwargs.prior``), after :data:`INPUT_NAMES`."""
 OUTPUT_NAME = "x1"
+SOURCE_PRIORS = ("shakemap",)
+"""Priors that need each field's event source (:data:`seismag.models.ground_motion.SOURCE_COLUMNS`:
+magnitude, epicentre row and column in the field's [0, 1] frame, depth in km)."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,16 @@ class FieldCard:
     tolerance: float
     training: dict[str, Any] = field(default_factory=dict)
     kwargs: dict[str, Any] = field(default_factory=dict)
+    prior_params: dict[str, Any] = field(default_factory=dict)
+    """Numbers a prior was fitted to at training (the ``shakemap`` prior's), empty otherwise."""
+    sampler: str = "euler"
+    """The ODE steps of :mod:`seismag.models.field_sampler`: ``euler`` or ``heun``."""
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise CardError(f"field model {self.name}: objective must be one of {OBJECTIVES}")
+        if self.sampler not in SAMPLERS:
+            raise CardError(f"field model {self.name}: sampler must be one of {SAMPLERS}")
         if not self.value_high > self.value_low:
             raise CardError(f"field model {self.name}: value_high must exceed value_low")
         for name in ("steps", "samples", "max_points", "max_grid"):
@@ -64,6 +74,11 @@ class FieldCard:
     @property
     def prior(self) -> str:
         return str(self.kwargs.get("prior", "none"))
+
+    @property
+    def needs_source(self) -> bool:
+        """Whether each field comes with its event's source (the ``shakemap`` prior)."""
+        return self.prior in SOURCE_PRIORS
 
     def input_names(self) -> tuple[str, ...]:
         return INPUT_NAMES + (PRIOR_INPUT_NAMES if self.prior != "none" else ())

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from seismag.models.field_card import FieldCard
+from seismag.models.field_prior import PRIORS
 
 
 class FourierFeatures(nn.Module):
@@ -170,10 +171,11 @@ class FieldFlow(nn.Module):
         seeds_dt: bool = False,
         prior: str = "none",
         objective: str = "flow",
+        start_at_prior: bool = False,
     ) -> None:
         super().__init__()
-        if prior not in ("none", "gp"):
-            raise ValueError(f"prior must be none or gp, not {prior!r}")
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, not {prior!r}")
         self.bounded = bounded
         self.objective = objective
         self.prior = prior
@@ -190,6 +192,14 @@ class FieldFlow(nn.Module):
             for _ in range(query_layers)
         )
         self.head = nn.Sequential(_norm(d_model, norm), nn.Linear(d_model, 1))
+        if start_at_prior:
+            if prior == "none":
+                raise ValueError("start_at_prior needs a prior")
+            # A residual of zero: training starts from the prior's reconstruction and leaves it
+            # only where the data pay for it (a prior close to the best answer otherwise loses
+            # to the random initial network's scatter).
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
     @staticmethod
     def _time_features(t: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,14 @@ bounded to [-1, 1]); the velocity is ``(x1_hat - x_t) / (1 - t)``. Euler steps a
 then read ``x_{i+1} = x_i + (x1_hat - x_i) / (S - i)``, which lands exactly on ``x1_hat`` at the
 last step.
 
+Euler's steps shrink the draws: each moves towards a posterior mean, and with a Gaussian target
+and the exact network, 10 steps end with 0.88 of its standard deviation (5: 0.77). Heun's
+second-order steps (``sampler = "heun"``: a trial Euler step, then the mean of the two
+velocities; the last step stays Euler, the velocity at t = 1 being undefined) end with 0.995 at
+10 steps and 0.97 at 5, for 2 S - 1 network runs per draw instead of S (Karras et al. 2022,
+"Elucidating the design space of diffusion-based generative models", NeurIPS, use the same
+step for the same reason).
+
 The reported mean is the network's estimate at ``t = 0``, averaged over the draws: there
 ``x_t`` is pure noise, so the flow-matching loss trains the network to give the posterior mean
 of the field, the estimate with the smallest squared error; the mean of the draws' endpoints
@@ -32,6 +40,14 @@ Predict = Callable[..., np.ndarray]
 float32 in the network's unit scale (the residual's scale for a model with a prior)."""
 
 
+SAMPLERS = ("euler", "heun")
+
+
+def network_runs(sampler: str, steps: int) -> int:
+    """Network evaluations per draw."""
+    return steps if sampler == "euler" else 2 * steps - 1
+
+
 def euler_sample(
     predict: Predict,
     ctx_coords: np.ndarray,
@@ -40,17 +56,30 @@ def euler_sample(
     steps: int,
     rng: np.random.Generator,
     extra: tuple[np.ndarray, ...] = (),
+    sampler: str = "euler",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One sample per row and the network's estimate at t = 0: (N, Q) float32 each."""
+    """One sample per row and the network's estimate at t = 0: (N, Q) float32 each; Euler's
+    steps, or Heun's with ``sampler="heun"``."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
     n, q = query_coords.shape[:2]
     x = rng.standard_normal((n, q)).astype(np.float32)
     first = x
-    for i in range(steps):
+
+    def velocity(x: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
         t = np.full(n, i / steps, np.float32)
         x1 = predict(ctx_coords, ctx_values, query_coords, x, t, *extra)
+        return (x1 - x) * (steps / (steps - i)), x1  # per unit of t
+
+    for i in range(steps):
+        v, x1 = velocity(x, i)
         if i == 0:
             first = x1
-        x = (x + (x1 - x) / (steps - i)).astype(np.float32)
+        if sampler == "euler" or i == steps - 1:
+            x = (x + v / steps).astype(np.float32)
+        else:
+            v_next, _ = velocity((x + v / steps).astype(np.float32), i + 1)
+            x = (x + 0.5 * (v + v_next) / steps).astype(np.float32)
     return x, first
 
 
@@ -85,6 +114,7 @@ def reconstruct(
     max_rows: int = 64,
     prior: tuple[np.ndarray, np.ndarray] | None = None,
     mean: str = "t0",
+    sampler: str = "euler",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and per-point standard deviation over ``samples`` draws, unit scale, (F, Q) each.
 
@@ -111,7 +141,7 @@ def reconstruct(
         r = rows[i : i + max_rows]
         extra = () if prior is None else (prior[0][r], prior[1][r])
         y, y0 = euler_sample(
-            predict, ctx_coords[r], ctx_values[r], query_coords[r], steps, rng, extra
+            predict, ctx_coords[r], ctx_values[r], query_coords[r], steps, rng, extra, sampler
         )
         if prior is not None:
             y, y0 = _through(prior, r, y), _through(prior, r, y0)

@@ -500,6 +500,8 @@ class SeismagClient:
         steps: int | None = None,
         seed: int = 0,
         model: str | None = None,
+        *,
+        sources: np.ndarray | None = None,
     ) -> Reconstruction:
         """:meth:`reconstruct` with what ran (model, version, samples, steps, timings)."""
         coords = np.asarray(coords, np.float32)
@@ -508,11 +510,24 @@ class SeismagClient:
             raise ValueError(
                 f"coords must be (F, K, 2) and values (F, K); got {coords.shape} and {values.shape}"
             )
+        if sources is None:
+            events = [None] * len(coords)
+        else:
+            rows = np.asarray(sources, np.float64)
+            if rows.shape != (len(coords), 4):
+                raise ValueError(
+                    f"sources must be (F, 4) = ({len(coords)}, 4) (magnitude, epicentre row, "
+                    f"epicentre column, depth km); got {rows.shape}"
+                )
+            events = [
+                fpb.EventSource(magnitude=m, epicentre_row=r, epicentre_column=c, depth_km=d)
+                for m, r, c, d in rows.tolist()
+            ]
         request = fpb.ReconstructRequest(
             model=model or "",
             fields=[
-                fpb.ObservedField(coords=c.ravel().tolist(), values=v.tolist())
-                for c, v in zip(coords, values, strict=True)
+                fpb.ObservedField(coords=c.ravel().tolist(), values=v.tolist(), source=e)
+                for c, v, e in zip(coords, values, events, strict=True)
             ],
             height=int(grid[0]),
             width=int(grid[1]),
@@ -542,13 +557,19 @@ class SeismagClient:
         steps: int | None = None,
         seed: int = 0,
         model: str | None = None,
+        *,
+        sources: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Whole fields from observed points (FieldService/Reconstruct; a server started with
         ``--field-model``): ``coords`` (F, K, 2) (row, column) in [0, 1] and ``values`` (F, K)
         in the model's value units -> ``mean`` and ``std``, each (F, H, W) float32 for ``grid``
         (H, W). ``samples`` and ``steps`` default to the model card's; ``model`` to the server's
-        field model. Bad input: :class:`grpc.RpcError` INVALID_ARGUMENT with the reason."""
-        r = self.reconstruct_fields(coords, values, grid, samples, steps, seed, model)
+        field model; ``sources`` (F, 4) each field's magnitude, epicentre (row, column, in the
+        coordinates' frame) and depth in km, for a model whose prior needs them (ShakeFlow).
+        Bad input: :class:`grpc.RpcError` INVALID_ARGUMENT with the reason."""
+        r = self.reconstruct_fields(
+            coords, values, grid, samples, steps, seed, model, sources=sources
+        )
         return r.mean, r.std
 
     def models(self) -> pb.ListModelsResponse:

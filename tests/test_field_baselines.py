@@ -120,7 +120,7 @@ class _StubRuntime:
     def __init__(self) -> None:
         self.steps: list[int | None] = []
 
-    def reconstruct(self, coords, values, grid, samples=None, steps=None, seed=0):
+    def reconstruct(self, coords, values, grid, samples=None, steps=None, seed=0, *, sources=None):
         self.steps.append(steps)
         pairs = zip(coords, values, strict=True)
         mean = np.stack([BASELINES["linear"](c, v, grid)[0] for c, v in pairs])

@@ -294,3 +294,41 @@ def test_training_with_the_gp_prior_fits_its_pool_once(tmp_path) -> None:
     assert (tmp_path / "pool.npz").stat().st_mtime_ns == mtime
     summary = json.loads((tmp_path / "run" / "history.json").read_text())
     assert summary["card"]["kwargs"]["prior"] == "gp" and summary["psnr_5pct"] > 20
+
+
+def test_a_network_started_at_its_prior_returns_the_prior() -> None:
+    torch = pytest.importorskip("torch")
+    from seismag.models.field_flow import FieldFlow
+
+    with pytest.raises(ValueError, match="needs a prior"):
+        FieldFlow(d_model=16, heads=2, start_at_prior=True)
+    net = FieldFlow(d_model=16, heads=2, prior="gp", start_at_prior=True)
+    n, k, q = 2, 5, 7
+    out = net(torch.rand(n, k, 2), torch.rand(n, k), torch.rand(n, q, 2), torch.randn(n, q),
+              torch.rand(n), torch.rand(n, q), torch.rand(n, q) + 0.1)  # fmt: skip
+    assert out.shape == (n, q) and torch.count_nonzero(out) == 0  # a zero residual
+
+
+def test_heuns_steps_keep_the_spread_eulers_shrink() -> None:
+    """With the exact posterior-mean network of a standard normal target (x1_hat = t x_t /
+    ((1 - t)^2 + t^2)), the draws' sd after S steps: Euler's shrink it, Heun's keep it, at
+    2 S - 1 network runs."""
+    from seismag.models.field_sampler import network_runs
+
+    calls = []
+
+    def exact(cc, cv, qc, x, t):
+        calls.append(1)
+        t = t[:, None]
+        return t * x / ((1 - t) ** 2 + t**2)
+
+    qc = np.zeros((500, 40, 2), np.float32)
+    sds = {}
+    for sampler in ("euler", "heun"):
+        calls.clear()
+        x, _ = euler_sample(exact, None, None, qc, 5, np.random.default_rng(0), (), sampler)
+        sds[sampler] = float(x.std())
+        assert len(calls) == network_runs(sampler, 5)
+    assert 0.74 < sds["euler"] < 0.80 and 0.95 < sds["heun"] < 0.99
+    with pytest.raises(ValueError, match="sampler"):
+        euler_sample(exact, None, None, qc, 5, np.random.default_rng(0), (), "rk4")

@@ -64,7 +64,7 @@ def score(weights: Path, fields: int, seed: int, samples: int) -> dict[str, floa
     for how in ("t0", "draws"):
         mean, std = reconstruct(
             torch_predictor(model), card.objective, coords, card.to_unit(values), query,
-            samples, card.steps, seed=0, mean=how,
+            samples, card.steps, seed=0, mean=how, sampler=card.sampler,
         )  # fmt: skip
         pred = card.from_unit(mean)
         out[f"psnr_{how}"] = float(psnr(pred, truth).mean())

@@ -60,17 +60,48 @@ def override_card(card: FieldCard, settings: list[str]) -> FieldCard:
     return FieldCard.from_dict(data)
 
 
-def card_fields(card: FieldCard, n: int, seed: int, validation: bool = False) -> np.ndarray:
-    """(n, H, W) fields of the card's training family: ``shaking`` is log10 PGV maps of the
-    training regimes (:mod:`seismag.training.shaking_fields`); the sinusoid families validate on
-    ``benchmark`` fields."""
+def card_fields(
+    card: FieldCard, n: int, seed: int, validation: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(n, H, W) fields of the card's training family and their sources (n, 4) where the family
+    has them: ``shaking`` is log10 PGV maps of the training regimes
+    (:mod:`seismag.training.shaking_fields`); the sinusoid families validate on ``benchmark``
+    fields and have no source."""
     h, w = card.training.get("grid", [32, 32])
     family = card.training.get("family", "train")
     if family == "shaking":
         from seismag.training.shaking_fields import make_shaking_maps
 
-        return make_shaking_maps(n, (h, w), seed=seed).log_pgv
-    return make_fields(n, "benchmark" if validation else family, (h, w), seed=seed)
+        maps = make_shaking_maps(n, (h, w), extent_km=extent_km(card), seed=seed)
+        return maps.log_pgv, maps.sources()
+    return make_fields(n, "benchmark" if validation else family, (h, w), seed=seed), None
+
+
+def extent_km(card: FieldCard) -> float:
+    """The side of a shaking card's square in km (the maps' default)."""
+    from seismag.training.shaking_fields import DEFAULT_EXTENT_KM
+
+    return float(card.training.get("extent_km", DEFAULT_EXTENT_KM))
+
+
+def with_fitted_prior(card: FieldCard) -> FieldCard:
+    """The card with its ``shakemap`` prior fitted (``prior_params``) on ``prior_maps`` maps of
+    the training regimes (seed ``prior_seed``, below the evaluation seeds), as the ShakeMap
+    baseline is fitted; other cards unchanged."""
+    if not card.needs_source or card.prior_params:
+        return card
+    from seismag.models.ground_motion import fit_shaking_prior
+    from seismag.training.shaking_fields import make_shaking_maps
+
+    tr = card.training
+    h, w = tr.get("grid", [32, 32])
+    maps = make_shaking_maps(
+        int(tr.get("prior_maps", 1000)), (h, w), extent_km(card), seed=int(tr.get("prior_seed", 1))
+    )
+    fitted = fit_shaking_prior(
+        maps.log_pgv, maps.magnitude, maps.epicentre_km, maps.depth_km, maps.extent_km
+    )
+    return dataclasses.replace(card, prior_params=fitted.to_dict())
 
 
 def _batch(
@@ -78,7 +109,7 @@ def _batch(
 ) -> tuple[np.ndarray, ...]:
     tr = card.training
     h, w = tr.get("grid", [32, 32])
-    fields = card_fields(card, batch, seed=int(rng.integers(2**31)))
+    fields, _ = card_fields(card, batch, seed=int(rng.integers(2**31)))
     lo, hi = math.log(tr["fraction_low"]), math.log(tr["fraction_high"])
     fraction = math.exp(rng.uniform(lo, hi))
     coords, values, _ = observe(fields, fraction, seed=int(rng.integers(2**31)))
@@ -91,10 +122,10 @@ def _batch(
 
 
 def _prior_chunk(args: tuple) -> tuple[np.ndarray, np.ndarray]:
-    kind, coords, values, query = args
+    card, coords, values, query, sources = args
     from seismag.models.field_prior import field_prior
 
-    return field_prior(kind, coords, values, query)
+    return field_prior(card, coords, values, query, sources)
 
 
 def compute_prior(
@@ -103,17 +134,21 @@ def compute_prior(
     values_unit: np.ndarray,
     query: np.ndarray,
     workers: int = 1,
+    sources: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The card's prior (unit scale) for every field, over ``workers`` processes."""
-    kind = card.kwargs.get("prior", "none")
-    if kind == "none":
+    if card.prior == "none":
         return None
     if workers <= 1:
-        return _prior_chunk((kind, coords, values_unit, query))
+        return _prior_chunk((card, coords, values_unit, query, sources))
     from concurrent.futures import ProcessPoolExecutor
 
     parts = np.array_split(np.arange(len(coords)), workers * 4)
-    jobs = [(kind, coords[p], values_unit[p], query[p]) for p in parts if len(p)]
+    jobs = [
+        (card, coords[p], values_unit[p], query[p], None if sources is None else sources[p])
+        for p in parts
+        if len(p)
+    ]
     with ProcessPoolExecutor(workers) as ex:
         outs = list(ex.map(_prior_chunk, jobs))
     return np.concatenate([m for m, _ in outs]), np.concatenate([s for _, s in outs])
@@ -135,6 +170,7 @@ def prior_pool(card: FieldCard, path: Path, seed: int, workers: int) -> list[dic
             seed,
             card.value_low,
             card.value_high,
+            card.prior_params,
         ]
     )
     if path.is_file():
@@ -147,10 +183,11 @@ def prior_pool(card: FieldCard, path: Path, seed: int, workers: int) -> list[dic
                 ]
     groups = []
     for g, fraction in enumerate(tr["pool_fractions"]):
-        truth = card.to_unit(card_fields(card, int(tr["pool_fields"]), seed=seed * 1000 + g))
+        fields, sources = card_fields(card, int(tr["pool_fields"]), seed=seed * 1000 + g)
+        truth = card.to_unit(fields)
         coords, values, _ = observe(truth, fraction, seed=seed * 1000 + 500 + g)
         query = np.ascontiguousarray(np.broadcast_to(grid_coords(h, w), (len(truth), h * w, 2)))
-        mean, std = compute_prior(card, coords, values, query, workers)
+        mean, std = compute_prior(card, coords, values, query, workers, sources)
         groups.append(
             {
                 "truth": truth.reshape(len(truth), -1),
@@ -210,7 +247,7 @@ def validate(
     from seismag.models.field_sampler import reconstruct
 
     h, w = card.training.get("grid", [32, 32])
-    truth = card_fields(card, fields, seed=VALIDATION_SEED, validation=True)
+    truth, sources = card_fields(card, fields, seed=VALIDATION_SEED, validation=True)
     coords, values, _ = observe(truth, 0.05, seed=VALIDATION_SEED + 1)
     query = np.ascontiguousarray(np.broadcast_to(grid_coords(h, w), (fields, h * w, 2)))
     unit = card.to_unit(values)
@@ -223,7 +260,8 @@ def validate(
         samples,
         card.steps,
         seed=0,
-        prior=compute_prior(card, coords, unit, query, workers),
+        prior=compute_prior(card, coords, unit, query, workers, sources),
+        sampler=card.sampler,
     )
     pred = card.from_unit(mean).reshape(truth.shape)
     rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
@@ -253,8 +291,9 @@ def train_field_model(
     tr = card.training
     total = int(steps or tr["steps"])
     out = Path(out)
+    card = with_fitted_prior(card)
     pool = None
-    if card.kwargs.get("prior", "none") != "none":
+    if card.prior != "none":
         pool = prior_pool(card, Path(pool_path or out / "prior_pool.npz"), seed, workers)
     model = build_field_model(card)
     opt = torch.optim.Adam(model.parameters(), lr=tr["learning_rate"])

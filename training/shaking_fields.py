@@ -63,6 +63,8 @@ _Z = np.linspace(0.0, 6.0, 241)
 # Distances at which each event's median is computed, then interpolated in log-log (smooth).
 _N_NODES = 64
 
+DEFAULT_EXTENT_KM = 200.0
+"""Side of the mapped square (32 pixels of 6.25 km)."""
 JB09_PGV_RANGE_KM = 22.0 + 3.7 * 1.0
 """Jayaram & Baker (2009) range b (correlation exp(-3 h / b)) at T = 1 s, used for PGV."""
 
@@ -107,6 +109,14 @@ class ShakingMaps:
     @property
     def grid(self) -> tuple[int, int]:
         return int(self.log_pgv.shape[1]), int(self.log_pgv.shape[2])
+
+    def sources(self) -> np.ndarray:
+        """(n, 4) float32 rows of magnitude, epicentre (row, column) in the [0, 1] frame of the
+        coordinates (outside it for an event beyond the map) and depth in km: what a field
+        model with the ``shakemap`` prior is told (:data:`seismag.models.ground_motion.
+        SOURCE_COLUMNS`)."""
+        epi = self.epicentre_km / self.extent_km
+        return np.column_stack([self.magnitude, epi, self.depth_km]).astype(np.float32)
 
     def event(self, i: int) -> dict:
         """The catalogue entry of map ``i``: magnitude, epicentre (km), depth and the extent."""
@@ -195,7 +205,7 @@ def shaking_regime_names(spec: str) -> tuple[str, ...]:
 def make_shaking_maps(
     n: int,
     grid: tuple[int, int] = (32, 32),
-    extent_km: float = 200.0,
+    extent_km: float = DEFAULT_EXTENT_KM,
     seed: int = 0,
     regimes: tuple[str, ...] = SHAKING_REGIMES,
     config: ShakingConfig | None = None,

@@ -20,7 +20,7 @@ import numpy as np
 
 from seismag.models.card import WEIGHTS_KEY, CardError
 from seismag.models.field_card import FIELD_CARD_KEY, OUTPUT_NAME, FieldCard, grid_coords
-from seismag.models.field_prior import field_prior
+from seismag.models.field_prior import field_prior, shaking_prior
 from seismag.models.field_sampler import reconstruct as sample_fields
 from seismag.serving.executor.backend import ModelLoadError
 
@@ -103,7 +103,12 @@ class FieldRuntime:
                 f"{self.path}: this field model's card needs inputs {list(want)}; the file "
                 f"takes {names}"
             )
-        if self.card.prior != "none":
+        if self.card.needs_source:
+            try:
+                shaking_prior(self.card)
+            except CardError as exc:
+                raise ModelLoadError(f"{self.path}: {exc}") from None
+        elif self.card.prior != "none":
             try:
                 import sklearn  # noqa: F401
             except ImportError:
@@ -161,11 +166,13 @@ class FieldRuntime:
         steps: int | None = None,
         seed: int = 0,
         *,
+        sources: np.ndarray | None = None,
         check: Check | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Observed ``coords`` (F, K, 2) in [0, 1] and ``values`` (F, K) in field units ->
         the mean and standard deviation over ``samples`` draws of ``steps`` Euler steps, each
-        (F, H, W) float32 in field units. ``samples`` and ``steps`` default to the card's."""
+        (F, H, W) float32 in field units. ``samples`` and ``steps`` default to the card's;
+        ``sources`` (F, 4) are the events of a card that ``needs_source``."""
         card = self.card
         h, w = int(grid[0]), int(grid[1])
         coords = np.asarray(coords, np.float32)
@@ -174,7 +181,7 @@ class FieldRuntime:
         unit = card.to_unit(values)
         if check is not None and card.prior != "none":
             check("before the prior was fitted")
-        prior = field_prior(card.prior, coords, unit, query)
+        prior = field_prior(card, coords, unit, query, sources)
         mean, std = sample_fields(
             self.predict(check),
             card.objective,
@@ -186,6 +193,7 @@ class FieldRuntime:
             seed=int(seed),
             max_rows=self.rows_per_run(h * w, k),
             prior=prior,
+            sampler=card.sampler,
         )
         return (
             card.from_unit(mean).reshape(f, h, w),
@@ -196,6 +204,8 @@ class FieldRuntime:
         """One small field, so the first request does not pay ORT's lazy initialisation."""
         coords = grid_coords(2, 2)[None]
         values = np.full((1, 4), 0.5 * (self.card.value_low + self.card.value_high), np.float32)
-        mean, std = self.reconstruct(coords, values, (4, 4), samples=2, steps=1)
+        # A shakemap card's source: M 5 at the middle of the map, 10 km deep.
+        source = np.array([[5.0, 0.5, 0.5, 10.0]], np.float32) if self.card.needs_source else None
+        mean, std = self.reconstruct(coords, values, (4, 4), samples=2, steps=1, sources=source)
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
             raise ModelLoadError(f"{self.path}: warm-up produced non-finite values")

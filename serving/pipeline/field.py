@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from seismag.models.field_card import FieldCard
+from seismag.models.field_sampler import network_runs
+from seismag.models.ground_motion import SOURCE_COLUMNS
 from seismag.serving.errors import InvalidInput, ModelNotFound, Overloaded
 from seismag.serving.executor.field_runtime import FieldRuntime, row_scores
 from seismag.serving.pipeline.limits import Budget
@@ -36,12 +38,18 @@ MAX_GRID_POINTS_DRAWN = 1 << 21
 """fields x samples x height x width: the draws the sampler holds at once (8 MiB of float32
 each for the draws and the noise), e.g. 256 fields of 32 x 32 at 8 samples."""
 MAX_EVALUATIONS = 1 << 24
-"""fields x samples x steps x height x width: grid-point evaluations of the network, the
+"""fields x samples x network runs per draw (the steps; 2 steps - 1 for Heun's) x height x
+width: grid-point evaluations of the network, the
 request's time (about 10 us each on one core for the shipped card: ~3 min)."""
 MAX_ROW_SCORES = 1 << 27
 """Attention scores of one draw of one field (:func:`row_scores`; 512 MiB of float32): a
 large grid and many points together would not fit one network run."""
 MAX_SEED = 2**64 - 1
+SOURCE_LIMITS = dict(
+    zip(SOURCE_COLUMNS, ((-2.0, 10.0), (-10.0, 10.0), (-10.0, 10.0), (0.0, 800.0)), strict=True)
+)
+"""A source's plausible range: a magnitude scale's, an epicentre within ten map sides of the map,
+a depth above the deepest earthquakes (~700 km)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,9 @@ class FieldRequest:
     samples: int
     steps: int
     seed: int
+    sources: np.ndarray | None = None
+    """(F, 4) float64: each field's event (magnitude, epicentre row and column in the [0, 1]
+    frame, depth km) for a model whose prior needs it; None otherwise."""
 
     @property
     def fields(self) -> int:
@@ -133,8 +144,10 @@ def check_request(
     samples: int | None = None,
     steps: int | None = None,
     seed: int = 0,
+    sources: np.ndarray | None = None,
 ) -> FieldRequest:
     """Every check of a reconstruction request against ``card``; None = the card's default.
+    ``sources`` (F, 4), one event per field, for a card that ``needs_source`` (and only then).
     Raises InvalidInput (or Overloaded for work) naming the first problem."""
     coords = np.asarray(coords)
     values = np.asarray(values)
@@ -185,7 +198,8 @@ def check_request(
     samples = _integer("samples", card.samples if samples is None else samples, 1, MAX_SAMPLES)
     steps = _integer("steps", card.steps if steps is None else steps, 1, MAX_STEPS)
     seed = _integer("seed", seed, 0, MAX_SEED)
-    runs, depth = (samples, steps) if card.objective == "flow" else (1, 1)
+    flow = card.objective == "flow"
+    runs, depth = (samples, network_runs(card.sampler, steps)) if flow else (1, 1)
     drawn = f * runs * h * w
     if drawn > MAX_GRID_POINTS_DRAWN:
         raise Overloaded(
@@ -195,9 +209,9 @@ def check_request(
     evaluations = drawn * depth
     if evaluations > MAX_EVALUATIONS:
         raise Overloaded(
-            f"{f} fields x {runs} samples x {depth} steps x {h} x {w} grid = {evaluations} "
-            f"network evaluations (limit {MAX_EVALUATIONS}); send fewer fields per request, "
-            "or fewer samples or steps"
+            f"{f} fields x {runs} samples x {depth} network runs per draw x {h} x {w} grid = "
+            f"{evaluations} network evaluations (limit {MAX_EVALUATIONS}); send fewer fields per "
+            "request, or fewer samples or steps"
         )
     scores = row_scores(card, h * w, k)
     if scores > MAX_ROW_SCORES:
@@ -205,7 +219,42 @@ def check_request(
             f"a {h} x {w} grid with {k} points needs {scores} attention scores per draw (limit "
             f"{MAX_ROW_SCORES}): ask for a smaller grid or send fewer points"
         )
-    return FieldRequest(coords, values, (h, w), samples, steps, seed)
+    checked_sources = check_sources(card, sources, f)
+    return FieldRequest(coords, values, (h, w), samples, steps, seed, checked_sources)
+
+
+def check_sources(card: FieldCard, sources: np.ndarray | None, fields: int) -> np.ndarray | None:
+    """The request's sources as (F, 4) float64, or None where the card takes none."""
+    if not card.needs_source:
+        if sources is not None:
+            raise InvalidInput(
+                f"{card.name} takes no event source (its prior is {card.prior!r}); send the "
+                "fields without one"
+            )
+        return None
+    if sources is None:
+        raise InvalidInput(
+            f"{card.name} needs each field's event source ({', '.join(SOURCE_LIMITS)}): its "
+            "prior is a ground-motion model, as ShakeMap's"
+        )
+    a = np.asarray(sources)
+    if a.shape != (fields, len(SOURCE_LIMITS)):
+        raise InvalidInput(
+            f"sources must have shape (fields, {len(SOURCE_LIMITS)}) = ({fields}, "
+            f"{len(SOURCE_LIMITS)}) ({', '.join(SOURCE_LIMITS)}), got {a.shape}"
+        )
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise InvalidInput(f"sources must be real numbers, got {a.dtype}")
+    a = a.astype(np.float64)
+    for j, (name, (low, high)) in enumerate(SOURCE_LIMITS.items()):
+        bad = ~((a[:, j] >= low) & (a[:, j] <= high))  # NaN fails too
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidInput(
+                f"field {i}: source {name} must be finite and in [{low:g}, {high:g}], got "
+                f"{a[i, j]:g}"
+            )
+    return a
 
 
 def reconstruct(
@@ -228,6 +277,7 @@ def reconstruct(
         request.samples,
         request.steps,
         request.seed,
+        sources=request.sources,
         check=budget.check,
     )
     t1 = time.perf_counter()

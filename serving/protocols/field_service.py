@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from seismag.serving.errors import Overloaded
+from seismag.serving.errors import InvalidInput, Overloaded
 from seismag.serving.executor.field_runtime import FieldRuntime
 from seismag.serving.pipeline import field
 from seismag.serving.pipeline.limits import Budget, check_model_name
@@ -41,6 +41,22 @@ def field_request(request: fpb.ReconstructRequest, card) -> field.FieldRequest:
         [np.asarray(f.coords, np.float32) for f in fields],
         [np.asarray(f.values, np.float32) for f in fields],
     )
+    has = [f.HasField("source") for f in fields]
+    if any(has) and not all(has):
+        raise InvalidInput(
+            f"field {has.index(not has[0])} {'lacks' if has[0] else 'has'} an event source and "
+            f"field 0 {'has' if has[0] else 'lacks'} one: every field of a request has one, or none"
+        )
+    sources = (
+        np.array(
+            [
+                (s.magnitude, s.epicentre_row, s.epicentre_column, s.depth_km)
+                for s in (f.source for f in fields)
+            ]
+        )
+        if has and has[0]
+        else None
+    )
     return field.check_request(
         card,
         coords,
@@ -49,6 +65,7 @@ def field_request(request: fpb.ReconstructRequest, card) -> field.FieldRequest:
         samples=request.samples if request.HasField("samples") else None,
         steps=request.steps if request.HasField("steps") else None,
         seed=request.seed,
+        sources=sources,
     )
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from seismag.serving.v1 import seismag_pb2 as seismag_dot_serving_dot_v1_dot_seismag__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eseismag/serving/v1/field.proto\x12\nseismag.v1\x1a seismag/serving/v1/seismag.proto\"/\n\rObservedField\x12\x0e\n\x06\x63oords\x18\x01 \x03(\x02\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\xbb\x01\n\x12ReconstructRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x19.seismag.v1.ObservedField\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x14\n\x07samples\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\x05steps\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x42\n\n\x08_samplesB\x08\n\x06_steps\"/\n\x12ReconstructedField\x12\x0c\n\x04mean\x18\x01 \x03(\x02\x12\x0b\n\x03std\x18\x02 \x03(\x02\"\xe3\x01\n\x13ReconstructResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0f\n\x07samples\x18\x05 \x01(\x05\x12\r\n\x05steps\x18\x06 \x01(\x05\x12\x11\n\tobjective\x18\x07 \x01(\t\x12.\n\x06\x66ields\x18\x08 \x03(\x0b\x32\x1e.seismag.v1.ReconstructedField\x12$\n\x07timings\x18\t \x01(\x0b\x32\x13.seismag.v1.Timings2^\n\x0c\x46ieldService\x12N\n\x0bReconstruct\x12\x1e.seismag.v1.ReconstructRequest\x1a\x1f.seismag.v1.ReconstructResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eseismag/serving/v1/field.proto\x12\nseismag.v1\x1a seismag/serving/v1/seismag.proto\"X\n\rObservedField\x12\x0e\n\x06\x63oords\x18\x01 \x03(\x02\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12\'\n\x06source\x18\x03 \x01(\x0b\x32\x17.seismag.v1.EventSource\"c\n\x0b\x45ventSource\x12\x11\n\tmagnitude\x18\x01 \x01(\x01\x12\x15\n\repicentre_row\x18\x02 \x01(\x01\x12\x18\n\x10\x65picentre_column\x18\x03 \x01(\x01\x12\x10\n\x08\x64\x65pth_km\x18\x04 \x01(\x01\"\xbb\x01\n\x12ReconstructRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12)\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x19.seismag.v1.ObservedField\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x14\n\x07samples\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\x05steps\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x42\n\n\x08_samplesB\x08\n\x06_steps\"/\n\x12ReconstructedField\x12\x0c\n\x04mean\x18\x01 \x03(\x02\x12\x0b\n\x03std\x18\x02 \x03(\x02\"\xe3\x01\n\x13ReconstructResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0f\n\x07samples\x18\x05 \x01(\x05\x12\r\n\x05steps\x18\x06 \x01(\x05\x12\x11\n\tobjective\x18\x07 \x01(\t\x12.\n\x06\x66ields\x18\x08 \x03(\x0b\x32\x1e.seismag.v1.ReconstructedField\x12$\n\x07timings\x18\t \x01(\x0b\x32\x13.seismag.v1.Timings2^\n\x0c\x46ieldService\x12N\n\x0bReconstruct\x12\x1e.seismag.v1.ReconstructRequest\x1a\x1f.seismag.v1.ReconstructResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'seismag.serving.v1.field_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OBSERVEDFIELD']._serialized_start=80
-  _globals['_OBSERVEDFIELD']._serialized_end=127
-  _globals['_RECONSTRUCTREQUEST']._serialized_start=130
-  _globals['_RECONSTRUCTREQUEST']._serialized_end=317
-  _globals['_RECONSTRUCTEDFIELD']._serialized_start=319
-  _globals['_RECONSTRUCTEDFIELD']._serialized_end=366
-  _globals['_RECONSTRUCTRESPONSE']._serialized_start=369
-  _globals['_RECONSTRUCTRESPONSE']._serialized_end=596
-  _globals['_FIELDSERVICE']._serialized_start=598
-  _globals['_FIELDSERVICE']._serialized_end=692
+  _globals['_OBSERVEDFIELD']._serialized_end=168
+  _globals['_EVENTSOURCE']._serialized_start=170
+  _globals['_EVENTSOURCE']._serialized_end=269
+  _globals['_RECONSTRUCTREQUEST']._serialized_start=272
+  _globals['_RECONSTRUCTREQUEST']._serialized_end=459
+  _globals['_RECONSTRUCTEDFIELD']._serialized_start=461
+  _globals['_RECONSTRUCTEDFIELD']._serialized_end=508
+  _globals['_RECONSTRUCTRESPONSE']._serialized_start=511
+  _globals['_RECONSTRUCTRESPONSE']._serialized_end=738
+  _globals['_FIELDSERVICE']._serialized_start=740
+  _globals['_FIELDSERVICE']._serialized_end=834
 # @@protoc_insertion_point(module_scope)

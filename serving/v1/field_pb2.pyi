@@ -8,12 +8,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ObservedField(_message.Message):
-    __slots__ = ("coords", "values")
+    __slots__ = ("coords", "values", "source")
     COORDS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     coords: _containers.RepeatedScalarFieldContainer[float]
     values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, coords: _Optional[_Iterable[float]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+    source: EventSource
+    def __init__(self, coords: _Optional[_Iterable[float]] = ..., values: _Optional[_Iterable[float]] = ..., source: _Optional[_Union[EventSource, _Mapping]] = ...) -> None: ...
+
+class EventSource(_message.Message):
+    __slots__ = ("magnitude", "epicentre_row", "epicentre_column", "depth_km")
+    MAGNITUDE_FIELD_NUMBER: _ClassVar[int]
+    EPICENTRE_ROW_FIELD_NUMBER: _ClassVar[int]
+    EPICENTRE_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_KM_FIELD_NUMBER: _ClassVar[int]
+    magnitude: float
+    epicentre_row: float
+    epicentre_column: float
+    depth_km: float
+    def __init__(self, magnitude: _Optional[float] = ..., epicentre_row: _Optional[float] = ..., epicentre_column: _Optional[float] = ..., depth_km: _Optional[float] = ...) -> None: ...
 
 class ReconstructRequest(_message.Message):
     __slots__ = ("model", "fields", "height", "width", "samples", "steps", "seed")
