@@ -203,9 +203,8 @@ class ShakeMapModel:
 
     @classmethod
     def from_dict(cls, data: dict) -> ShakeMapModel:
-        gmm = data["gmm"]
         return cls(
-            GroundMotionModel(tuple(gmm["coef"]), gmm["h_km"], gmm["sigma"]),
+            GroundMotionModel.from_dict(data["gmm"]),
             float(data["tau"]),
             ExponentialCovariance(**data["within"]),
             ExponentialCovariance(**data["raw"]),

@@ -74,6 +74,10 @@ class GroundMotionModel:
             axis=-1,
         )
 
+    @classmethod
+    def from_dict(cls, data: dict) -> GroundMotionModel:
+        return cls(tuple(float(c) for c in data["coef"]), float(data["h_km"]), float(data["sigma"]))
+
     def predict(self, magnitude: float | np.ndarray, r_hyp_km: np.ndarray) -> np.ndarray:
         return self.features(magnitude, r_hyp_km, self.h_km) @ np.asarray(self.coef)
 
@@ -215,9 +219,8 @@ class ShakingPrior:
 
     @classmethod
     def from_dict(cls, data: dict) -> ShakingPrior:
-        gmm = data["gmm"]
         return cls(
-            GroundMotionModel(tuple(gmm["coef"]), float(gmm["h_km"]), float(gmm["sigma"])),
+            GroundMotionModel.from_dict(data["gmm"]),
             tuple(float(x) for x in data["term_mean"]),
             tuple(tuple(float(x) for x in row) for row in data["term_cov"]),
             ExponentialCovariance(**data["within"]),

@@ -170,9 +170,9 @@ class FieldRuntime:
         check: Check | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Observed ``coords`` (F, K, 2) in [0, 1] and ``values`` (F, K) in field units ->
-        the mean and standard deviation over ``samples`` draws of ``steps`` Euler steps, each
-        (F, H, W) float32 in field units. ``samples`` and ``steps`` default to the card's;
-        ``sources`` (F, 4) are the events of a card that ``needs_source``."""
+        the mean and standard deviation over ``samples`` draws of ``steps`` steps of the card's
+        sampler, each (F, H, W) float32 in field units. ``samples`` and ``steps`` default to
+        the card's; ``sources`` (F, 4) are the events of a card that ``needs_source``."""
         card = self.card
         h, w = int(grid[0]), int(grid[1])
         coords = np.asarray(coords, np.float32)
