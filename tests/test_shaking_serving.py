@@ -201,3 +201,20 @@ def test_cli_make_shaking_then_eval_here_and_on_the_server(
     assert main(["field", "eval", "--fields", fields, "--out", there, "--server", address]) == 0
     with np.load(here) as a, np.load(there) as b:
         assert np.allclose(a["mean"], b["mean"], atol=1e-5)
+
+
+def test_sources_of_the_wrong_shape_or_kind_are_refused(card, maps) -> None:
+    coords, values, _ = station_observations(maps, 0.05, seed=1001)
+    sources = maps.sources()
+    cases = {
+        "sources must have shape": sources[:, :3],
+        "must be real numbers": sources.astype(np.complex64),
+        "source epicentre_row must be finite": np.where(
+            np.arange(4)[None, :] == 1, np.inf, sources
+        ),
+    }
+    for message, bad in cases.items():
+        with pytest.raises(InvalidInput, match=message):
+            field.check_request(card, coords, values, GRID, sources=bad)
+    checked = field.check_request(card, coords, values, GRID, sources=sources)
+    assert checked.sources.shape == (4, 4) and checked.sources.dtype == np.float64
