@@ -15,6 +15,9 @@ A card with a prior (``kwargs.prior = "gp"``, :mod:`seismag.models.field_prior`)
 pool instead: ``pool_fields`` fields at each of ``pool_fractions``, their GP fitted once (over
 ``--workers`` processes) and cached (``--pool``); each step draws fields from one share, fresh
 query points and noise, and the target is the standardised residual ``(field - mean) / std``.
+A ``shakemap`` prior (ShakeFlow) is first fitted on ``prior_maps`` training maps (seed
+``prior_seed``) and written into the card the weights carry (``prior_params``); the pool's prior
+then uses each map's source.
 
 The budget is a number of steps (results do not depend on how busy the machine was), optionally
 cut short by ``max_minutes``; Adam with a linear warm-up and a cosine decay. The run ends with a
