@@ -233,6 +233,6 @@ def fit_shakemap(maps: ShakingMaps) -> ShakeMapModel:
     within = ExponentialCovariance.fit((resid - per_map[:, None]).reshape(-1, h, w), spacing)
     raw = ExponentialCovariance.fit((y - y.mean(axis=1, keepdims=True)).reshape(-1, h, w), spacing)
     terms = fit_shaking_prior(
-        maps.log_pgv, maps.magnitude, maps.epicentre_km, maps.depth_km, maps.extent_km
+        maps.log_pgv, maps.magnitude, maps.epicentre_km, maps.depth_km, maps.extent_km, gmm=gmm
     )
     return ShakeMapModel(gmm, float(np.std(per_map)), within, raw, terms)

@@ -234,10 +234,12 @@ def fit_shaking_prior(
     epicentre_km: np.ndarray,
     depth_km: np.ndarray,
     extent_km: float,
+    gmm: GroundMotionModel | None = None,
 ) -> ShakingPrior:
     """Fit :class:`ShakingPrior` on training maps (n, H, W) of log10 PGV with their sources: the
-    GMM on every pixel, then each map's event terms by least squares on its GMM residuals (their
-    mean and covariance), then the within-event covariance of what the terms leave."""
+    GMM on every pixel (or ``gmm``, already fitted on these maps), then each map's event terms
+    by least squares on its GMM residuals (their mean and covariance), then the within-event
+    covariance of what the terms leave."""
     from seismag.models.field_card import grid_coords
 
     n, h, w = log_pgv.shape
@@ -245,7 +247,8 @@ def fit_shaking_prior(
     r_hyp = np.stack([hypocentral_km(sites, epicentre_km[i], depth_km[i]) for i in range(n)])
     mag = np.broadcast_to(np.asarray(magnitude, np.float64)[:, None], r_hyp.shape)
     y = np.asarray(log_pgv, np.float64).reshape(n, -1)
-    gmm = GroundMotionModel.fit(mag.ravel(), r_hyp.ravel(), y.ravel())
+    if gmm is None:
+        gmm = GroundMotionModel.fit(mag.ravel(), r_hyp.ravel(), y.ravel())
     resid = y - gmm.predict(mag, r_hyp)
     terms, left = np.empty((n, 3)), np.empty_like(resid)
     for i in range(n):
