@@ -151,6 +151,68 @@ def test_ticketed_submission_does_not_wait_out_the_delay():
         b.close()
 
 
+def test_idle_batcher_runs_a_ticketed_submission_in_the_callers_thread():
+    import threading
+
+    import numpy as np
+
+    from seismag.serving.executor.batcher import DynamicBatcher
+    from seismag.serving.executor.statistics import ModelStatistics
+
+    threads: list[str] = []
+    gate = threading.Event()
+
+    def run(w, a):
+        threads.append(threading.current_thread().name)
+        if threads[-1].startswith("batcher"):
+            gate.wait(10)
+        return w[:, 0, 0] * 2.0
+
+    stats = ModelStatistics("m", "1")
+    b = DynamicBatcher(run, max_batch=4, max_queue_delay_ms=60_000, max_queue=8, statistics=stats)
+    wave, amp = np.ones((1, 1, 2), np.float32), np.zeros((1, 1), np.float32)
+    try:
+        ticket = b.expect()
+        rows, timings = b.run_if_idle(wave, amp, ticket)
+        assert rows.tolist() == [2.0] and timings["queue"] == 0.0 and timings["compute"] >= 0
+        assert ticket.spent and threads == [threading.current_thread().name]
+        assert b.stats().batches == 1 and stats.snapshot().execution_count == 1
+        assert b.run_if_idle(wave, amp, ticket) is None  # a spent ticket is not used twice
+        other = b.expect()  # another caller is preparing: the rows must wait to batch with it
+        mine = b.expect()
+        assert b.run_if_idle(wave, amp, mine) is None and not mine.spent
+        other.release()
+        assert b.run_if_idle(np.ones((5, 1, 2), np.float32), np.zeros((5, 1)), mine) is None
+        running = b.submit(wave, amp)  # a worker is busy with it (held at the gate)
+        while not threads[1:]:
+            threading.Event().wait(0.001)
+        assert b.run_if_idle(wave, amp, mine) is None
+        gate.set()
+        assert running.result(10)[0].tolist() == [2.0]
+        assert b.submit(wave, amp, ticket=mine).result(10)[0].tolist() == [2.0]
+    finally:
+        gate.set()
+        b.close()
+
+
+def test_loop_policy_runs_models_on_the_loop_only_while_predicts_come_one_at_a_time():
+    from seismag.serving.protocols.loop_policy import LoopModelPolicy
+
+    policy = LoopModelPolicy(quiet=3, probe=4)
+    alone = []
+    for _ in range(9):
+        alone.append(policy.start())
+        policy.end()
+    # Three quiet ones first, then every fourth still goes through the batcher (a probe).
+    assert alone == [False, False, False, False, True, True, True, False, True]
+    policy.start()
+    assert policy.start() is False  # two in flight: concurrent clients
+    policy.end()
+    policy.end()
+    assert [policy.start() or policy.end() for _ in range(3)] == [None, None, None]
+    assert policy.quiet == 3 and policy.start() is True
+
+
 def test_clean_traces_skip_the_merge_and_give_the_same_array():
     import numpy as np
     import obspy

@@ -124,6 +124,30 @@ def test_predict_raw_traces_matches_miniseed(stub, rjob):
     assert len(raw[0].series.values) == len(mseed[0].series.values)
 
 
+def test_one_client_at_a_time_runs_the_model_on_the_loop_with_the_same_answer(
+    stub, server, registry, rjob
+):
+    """Sequential single-window Predicts run the model where they were prepared (queue 0) once
+    the server has seen them come one at a time; every eighth still goes through the batcher.
+    Same answers, and every run is counted in the model's statistics."""
+    from seismag.serving.protocols.loop_policy import PROBE, QUIET
+
+    stats = registry.get().statistics
+    before = stats.snapshot()
+    n = QUIET + 2 * PROBE
+    replies = [
+        stub.Predict(_predict_request(rjob, series_interval=30), timeout=30).results[0]
+        for _ in range(n)
+    ]
+    queue = [r.timings.queue_ms for r in replies]
+    assert queue.count(0.0) >= PROBE  # on the loop
+    assert sum(q > 0 for q in queue[-2 * PROBE :]) >= 1  # a probe through the batcher
+    assert max(r.magnitude for r in replies) - min(r.magnitude for r in replies) < 1e-6
+    after = stats.snapshot()
+    assert after.execution_count - before.execution_count == n
+    assert after.inference_count - before.inference_count == n
+
+
 def test_unknown_model_is_not_found(stub, rjob):
     with pytest.raises(grpc.RpcError) as err:
         stub.Predict(_predict_request(rjob, model="NoSuchModel"), timeout=30)

@@ -20,6 +20,13 @@ the batch soon, so the worker runs at once instead of waiting out ``max_queue_de
 idle server that wait was pure latency (2 ms of a 5 ms request). Submissions without a ticket
 (streams, direct callers) keep the plain rule, as do batches that include any of them.
 
+Running in the caller's thread: :meth:`DynamicBatcher.run_if_idle` runs a ticketed submission
+at once in the calling thread when the batcher is idle (nothing queued, no worker running, no
+other ticket out), the case idle dispatch already runs without waiting. Handing the rows to a
+worker and the result back cost two thread wake-ups: 0.3 ms of a single-window Predict on the
+2-core test machine (docs/benchmarks.md). Otherwise (anything else in flight) it returns None
+and the caller submits.
+
 Raw windows: :meth:`DynamicBatcher.submit_raw` queues un-normalised windows; the worker turns
 all raw rows of a batch into model inputs with one ``prepare`` call (streams use this, so the
 windows due in the same hop share one vectorised normalisation). Their timings add ``prepare``.
@@ -237,6 +244,7 @@ class DynamicBatcher:
         self._compute_ms = 0.0
         self._max_rows = 0
         self._tickets = 0  # callers preparing a submission (Ticket objects not yet spent)
+        self._busy = 0  # model runs in progress (workers' batches and callers' run_if_idle)
         self._threads = [
             threading.Thread(target=self._work, name=f"batcher-{name or id(self)}-{i}", daemon=True)
             for i in range(workers)
@@ -330,6 +338,44 @@ class DynamicBatcher:
             self._cond.notify()
         return future
 
+    def run_if_idle(
+        self, waveform: np.ndarray, log_amp: np.ndarray, ticket: Ticket
+    ) -> tuple[Outputs, dict[str, float]] | None:
+        """Run ``k`` rows now in this thread when nothing else is queued, running or announced
+        (``ticket`` is the only one out) and they fit one batch: ``(rows_out, timings)`` as a
+        :meth:`submit` future would give; the ticket is then spent. None (ticket untouched):
+        submit them instead. Model errors are raised here.
+        """
+        rows = waveform.shape[0]
+        if waveform.ndim < 1 or log_amp.shape[:1] != (rows,) or not 0 < rows <= self.max_batch:
+            return None
+        with self._cond:
+            if self._closed or ticket.spent or self._jobs or self._busy or self._tickets != 1:
+                return None
+            ticket.spent = True
+            self._tickets -= 1
+            self._busy += 1
+        t0 = time.perf_counter()
+        try:
+            out = self.run_fn(waveform, log_amp)
+            for a in _output_arrays(out):
+                if a is not None and a.shape[:1] != (rows,):
+                    raise RuntimeError(f"model returned {a.shape[:1]} rows for a batch of {rows}")
+        except BaseException:
+            with self._cond:
+                self._errors += 1
+            self._account(rows, 0.0, (time.perf_counter() - t0) * 1e3)
+            raise
+        finally:
+            with self._cond:
+                self._busy -= 1
+        infer_s = time.perf_counter() - t0
+        compute_ms = infer_s * 1e3
+        self._account(rows, 0.0, compute_ms)
+        if self.statistics is not None:
+            self._record(rows, 0.0, 0.0, infer_s, 0.0, [1, 0.0, 0.0, compute_ms, 0.0])
+        return out, {"queue": 0.0, "compute": compute_ms}
+
     def stats(self) -> BatcherStats:
         with self._cond:
             return BatcherStats(
@@ -400,6 +446,8 @@ class DynamicBatcher:
                 self._queued_rows -= n
                 if job.started == job.rows:
                     self._jobs.popleft()
+            if taken:
+                self._busy += 1  # under the same lock: run_if_idle never sees it half-done
             return taken
 
     def _nothing_else_coming(self) -> bool:
@@ -416,7 +464,11 @@ class DynamicBatcher:
             if taken is None:
                 return
             if taken:
-                self._run(taken)
+                try:
+                    self._run(taken)
+                finally:
+                    with self._cond:
+                        self._busy -= 1
 
     def _run(self, taken: list[tuple[_Job, int, int]]) -> None:
         t0 = time.perf_counter()

@@ -37,6 +37,7 @@ from seismag.serving.pipeline.limits import (
 )
 from seismag.serving.pipeline.predict import PreparedRequest, find_pick, prepare
 from seismag.serving.protocols import stream_rpc
+from seismag.serving.protocols.loop_policy import LoopModelPolicy
 from seismag.serving.protocols.messages import (
     embed_response,
     inline_model_info,
@@ -58,12 +59,17 @@ LOOP_MAX_WINDOWS = 8
 """Requests needing at most this many model windows are also prepared on the loop (~0.1 ms
 each), unless a station without a pick would run the picker network; more (a long record, a 1 s
 series) go to a work thread."""
+LOOP_MAX_MODEL_MS = 2.0
+"""A request prepared on the loop that finds its model idle runs it there (no thread hand-offs)
+when the model's warm-up time for its windows is at most this; slower models go to the batcher,
+so the loop is never held longer than a few small requests' preparation."""
 
 
 class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
     def __init__(self, server: SeismagServer) -> None:
         self._server = server
         self._registry = server.registry
+        self._loop_policy = LoopModelPolicy()
 
     @staticmethod
     def _small(request: pb.PredictRequest) -> bool:
@@ -105,6 +111,32 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
         stream, picks, inventory = decoded or self._decode(request, budget)
         return prepare(runtime, stream, **self._options(request, picks, inventory, budget, started))
 
+    def _prepare_and_run(
+        self,
+        request,
+        decoded,
+        runtime,
+        budget: Budget,
+        started: float,
+        ticket,
+        on_loop: bool,
+        model_on_loop: bool,
+    ):
+        """The request's windows, and their model output when the model was idle and ran them
+        in this thread, else None: they go to the batcher. On the loop only when the policy
+        allows it and the model is fast enough (``LOOP_MAX_MODEL_MS``); a work thread may."""
+        prepared = self._prepare(request, decoded, runtime, budget, started)
+        if on_loop and not model_on_loop:
+            return prepared, None
+        budget.check("before the model")
+        ran = runtime.run_if_idle(
+            prepared.waveform,
+            prepared.log_amp,
+            ticket,
+            max_ms=LOOP_MAX_MODEL_MS if on_loop else None,
+        )
+        return prepared, ran
+
     def _options(self, request, picks, inventory, budget: Budget, started: float) -> dict:
         """The pipeline's options for a decoded Predict (one place for Predict and ensembles)."""
         return dict(
@@ -144,34 +176,57 @@ class MagnitudeServicer(pb_grpc.MagnitudeServiceServicer):
             return predict_response(results, self._event(results))
         runtime = self._registry.get(check_model_name(request.model))
         budget = Budget(await check_deadline(context))
+        model_on_loop = self._loop_policy.start()
+        try:
+            return await self._predict(request, runtime, budget, started, model_on_loop)
+        finally:
+            self._loop_policy.end()
+
+    async def _predict(self, request, runtime, budget: Budget, started: float, model_on_loop: bool):
+        """A single model's Predict; ``model_on_loop``: see :mod:`.loop_policy`."""
         loop = asyncio.get_running_loop()
         # Announce the submission now: the batcher then knows nothing else is coming when this
         # is the only request in flight, and runs it without waiting for companions.
         ticket = runtime.expect()
         try:
             decoded = self._decode(request, budget) if self._small(request) else None
-            if (
+            on_loop = (
                 decoded is not None
                 and _windows(decoded[0], self._interval(request)) <= LOOP_MAX_WINDOWS
                 and not self._needs_picker_network(decoded)
-            ):
-                prepared = self._prepare(request, decoded, runtime, budget, started)
+            )
+            work = functools.partial(
+                self._prepare_and_run,
+                request,
+                decoded,
+                runtime,
+                budget,
+                started,
+                ticket,
+                on_loop,
+                model_on_loop,
+            )
+            if on_loop:
+                prepared, ran = work()
             else:
-                work = functools.partial(self._prepare, request, decoded, runtime, budget, started)
-                prepared = await loop.run_in_executor(self._server.work, work)
-            future = runtime.submit(prepared.waveform, prepared.log_amp, ticket=ticket)
+                prepared, ran = await loop.run_in_executor(self._server.work, work)
+            if ran is None:
+                future = runtime.submit(prepared.waveform, prepared.log_amp, ticket=ticket)
         except BaseException:
             ticket.release()
             budget.cancelled.set()  # nobody waits for the answer: a work thread stops
             raise
-        try:
-            rows, timings = await asyncio.wait_for(asyncio.wrap_future(future), budget.remaining())
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            future.cancel()  # still queued: it will not spend model time
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise TimeoutError(f"{runtime.name}: deadline exceeded waiting for the model") from None
-        results = prepared.results(rows, timings)
+        if ran is None:
+            try:
+                ran = await asyncio.wait_for(asyncio.wrap_future(future), budget.remaining())
+            except (TimeoutError, asyncio.CancelledError) as exc:
+                future.cancel()  # still queued: it will not spend model time
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise TimeoutError(
+                    f"{runtime.name}: deadline exceeded waiting for the model"
+                ) from None
+        results = prepared.results(*ran)
         return predict_response(results, self._event(results))
 
     def _ensemble_info(self, name: str, config: str) -> pb.ModelInfo:
