@@ -350,7 +350,9 @@ def add_field_commands(sub) -> argparse._SubParsersAction:
     p.add_argument("--fields", required=True, help=".npz input (seismag field make writes one)")
     p.add_argument("--out", required=True, help=".npz file to write")
     p.add_argument("--samples", type=int, help="draws per field, 1-64 (default: the card's)")
-    p.add_argument("--steps", type=int, help="Euler steps per draw, 1-100 (default: the card's)")
+    p.add_argument(
+        "--steps", type=int, help="ODE steps per draw, 1-100 (default: the card's; its sampler)"
+    )
     p.add_argument("--seed", type=int, default=0, help="noise seed (batch b uses SEED + b)")
     p.add_argument("--batch", type=int, default=BATCH, help="fields per run or request")
     p.add_argument("--threads", type=int, help="here: ONNX Runtime threads (default: all cores)")

@@ -141,3 +141,39 @@ def test_eval_set_spec_with_split_and_sensitivity():
         _eval_set("no-equals-sign")
     with pytest.raises(Exception, match="bad sensitivity"):
         _eval_set("real=/d@abc")
+
+
+def test_restamp_field_card_changes_only_the_sampling_defaults(tmp_path):
+    """An exported field model whose card predates a change of the card's sampler gets the new
+    sampling defaults, keeps its graph and training record, and a changed architecture is
+    refused (that needs a real export)."""
+    import dataclasses
+
+    import onnx
+
+    pytest.importorskip("torch")
+    from seismag.export.field_export import export_field_model
+    from seismag.models.field_card import FIELD_CARD_KEY, get_field_card
+
+    restamp = release_script("restamp_field_card")
+    card = get_field_card("FieldFlow")
+    old = dataclasses.replace(
+        card, sampler="euler", steps=10, version="0.0.9", training={**card.training, "minutes": 1}
+    )
+    path = export_field_model(old, out=tmp_path / "FieldFlow.onnx", seed=0).path
+    graph = onnx.load(str(path)).graph.SerializeToString()
+    assert restamp.main([str(path)]) == 0
+    proto = onnx.load(str(path))
+    stamped = json.loads({p.key: p.value for p in proto.metadata_props}[FIELD_CARD_KEY])
+    assert (stamped["sampler"], stamped["steps"], stamped["version"]) == (
+        card.sampler,
+        card.steps,
+        card.version,
+    )
+    assert stamped["training"]["minutes"] == 1  # the file's own record
+    assert proto.graph.SerializeToString() == graph
+
+    other = dataclasses.replace(old, kwargs={**card.kwargs, "d_model": 16, "heads": 2})
+    path = export_field_model(other, out=tmp_path / "small.onnx", seed=0).path
+    with pytest.raises(SystemExit, match="kwargs"):
+        restamp.main([str(path)])

@@ -27,7 +27,7 @@ MAX_SAMPLES = 64
 """Draws averaged per field: the spread of 64 draws is within ~9 % of its limit; more buys
 nothing but time."""
 MAX_STEPS = 100
-"""Euler steps per draw (the cards' defaults are ~10)."""
+"""ODE steps per draw (the cards' defaults are 5-10; Heun's count twice in the work limit)."""
 PRIOR_WORK = 1 << 29
 """Fields x points^3 one request may ask a prior to fit: the Gaussian process's fit grows with
 the cube of the points (about 1 s for 205 points on one core, with its restarts), so this is
