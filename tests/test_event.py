@@ -12,10 +12,13 @@ from obspy import Stream, Trace, UTCDateTime
 from seismag.serving.oip import grpc_service_pb2 as oip_pb2
 from seismag.serving.oip import grpc_service_pb2_grpc as oip_grpc
 from seismag.serving.pipeline.event import (
+    EVENT_AFTER_ONSET_SECONDS,
+    EventTracker,
     StationEstimate,
     associate,
     combine,
     event_magnitude,
+    event_values,
 )
 from seismag.serving.pipeline.predict import predict
 from seismag.serving.pipeline.station_table import StationTable, fit, shared_fraction
@@ -353,6 +356,36 @@ def test_calibration_corrects_by_station_then_network_and_scales_the_sigma():
     assert got.sigma == pytest.approx(2.0 * plain.sigma)
 
 
+def test_a_station_counts_for_its_event_from_2_to_20_s_after_its_p():
+    after = np.array([1.0, 2.0, 10.0, 20.0, 25.0, 30.0])
+    assert event_values(after).tolist() == [False, True, True, True, False, False]
+    finite = np.array([True, True, True, False, True, True])
+    assert event_values(after, finite).tolist() == [False, True, True, False, False, False]
+    # Values that all come later: the station counts with its first one.
+    assert event_values(np.array([1.0, 25.0, 30.0])).tolist() == [False, True, False]
+    assert not event_values(np.array([0.5, 1.5])).any()
+
+
+def test_live_event_keeps_a_stations_estimate_from_20_s_after_its_p():
+    from types import SimpleNamespace
+
+    onset = UTCDateTime(2024, 1, 1)
+
+    def update(station, seconds, m):
+        return SimpleNamespace(
+            network="XX", station=station, location="", onset=onset,
+            time=onset + seconds, magnitude=m, magnitude_sigma=0.3,
+        )  # fmt: skip
+
+    tracker = EventTracker()
+    tracker.add([update("A", 10.0, 4.0), update("B", 10.0, 4.2)])
+    assert tracker.add([update("A", 25.0, 5.0)]) == []  # past 20 s: nothing changes
+    (ev,) = tracker.add([update("B", 12.0, 4.3)])  # A still counts with its 4.0
+    assert ev.estimate.magnitude == pytest.approx(combine([est("A", 4.0), est("B", 4.3)]).magnitude)
+    (first,) = tracker.add([update("C", 25.0, 4.4)])  # C's first value is late: it counts
+    assert "XX.C." in first.estimate.used
+
+
 def test_a_station_table_with_a_bad_scale_or_network_correction_is_refused(tmp_path):
     path = tmp_path / "t.toml"
     path.write_text("sigma_scale = 0\n")
@@ -379,6 +412,15 @@ def synthetic_event(index: int = 3, seed: int = 11):
     return st, picks, ev.metadata[0]["source_magnitude"]
 
 
+def counted_value(r) -> tuple[float, float]:
+    """A station's value and sigma in its event's final magnitude: its last value within
+    ``EVENT_AFTER_ONSET_SECONDS`` of its own P."""
+    after = r.series_offsets() + float(UTCDateTime(r.series_start) - r.onset)
+    k = np.flatnonzero(event_values(after, np.isfinite(r.series)))[-1]
+    assert after[k] <= EVENT_AFTER_ONSET_SECONDS + 1e-6
+    return float(r.series[k]), float(r.sigma_series[k])
+
+
 def test_event_of_a_predict_is_causal_and_combines_its_stations(registry):
     st, picks, _ = synthetic_event()
     results = predict(registry, st, units="m/s", p_picks=picks)
@@ -387,7 +429,10 @@ def test_event_of_a_predict_is_causal_and_combines_its_stations(registry):
         f"SY.{r.station}." for r in results
     }
     used = [r for r in results if f"SY.{r.station}." in ev.final.used]
-    again = combine([est(f"SY.{r.station}.", r.magnitude, r.magnitude_sigma) for r in used])
+    assert any(  # the records run past it: the rule matters here
+        float(UTCDateTime(r.series_end) - r.onset) > EVENT_AFTER_ONSET_SECONDS for r in used
+    )
+    again = combine([est(f"SY.{r.station}.", *counted_value(r)) for r in used])
     assert ev.final.magnitude == pytest.approx(again.magnitude)
     assert ev.series[-1] == pytest.approx(ev.final.magnitude)
     assert ev.first_onset == min(picks.values())
@@ -451,18 +496,21 @@ def test_predict_returns_the_event_over_grpc(stub, registry):
     e = reply.event
     first = f"SY.{st[0].stats.station}."
     assert dict(e.corrections) == {first: 0.25}
-    stations = {f"SY.{r.station}.": r for r in reply.results}
-    corrected = [
-        est(k, r.magnitude + (0.25 if k == first else 0.0), r.magnitude_sigma)
-        for k, r in stations.items()
-    ]
+    # The server's station results are the pipeline's (tests/test_server.py); each counts with
+    # its value from 20 s after its P.
+    results = predict(registry, st, units="m/s", p_picks=picks)
+    assert {f"SY.{r.station}." for r in reply.results} == {f"SY.{r.station}." for r in results}
+    corrected = []
+    for r in results:
+        k = f"SY.{r.station}."
+        value, sigma = counted_value(r)
+        corrected.append(est(k, value + (0.25 if k == first else 0.0), sigma))
     expect = combine(corrected, shared=0.3)
     assert e.magnitude == pytest.approx(expect.magnitude, abs=1e-5)
     assert e.magnitude_sigma == pytest.approx(expect.sigma, abs=1e-5) and e.has_sigma
     assert set(e.stations) == set(expect.used) and not e.not_associated
     assert len(e.series.values) == len(e.station_counts) == len(e.series.sigmas)
     # The early correction is in the early values: 0.1 on the first (2 s after the first P).
-    results = predict(registry, st, units="m/s", p_picks=picks)
     plain = event_magnitude(results, StationTable(corrections={first: 0.25}))
     assert e.series.values[0] - plain.series[0] == pytest.approx(0.1, abs=1e-5)
     assert e.series.values[-1] == pytest.approx(plain.series[-1], abs=1e-5)

@@ -29,7 +29,8 @@ none picked) cannot be placed in time and are left out; so are stations whose on
 ``ASSOCIATION_WINDOW_S`` after the earliest onset of the largest group of onsets, which are another
 event or a false trigger. The evolving event magnitude is causal: its value at time t combines each
 station's latest value at or before t, counted only from ``MIN_AFTER_ONSET_SECONDS`` after that
-station's onset (when the picker has decided it and the model has seen P).
+station's onset (when the picker has decided it and the model has seen P) and up to
+``EVENT_AFTER_ONSET_SECONDS`` after it (:func:`event_values`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ REJECT_SIGMAS = 3.0
 """A station further than this many of its own sigmas from the others' mean is an outlier."""
 MIN_KEEP = 2
 """Rejection never leaves fewer stations than this (with two, neither can be told wrong)."""
+EVENT_AFTER_ONSET_SECONDS = 20.0
+"""A station's values count for its event from windows ending at most this long after its own
+onset; later ones leave its estimate as it was then. The models' station values drift as their
+window slides further past P (half of the training windows end 1-20 s after P, the rest anywhere
+that holds P: training/windows.py); on the unseen regimes' events every model's full-record
+event MAE is 0.004-0.011 lower with this rule (docs/events.md)."""
 ASSOCIATION_WINDOW_S = 60.0
 """Latest P onset after the event's first one: P travel time to ~400 km, the farthest distance
 the models were trained for."""
@@ -255,6 +262,19 @@ def combine(
     return EventEstimate(mean, sigma, used, rejected)
 
 
+def event_values(after_onset: np.ndarray, finite: np.ndarray | None = None) -> np.ndarray:
+    """Which of a station's values, at ``after_onset`` seconds after its own onset, count for
+    its event: from ``MIN_AFTER_ONSET_SECONDS`` to ``EVENT_AFTER_ONSET_SECONDS`` (``finite``:
+    those that exist). A station whose values all come later counts with its first one."""
+    after = np.asarray(after_onset, dtype=np.float64)
+    ok = np.ones(after.shape, bool) if finite is None else np.asarray(finite, bool)
+    started = ok & (after >= MIN_AFTER_ONSET_SECONDS - 1e-9)
+    usable = started & (after <= EVENT_AFTER_ONSET_SECONDS + 1e-9)
+    if not usable.any() and started.any():
+        usable[np.flatnonzero(started)[0]] = True
+    return usable
+
+
 def associate(onsets: Mapping[str, UTCDateTime | None]) -> tuple[UTCDateTime | None, list[str]]:
     """The event's first onset and its stations: the largest group of onsets that fits in
     ``ASSOCIATION_WINDOW_S`` (the earliest such group on a tie)."""
@@ -322,9 +342,7 @@ def event_magnitude(
     for k in members:
         r = by_id[k]
         t = r.series_offsets() + float(UTCDateTime(r.series_start) - first)
-        usable = (t >= float(r.onset - first) + MIN_AFTER_ONSET_SECONDS - 1e-9) & np.isfinite(
-            r.series
-        )
+        usable = event_values(t - float(r.onset - first), np.isfinite(r.series))
         sig = r.sigma_series if r.sigma_series is not None else np.full(len(r.series), np.nan)
         if usable.any():
             tracks[k] = (t[usable], np.asarray(r.series)[usable] + applied[k], sig[usable])
@@ -416,6 +434,13 @@ class EventTracker:
             sid = station_id(u.network, u.station, u.location)
             onset = UTCDateTime(u.onset)
             ev = self._event_for(sid, onset)
+            held = ev.stations.get(sid)
+            if (
+                u.time - onset > EVENT_AFTER_ONSET_SECONDS + 1e-9
+                and held is not None
+                and abs(held[0] - onset) <= 1e-6
+            ):
+                continue  # its estimate stands as it was then (event_values)
             estimate = StationEstimate(
                 sid, u.magnitude + self.calibration.correction(sid), u.magnitude_sigma
             )

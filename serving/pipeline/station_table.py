@@ -12,14 +12,15 @@ local-magnitude distance corrections are (Hutton & Boore 1987). Fitted on past e
   stations with at least ``MIN_STATION_EVENTS`` events; the others get the network correction;
 * the **event-level terms by time after the first P**, from rows with ``seconds_after_first_p``
   (a station's latest value that many seconds after the event's first P, written only where the
-  station counted then, from ``MIN_AFTER_ONSET_SECONDS`` after its own P), and from the final
-  values: at each such time, the event magnitudes of those values (:func:`.event.combine` of
-  the corrected values, each station's term fitted without the event) are regressed on the
-  catalogue magnitude, ``residual = a + b * (M - pivot)``, with ``pivot`` the past events' mean
-  magnitude; ``a`` and ``b`` are shrunk the same way and inverted into a correction ``-a`` and a
-  gain ``1 / (1 + b)``, so that the calibrated magnitude ``pivot + gain * (m - a - pivot)`` is
-  unbiased at every magnitude (times with fewer than ``MIN_KNOT_EVENTS`` events are left out;
-  with fewer than ``MIN_SLOPE_EVENTS`` the gain is 1). Early estimates are not final ones with
+  station counted then, as :func:`.event.event_values` counts it), and from the final values
+  the event counts: at each such time, the event magnitudes of those values
+  (:func:`.event.combine` of the corrected values, each station's term fitted without the
+  event) are regressed on the catalogue magnitude, ``residual = a + b * (M - pivot)``, with
+  ``pivot`` the past events' mean magnitude; ``a`` and ``b`` are shrunk the same way and
+  inverted into a correction ``-a`` and a gain ``1 / (1 + b)``, so that the calibrated
+  magnitude ``pivot + gain * (m - a - pivot)`` is unbiased at every magnitude (times with
+  fewer than ``MIN_KNOT_EVENTS`` events are left out; with fewer than ``MIN_SLOPE_EVENTS`` the
+  gain is 1). Early estimates are not final ones with
   more noise. They rest on the nearest stations' first seconds of P, and how those err depends
   on the crust: on the unseen regimes of docs/events.md a station's value 3 s after its P sat
   0.05 below its final value near the source and 0.4 below at the farthest stations in one
@@ -89,8 +90,8 @@ from seismag.serving.pipeline.event import (
     StationEstimate,
     associate,
     combine,
+    event_values,
 )
-from seismag.serving.pipeline.predict import MIN_AFTER_ONSET_SECONDS
 
 PRIOR_EVENTS = 3.0
 """Shrinkage: a term fitted on n events gets n / (n + PRIOR_EVENTS) of its mean residual."""
@@ -498,19 +499,19 @@ def _fit_sigma_scales(
 def prediction_rows(
     source_id: str, catalogue_magnitude: float, stations: list[PastStation]
 ) -> list[dict[str, str]]:
-    """The predictions CSV rows of one past event: each station's final magnitude, and its
-    latest value at each of ``SERIES_KNOTS`` after the event's first P where it counted then
-    (from ``MIN_AFTER_ONSET_SECONDS`` after its own P, as the event magnitude counts it)."""
+    """The predictions CSV rows of one past event: each station's final magnitude (the last
+    value its event counts, :func:`.event.event_values`, where it has a series), and its latest
+    value at each of ``SERIES_KNOTS`` after the event's first P where it counted then."""
     first, members = associate({s.station: s.onset for s in stations})
     rows = []
     for s in stations:
         values = [("", s.magnitude, s.sigma)]
         if first is not None and s.station in members and s.sigmas is not None:
             t = np.asarray(s.offsets, dtype=np.float64) + float(s.series_start - first)
-            usable = (t >= float(s.onset - first) + MIN_AFTER_ONSET_SECONDS - 1e-9) & np.isfinite(
-                s.series
-            )
+            usable = event_values(t - float(s.onset - first), np.isfinite(s.series))
             t, m, sg = t[usable], np.asarray(s.series)[usable], np.asarray(s.sigmas)[usable]
+            if t.size:  # the final value the event counts
+                values[0] = ("", m[-1], sg[-1])
             for knot in SERIES_KNOTS:
                 k = int(np.searchsorted(t, knot + 1e-9, side="right")) - 1
                 if k >= 0:

@@ -22,7 +22,9 @@ Design (why it reproduces :func:`~seismag.serving.pipeline.predict.predict`):
 * Coalescing (default): at most one window per station is in the model; a window that falls due
   meanwhile waits in one slot, and a newer one replaces it. Under load a station therefore skips
   points rather than falling behind; every value delivered still equals ``predict``'s value at
-  that time. ``coalesce=False`` submits every window (bounded by the model's queue).
+  that time. The one window never skipped is a station's last to count for its event
+  (:func:`~seismag.serving.pipeline.event.event_values`), so live events end as Predict's do.
+  ``coalesce=False`` submits every window (bounded by the model's queue).
 * Units as in Predict (:mod:`~seismag.serving.pipeline.units`): counts (the default) go through
   each channel's causal instrument correction, in sample order as the data become contiguous,
   the filter Predict runs over the whole record (:mod:`~seismag.serving.pipeline.response`), so a
@@ -63,6 +65,7 @@ from obspy import Inventory, Stream, Trace, UTCDateTime
 from seismag.models.preprocess import PreprocessError, stream_to_array
 from seismag.serving.errors import InvalidInput, NotReady, Overloaded, ServingError
 from seismag.serving.executor.runtime import ModelRegistry, ModelRows
+from seismag.serving.pipeline.event import EVENT_AFTER_ONSET_SECONDS
 from seismag.serving.pipeline.ingest import checked_samples
 from seismag.serving.pipeline.limits import (
     MAX_STREAM_SAMPLES,
@@ -698,10 +701,23 @@ class StreamSession:
         self.stats.evaluations += 1
         if self.coalesce and st.inflight:
             if st.slot is not None:
-                self.stats.coalesced += 1
+                if self._last_for_event(st.slot, ev):
+                    self._submit(st, st.slot)  # the value its event keeps: never dropped
+                else:
+                    self.stats.coalesced += 1
             st.slot = ev
             return
         self._submit(st, ev)
+
+    def _last_for_event(self, held: Evaluation, new: Evaluation) -> bool:
+        """Whether ``held`` is its station's last window to count for the event (up to
+        ``EVENT_AFTER_ONSET_SECONDS`` after the onset) and ``new`` is past that: the event keeps
+        ``held``'s value for good, so coalescing must not replace it (a replay's events then end
+        as Predict's do, however fast the packets come)."""
+        if held.onset is None or new.onset != held.onset:
+            return False
+        limit = EVENT_AFTER_ONSET_SECONDS * self.card.sampling_rate + 1e-6
+        return held.index - held.onset <= limit < new.index - new.onset
 
     def _submit(self, st: _Station, ev: Evaluation) -> None:
         # No Future per window: the batcher hands back all of a batch's rows in one on_rows call.
