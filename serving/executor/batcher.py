@@ -358,9 +358,7 @@ class DynamicBatcher:
         t0 = time.perf_counter()
         try:
             out = self.run_fn(waveform, log_amp)
-            for a in _output_arrays(out):
-                if a is not None and a.shape[:1] != (rows,):
-                    raise RuntimeError(f"model returned {a.shape[:1]} rows for a batch of {rows}")
+            _row_arrays(out, rows)
         except BaseException:
             with self._cond:
                 self._errors += 1
@@ -483,10 +481,7 @@ class DynamicBatcher:
                 amp = np.concatenate([a for _, a in parts])
             t_model = time.perf_counter()
             out = self.run_fn(wave, amp)
-            arrays = _output_arrays(out)
-            for a in arrays:
-                if a is not None and a.shape[:1] != (rows,):
-                    raise RuntimeError(f"model returned {a.shape[:1]} rows for a batch of {rows}")
+            arrays = _row_arrays(out, rows)
         except BaseException as exc:
             compute_ms = (time.perf_counter() - t0) * 1e3
             with self._cond:
@@ -640,6 +635,15 @@ def _output_arrays(out: Outputs) -> list[np.ndarray | None]:
     if isinstance(out, tuple):
         return [None if a is None else np.asarray(a) for a in out]
     return [np.asarray(out)]
+
+
+def _row_arrays(out: Outputs, rows: int) -> list[np.ndarray | None]:
+    """The arrays of a model result, each checked to hold one row per input row."""
+    arrays = _output_arrays(out)
+    for a in arrays:
+        if a is not None and a.shape[:1] != (rows,):
+            raise RuntimeError(f"model returned {a.shape[:1]} rows for a batch of {rows}")
+    return arrays
 
 
 def _like(out: Outputs, parts: list[np.ndarray | None]) -> Outputs:
