@@ -39,7 +39,8 @@ Every trace is in the ``test`` split. Nothing here was tuned to any model's scor
 were written down before the first model was run on this data.
 
 ``--swap NAME`` (repeatable) replaces one of these choices by the training generator's, keeping
-every other draw, to measure which choices set a model's level on this set (:data:`SWAPS`).
+every other draw (``site`` adds one draw per station, so its stations' noise differs), to measure
+which choices set a model's level on this set (:data:`SWAPS`).
 """
 
 from __future__ import annotations
