@@ -48,7 +48,10 @@ class Stack:
         return self.a * pred + self.b * ml + self.c
 
     def inverse_variance(self, pred: np.ndarray, sigma: np.ndarray, ml: np.ndarray) -> np.ndarray:
-        w_ml = self.ml_scatter**-2 / (self.ml_scatter**-2 + np.square(sigma) ** -1)
+        """A trace without a finite sigma (a model without the output) keeps the model's value."""
+        ok = np.isfinite(sigma) & (sigma > 0)
+        inv_var = np.where(ok, 1.0 / np.square(np.where(ok, sigma, 1.0)), np.inf)
+        w_ml = self.ml_scatter**-2 / (self.ml_scatter**-2 + inv_var)
         return (1.0 - w_ml) * pred + w_ml * (ml - self.ml_offset)
 
 

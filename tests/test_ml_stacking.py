@@ -50,6 +50,12 @@ def test_scores_show_a_blend_helping_only_where_the_model_is_off():
     assert shifted["model bias"] == pytest.approx(0.5, abs=0.02)
     assert shifted["linear bias"] == pytest.approx(0.25, abs=0.03)
     assert shifted["inverse variance bias"] == pytest.approx(0.25, abs=0.03)
+    # A model without sigma: the inverse-variance blend is the model itself, not NaN.
+    no_sigma = _table(rng, 200)
+    for cut in ml_stacking.DEFAULT_CUTS:
+        no_sigma[f"sigma_{cut}"] = np.nan
+    plain = ml_stacking.score(stack, no_sigma)
+    assert plain["inverse variance MAE"] == pytest.approx(plain["model MAE"])
 
 
 def test_cli_reads_evaluate_tables_and_refuses_a_missing_cut(tmp_path, capsys):
