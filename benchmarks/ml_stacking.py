@@ -49,9 +49,8 @@ class Stack:
 
     def inverse_variance(self, pred: np.ndarray, sigma: np.ndarray, ml: np.ndarray) -> np.ndarray:
         """A trace without a finite sigma (a model without the output) keeps the model's value."""
-        ok = np.isfinite(sigma) & (sigma > 0)
-        inv_var = np.where(ok, 1.0 / np.square(np.where(ok, sigma, 1.0)), np.inf)
-        w_ml = self.ml_scatter**-2 / (self.ml_scatter**-2 + inv_var)
+        var = np.square(sigma)
+        w_ml = np.where(np.isfinite(var) & (var > 0), var / (var + self.ml_scatter**2), 0.0)
         return (1.0 - w_ml) * pred + w_ml * (ml - self.ml_offset)
 
 
@@ -90,7 +89,7 @@ def score(stack: Stack, table: pd.DataFrame) -> dict[str, float]:
     ml_or_pred = np.where(has_ml, ml, pred)
     candidates = {
         "model": pred,
-        "ML": np.where(has_ml, ml, np.nan),
+        "ML": ml,
         "linear": np.where(has_ml, stack.linear(pred, ml_or_pred), pred),
         "inverse variance": np.where(has_ml, stack.inverse_variance(pred, sigma, ml_or_pred), pred),
     }
