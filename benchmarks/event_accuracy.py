@@ -23,6 +23,7 @@ share of events whose error is within one and two of its sigmas (68 % and 95 % w
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -216,6 +217,40 @@ def against_best_member(rows_by_name: dict, members: list[str], ensemble: str) -
     return out
 
 
+def rank_ensembles(single: dict[str, dict], ensemble_rows) -> list[dict]:
+    """Every ensemble of two or more of the ``single`` models against the most accurate single
+    model at each time (the lowest MAE there, picked after the fact), best first: sorted by the
+    worst difference over the times, then by the mean difference. ``single`` maps a model to
+    its :func:`event_errors` rows, ``ensemble_rows(members)`` gives the same rows for the
+    ensemble of ``members``. Choose members on a development split, then score the choice once
+    on the test split: picked from many on the same events, the winner is optimistic."""
+
+    def mae(rows: list) -> float:
+        return float(np.mean([abs(e) for _, e, _ in rows])) if rows else float("nan")
+
+    def within(rows: list) -> float:
+        return float(np.mean([abs(e) <= s for _, e, s in rows])) if rows else float("nan")
+
+    names = list(single)
+    times = list(single[names[0]])
+    best = {t: min(mae(single[m][t]) for m in names) for t in times}
+    ranked = []
+    for k in range(2, len(names) + 1):
+        for members in itertools.combinations(names, k):
+            rows = ensemble_rows(list(members))
+            diff = {str(t): mae(rows[t]) - best[t] for t in times}
+            ranked.append(
+                {
+                    "members": list(members),
+                    "difference": diff,
+                    "within_1sigma": {str(t): within(rows[t]) for t in times},
+                    "worst": max(diff.values()),
+                    "mean": float(np.mean(list(diff.values()))),
+                }
+            )
+    return sorted(ranked, key=lambda r: (r["worst"], r["mean"]))
+
+
 def station_rows(results: dict, truth: dict) -> list[dict[str, str]]:
     """The predictions CSV rows of events' station results (the station table's fit reads them)."""
     return [
@@ -340,6 +375,17 @@ def main(argv: list[str] | None = None) -> None:
         help="metadata column whose values are separate networks (each its own station table); "
         "'none' for one network",
     )
+    ap.add_argument(
+        "--split",
+        default="test",
+        help="the split whose events are scored (default test; dev to choose members on)",
+    )
+    ap.add_argument(
+        "--choose-members",
+        action="store_true",
+        help="also rank every ensemble of two or more of the models against the best single "
+        "model at each time (run it on --split dev, then score the choice on test)",
+    )
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument(
         "--plot", type=Path, help="PNG of the first test event of the first model (or ensemble)"
@@ -351,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     ensembles = args.ensemble or [names]
     try:
         test, truth = run_models(
-            registry, names, event_streams(args.data, "test", args.events), args.picker
+            registry, names, event_streams(args.data, args.split, args.events), args.picker
         )
         past, past_truth = run_models(
             registry, names, event_streams(args.data, "train", args.table_events, 1), args.picker
@@ -371,11 +417,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.data}: event magnitude at t s after the first P; MAE (bias; within 1/2 sigma)")
     print(f"Networks (a station table each): {', '.join(names_of)}\n")
     print(HEADER)
-    for name in test:
+
+    def network_tables(name: str) -> dict[str, StationTable]:
         tables = {}
         for g in names_of:
             rows = station_rows({s: v for s, v in past[name].items() if groups[s] == g}, past_truth)
             tables[g] = fit(rows, model=name) if rows else StationTable(model=name)
+        return tables
+
+    for name in test:
+        tables = network_tables(name)
         plain_rows = event_errors(test[name], truth, None, groups)
         corrected_rows = event_errors(test[name], truth, tables, groups)
         plain, corrected = score(plain_rows), score(corrected_rows)
@@ -408,6 +459,33 @@ def main(argv: list[str] | None = None) -> None:
                 corrected_by_name, members, ens
             )
             print(intervals(ens, figures[ens]))
+    if args.choose_members:
+
+        def ensemble_rows(members: list[str]) -> dict:
+            ens = "ensemble(" + "+".join(members) + ")"
+            if ens in test:  # one asked for with --ensemble: already there
+                return event_errors(test[ens], truth, network_tables(ens), groups)
+            with_ensemble(test, members, ens)
+            with_ensemble(past, members, ens)
+            try:
+                return event_errors(test[ens], truth, network_tables(ens), groups)
+            finally:
+                del test[ens], past[ens]
+
+        ranked = rank_ensembles({n: corrected_by_name[n] for n in names}, ensemble_rows)
+        print(
+            f"\nEnsembles with their tables, MAE minus the best single model's at each time "
+            f"({args.split} split; best first, of {len(ranked)}):\n"
+        )
+        print("| members | " + " | ".join(f"{t} s" for t in TIMES) + " | full | within 1 sigma |")
+        print("|---" * (len(TIMES) + 3) + "|")
+        for r in ranked[:5] + [r for r in ranked[5:] if len(r["members"]) == len(names)]:
+            cover = [100 * v for v in r["within_1sigma"].values()]
+            print(
+                f"| {' + '.join(r['members'])} | "
+                + " | ".join(f"{d:+.3f}" for d in r["difference"].values())
+                + f" | {min(cover):.0f}-{max(cover):.0f} % |"
+            )
     print("\nStation tables (train-split events of each network):")
     for name, f in figures.items():
         for g, t in f["tables"].items():
@@ -417,6 +495,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"error fraction {t['shared_error_fraction']:.2f}, sigma scale "
                 f"{t['sigma_scale']:.2f}; by seconds after the first P: {t['event_terms']}"
             )
+    if args.choose_members:
+        figures["ensemble_ranking"] = ranked
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1, default=lambda x: None))
     if args.plot:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from seismag.benchmarks.event_accuracy import against_best_member, score, wilson
+from seismag.benchmarks.event_accuracy import against_best_member, rank_ensembles, score, wilson
 
 
 def test_wilson_interval_matches_the_published_formula():
@@ -42,3 +42,57 @@ def test_ensemble_against_its_best_member_is_paired_and_picks_the_best():
     lo, hi = out["difference_interval"]
     # Paired: the interval is as narrow as the per-event differences, far from zero here.
     assert lo < expected < hi < 0
+
+
+def test_rank_ensembles_scores_every_subset_against_the_best_single_model():
+    rng = np.random.default_rng(2)
+    ids = [f"ev{i}" for i in range(200)]
+    errors = {
+        "a": rng.normal(0, 0.3, size=200),
+        "b": rng.normal(0, 0.3, size=200),  # as good as a, independent: a + b averages them out
+        "c": rng.normal(1.0, 0.3, size=200),  # biased: any ensemble holding it is worse
+    }
+    single = {
+        m: {"full": [(i, x, 0.3) for i, x in zip(ids, e, strict=True)]} for m, e in errors.items()
+    }
+
+    def ensemble_rows(members):
+        mean = np.mean([errors[m] for m in members], axis=0)
+        return {"full": [(i, x, 0.3) for i, x in zip(ids, mean, strict=True)]}
+
+    ranked = rank_ensembles(single, ensemble_rows)
+    assert ranked[0]["members"] == ["a", "b"]
+    assert len(ranked) == 4  # ab, ac, bc, abc
+    best_single = min(np.mean(np.abs(e)) for e in errors.values())
+    top = ranked[0]
+    expected = np.mean(np.abs((errors["a"] + errors["b"]) / 2)) - best_single
+    assert top["difference"]["full"] == pytest.approx(expected) and top["worst"] < 0
+    assert top["within_1sigma"]["full"] == pytest.approx(
+        np.mean(np.abs((errors["a"] + errors["b"]) / 2) <= 0.3)
+    )
+    assert all(r["worst"] > 0 for r in ranked if "c" in r["members"])
+
+
+def test_choose_members_end_to_end_on_a_development_split(model_dir, tmp_path):
+    """The benchmark's own command on a small synthetic set: real models through the serving
+    pipeline, tables fitted on train-split events, the ranking written beside the figures."""
+    import json
+
+    from seismag.benchmarks.event_accuracy import main
+    from seismag.training.synthetic import generate_dataset
+
+    data = generate_dataset(
+        tmp_path / "synth", 40, stations_per_event=(3, 3), seed=3, progress=False
+    )
+    out = tmp_path / "events.json"
+    models = [str(model_dir / "PhaseNetMag.onnx"), str(model_dir / "ViTMag.onnx")]
+    main(["--data", str(data), "--models", *models, "--split", "dev", "--events", "3",
+          "--table-events", "3", "--choose-members", "--json", str(out)])  # fmt: skip
+    figures = json.loads(out.read_text())
+    (ranked,) = figures["ensemble_ranking"]  # two models: one ensemble
+    assert ranked["members"] == ["PhaseNetMag", "ViTMag"]
+    ens = figures["ensemble(PhaseNetMag+ViTMag)"]["station_table"]
+    for t, d in ranked["difference"].items():
+        best = min(figures[m]["station_table"][t]["mae"] for m in ranked["members"])
+        assert d == pytest.approx(ens[t]["mae"] - best)
+    assert ranked["worst"] == max(ranked["difference"].values())
