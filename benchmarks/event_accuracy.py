@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="SeisBench-format dataset (m/s)")
     ap.add_argument("--models", nargs="+", required=True, help="ONNX files")
-    ap.add_argument("--events", type=int, default=150, help="test events (random sample)")
+    ap.add_argument("--events", type=int, default=150, help="events of --split (random sample)")
     ap.add_argument("--table-events", type=int, default=150, help="train-split events to fit on")
     ap.add_argument(
         "--ensemble",
