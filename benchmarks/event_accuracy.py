@@ -122,6 +122,10 @@ def run_models(registry, names, events, picker: bool):
     return out, truth
 
 
+def ensemble_name(members: list[str]) -> str:
+    return "ensemble(" + "+".join(members) + ")"
+
+
 def with_ensemble(results: dict, members: list[str], name: str) -> None:
     events = set.intersection(*(set(results[m]) for m in members))
     results[name] = {}
@@ -406,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         registry.close()
     for members in ensembles:
         if len(members) > 1:
-            ens = "ensemble(" + "+".join(members) + ")"
+            ens = ensemble_name(members)
             with_ensemble(test, members, ens)
             with_ensemble(past, members, ens)
     groups = event_groups(args.data, None if args.group_by == "none" else args.group_by)
@@ -454,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(per_group))
     for members in ensembles:
         if len(members) > 1:
-            ens = "ensemble(" + "+".join(members) + ")"
+            ens = ensemble_name(members)
             figures[ens]["against_best_member"] = against_best_member(
                 corrected_by_name, members, ens
             )
@@ -462,9 +466,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.choose_members:
 
         def ensemble_rows(members: list[str]) -> dict:
-            ens = "ensemble(" + "+".join(members) + ")"
-            if ens in test:  # one asked for with --ensemble: already there
-                return event_errors(test[ens], truth, network_tables(ens), groups)
+            ens = ensemble_name(members)
+            if ens in corrected_by_name:  # asked for with --ensemble: scored above
+                return corrected_by_name[ens]
             with_ensemble(test, members, ens)
             with_ensemble(past, members, ens)
             try:
