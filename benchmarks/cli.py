@@ -2,6 +2,7 @@
 
     seismag bench predict --spawn --concurrency 1 2 4 8 --json out.json --plot out.png
     seismag bench predict --server HOST:PORT --rate 50 --poisson
+    seismag bench stages --repeats 1000
     seismag bench stream --spawn --stations 1000 --seconds 30
     seismag bench idle-streams --streams 2000
     seismag bench runtimes --models PhaseNetMag ViTMag --batch 1 32 256
@@ -138,6 +139,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from seismag.benchmarks.plots import plot_predict
 
         progress(f"wrote {plot_predict(results, args.plot)}")
+    return 0
+
+
+def _cmd_stages(args: argparse.Namespace) -> int:
+    from seismag.benchmarks import predict_stages
+    from seismag.benchmarks.target import open_target
+
+    with open_target(_mode(args), server=args.server, options=_options(args)) as target:
+        progress(f"target: {target.description} at {target.address}")
+        result = predict_stages.run(
+            target.address, _options(args), repeats=args.repeats, model=args.model
+        )
+    result["target"] = target.description
+    print(predict_stages.report(result))
+    rows = [
+        {"what": k, "ms": v}
+        for part in ("stages_ms", "round_trips_ms")
+        for k, v in result[part].items()
+    ]
+    write_outputs(args, result, rows)
     return 0
 
 
@@ -284,6 +305,15 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=float, default=2.0, help="measurement window, seconds")
     p.add_argument("--max-windows", type=int, default=10)
     p.set_defaults(func=_cmd_predict)
+
+    p = bsub.add_parser(
+        "stages", help="one Predict's stages timed alone, and the gRPC round trips around them"
+    )
+    _target_args(p)
+    _outputs(p)
+    p.add_argument("--model", default="", help="model name (default: the server's default)")
+    p.add_argument("--repeats", type=int, default=1000, help="timed calls per stage and RPC")
+    p.set_defaults(func=_cmd_stages)
 
     p = bsub.add_parser("stream", help="N stations streaming 1 s packets at real-time pace")
     _target_args(p)

@@ -119,11 +119,34 @@ def test_stream_replay_with_five_stations(target, tmp_path, batch_ms):
     assert plot_stream(r, tmp_path / "s.png").exists()
 
 
+def test_predict_stages_time_each_stage_and_the_round_trips(target):
+    import math
+
+    from seismag.benchmarks import predict_stages
+    from seismag.benchmarks.target import ServerOptions
+
+    result = predict_stages.run(target.address, ServerOptions(), repeats=5)
+    assert list(result["stages_ms"]) == [
+        "parse request", "decode miniSEED", "station pipeline", "model", "results",
+        "event magnitude", "response message",
+    ]  # fmt: skip
+    # The refused Predicts raise unless the server answered them with the expected status.
+    assert len(result["round_trips_ms"]) == 4
+    assert all(
+        math.isfinite(v) and v > 0
+        for part in ("stages_ms", "round_trips_ms")
+        for v in result[part].values()
+    )
+    assert "PhaseNetMag" in predict_stages.report(result)
+
+
 def test_bench_cli_is_wired():
     from seismag.cli import build_parser
 
     args = build_parser().parse_args(["bench", "predict", "--in-process", "--concurrency", "1"])
     assert args.concurrency == [1] and args.in_process
+    args = build_parser().parse_args(["bench", "stages", "--repeats", "3"])
+    assert args.repeats == 3 and args.func.__name__ == "_cmd_stages"
     args = build_parser().parse_args(["bench", "capacity", "--models", "ViTMag"])
     assert args.models == ["ViTMag"]
 
