@@ -1,4 +1,4 @@
-"""``seismag bench``: predict, stream, runtimes and capacity benchmarks from the command line.
+"""``seismag bench``: predict, stages, stream, runtimes and capacity benchmarks (command line).
 
     seismag bench predict --spawn --concurrency 1 2 4 8 --json out.json --plot out.png
     seismag bench predict --server HOST:PORT --rate 50 --poisson
@@ -284,7 +284,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``seismag bench ...`` on the top-level ``seismag`` parser."""
     bench = sub.add_parser(
         "bench",
-        help="latency benchmarks: predict load, station feeds, runtimes, station capacity",
+        help="latency benchmarks: Predict load and stages, station feeds, runtimes, capacity",
         description=__doc__.split("\n\n")[0],
     )
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
