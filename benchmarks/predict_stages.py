@@ -70,7 +70,6 @@ def stage_times(runtime, picker, request: pb.PredictRequest, repeats: int) -> di
     ran = model()
     results = prepared.results(*ran)
     event = event_magnitude(results, None)
-    response = predict_response(results, event)
     t = {
         "parse request": median_ms(lambda: pb.PredictRequest.FromString(data), repeats),
         "decode miniSEED": median_ms(lambda: ingest.read_miniseed(request.miniseed), repeats),
@@ -85,7 +84,6 @@ def stage_times(runtime, picker, request: pb.PredictRequest, repeats: int) -> di
     t["response message"] = median_ms(
         lambda: predict_response(results, event).SerializeToString(), repeats
     )
-    assert len(response.results) == len(results)
     return t
 
 
