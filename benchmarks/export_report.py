@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +20,12 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from seismag.benchmarks.stats import median_ms
 from seismag.export.onnx_export import example_inputs, export_onnx
 from seismag.export.quantize import quantize_int8
 from seismag.export.scan_function import selective_scan_function
 from seismag.models import build_model, load_cards
 from seismag.serving.executor.ort_backend import fused_session, kernel_available
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:

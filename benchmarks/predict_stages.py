@@ -16,8 +16,6 @@ round trips are separate measurements, so they need not add up.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,22 +24,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from obspy import UTCDateTime
 
 from seismag.benchmarks.loadgen import Workload
+from seismag.benchmarks.stats import median_ms
 from seismag.serving.v1 import seismag_pb2 as pb
 from seismag.serving.v1 import seismag_pb2_grpc as pb_grpc
 
 UNKNOWN_MODEL = "no-such-model"
-
-
-def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 20) -> float:
-    """Median wall time of ``fn()`` in ms over ``repeats`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+WARMUP = 20
+"""Untimed calls before each stage is timed."""
 
 
 def stage_times(runtime, picker, request: pb.PredictRequest, repeats: int) -> dict[str, float]:
@@ -71,18 +60,20 @@ def stage_times(runtime, picker, request: pb.PredictRequest, repeats: int) -> di
     results = prepared.results(*ran)
     event = event_magnitude(results, None)
     t = {
-        "parse request": median_ms(lambda: pb.PredictRequest.FromString(data), repeats),
-        "decode miniSEED": median_ms(lambda: ingest.read_miniseed(request.miniseed), repeats),
+        "parse request": median_ms(lambda: pb.PredictRequest.FromString(data), repeats, WARMUP),
+        "decode miniSEED": median_ms(
+            lambda: ingest.read_miniseed(request.miniseed), repeats, WARMUP
+        ),
     }
     with_decode = median_ms(
-        lambda: prepare(runtime, ingest.read_miniseed(request.miniseed), **options), repeats
+        lambda: prepare(runtime, ingest.read_miniseed(request.miniseed), **options), repeats, WARMUP
     )
     t["station pipeline"] = with_decode - t["decode miniSEED"]
-    t["model"] = median_ms(model, repeats)
-    t["results"] = median_ms(lambda: prepared.results(*ran), repeats)
-    t["event magnitude"] = median_ms(lambda: event_magnitude(results, None), repeats)
+    t["model"] = median_ms(model, repeats, WARMUP)
+    t["results"] = median_ms(lambda: prepared.results(*ran), repeats, WARMUP)
+    t["event magnitude"] = median_ms(lambda: event_magnitude(results, None), repeats, WARMUP)
     t["response message"] = median_ms(
-        lambda: predict_response(results, event).SerializeToString(), repeats
+        lambda: predict_response(results, event).SerializeToString(), repeats, WARMUP
     )
     return t
 
@@ -125,18 +116,10 @@ def run(address: str, options, *, repeats: int = 1000, model: str = "") -> dict[
     """Stages on a registry built with ``options`` (a :class:`~.target.ServerOptions`), then
     the round trips to ``address``; one after the other, never at once."""
     from seismag.serving.config import DEFAULTS
-    from seismag.serving.executor.runtime import ModelRegistry, default_model_path
 
     workload = Workload.rjob(model=model)
-    registry = ModelRegistry.from_paths(
-        options.models or [default_model_path()],
-        threads=options.threads,
-        workers=options.resolved_workers(),
-        max_batch=options.max_batch,
-        max_queue_delay_ms=options.max_queue_delay_ms,
-        backend=DEFAULTS.backend,
-        picker=DEFAULTS.picker,
-    )
+    # As `seismag serve` loads it (the backend it picks, its picker), not as a library caller.
+    registry = options.load_registry(backend=DEFAULTS.backend, picker=DEFAULTS.picker)
     try:
         runtime = registry.get(model)
         stages = stage_times(runtime, registry.picker, workload.request, repeats)

@@ -1,10 +1,12 @@
-"""Percentiles, the perf_analyzer stability rule and a bootstrap interval of a mean, kept apart
-so tests can pin them down."""
+"""Percentiles, the perf_analyzer stability rule, a bootstrap interval of a mean and a median
+call timer, kept apart so tests can pin them down."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -75,3 +77,15 @@ def bootstrap_interval(values: Sequence[float]) -> list[float]:
     rng = np.random.default_rng(0)
     means = values[rng.integers(0, values.size, size=(BOOTSTRAP_RESAMPLES, values.size))].mean(1)
     return [float(v) for v in np.percentile(means, [2.5, 97.5])]
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in ms over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)

@@ -46,6 +46,20 @@ class ServerOptions:
 
         return self.workers or default_workers(self.threads)
 
+    def load_registry(self, **extra):
+        """The models loaded with these options (``extra``: more ``ModelRegistry.from_paths``
+        arguments, e.g. ``backend=``)."""
+        from seismag.serving.executor.runtime import ModelRegistry, default_model_path
+
+        return ModelRegistry.from_paths(
+            self.models or [default_model_path()],
+            threads=self.threads,
+            workers=self.resolved_workers(),
+            max_batch=self.max_batch,
+            max_queue_delay_ms=self.max_queue_delay_ms,
+            **extra,
+        )
+
     def describe(self) -> str:
         names = ", ".join(p.stem for p in self.models) or "embedded PhaseNetMag"
         return (
@@ -83,17 +97,9 @@ def _wait_serving(address: str, timeout: float) -> None:
 
 @contextmanager
 def _in_process(options: ServerOptions) -> Iterator[Target]:
-    from seismag.serving.executor.runtime import ModelRegistry, default_model_path
     from seismag.serving.protocols.server import build_server
 
-    paths = options.models or [default_model_path()]
-    registry = ModelRegistry.from_paths(
-        paths,
-        threads=options.threads,
-        workers=options.resolved_workers(),
-        max_batch=options.max_batch,
-        max_queue_delay_ms=options.max_queue_delay_ms,
-    )
+    registry = options.load_registry()
     try:
         server = build_server(registry, address="127.0.0.1:0").start()
         try:
