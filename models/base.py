@@ -23,7 +23,10 @@ waveform's shape, as the local-magnitude formula corrects log A for distance.
 
 A card with ``uncertainty = "gaussian"`` builds the architecture with a second output channel:
 :meth:`MagnitudeModel.forward_with_sigma` returns the magnitude and its standard deviation
-(magnitude units, same shape); ``forward`` still returns the magnitude alone.
+(magnitude units, same shape); ``forward`` still returns the magnitude alone. The head's sigma is
+multiplied by the ``sigma_scale`` buffer, a calibration stored with the weights (1 until
+:mod:`seismag.training.calibrate` fits it on held-out data; a training resets it to 1), so every
+runtime the weights are exported to serves the calibrated sigma.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ from seismag.models.card import CardError, ModelCard
 SIGMA_RANGE = (0.02, 3.0)
 """Bounds of a predicted standard deviation: below 0.02 magnitude units no single station is
 that good (and the likelihood would diverge); above 3 the estimate says nothing."""
+
+
+SIGMA_SCALE = "sigma_scale"
+"""Name of the calibration buffer of a model with a sigma output (see the module docstring)."""
 
 
 class MagnitudeModel(nn.Module):
@@ -114,7 +121,21 @@ class MagnitudeModel(nn.Module):
         lo, hi = SIGMA_RANGE
         # A sigmoid between the bounds in log space: smooth, bounded, no exp overflow.
         log_sigma = math.log(lo) + (math.log(hi) - math.log(lo)) * torch.sigmoid(out[:, 1])
-        return self._magnitude(out[:, 0], log_amp), torch.exp(log_sigma)
+        sigma = torch.exp(log_sigma)
+        scale = getattr(self, SIGMA_SCALE, None)  # absent in a model built without its card
+        return self._magnitude(out[:, 0], log_amp), sigma if scale is None else sigma * scale
+
+
+def reset_sigma_calibration(model: nn.Module) -> float | None:
+    """Set the sigma calibration back to 1 (training changes the sigma head, so a scale fitted to
+    the old head no longer applies); returns the scale it had, None for a model without one."""
+    scale = getattr(model, SIGMA_SCALE, None)
+    if scale is None:
+        return None
+    old = float(scale)
+    with torch.no_grad():
+        scale.fill_(1.0)
+    return old
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -134,4 +155,7 @@ def build_from_card(card: ModelCard, **overrides) -> MagnitudeModel:
     model = cls(**kwargs)
     model.card = card
     model.n_outputs = int(kwargs.get("n_outputs", 1))
+    if model.n_outputs == 2:
+        # A buffer, not a parameter: saved and exported with the weights, never trained.
+        model.register_buffer(SIGMA_SCALE, torch.ones(()))
     return model

@@ -48,7 +48,10 @@ def read_card(path: str | Path) -> ModelCard:
 
 def load_weights(model, path: str | Path) -> None:
     """Load a weights file into ``model`` after checking it belongs to the same model."""
+    import torch
     from safetensors.torch import load_file
+
+    from seismag.models.base import SIGMA_SCALE
 
     stored = read_card(path)
     if model.card is not None and stored.name != model.card.name:
@@ -60,6 +63,9 @@ def load_weights(model, path: str | Path) -> None:
         raise WeightsError(f"{path} was trained with other inputs (file, model): {diff}")
     try:
         state = load_file(str(path))
+        scale = getattr(model, SIGMA_SCALE, None)
+        if scale is not None and SIGMA_SCALE not in state:
+            state[SIGMA_SCALE] = torch.ones_like(scale)  # weights saved before calibration existed
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsError(f"{path}: does not fit {stored.name}: {exc}") from exc

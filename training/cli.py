@@ -1,4 +1,4 @@
-"""``seismag train``, ``seismag evaluate`` and ``seismag synth``: the training-side subcommands.
+"""``seismag train``, ``evaluate``, ``calibrate`` and ``synth``: the training-side subcommands.
 
 Kept out of the top-level ``cli.py`` so that module stays torch-free; ``cli.py`` calls
 :func:`add_training_commands` on its subparsers. Each handler turns the expected failures
@@ -119,6 +119,48 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         sys.stdout.write(markdown_table(results))
         print(f"\nwritten to {out}")
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    if (msg := _known_model(args.model)) is not None:
+        return _error(msg)
+    if not Path(args.data).is_dir():
+        return _error(f"data directory not found: {args.data}")
+    if not Path(args.weights).is_file():
+        return _error(f"weights file not found: {args.weights}")
+    if Path(args.out).resolve() == Path(args.weights).resolve():
+        return _error("--out must be a new file; the input weights are left as they are")
+    if args.sensitivity is not None and not (
+        args.sensitivity > 0 and math.isfinite(args.sensitivity)
+    ):
+        return _error(
+            f"--sensitivity must be a positive number of counts per m/s, got {args.sensitivity}"
+        )
+    try:
+        from seismag.training.calibrate import CalibrationError, calibrate
+    except ImportError as exc:
+        return _error(f"calibration needs the training extras ({exc})")
+    try:
+        c = calibrate(
+            args.model,
+            args.weights,
+            args.data,
+            args.out,
+            split=args.split,
+            limit=args.limit,
+            sensitivity=args.sensitivity,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except (CalibrationError, ValueError, FileNotFoundError, KeyError) as exc:
+        return _error(str(exc), EXIT_FAILED)
+    print(
+        f"{c.model}: {c.n} full windows of {c.data} ({c.split}): within one sigma "
+        f"{c.within_1_sigma_before:.1%} -> 68.3 %, within two {c.within_2_sigma_before:.1%} -> "
+        f"{c.within_2_sigma_after:.1%}; sigma scale {c.previous_scale:.3f} -> {c.scale:.3f} "
+        f"(median sigma {c.median_sigma_after:.3f})\nwritten to {args.out}"
+    )
     return 0
 
 
@@ -375,6 +417,28 @@ def add_training_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="fit the scale of a model's predicted sigma on held-out data",
+        description="Scale MODEL's predicted sigma so that 68.3 %% of the full-window errors on a "
+        "split fall within one sigma (variance scaling), and write the weights with that scale. "
+        "Calibrate on data the weights were not fitted to, and judge on other data.",
+    )
+    p.add_argument("model", help="model name")
+    p.add_argument("--weights", required=True, help="safetensors weights of MODEL")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--split", default="dev", choices=["train", "dev", "test"])
+    p.add_argument("--out", required=True, help="the calibrated weights (a new file)")
+    p.add_argument("--limit", type=int, help="only the first N traces of the split")
+    p.add_argument(
+        "--sensitivity",
+        type=float,
+        help="counts per m/s: divide every trace by it (recordings stored in counts)",
+    )
+    _device_arg(p, "cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser(
         "synth",

@@ -442,6 +442,7 @@ def train(
 
     model = build_model(card)
     if init_weights is not None:
+        from seismag.models.base import reset_sigma_calibration
         from seismag.models.weights import WeightsError, load_weights
 
         if resume:
@@ -450,6 +451,9 @@ def train(
             load_weights(model, init_weights)
         except (WeightsError, OSError) as exc:
             raise TrainingError(f"cannot start from {init_weights}: {exc}") from exc
+        old_scale = reset_sigma_calibration(model)
+        if old_scale is not None and old_scale != 1.0:
+            tqdm.write(f"{card.name}: sigma scale {old_scale:.3f} of {init_weights} reset to 1")
     encoder = getattr(model, "encoder", None)
     if (init_encoder is not None or linear_probe) and encoder is None:
         raise TrainingError(f"{card.name} has no pretraining encoder; see models/cards/heads/")
