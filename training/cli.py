@@ -35,6 +35,21 @@ def _known_model(name: str, *, allow_baseline: bool = False) -> str | None:
     return f"unknown model {name!r}; known models: {', '.join(names)}{extra}"
 
 
+def _bad_sensitivity(value: float | None) -> str | None:
+    """An error message for a --sensitivity that is not a positive finite number, or None."""
+    if value is None or (value > 0 and math.isfinite(value)):
+        return None
+    return f"--sensitivity must be a positive number of counts per m/s, got {value}"
+
+
+def _sensitivity_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sensitivity",
+        type=float,
+        help="counts per m/s: divide every trace by it (recordings stored in counts)",
+    )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     if (msg := _known_model(args.model)) is not None:
         return _error(msg)
@@ -81,12 +96,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return _error(f"data directory not found: {args.data}")
     if args.model != "baseline" and args.weights is None and args.onnx is None:
         return _error(f"evaluating {args.model} needs --weights FILE or --onnx FILE")
-    if args.sensitivity is not None and not (
-        args.sensitivity > 0 and math.isfinite(args.sensitivity)
-    ):
-        return _error(
-            f"--sensitivity must be a positive number of counts per m/s, got {args.sensitivity}"
-        )
+    if (msg := _bad_sensitivity(args.sensitivity)) is not None:
+        return _error(msg)
     try:
         from seismag.training.evaluate import EvaluationError, evaluate
     except ImportError as exc:
@@ -131,12 +142,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         return _error(f"weights file not found: {args.weights}")
     if Path(args.out).resolve() == Path(args.weights).resolve():
         return _error("--out must be a new file; the input weights are left as they are")
-    if args.sensitivity is not None and not (
-        args.sensitivity > 0 and math.isfinite(args.sensitivity)
-    ):
-        return _error(
-            f"--sensitivity must be a positive number of counts per m/s, got {args.sensitivity}"
-        )
+    if (msg := _bad_sensitivity(args.sensitivity)) is not None:
+        return _error(msg)
     try:
         from seismag.training.calibrate import CalibrationError, calibrate
     except ImportError as exc:
@@ -408,11 +415,7 @@ def add_training_commands(sub) -> None:
     )
     p.add_argument("--limit", type=int, help="only the first N traces of the split")
     p.add_argument("--no-baseline", action="store_true", help="skip the ML baseline")
-    p.add_argument(
-        "--sensitivity",
-        type=float,
-        help="counts per m/s: divide every trace by it (recordings stored in counts)",
-    )
+    _sensitivity_arg(p)
     _device_arg(p, "cpu")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -431,11 +434,7 @@ def add_training_commands(sub) -> None:
     p.add_argument("--split", default="dev", choices=["train", "dev", "test"])
     p.add_argument("--out", required=True, help="the calibrated weights (a new file)")
     p.add_argument("--limit", type=int, help="only the first N traces of the split")
-    p.add_argument(
-        "--sensitivity",
-        type=float,
-        help="counts per m/s: divide every trace by it (recordings stored in counts)",
-    )
+    _sensitivity_arg(p)
     _device_arg(p, "cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_calibrate)
