@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,7 @@ class SigmaCalibration:
     split: str
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 def fit_factor(errors: np.ndarray, sigmas: np.ndarray, coverage: float = ONE_SIGMA) -> float:
