@@ -40,8 +40,9 @@ from torch import nn
 from seismag.models.card import CardError, ModelCard
 
 SIGMA_RANGE = (0.02, 3.0)
-"""Bounds of a predicted standard deviation: below 0.02 magnitude units no single station is
-that good (and the likelihood would diverge); above 3 the estimate says nothing."""
+"""Bounds of the head's standard deviation, before the calibration scale: below 0.02 magnitude
+units no single station is that good (and the likelihood would diverge); above 3 the estimate
+says nothing."""
 
 
 SIGMA_SCALE = "sigma_scale"
