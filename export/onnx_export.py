@@ -24,7 +24,7 @@ from torch import nn
 
 from seismag import __version__
 from seismag.export.scan_function import DOMAIN, OP_TYPE, selective_scan_function
-from seismag.models.base import MagnitudeModel
+from seismag.models.base import SIGMA_SCALE, MagnitudeModel
 from seismag.models.card import (
     CARD_KEY,
     INPUT_NAMES,
@@ -173,12 +173,17 @@ def export_onnx(
 
         # inline=False keeps each scan one node, so a registered native kernel can replace it.
         proto = onnxscript.optimizer.optimize(proto, inline=False)
+    sigma_text = ""
+    if len(outputs) > 1:
+        scale = getattr(model, SIGMA_SCALE, None)
+        sigma_text = f"; {SIGMA_NAME}: its standard deviation" + (
+            "" if scale is None else f" (the head's times the calibration {float(scale):.4g})"
+        )
     meta = {
         CARD_KEY: json.dumps(card.to_dict()),
         "seismag.version": __version__,
         WEIGHTS_KEY: weights,
-        "seismag.output": f"{OUTPUT_NAME}: magnitude units, label_offset removed"
-        + (f"; {SIGMA_NAME}: its standard deviation" if len(outputs) > 1 else ""),
+        "seismag.output": f"{OUTPUT_NAME}: magnitude units, label_offset removed{sigma_text}",
     }
     finish_onnx(proto, card, meta, path)
     return ExportResult(
