@@ -16,7 +16,10 @@ the same traces of every set. ``--models A B --merge`` retrains only A and B and
 rows from ``docs/evaluation.json`` (the figures behind the doc, committed with it so a fresh
 checkout can regenerate it); every row records the command that produced it. Text under the
 doc's "## Reading" heading is hand-written commentary and is kept across runs. The embedded
-serving model is re-exported from the new PhaseNetMag weights.
+serving model is re-exported from the new PhaseNetMag weights. ``--calibrate PATH[:SPLIT]`` (per
+model ``--calibrate-for MODEL=PATH[:SPLIT]``) fits each new model's sigma scale there before it
+is scored and shipped (``seismag calibrate``); pick data the model was not trained on and no
+``--eval`` set holds, or the sigmas ship uncalibrated (scale 1), as the script then says.
 """
 
 from __future__ import annotations
@@ -71,6 +74,21 @@ def _eval_set(text: str) -> tuple[str, str, str, float | None]:
     return name, path, split, sensitivity
 
 
+def _calibration_set(text: str) -> tuple[str, str]:
+    """PATH[:SPLIT] -> (path, split); the split defaults to dev."""
+    path, colon, split = text.rpartition(":")
+    if not colon or split not in ("train", "dev", "test"):
+        return text, "dev"
+    return path, split
+
+
+def _calibration_for(text: str) -> tuple[str, tuple[str, str]]:
+    name, eq, rest = text.partition("=")
+    if not eq or not name or not rest:
+        raise argparse.ArgumentTypeError(f"expected MODEL=PATH[:SPLIT], got {text!r}")
+    return name, _calibration_set(rest)
+
+
 def main() -> None:
     from seismag.models import load_cards
     from seismag.training.evaluate import evaluate
@@ -121,6 +139,21 @@ def main() -> None:
         "--trained-by",
         default="bash release/train_parallel.sh",
         help="with --from-runs: the command that trained them, recorded in the doc",
+    )
+    parser.add_argument(
+        "--calibrate",
+        type=_calibration_set,
+        metavar="PATH[:SPLIT]",
+        help="fit each trained model's sigma scale on this set (default split dev; seismag "
+        "calibrate) before it is scored and shipped; without it the sigmas ship uncalibrated",
+    )
+    parser.add_argument(
+        "--calibrate-for",
+        type=_calibration_for,
+        action="append",
+        default=[],
+        metavar="MODEL=PATH[:SPLIT]",
+        help="a model's own calibration set (repeatable), e.g. regimes it was not trained on",
     )
     parser.add_argument(
         "--evaluate-only",
@@ -181,6 +214,11 @@ def main() -> None:
                 resume=args.resume,
             )
             minutes = (time.perf_counter() - t0) / 60
+        calibration_set = dict(args.calibrate_for).get(name, args.calibrate)
+        if calibration_set is None:
+            print(f"{name}: no --calibrate set; its sigma ships with scale 1 (uncalibrated)")
+        else:
+            best = _calibrate(name, best, calibration_set, out, args.eval_limit)
         before = summary.get(name, {}) if args.resume else {}
         minutes += before.get("minutes", 0.0)
         history = json.loads((out / "history.json").read_text())
@@ -214,6 +252,37 @@ def main() -> None:
     _write_docs(summary)
     if "PhaseNetMag" in names:
         _reexport_default()
+
+
+def _calibrate(name: str, best: Path, calibration_set: tuple[str, str], out: Path, limit: int):
+    """The calibrated copy of ``best`` (seismag calibrate on the given set), in ``out``."""
+    from seismag.training.calibrate import calibrate
+
+    path, split = calibration_set
+    target = out / f"{name}.calibrated.safetensors"
+    c = calibrate(name, best, path, target, split=split, limit=limit)
+    print(
+        f"{name}: sigma scale {c.scale:.3f} on {path} ({split}): within one sigma "
+        f"{c.within_1_sigma_before:.0%} -> 68 %"
+    )
+    return target
+
+
+def _sigma_scale_note(name: str) -> str:
+    """The shipped weights' sigma scale and the set it was fitted on (their metadata)."""
+    from safetensors import safe_open
+
+    from seismag.training.calibrate import METADATA_KEY
+
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        return "-"
+    with safe_open(str(path), framework="np") as f:
+        record = (f.metadata() or {}).get(METADATA_KEY)
+    if record is None:
+        return "1 (not calibrated)"
+    c = json.loads(record)
+    return f"{c['scale']:.3f} ({c['data']}, {c['split']}, {c['n']} traces)"
 
 
 def _take_run(src: Path, out: Path, name: str) -> tuple[Path, float]:
@@ -319,10 +388,11 @@ def _bins(summary: dict, set_name: str, key: str, unit: str) -> str:
 
 def _calibration(summary: dict) -> str:
     sets = _set_names(summary)
-    head = ["model"] + [f"{s}: within 1 / 2 sigma, median sigma" for s in sets]
+    head = ["model", "sigma scale (fitted on)"]
+    head += [f"{s}: within 1 / 2 sigma, median sigma" for s in sets]
     rows = []
     for name, row in summary.items():
-        cells = [name]
+        cells = [name, _sigma_scale_note(name)]
         for s in sets:
             c = (row["evals"].get(s, {}).get("calibration") or {}).get("full")
             cells.append(
@@ -448,7 +518,8 @@ magnitude over M 2-6 (over all magnitudes in the offset tables).
 
 ## Calibration of the predicted standard deviation (full window)
 
-Share of errors within one and two predicted sigmas (68 % and 95 % when calibrated).
+Share of errors within one and two predicted sigmas (68 % and 95 % when calibrated), with the
+shipped weights' sigma scale (`seismag calibrate`) and the set it was fitted on.
 
 {_calibration(summary)}
 

@@ -177,3 +177,12 @@ def test_restamp_field_card_changes_only_the_sampling_defaults(tmp_path):
     path = export_field_model(other, out=tmp_path / "small.onnx", seed=0).path
     with pytest.raises(SystemExit, match="kwargs"):
         restamp.main([str(path)])
+
+
+def test_calibration_set_specs():
+    td = release_script("train_defaults")
+    assert td._calibration_set("/d/wide") == ("/d/wide", "dev")
+    assert td._calibration_set("/d/wide:train") == ("/d/wide", "train")
+    assert td._calibration_for("AMAG_v2=/d/amp:dev") == ("AMAG_v2", ("/d/amp", "dev"))
+    with pytest.raises(Exception, match="MODEL=PATH"):
+        td._calibration_for("/d/amp")
