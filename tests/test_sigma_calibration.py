@@ -126,3 +126,22 @@ def test_cli_errors_are_clean(calib_data, tmp_path, capsys):
     assert main([*args, "--quiet"]) == 1
     assert "at least 100" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_counts_without_a_sensitivity_are_refused(calib_data, tmp_path):
+    import shutil
+
+    import h5py
+
+    from seismag.training.calibrate import calibrate
+
+    counts = tmp_path / "counts"
+    shutil.copytree(calib_data, counts)
+    with h5py.File(counts / "waveforms.hdf5", "r+") as f:  # the unit SeisBench's format states
+        del f["data_format"]["unit"]
+        f["data_format"]["unit"] = "counts"
+        f["data_format"].attrs["unit"] = "counts"
+    start = save_weights(build_model("PhaseNetMag"), tmp_path / "w.safetensors")
+    with pytest.raises(CalibrationError, match="counts"):
+        calibrate("PhaseNetMag", start, counts, tmp_path / "o.safetensors", split="train")
+    assert not (tmp_path / "o.safetensors").exists()

@@ -91,6 +91,7 @@ def calibrate(
         EvaluationError,
         _collect,
         _head,
+        _units,
         calibration,
         torch_predictor,
     )
@@ -104,6 +105,13 @@ def calibrate(
         raise CalibrationError(f"{model_name} has no sigma output to calibrate")
     card = model.card
     ds = dataset_for(card, Path(data_dir), CalibrationError)
+    if sensitivity is None and _units(ds.data_format, ds.metadata) == "counts":
+        # A scale fitted to magnitudes of uncorrected counts would be meaningless, not wrong
+        # enough to notice: refuse instead of guessing the unit.
+        raise CalibrationError(
+            f"{data_dir} is stored in counts: give the sensitivity (counts per m/s) to "
+            "calibrate on it"
+        )
     sub = ds.split(split)
     if limit is not None:
         sub = _head(sub, limit)
