@@ -19,7 +19,7 @@ from typing import Any
 
 from seismag.serving.executor.backend import BACKEND_CHOICES
 from seismag.serving.executor.picker_runtime import PICKERS
-from seismag.serving.pipeline.limits import MIN_INTERVAL_SECONDS
+from seismag.serving.pipeline.limits import MAX_INTERVAL_SECONDS, MIN_INTERVAL_SECONDS
 
 DEFAULT_MODEL = "PhaseNetMag"
 """The model embedded in the package (``serving/default_model/``), served without --models."""
@@ -256,10 +256,11 @@ class ServeConfig:
              "field_concurrency must be below work_threads (Predict needs a thread too)"),
             (math.isfinite(self.max_message_mb) and self.max_message_mb > 0,
              "max_message_mb must be positive"),
-            (math.isfinite(self.stream_hop) and self.stream_hop >= MIN_INTERVAL_SECONDS,
-             f"stream_hop must be >= {MIN_INTERVAL_SECONDS:g} s"),
-            (math.isfinite(self.series_interval) and self.series_interval >= MIN_INTERVAL_SECONDS,
-             f"series_interval must be >= {MIN_INTERVAL_SECONDS:g} s"),
+            (MIN_INTERVAL_SECONDS <= self.stream_hop <= MAX_INTERVAL_SECONDS,
+             f"stream_hop must be from {MIN_INTERVAL_SECONDS:g} to {MAX_INTERVAL_SECONDS:g} s"),
+            (MIN_INTERVAL_SECONDS <= self.series_interval <= MAX_INTERVAL_SECONDS,
+             f"series_interval must be from {MIN_INTERVAL_SECONDS:g} to "
+             f"{MAX_INTERVAL_SECONDS:g} s"),
             (math.isfinite(self.grace) and self.grace >= 0, "grace must be >= 0"),
             (math.isfinite(self.inventory_poll) and self.inventory_poll >= 0,
              "inventory_poll must be >= 0"),

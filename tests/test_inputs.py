@@ -457,6 +457,12 @@ def build_corpus(server, stub, channel) -> list[Case]:
         one_magnitude(-2.0, 9.0, warned="20 Hz resampled"),
     )
     add(
+        "series_interval 1e300",
+        "INVALID_ARGUMENT",
+        P(arrays(zne(v), input_units="m/s", series_interval=1e300)),
+        says("at most", "final value"),
+    )
+    add(
         "series_interval 1e-9",
         "INVALID_ARGUMENT",
         P(arrays(zne(v), input_units="m/s", series_interval=1e-9)),
@@ -729,6 +735,12 @@ def build_corpus(server, stub, channel) -> list[Case]:
         "INVALID_ARGUMENT",
         S(feed(long_v, config=pb.StreamConfig(input_units="m/s", hop_seconds=1e-9))),
         says("hop_seconds"),
+    )
+    add(
+        "stream hop 1e300",
+        "INVALID_ARGUMENT",
+        S(feed(long_v, config=pb.StreamConfig(input_units="m/s", hop_seconds=1e300))),
+        says("hop_seconds", "at most"),
     )
     changed = feed(long_v, seconds=range(3))
     changed.append(pb.StreamRequest(config=pb.StreamConfig(input_units="m/s", hop_seconds=2)))

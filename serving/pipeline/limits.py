@@ -79,6 +79,11 @@ more stations go over more calls."""
 MAX_STREAM_SAMPLES = 16_000_000
 """Samples buffered at once in one StreamPredict call (128 MB as float64), all stations."""
 
+MAX_INTERVAL_SECONDS = MAX_INPUT_SAMPLES / MIN_SAMPLING_RATE
+"""Largest series_interval and hop (11.6 days): the longest record a request may hold. A
+longer interval gives the same answer (the final value alone), and a step counted in samples
+must stay an integer the arrays can index."""
+
 
 def shown(value: str, limit: int = SHOWN_CHARS) -> str:
     """``value`` quoted for an error message, cut to ``limit`` characters with its length."""
@@ -156,6 +161,11 @@ def check_interval(what: str, value: float) -> float:
     value = float(value)
     if not math.isfinite(value) or value < MIN_INTERVAL_SECONDS:
         raise InvalidInput(f"{what} must be at least {MIN_INTERVAL_SECONDS:g} s, got {value:g}")
+    if value > MAX_INTERVAL_SECONDS:
+        raise InvalidInput(
+            f"{what} must be at most {MAX_INTERVAL_SECONDS:g} s, got {value:g} (any interval "
+            "longer than the record gives its final value alone)"
+        )
     return value
 
 
