@@ -381,6 +381,25 @@ def build_corpus(server, stub, channel) -> list[Case]:
         P(arrays(zne(v * 1e8), input_units="m/s")),
         says("5 m/s"),
     )
+    add(
+        "m/s a billion times too small",
+        "INVALID_ARGUMENT",
+        P(arrays(zne(v * 1e-9), input_units="m/s")),
+        says("below any ground noise", "units"),
+    )
+    in_ms = obspy.read().remove_sensitivity(rjob_inventory())
+    add(
+        "RJOB in m/s sent with its StationXML (corrected twice)",
+        "INVALID_ARGUMENT",
+        P(
+            arrays(
+                zne(np.stack([tr.data for tr in in_ms]), "EHZ EHN EHE", **_rjob_ids()),
+                stationxml=rjob_xml,
+                p_picks=rjob_pick,
+            )
+        ),
+        says("below any ground noise", 'input_units "m/s"'),
+    )
     # ---- magnitudes from nothing
     add(
         "all zero",

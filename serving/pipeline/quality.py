@@ -17,6 +17,15 @@ MAX_GROUND_VELOCITY = 5.0
 """m/s. The largest peak ground velocities recorded are about 3 m/s (near-fault records of the
 1999 Chi-Chi earthquake, e.g. station TCU068; Boore 2001, BSSA 91(5)); more is not ground motion
 but counts labelled m/s or a response that does not belong to the data."""
+MIN_PEAK_VELOCITY = 1e-11
+"""m/s. A record's peak is never below this: ground noise at the quietest sites (Peterson's
+1993 low-noise model, about 1e-9 m/s over 1-10 Hz) and the least significant bit of a sensitive
+broadband station (an STS-2 on a 24-bit digitiser: 1.6e-9 m/s per count) both lie two orders
+above. Less is data already in m/s corrected again by the response (a factor of ~1e9 too small),
+not ground motion; a model would answer it with a magnitude near -10."""
+MIN_PEAK_SAMPLES = 100
+"""The lower bound is judged on at least this many samples (a packet of a few samples may sit
+at a zero crossing)."""
 CLIP_RUN = 5
 """Samples held at the record's extreme value that make a plateau."""
 CLIP_STEPS = 100
@@ -92,6 +101,16 @@ def check_velocity(sid: str, data: np.ndarray, *, declared: bool) -> None:
     if x.size == 0:
         return
     peak = max(float(x.max()), -float(x.min()))
+    if 0 < peak < MIN_PEAK_VELOCITY and x.size >= MIN_PEAK_SAMPLES:
+        raise InvalidInput(
+            f"{sid}: the samples peak at {peak:.3g} m/s, below any ground noise or digitiser "
+            f"step ({MIN_PEAK_VELOCITY:g} m/s): "
+            + (
+                "not ground velocity in m/s (check the units)"
+                if declared
+                else 'were they in m/s already? Then send input_units "m/s" without a response'
+            )
+        )
     if declared:
         if peak > MAX_GROUND_VELOCITY:
             raise InvalidInput(
