@@ -482,6 +482,19 @@ def build_corpus(server, stub, channel) -> list[Case]:
         says("at most", "final value"),
     )
     add(
+        "P 50 s before the end, one value at the end (series_interval 1e5)",
+        "INVALID_ARGUMENT",
+        P(
+            arrays(
+                zne(velocity(seconds=60.0, onset=10.0)),
+                input_units="m/s",
+                series_interval=1e5,
+                p_picks=pick(T0 + 10.0),
+            )
+        ),
+        says("50.0 s before the data end", "smaller series_interval"),
+    )
+    add(
         "series_interval 1e-9",
         "INVALID_ARGUMENT",
         P(arrays(zne(v), input_units="m/s", series_interval=1e-9)),

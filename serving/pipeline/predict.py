@@ -272,13 +272,17 @@ class StationTrack:
         if self.n < self.min_data:
             return f"only {seconds:.2f} s of data; at least {MIN_DATA_SECONDS:g} s is needed"
         if self.pick is not None:
-            return (
-                f"the P pick at {self.time_of(self.pick)} leaves less than "
-                f"{MIN_AFTER_ONSET_SECONDS:g} s of data after it "
-                f"(data end {self.time_of(self.n - 1)})"
-            )
+            if self.pick > self.n - 1 - self.min_after:
+                return (
+                    f"the P pick at {self.time_of(self.pick)} leaves less than "
+                    f"{MIN_AFTER_ONSET_SECONDS:g} s of data after it "
+                    f"(data end {self.time_of(self.n - 1)})"
+                )
+            return self._too_old("the P pick", self.pick)
         picked = self.picker.onset_at(self.n - 1)
         if picked is not None:
+            if picked.sample <= self.n - 1 - self.min_after:
+                return self._too_old("the picked P onset", picked.sample)
             return (
                 f"the picked P onset at {self.time_of(picked.sample)} leaves less than "
                 f"{MIN_AFTER_ONSET_SECONDS:g} s of data after it"
@@ -287,6 +291,16 @@ class StationTrack:
             f"no P onset: none was sent and the picker found none in {seconds:.1f} s of data "
             "(it needs 2 s of noise before P and a P clearer on Z than on the horizontals); "
             "send a P pick for this station"
+        )
+
+    def _too_old(self, what: str, onset: int) -> str:
+        """No evaluation time fell while ``onset`` was young enough (``MAX_ONSET_AGE``)."""
+        young = MAX_ONSET_AGE * self.card.in_samples / self.rate
+        return (
+            f"{what} at {self.time_of(onset)} is {(self.n - 1 - onset) / self.rate:.1f} s "
+            f"before the data end, and the model reads P only in the {young:.1f} s after it: "
+            "no evaluation time (every series_interval, and the data end) fell in them; send a "
+            "smaller series_interval or data ending sooner after P"
         )
 
 
