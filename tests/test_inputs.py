@@ -476,6 +476,12 @@ def build_corpus(server, stub, channel) -> list[Case]:
         one_magnitude(-2.0, 9.0, warned="20 Hz resampled"),
     )
     add(
+        "10 kHz data (resampled to 100 Hz)",
+        "OK",
+        P(arrays(zne(velocity(rate=10_000.0), rate=10_000.0), input_units="m/s")),
+        one_magnitude(-2.0, 9.0),
+    )
+    add(
         "series_interval 1e300",
         "INVALID_ARGUMENT",
         P(arrays(zne(v), input_units="m/s", series_interval=1e300)),
