@@ -606,6 +606,15 @@ def build_corpus(server, stub, channel) -> list[Case]:
         lambda: unary_call(oip.ModelMetadata, oip_pb.ModelMetadataRequest(name="M" * 10_000)),
         says("10000 characters"),
     )
+    wrapped = oip_pb.ModelInferRequest(model_name="PhaseNetMag")
+    wrapped.inputs.add(name="waveform", datatype="FP32", shape=[2**31, 2**31, 4])
+    wrapped.raw_input_contents.append(b"")
+    add(
+        "ModelInfer shape whose element count wraps int64 to 0",
+        "INVALID_ARGUMENT",
+        lambda: unary_call(oip.ModelInfer, wrapped),
+        says("0 bytes", "needs 73786976294838206464"),
+    )
     # ---- malformed payloads
     add("no input", "INVALID_ARGUMENT", P(pb.PredictRequest()))
     add(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -350,7 +351,7 @@ def _decode_inputs(request) -> dict[str, np.ndarray]:
         shape = tuple(int(d) for d in tensor.shape)
         if any(d < 0 for d in shape):
             raise InvalidInput(f"input {tensor.name!r}: negative dimension in shape {list(shape)}")
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # Python ints: numpy's int64 product wraps ([2**32, 2**32] -> 0)
         if raw:
             if len(raw[i]) != count * 4:
                 raise InvalidInput(
