@@ -1002,7 +1002,7 @@ def test_servers_inventory_converts_counts_and_reloads(registry, tmp_path, caplo
 
 
 def test_a_cancelled_predict_stops_before_the_model(server, stub, registry):
-    """5.5 h of 20 Hz data (the most a request may bring: ~0.5 s of resampling); the client
+    """5.5 h of 20 Hz data (the most a request may bring: 0.25-0.45 s in all); the client
     cancels after 0.1 s and the work thread stops at its next check: the model never runs."""
     data = velocity(seconds=5.5 * 3600 - 60, rate=20.0, onset=1800.0)
     request = arrays(zne(data, rate=20.0), input_units="m/s", series_interval=10.0,
