@@ -107,6 +107,10 @@ def _client(args: argparse.Namespace):
 def _read(path: str):
     from obspy import read
 
+    if Path(path).is_dir():
+        raise CliError(
+            f"{path} is a folder; give one waveform file (`seismag annotate` reads folders)"
+        )
     if not Path(path).is_file():
         raise CliError(f"no such file: {path}")
     try:

@@ -140,6 +140,8 @@ def test_predict_errors_are_one_line_messages(server, event, tmp_path, capsys):
     _, path, pick, xml = event
     assert main(["predict", str(tmp_path / "missing.mseed"), "--server", server]) == 2
     assert "no such file" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "--server", server]) == 2
+    assert "is a folder" in capsys.readouterr().err
     junk = tmp_path / "junk.mseed"
     junk.write_bytes(b"\x00" * 100)
     assert main(["predict", str(junk), "--server", server]) == 2
