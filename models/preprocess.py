@@ -224,10 +224,9 @@ def stream_to_array(stream, card: ModelCard, *, missing: str = "error") -> Stati
     rate = card.sampling_rate
     for comp, tr in list(by_comp.items()):
         if abs(tr.stats.sampling_rate - rate) > 1e-6 * rate:
-            if not st.copied:  # resample() works in place: never on the caller's trace
+            if not st.copied:  # resample_trace works in place: never on the caller's trace
                 tr = by_comp[comp] = tr.copy()
-                tr.data = tr.data.astype(np.float64)
-            resample_trace(tr, rate)
+            resample_trace(tr, rate)  # float64 out whatever comes in
     start = max(tr.stats.starttime for tr in by_comp.values())
     end = min(tr.stats.endtime for tr in by_comp.values())
     if end <= start:
