@@ -340,12 +340,19 @@ def test_cli_errors_are_clean(tiny_data, tmp_path, capsys):
     assert code != 0 and "unknown model" in err
     code, err = run("train", "ViTMag", "--data", str(tmp_path / "missing"))
     assert code != 0 and "not found" in err
-    # Weights of another model: train one epoch of ViTMag on 4 traces, then evaluate as PhaseNetMag.
+    with pytest.raises(SystemExit):  # argparse: a usage error, exit 2
+        run("train", "ViTMag", "--data", str(tiny_data), "--band-limit", "1.5")
+    assert "between 0 and 1" in capsys.readouterr().err
+    # Weights of another model: train one epoch of ViTMag on 4 traces (every one band-limited),
+    # then evaluate as PhaseNetMag.
     code, _ = run(
         "train", "ViTMag", "--data", str(tiny_data), "--out", str(tmp_path / "v"),
         "--epochs", "1", "--limit-train", "4", "--batch-size", "4", "--quiet", "--device", "cpu",
+        "--band-limit", "1",
     )  # fmt: skip
     assert code == 0
+    state = json.loads((tmp_path / "v" / "history.json").read_text())
+    assert state["config"]["band_limit_share"] == 1.0
     weights = tmp_path / "v" / "ViTMag.safetensors"
     code, err = run("evaluate", "PhaseNetMag", "--data", str(tiny_data), "--weights", str(weights))
     assert code != 0 and "ViTMag" in err and "Traceback" not in err

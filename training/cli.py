@@ -79,6 +79,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             linear_probe=args.linear_probe,
             threads=args.threads,
             progress=not args.quiet,
+            band_limit_share=args.band_limit,
             card_overrides=(
                 {"use_amplitude": False, "amplitude_additive": False} if args.no_amplitude else None
             ),
@@ -202,6 +203,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         return _error(str(exc), EXIT_FAILED)
     print(path)
     return 0
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share between 0 and 1, not {text!r}")
+    return value
 
 
 def _device_arg(p: argparse.ArgumentParser, default: str) -> None:
@@ -332,6 +343,14 @@ def add_training_commands(sub) -> None:
         action="store_true",
         help="ablation: no amplitude at all, neither as input nor added at the output "
         "(recorded in the weights' card)",
+    )
+    p.add_argument(
+        "--band-limit",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="record this share of the training traces as a 20, 40 or 50 Hz digitiser would, "
+        "then resample them as the server does (default: %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)

@@ -41,16 +41,19 @@ scalars). The best weights go to ``<out>/<model>.safetensors``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from seismag.models.card import ModelCard, get_card
+from seismag.training.digitiser_band import band_limit_some
 from seismag.training.evaluate import window_magnitudes
 from seismag.training.windows import make_batch, onset_sample, training_ends
 
@@ -150,10 +153,19 @@ def load_split(
     )
 
 
-def _batches(split: SplitTraces, order: np.ndarray, ends: np.ndarray, card: ModelCard, size: int):
+def _batches(
+    split: SplitTraces,
+    order: np.ndarray,
+    ends: np.ndarray,
+    card: ModelCard,
+    size: int,
+    augment: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
+):
     for i in range(0, len(order), size):
         pos = order[i : i + size]
         traces = split.traces(pos)
+        if augment is not None:
+            traces = augment(traces)
         # On-the-fly traces can be shorter than the metadata said: never cut past the data.
         e = np.array(
             [min(int(ends[j]), t.shape[-1]) for j, t in zip(pos, traces, strict=True)],
@@ -390,6 +402,7 @@ def train(
     freeze_encoder_steps: int = 100,
     linear_probe: bool = False,
     max_steps: int | None = None,
+    band_limit_share: float = 0.0,
 ) -> Path:
     """Train ``model_name`` on ``data_dir``; returns the path of the best weights.
 
@@ -406,6 +419,9 @@ def train(
     ``freeze_encoder_steps`` optimizer steps (the head settles first, so its first random
     gradients do not reach the pretrained weights) and then trained with the head.
     ``linear_probe``: a linear head on the encoder, which stays frozen throughout.
+    ``band_limit_share``: this share of the training traces is recorded as by a 20, 40 or 50 Hz
+    digitiser and brought back to the card's rate by the server's resampler
+    (:mod:`seismag.training.digitiser_band`); dev windows stay as recorded.
     ``max_steps``: a budget in optimizer steps (the last epoch may be partial; it is scored on
     dev like any other), for comparisons at equal compute such as the label-efficiency study.
     """
@@ -483,6 +499,7 @@ def train(
         "freeze_encoder_steps": freeze_encoder_steps if encoder is not None else None,
         "linear_probe": linear_probe,
         "max_steps": max_steps,
+        "band_limit_share": band_limit_share,
         "recipe": card.to_dict()["training"],
     }
     ckpt = out_dir / "checkpoint"
@@ -520,9 +537,18 @@ def train(
         model.train()
         ends = training_ends(train_set.p_samples, train_set.lengths, card, seed=seed, epoch=epoch)
         order = np.random.default_rng([int(seed), int(epoch), 0x0D0E]).permutation(len(train_set))
+        augment = None
+        if band_limit_share > 0:
+            band_rng = np.random.default_rng([int(seed), int(epoch), 0xBA4D])
+            augment = functools.partial(
+                band_limit_some,
+                card_rate=card.sampling_rate,
+                share=band_limit_share,
+                rng=band_rng,
+            )
         running, seen = 0.0, 0
         bar = tqdm(
-            _batches(train_set, order, ends, card, bs),
+            _batches(train_set, order, ends, card, bs, augment),
             total=steps_per_epoch,
             desc=f"{card.name} epoch {epoch + 1}/{total_epochs}",
             unit="batch",
