@@ -6,7 +6,8 @@
 #
 # Each model trains in its own process with the recipe train_defaults.py uses on CPUs
 # (lr 3e-4, batch 64), for MIN minutes of wall clock. The dataset is the one docs/data.md names
-# (`seismag synth --events 6000 --seed 1 --regimes train`): its metadata.csv md5 is printed; it
+# (`seismag synth --events 6000 --seed 1 --regimes train`; EVENTS and REGIMES choose another,
+# e.g. EVENTS=8000 REGIMES=empirical,site_range): its metadata.csv md5 is printed; it
 # matches another copy only under the same numpy and scipy (otherwise compare the starting
 # weights' dev MAE, which each --init-weights run logs; docs/data.md). INIT=shipped starts each model from
 # its shipped weights (models/weights/MODEL.safetensors) instead of from scratch. An entry of
