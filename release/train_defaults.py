@@ -386,6 +386,30 @@ def _bins(summary: dict, set_name: str, key: str, unit: str) -> str:
     return _table(head, rows)
 
 
+def _regimes(summary: dict, set_name: str) -> str:
+    """Bias / MAE (within one sigma) per physics regime, for a set that mixes regimes."""
+    entries = list(_entries(summary, set_name))
+    if not entries or "by_regime" not in entries[0][2]:
+        return ""
+    names = [r["regime"] for r in entries[0][2]["by_regime"]]
+    head = ["model"] + [f"{r['regime']} (n={r['n']})" for r in entries[0][2]["by_regime"]]
+    rows = []
+    for label, _, bd, _ in entries:
+        got = {r["regime"]: r for r in bd.get("by_regime", [])}
+        cells = [label]
+        for name in names:
+            r = got.get(name)
+            if r is None:
+                cells.append("-")
+                continue
+            cell = f"{_f(r['bias'])} / {_f(r['mae'], 3)}"
+            if r.get("within_1_sigma") is not None:
+                cell += f" ({r['within_1_sigma']:.0%})"
+            cells.append(cell)
+        rows.append(cells)
+    return _table(head, rows)
+
+
 def _calibration(summary: dict) -> str:
     sets = _set_names(summary)
     head = ["model", "sigma scale (fitted on)"]
@@ -491,6 +515,11 @@ def _write_docs(summary: dict) -> None:
         sections.append(
             f"### {s}: bias by true magnitude\n\n{_bins(summary, s, 'by_magnitude', '')}"
         )
+        regimes = _regimes(summary, s)
+        if regimes:
+            sections.append(
+                f"### {s}: by physics regime: bias / MAE (within one sigma)\n\n{regimes}"
+            )
         sections.append(
             f"### {s}: one station offset removed (what uncalibrated counts can measure)\n\n"
             f"{_offsets(summary, s)}"

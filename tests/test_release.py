@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -67,14 +68,20 @@ def test_default_weights_doc_has_every_set_bins_calibration_and_keeps_commentary
 
     rng = np.random.default_rng(0)
     true = rng.uniform(1, 6, 200)
-    meta = pd.DataFrame({"path_ep_distance_km": rng.uniform(5, 290, 200)})
+    meta = pd.DataFrame(
+        {
+            "path_ep_distance_km": rng.uniform(5, 290, 200),
+            "source_regime": np.repeat(["ena", "wna"], 100),
+        }
+    )
 
     def result(err: float, sigma: float | None) -> dict:
         pred = true + err + rng.normal(0, 0.1, 200)
         full = {"n": 200, "mae": abs(err), "rmse": abs(err), "r2": 0.9, "bias": err}
+        sigmas = None if sigma is None else np.full(200, sigma)
         res = {
             "metrics": {"full": full, "1s": {"mae": 2 * abs(err)}},
-            "breakdown": breakdown(true, pred, meta),
+            "breakdown": breakdown(true, pred, meta, sigmas),
             "baseline": {
                 "metrics": {"full": {**full, "mae": 0.4, "bias": 0.0}},
                 "breakdown": breakdown(true, true + 0.3, meta),
@@ -113,6 +120,12 @@ def test_default_weights_doc_has_every_set_bins_calibration_and_keeps_commentary
     assert "70% / 96%, 0.25" in text
     assert "### real: bias (predicted - true) by epicentral distance" in text
     assert "| 0-20 km (n=" in text
+    assert "### real: by physics regime: bias / MAE (within one sigma)" in text
+    assert "| model | ena (n=100) | wna (n=100) |" in text
+    section = text.split("### in-distribution: by physics regime")[1].split("###")[0]
+    assert re.search(r"\| A \| 0\.\d\d / 0\.\d{3} \(\d+%\) \|", section)  # with sigma
+    section = text.split("### real: by physics regime")[1].split("###")[0]
+    assert re.search(r"\| A \| 1\.\d\d / 1\.\d{3} \| 1\.\d\d", section)  # no sigma
     assert text.rstrip().endswith("## Reading this run\n\nhand-written notes")
 
 

@@ -378,6 +378,25 @@ def test_breakdown_slope_bins_and_offset():
     assert c["within_1_sigma"] == 0.5 and c["within_2_sigma"] == 0.75
 
 
+def test_breakdown_reports_each_regime_of_a_mixed_set():
+    from seismag.training.evaluate import breakdown
+
+    true = np.full(6, 4.0)
+    pred = true + np.array([-0.4, -0.4, -0.4, 0.1, -0.1, 0.0])
+    sigma = np.array([0.3, 0.5, 0.5, 0.2, 0.2, np.nan])
+    meta = pd.DataFrame({"source_regime": ["ena"] * 3 + ["high_attenuation"] * 3})
+    rows = {r["regime"]: r for r in breakdown(true, pred, meta, sigma)["by_regime"]}
+    # The mixed mean (-0.2) describes neither regime: each gets its own bias and MAE.
+    assert rows["ena"]["n"] == 3 and rows["ena"]["bias"] == pytest.approx(-0.4)
+    assert rows["high_attenuation"]["bias"] == pytest.approx(0.0)
+    assert rows["high_attenuation"]["mae"] == pytest.approx(0.2 / 3)
+    assert rows["ena"]["within_1_sigma"] == pytest.approx(2 / 3)
+    assert rows["high_attenuation"]["within_1_sigma"] == pytest.approx(1.0)  # NaN sigma left out
+    one = pd.DataFrame({"source_regime": ["ena"] * 6})  # one regime: nothing to split
+    assert "by_regime" not in breakdown(true, pred, one)
+    assert "within_1_sigma" not in breakdown(true, pred, meta)["by_regime"][0]
+
+
 def test_evaluate_divides_counts_by_the_given_sensitivity(tiny_data, tmp_path):
     from seismag.training.evaluate import evaluate
 
