@@ -397,6 +397,24 @@ def test_breakdown_reports_each_regime_of_a_mixed_set():
     assert "within_1_sigma" not in breakdown(true, pred, meta)["by_regime"][0]
 
 
+def test_results_markdown_has_the_regime_table_of_a_mixed_set():
+    from seismag.training.evaluate import breakdown, markdown_table
+
+    true = np.full(4, 3.0)
+    meta = pd.DataFrame({"source_regime": ["ena", "ena", "wna", "wna"]})
+    metrics = {"full": {"n": 4, "mae": 0.2, "rmse": 0.2, "r2": 0.5, "bias": -0.2}}
+    results = {"model": "M", "split": "test", "n_waveforms": 4, "source": "s", "metrics": metrics}
+    pred = true + np.array([-0.4, -0.4, 0.0, 0.0])
+    with_sigma = {**results, "breakdown": breakdown(true, pred, meta, np.full(4, 0.3))}
+    text = markdown_table(with_sigma)
+    assert "| regime | n | bias | MAE | within 1 sigma |" in text
+    assert "| ena | 2 | -0.400 | 0.400 | 0% |" in text
+    assert "| wna | 2 | 0.000 | 0.000 | 100% |" in text
+    plain = markdown_table({**results, "breakdown": breakdown(true, pred, meta)})
+    assert "| ena | 2 | -0.400 | 0.400 |" in plain and "within 1 sigma" not in plain
+    assert "regime" not in markdown_table(results)
+
+
 def test_evaluate_divides_counts_by_the_given_sensitivity(tiny_data, tmp_path):
     from seismag.training.evaluate import evaluate
 

@@ -556,6 +556,22 @@ def markdown_table(results: dict) -> str:
             b = base[name]
             row += f" {_fmt(b['mae'])} | {_fmt(b['rmse'])} | {_fmt(b['bias'])} |"
         lines.append(row)
+    regimes = (results.get("breakdown") or {}).get("by_regime")
+    if regimes:
+        sigma = any(r.get("within_1_sigma") is not None for r in regimes)
+        lines += [
+            "",
+            "Full window by physics regime (`source_regime`):",
+            "",
+            "| regime | n | bias | MAE |" + (" within 1 sigma |" if sigma else ""),
+            "|---|---|---|---|" + ("---|" if sigma else ""),
+        ]
+        for r in regimes:
+            row = f"| {r['regime']} | {r['n']} | {_fmt(r['bias'])} | {_fmt(r['mae'])} |"
+            if sigma:
+                share = r.get("within_1_sigma")
+                row += " - |" if share is None else f" {share:.0%} |"
+            lines.append(row)
     return "\n".join(lines) + "\n"
 
 
