@@ -615,6 +615,18 @@ def build_corpus(server, stub, channel) -> list[Case]:
         lambda: unary_call(oip.ModelInfer, wrapped),
         says("0 bytes", "needs 73786976294838206464"),
     )
+    overflow = oip_pb.ModelInferRequest(model_name="PhaseNetMag")
+    window = np.zeros((1, 3, 3001), np.float32)
+    window[0, 0, 100] = 3e38  # finite, far outside a normalised window: overflows in the model
+    overflow.inputs.add(name="waveform", datatype="FP32", shape=[1, 3, 3001])
+    overflow.inputs.add(name="log_amp", datatype="FP32", shape=[1, 1])
+    overflow.raw_input_contents.extend([window.tobytes(), np.zeros((1, 1), np.float32).tobytes()])
+    add(
+        "ModelInfer window with a finite 3e38 sample (NaN out of the model)",
+        "INVALID_ARGUMENT",
+        lambda: unary_call(oip.ModelInfer, overflow),
+        says("not finite", "3e+38", "normalised"),
+    )
     # ---- malformed payloads
     add("no input", "INVALID_ARGUMENT", P(pb.PredictRequest()))
     add(

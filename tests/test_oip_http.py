@@ -218,6 +218,23 @@ def test_plain_http_routes_and_errors(base):
         400, infer, head + b"\0" * 4, {"Inference-Header-Content-Length": str(len(head))}
     )
     assert "outside" in error(400, infer, head, {"Inference-Header-Content-Length": "99999"})
+    # Objects where Triton's JSON has objects, integers where it has integers (a fuzzer's finds:
+    # a list as parameters was an INTERNAL error, 1.5 a silently truncated dimension).
+    one = {"name": "log_amp", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}
+    for body, says in (
+        ({"inputs": [one], "parameters": [1]}, "the request: parameters must be a JSON object"),
+        ({"inputs": [{**one, "parameters": "x"}]}, "input 'log_amp': parameters must be"),
+        ({"inputs": [one], "outputs": [{"name": "magnitude", "parameters": [1]}]}, "output"),
+        ({"inputs": [{**one, "shape": [1.5, 1]}]}, "integer shape"),
+        ({"inputs": [{**one, "shape": [True, 1]}]}, "integer shape"),
+        ({"inputs": [one], "parameters": {"binary_data_output": "no"}}, "true or false"),
+    ):
+        assert says in error(400, infer, json.dumps(body).encode())
+    bool_size = b'{"inputs": [{"name": "log_amp", "shape": [1, 1], "datatype": "FP32", ' \
+                b'"parameters": {"binary_data_size": true}}]}'  # fmt: skip
+    assert "binary_data_size True" in error(
+        400, infer, bool_size + b"\0", {"Inference-Header-Content-Length": str(len(bool_size))}
+    )
     assert "Not Found" in error(404, f"{base}/v3/nothing")
     assert "Method Not Allowed" in error(405, f"{base}/v2/health/live", b"{}")
     assert "cannot be unloaded" in error(400, f"{base}/v2/repository/models/{MODEL}/unload", b"")

@@ -407,6 +407,15 @@ class ModelRuntime:
         out = {OUTPUT_NAME: np.asarray(rows.magnitude, dtype=np.float32)}
         if rows.sigma is not None:
             out[SIGMA_NAME] = np.asarray(rows.sigma, dtype=np.float32)
+        if not all(np.all(np.isfinite(a)) for a in out.values()):
+            # Finite inputs far outside the card's normalised windows (a 3e38 sample) overflow
+            # inside the model: refuse rather than answer NaN or Inf as a magnitude.
+            peak = float(np.max(np.abs(arrays["waveform"])))
+            raise InvalidInput(
+                f"{self.name}: the output is not finite for these inputs (largest |waveform| "
+                f"{peak:.3g}); send windows normalised the card's way "
+                f"({self.card.normalisation!r}, log10 of the scale in log_amp)"
+            )
         return out
 
     # -- lifecycle ------------------------------------------------------------------------

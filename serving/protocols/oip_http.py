@@ -230,7 +230,7 @@ def _infer_request(match: dict[str, str], body: bytes, header_length: str | None
             raise _bad(f"{HEADER_LENGTH} {n} is outside the body's {len(body)} bytes")
         head, binary = body[:n], body[n:]
     doc = _json_object(head)
-    params = doc.get("parameters") or {}
+    params = _parameters(doc, "the request")
     timeout_us = params.get("timeout")
     request = pb.ModelInferRequest(
         model_name=match["model"], model_version=match.get("version", ""), id=str(doc.get("id", ""))
@@ -239,14 +239,19 @@ def _infer_request(match: dict[str, str], body: bytes, header_length: str | None
     for i, tensor in enumerate(_list(doc, "inputs")):
         try:
             name, datatype, shape = tensor["name"], tensor["datatype"], tensor["shape"]
-            request.inputs.add(
-                name=str(name), datatype=str(datatype), shape=[int(d) for d in shape]
-            )
+            if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+                raise TypeError(f"shape {shape!r}")  # 1.5 or true is no dimension
+            request.inputs.add(name=str(name), datatype=str(datatype), shape=shape)
         except (KeyError, TypeError, ValueError) as exc:
             raise _bad(f"inputs[{i}] needs name, datatype and an integer shape ({exc})") from None
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(tensor, f"input {str(name)!r}").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if (
+                not isinstance(size, int)
+                or isinstance(size, bool)
+                or size < 0
+                or offset + size > len(binary)
+            ):
                 raise _bad(
                     f"input {str(name)!r}: binary_data_size {size!r} exceeds the "
                     f"{len(binary) - offset} binary bytes left"
@@ -261,14 +266,16 @@ def _infer_request(match: dict[str, str], body: bytes, header_length: str | None
             raise _bad(f"input {str(name)!r} has neither data nor parameters.binary_data_size")
     if offset != len(binary):
         raise _bad(f"{len(binary) - offset} bytes of binary data after the last binary input")
-    all_binary = bool(params.get("binary_data_output"))
+    all_binary = _flag(params, "binary_data_output", False, "parameters")
     binary_out: dict[str, bool] = {}
     for i, out in enumerate(_list(doc, "outputs")):
         if not isinstance(out, dict) or "name" not in out:
             raise _bad(f"outputs[{i}] needs a name")
         request.outputs.add(name=str(out["name"]))
-        wanted = (out.get("parameters") or {}).get("binary_data", all_binary)
-        binary_out[str(out["name"])] = bool(wanted)
+        where = f"output {str(out['name'])!r}"
+        binary_out[str(out["name"])] = _flag(
+            _parameters(out, where), "binary_data", all_binary, where
+        )
     if timeout_us is not None and (not isinstance(timeout_us, int) or timeout_us <= 0):
         raise _bad(
             f"parameters.timeout must be a positive integer (microseconds), not {timeout_us!r}"
@@ -285,6 +292,23 @@ def _json_object(data: bytes) -> dict:
     if not isinstance(doc, dict):
         raise _bad(f"the request body must be a JSON object, not {type(doc).__name__}")
     return doc
+
+
+def _flag(params: dict, key: str, default: bool, where: str) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise _bad(f"{where}: {key} must be true or false, not {value!r:.40}")
+    return value
+
+
+def _parameters(owner: dict, where: str) -> dict:
+    """``owner``'s ``parameters`` object ({} when absent); 400 for anything but an object."""
+    value = owner.get("parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(f"{where}: parameters must be a JSON object, not {type(value).__name__}")
+    return value
 
 
 def _list(doc: dict, key: str) -> list:
