@@ -2,8 +2,8 @@
 
 The corpus of ``test_inputs.py`` names each awkward input and its status; this goes wide instead:
 mutated miniSEED records (rates, lengths, times, codes, gaps, overlaps, dtypes, amplitudes,
-flipped or cut bytes), odd raw arrays, picks, intervals and units, and mutated StreamPredict
-sequences. Whatever comes in, the answer is a magnitude that could be one, or a client error
+flipped or cut bytes), odd raw arrays, picks, intervals and units, mutated StreamPredict
+sequences, and mutated Open Inference Protocol tensors. Whatever comes in, the answer is a magnitude that could be one, or a client error
 with a message; never INTERNAL or UNKNOWN, and the server stays healthy. Such a fuzzer found
 four INTERNAL errors and a magnitude of -14 (docs/serving.md, inputs).
 """
@@ -21,6 +21,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from obspy import Stream, UTCDateTime
 
+from seismag.serving.oip import grpc_service_pb2 as oip_pb
+from seismag.serving.oip import grpc_service_pb2_grpc as oip_grpc
 from seismag.serving.v1 import seismag_pb2 as pb
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # ObsPy writing odd records
@@ -206,3 +208,65 @@ def test_mutated_streams_get_updates_or_client_errors(stub):
             codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
     # how many updates a fast replay gets depends on timing (coalescing): some, not a count
     assert codes.get("OK", 0) >= 5 and updates >= 5, (codes, updates)
+
+
+def _infer_request(r: random.Random) -> oip_pb.ModelInferRequest:
+    """A valid ModelInfer (batch 1-3 of normalised noise) with one to three mutations."""
+    batch = r.choice([1, 3])
+    rng = np.random.default_rng(r.randrange(2**31))
+    wave = np.clip(rng.normal(0, 0.3, (batch, 3, 3001)), -1, 1).astype(np.float32)
+    req = oip_pb.ModelInferRequest(model_name="PhaseNetMag")
+    req.inputs.add(name="waveform", datatype="FP32", shape=[batch, 3, 3001])
+    req.inputs.add(name="log_amp", datatype="FP32", shape=[batch, 1])
+    req.raw_input_contents.extend([wave.tobytes(), np.full((batch, 1), -6, np.float32).tobytes()])
+    for _ in range(r.randrange(1, 4)):
+        t, op = r.randrange(len(req.inputs)) if req.inputs else 0, r.randrange(10)
+        if op == 0 and req.inputs:
+            req.inputs[t].datatype = r.choice(["FP64", "FP16", "INT32", "BYTES", "BF16", ""])
+        elif op == 1 and req.inputs and req.inputs[t].shape:
+            dims = req.inputs[t].shape
+            dims[r.randrange(len(dims))] = r.choice([0, -1, 2, 3000, 2**31, 2**63 - 1])
+        elif op == 2 and t < len(req.raw_input_contents):
+            data = req.raw_input_contents[t]
+            req.raw_input_contents[t] = data[: r.randrange(len(data) + 1)]
+        elif op == 3 and t < len(req.raw_input_contents):
+            x = np.frombuffer(req.raw_input_contents[t][: len(req.raw_input_contents[t]) // 4 * 4],
+                              np.float32).copy()  # fmt: skip
+            if x.size:
+                x[r.randrange(x.size)] = r.choice([np.nan, np.inf, 3e38, -3e38, 1e20])
+            req.raw_input_contents[t] = x.tobytes()
+        elif op == 4:
+            req.raw_input_contents.append(b"\0" * r.choice([0, 4, 12]))
+        elif op == 5:
+            req.inputs.add(name=r.choice(["waveform", "log_amp", "x"]), datatype="FP32", shape=[1])
+        elif op == 6 and req.inputs:
+            req.inputs[t].name = r.choice(["", "x", "waveform", "log_amp"])
+        elif op == 7:
+            req.outputs.add(name=r.choice(["magnitude", "sigma", "nope", ""]))
+        elif op == 8:
+            req.model_version = r.choice(["", "1", "nope", "9" * 40])
+        else:
+            del req.raw_input_contents[:]  # typed contents instead (the slow path)
+            for tensor, n in zip(req.inputs, (batch * 3 * 3001, batch), strict=False):
+                tensor.contents.fp32_contents.extend([0.1] * (n - r.choice([0, 0, 1])))
+    return req
+
+
+def test_mutated_model_infers_get_outputs_or_client_errors(server):
+    """The Open Inference Protocol's tensors, mutated: finite outputs or a client error (this
+    found NaN magnitudes for a finite 3e38 sample)."""
+    oip = oip_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    r = random.Random(20261130)
+    codes: dict[str, int] = {}
+    for _ in range(200):
+        request = _infer_request(r)
+        try:
+            reply = oip.ModelInfer(request, timeout=30)
+        except grpc.RpcError as exc:
+            assert exc.code() in CLIENT_ERRORS and exc.details(), (exc.code(), exc.details())
+            codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
+            continue
+        codes["OK"] = codes.get("OK", 0) + 1
+        for out, raw in zip(reply.outputs, reply.raw_output_contents, strict=True):
+            assert np.all(np.isfinite(np.frombuffer(raw, "<f4"))), out.name
+    assert codes.get("OK", 0) >= 15 and codes.get("INVALID_ARGUMENT", 0) >= 50, codes
