@@ -136,6 +136,8 @@ def _bad(coords, values):
     many = np.random.default_rng(0).random((1, 65, 2), dtype=np.float32)
     nan = values.copy()
     nan[1, 2] = np.nan
+    huge = values.copy()
+    huge[0, 1] = 3e38  # finite, but overflowed the unit scaling (a fuzzer's INTERNAL error)
     outside = coords.copy()
     outside[2, 0, 1] = 1.5
     ragged = _request(coords, values)
@@ -147,6 +149,7 @@ def _bad(coords, values):
         (_request(outside, values), "INVALID_ARGUMENT", "field 2: coords must lie in [0, 1]"),
         (_request(many, many[..., 0]), "INVALID_ARGUMENT", "65 observed points"),
         (_request(coords, nan), "INVALID_ARGUMENT", "field 1: values hold NaN"),
+        (_request(coords, huge), "INVALID_ARGUMENT", "field 0: values must lie in [-1, 2]"),
         (_request(coords, values, height=49), "INVALID_ARGUMENT", "grid height must be in"),
         (_request(coords, values, width=0), "INVALID_ARGUMENT", "grid width must be in [1, 48]"),
         (_request(coords, values, samples=0), "INVALID_ARGUMENT", "samples must be in [1, 64]"),

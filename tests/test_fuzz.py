@@ -3,9 +3,10 @@
 The corpus of ``test_inputs.py`` names each awkward input and its status; this goes wide instead:
 mutated miniSEED records (rates, lengths, times, codes, gaps, overlaps, dtypes, amplitudes,
 flipped or cut bytes), odd raw arrays, picks, intervals and units, mutated StreamPredict
-sequences, and mutated Open Inference Protocol tensors. Whatever comes in, the answer is a magnitude that could be one, or a client error
-with a message; never INTERNAL or UNKNOWN, and the server stays healthy. Such a fuzzer found
-four INTERNAL errors and a magnitude of -14 (docs/serving.md, inputs).
+sequences, and mutated Open Inference Protocol tensors. Whatever comes in, the answer is a
+magnitude that could be one, or a client error with a message; never INTERNAL or UNKNOWN, and
+the server stays healthy. Such fuzzers found four INTERNAL errors and a magnitude of -14
+(docs/serving.md, inputs), and NaN magnitudes from ModelInfer.
 """
 
 from __future__ import annotations

@@ -191,6 +191,18 @@ def check_request(
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
         raise InvalidInput(f"field {int(np.argmax(bad))}: values hold NaN or Inf")
+    # The model sees values centred to [-1, 1] over the card's range; one range width beyond
+    # either end is already far outside what it learnt, and 3e38 overflows the scaling.
+    span = card.value_high - card.value_low
+    low, high = card.value_low - span, card.value_high + span
+    outside = ((values < low) | (values > high)).any(axis=1)
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise InvalidInput(
+            f"field {i}: values must lie in [{low:g}, {high:g}] ({card.name}'s value range "
+            f"{card.value_low:g} .. {card.value_high:g}, one width either side), found "
+            f"{float(values[i].min()):g} .. {float(values[i].max()):g}"
+        )
     if len(grid) != 2:
         raise InvalidInput(f"grid must be (height, width), got {tuple(grid)}")
     h = _integer("grid height", grid[0], 1, card.max_grid)
