@@ -303,6 +303,22 @@ def updates(
     return check
 
 
+def edited_response(pole: complex | str) -> bytes:
+    """RJOB's StationXML with the first pole of every channel's sensor replaced by ``pole``
+    (a hand-edited response: scipy failed on it as an INTERNAL error until a fuzzer found it);
+    a string is written as the pole's real part (ObsPy writes no NaN)."""
+    if isinstance(pole, str):
+        text = edited_response(complex(-0.123456, 0.0)).decode()
+        return text.replace(">-0.123456<", f">{pole}<").encode()
+    inv = rjob_inventory()
+    for cha in (c for net in inv for sta in net if sta.code == "RJOB" for c in sta):
+        paz = cha.response.response_stages[0]  # the sensor, in every epoch of the station
+        paz.poles = [pole, *paz.poles[1:]]  # the property hands out a copy: assign it whole
+    buf = io.BytesIO()
+    inv.write(buf, format="STATIONXML")
+    return buf.getvalue()
+
+
 # -- the corpus -----------------------------------------------------------------------------------
 
 
@@ -375,6 +391,16 @@ def build_corpus(server, stub, channel) -> list[Case]:
         P(arrays(zne(knet), stationxml=rjob_xml)),
         says("XX.SYN..HH", "lacks it"),
     )
+    for what, pole, part in (
+        ("a pole without its conjugate", complex(-0.037004, 0.05), "complex conjugate"),
+        ("a NaN pole", "NaN", "NaN or Inf"),
+    ):
+        add(
+            f"RJOB with a StationXML whose response has {what}",
+            "INVALID_ARGUMENT",
+            P(pb.PredictRequest(miniseed=rjob_ms, stationxml=edited_response(pole))),
+            says("BW.RJOB..EH", part),
+        )
     add(
         "m/s beyond any recorded ground velocity",
         "INVALID_ARGUMENT",

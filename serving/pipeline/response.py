@@ -74,7 +74,15 @@ class CausalCorrection:
         self.seed_id = seed_id
         self.rate = float(rate)
         zeros, poles = _inverse_roots(paz)
-        self.sos = _design(zeros, poles, _INTEGRATIONS[units], self.rate)
+        if not all(map(np.isfinite, [*zeros, *poles])):
+            raise InvalidInput(f"{seed_id}: the response's poles or zeros hold NaN or Inf")
+        try:
+            self.sos = _design(zeros, poles, _INTEGRATIONS[units], self.rate)
+        except (ValueError, AssertionError):  # scipy's checks that the roots make a real filter
+            raise InvalidInput(
+                f"{seed_id}: the response's poles and zeros do not make a real filter: each "
+                "complex pole or zero needs its complex conjugate"
+            ) from None
         self._normalise(response, sens.frequency)
         self._zi: np.ndarray | None = None
 
