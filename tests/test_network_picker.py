@@ -162,6 +162,8 @@ def test_train_export_and_load(tmp_path):
     assert p.shape == (2, rt.card.in_samples) and np.all((p >= 0) & (p <= 1))
     assert main(["export-picker", "--weights", str(tmp_path / "none"), "--out", "x.onnx"]) == 2
     assert main(["train-picker", "--data", str(tmp_path / "none")]) == 2
+    (tmp_path / "no_dataset").mkdir()  # a folder, but no SeisBench files: a message, not a trace
+    assert main(["train-picker", "--data", str(tmp_path / "no_dataset")]) == 1
 
     # Warm start: at a negligible learning rate the weights stay those it started from (only the
     # BatchNorm statistics are recomputed).

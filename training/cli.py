@@ -247,7 +247,7 @@ def _cmd_train_picker(args: argparse.Namespace) -> int:
             lr=args.lr,
             device=args.device,
         )
-    except (PickerTrainingError, DatasetFormatError, TrainingError) as exc:
+    except (PickerTrainingError, DatasetFormatError, TrainingError, FileNotFoundError) as exc:
         return _error(str(exc), EXIT_FAILED)
     print(json.dumps(summary))
     return 0
@@ -287,7 +287,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
             device=args.device,
             progress=not args.quiet,
         )
-    except (PretrainError, TrainingError, DatasetFormatError) as exc:
+    except (PretrainError, TrainingError, DatasetFormatError, FileNotFoundError) as exc:
         return _error(str(exc), EXIT_FAILED)
     print(final)
     return 0
