@@ -161,6 +161,10 @@ def test_failures_are_reported_and_retried(tmp_path, record, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     assert _annotate(str(src), "--out", str(out), "--end", "2020-01-01") == 2
     assert "no station-days" in capsys.readouterr().err
+    bad_xml = tmp_path / "bad.xml"
+    bad_xml.write_text("<xml>")  # read before any worker starts: a message, not a trace
+    assert main(["annotate", str(src), "--out", str(out), "--stationxml", str(bad_xml)]) == 2
+    assert "bad.xml is not valid StationXML" in capsys.readouterr().err
     # The same channel twice with other samples (counts and velocity, say): refused, not merged.
     other = record.copy()
     for tr in other:

@@ -71,6 +71,10 @@ def cmd_annotate(args: argparse.Namespace) -> int:
             inventory=str(Path(args.stationxml).resolve()) if args.stationxml else None,
         )
         card = read_card_from_onnx(spec.path)
+        if spec.inventory:  # read once here, so a bad file is one message, not a worker's trace
+            from seismag.serving.pipeline.units import StationInventory
+
+            StationInventory(spec.inventory)
         options = AnnotateOptions(
             units=args.units,
             series_interval=args.series_interval,
@@ -80,7 +84,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         out = ArchiveOutput(args.out, card.name, options.key(card))
         scan = _scan(args)
         out.check_key()
-    except (SourceError, OutputError, ValueError) as exc:
+    except (SourceError, OutputError, ValueError, OSError) as exc:
         print(f"seismag: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for bad in scan.unreadable:
