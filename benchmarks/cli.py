@@ -15,6 +15,7 @@ named by ``--json``/``--csv``/``--plot`` and a short table to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
@@ -103,13 +104,29 @@ def _options(args: argparse.Namespace):
     )
 
 
+@contextlib.contextmanager
+def _target(args: argparse.Namespace):
+    """The benchmark's server; one not reached in time is a CLI error, not a traceback."""
+    from seismag.benchmarks.target import open_target
+    from seismag.serving.client_cli import CliError
+
+    context = open_target(_mode(args), server=args.server, options=_options(args))
+    try:
+        target = context.__enter__()
+    except TimeoutError as exc:  # only the wait for the server; the benchmark's own pass through
+        hint = "; is `seismag serve` running there?" if args.server else ""
+        raise CliError(f"{exc}{hint}") from None
+    with contextlib.ExitStack() as stack:
+        stack.push(context)
+        yield target
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from seismag.benchmarks import loadgen
-    from seismag.benchmarks.target import open_target
 
     workload = loadgen.Workload.rjob(model=args.model, series_interval=args.series_interval)
     results = []
-    with open_target(_mode(args), server=args.server, options=_options(args)) as target:
+    with _target(args) as target:
         progress(f"target: {target.description} at {target.address}")
         common = {"window_s": args.window, "max_windows": args.max_windows, "progress": progress}
         if args.rate:
@@ -144,9 +161,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_stages(args: argparse.Namespace) -> int:
     from seismag.benchmarks import predict_stages
-    from seismag.benchmarks.target import open_target
 
-    with open_target(_mode(args), server=args.server, options=_options(args)) as target:
+    with _target(args) as target:
         progress(f"target: {target.description} at {target.address}")
         result = predict_stages.run(
             target.address, _options(args), repeats=args.repeats, model=args.model
@@ -164,7 +180,6 @@ def _cmd_stages(args: argparse.Namespace) -> int:
 
 def _cmd_stream(args: argparse.Namespace) -> int:
     from seismag.benchmarks.feeds import FeedConfig, run_stream
-    from seismag.benchmarks.target import open_target
 
     cfg = FeedConfig(
         stations=args.stations,
@@ -177,7 +192,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         limit_ms=args.limit_ms,
         batch_ms=args.batch_ms,
     )
-    with open_target(_mode(args), server=args.server, options=_options(args)) as target:
+    with _target(args) as target:
         progress(f"target: {target.description} at {target.address}")
         result = run_stream(target.address, cfg, progress)
     result["target"] = target.description
@@ -203,9 +218,8 @@ def _stream_line(r: dict) -> str:
 
 def _cmd_idle_streams(args: argparse.Namespace) -> int:
     from seismag.benchmarks import idle_streams
-    from seismag.benchmarks.target import open_target
 
-    with open_target(_mode(args), server=args.server, options=_options(args)) as target:
+    with _target(args) as target:
         progress(f"target: {target.description} at {target.address}")
         pid = target.pid if target.mode != "remote" else None
         result = idle_streams.run(

@@ -485,6 +485,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         raise CliError("give a FILE to replay or --seedlink HOST:PORT, not both")
     if not args.seedlink and (args.begin or args.end or args.reconnect):
         raise CliError("--begin, --end and --reconnect are options of --seedlink")
+    if not (math.isfinite(args.speed) and args.speed >= 0):
+        raise CliError(f"--speed must be 0 (as fast as possible) or positive, got {args.speed}")
     feed, clock = None, None
     if args.seedlink:
         feed = _seedlink_feed(args)
@@ -547,12 +549,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise CliError("plot needs matplotlib: pip install 'seismag[plot]'") from exc
+    folder = Path(args.out).resolve().parent
+    if not folder.is_dir():  # before asking the server, not after
+        raise CliError(f"--out: no such folder: {folder}")
     stream = _read(args.file)
     results = _predict(args, args.file)
     shown, units = _waveform_units(args, stream)
     fig = plot_figure(shown, units, results)
-    fig.savefig(args.out, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(args.out, dpi=120)
+    except (OSError, ValueError) as exc:  # unwritable, or a suffix matplotlib has no format for
+        raise CliError(f"--out: cannot write {args.out}: {exc}") from None
+    finally:
+        plt.close(fig)
     print(f"wrote {args.out}")
     return 0
 

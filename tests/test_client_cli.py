@@ -172,6 +172,16 @@ def test_stream_needs_a_source(capsys):
     assert "FILE to replay or --seedlink" in capsys.readouterr().err
 
 
+def test_bad_output_and_speed_are_messages_before_any_call(event, capsys):
+    _, path, _, _ = event
+    for speed in ("-1", "nan"):
+        assert main(["stream", path, "--server", "127.0.0.1:1", "--speed", speed]) == 2
+        assert "--speed must be 0" in capsys.readouterr().err
+    # Checked before the server is asked (none listens here), not a traceback after it answered.
+    assert main(["plot", path, "--server", "127.0.0.1:1", "--out", "/no/such/dir/x.png"]) == 2
+    assert "--out: no such folder: /no/such/dir" in capsys.readouterr().err
+
+
 def test_stream_json_times_are_iso_and_replay_lag_is_on_the_replay_clock(server, event, capsys):
     # RJOB is from 2009: a lag against the wall clock would be about 5e8 s.
     st, path, pick, xml = event
