@@ -132,6 +132,26 @@ def test_serve_with_an_unloaded_default_model_refuses_in_json_logs():
     assert refusal["time"].endswith("+00:00")
 
 
+def test_serve_with_its_metrics_port_taken_refuses_with_one_message():
+    import socket
+
+    with socket.socket() as taken:  # another process's port, bound and listening
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        flags = ["--port", "0", "--backend", "ort", "--metrics-port", str(port)]
+        proc = subprocess.run(
+            [sys.executable, "-m", "seismag", "serve", *flags, "--log-format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    records = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    (refusal,) = [r for r in records if r["message"].startswith("cannot start")]
+    assert f"cannot bind the metrics server to 127.0.0.1:{port}" in refusal["message"]
+
+
 def test_serve_flags_read_seismag_variables(monkeypatch, capsys):
     from seismag.serving.config import ServeConfig
 

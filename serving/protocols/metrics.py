@@ -229,7 +229,10 @@ class ServerMetrics:
     # -- HTTP -----------------------------------------------------------------------------------
     def start_http(self, port: int, addr: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` on ``addr:port`` (0 = a free port); returns the bound port."""
-        httpd, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        try:
+            httpd, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            raise OSError(f"cannot bind the metrics server to {addr}:{port}: {exc}") from None
         self._http = httpd
         self.http_port = int(httpd.server_address[1])
         return self.http_port

@@ -510,7 +510,12 @@ def serve_forever(
         if hasattr(signal, "SIGHUP"):
             previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: reload.set())
         try:
-            server.start(warm_up=False)
+            try:
+                server.start(warm_up=False)
+            except OSError as exc:  # the metrics or HTTP port taken (the gRPC one is checked)
+                log.error("cannot start: %s", exc)
+                server.stop(0)
+                return 2
             for rt in registry:
                 log.info(
                     "model %s %s from %s (weights: %s, backend: %s, kernel: %s)",
