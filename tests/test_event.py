@@ -93,6 +93,15 @@ def test_station_table_fit_recovers_corrections_and_round_trips(tmp_path):
     (tmp_path / "bad.toml").write_text("[corrections]\n'XX.A.' = 'high'\n")
     with pytest.raises(ValueError, match="within"):
         StationTable.read(tmp_path / "bad.toml")
+    for text, says in (  # a typed-in table's slips: messages, not tracebacks or guesses
+        ("corrections = 3\n", r"\[corrections\] must be a table"),
+        ("events = 'x'\n", "events must be a count"),
+        ("network_correction = true\n", "within"),  # TOML's true is no magnitude
+        ("[corrections]\n'XX.A.' = false\n", "within"),
+    ):
+        (tmp_path / "bad.toml").write_text(text)
+        with pytest.raises(ValueError, match=says):
+            StationTable.read(tmp_path / "bad.toml")
     with pytest.raises(ValueError, match="columns"):
         fit([{"station": "A"}])
     assert shared_fraction([np.array([1.0])]) > 0  # no multi-station event: the default

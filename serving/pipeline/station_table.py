@@ -155,6 +155,13 @@ class StationTable(Calibration):
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"station table {path}: {exc}") from None
         corrections = raw.get("corrections", {})
+        if not isinstance(corrections, dict):
+            raise ValueError(
+                f"station table {path}: [corrections] must be a table of STATION_ID = number"
+            )
+        events = raw.get("events", 0)
+        if not isinstance(events, int) or isinstance(events, bool) or events < 0:
+            raise ValueError(f"station table {path}: events must be a count, got {events!r}")
         network = raw.get("network_correction", 0.0)
         rho = raw.get("shared_error_fraction", SHARED_ERROR_FRACTION)
         scale = raw.get("sigma_scale", 1.0)
@@ -232,7 +239,7 @@ class StationTable(Calibration):
             magnitude_pivot=float(pivot),
             magnitude_range=None if span is None else (float(span[0]), float(span[1])),
             model=str(raw.get("model", "")),
-            events=int(raw.get("events", 0)),
+            events=events,
         )
 
     def describe_event_terms(self) -> str:
@@ -279,7 +286,8 @@ class StationTable(Calibration):
 
 
 def _finite(v) -> bool:
-    return isinstance(v, int | float) and math.isfinite(v)
+    # TOML's true is a Python int: a correction of `true` is a typo, not 1 magnitude unit.
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _scale_ok(v) -> bool:
