@@ -8,6 +8,7 @@ a scalar magnitude is derived from a series. Reading a card needs no torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -57,6 +58,19 @@ class TrainingDefaults:
     early_stopping_patience: int = 10
 
 
+MAX_SAMPLING_RATE = 10_000.0
+"""Hz. Above any seismometer's rate; a larger value is a unit mix-up (e.g. a period in us).
+The bound of a card's rate and of the data the server accepts."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass(frozen=True)
 class ModelCard:
     name: str
@@ -103,6 +117,28 @@ class ModelCard:
     """The original design's parameter-count estimate, kept for the docs' comparison table."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise CardError(f"a card needs a name, got {self.name!r}")
+        # A card read from an ONNX file or a typed-in TOML: TOML's true is a Python int, and a
+        # float sample count would only fail deep inside preprocessing.
+        if not _is_int(self.in_samples) or self.in_samples < 16:
+            raise CardError(
+                f"{self.name}: in_samples must be an integer >= 16, got {self.in_samples!r}"
+            )
+        for what in ("sampling_rate", "highpass_hz", "label_offset", "tolerance"):
+            value = getattr(self, what)
+            if not _is_real(value):
+                raise CardError(f"{self.name}: {what} must be a finite number, got {value!r}")
+        order = self.component_order
+        if (
+            not isinstance(order, str)
+            or not order
+            or len(set(order)) != len(order)
+            or not set(order) <= set("ZNE")
+        ):
+            raise CardError(
+                f"{self.name}: component_order must be distinct letters of ZNE, got {order!r}"
+            )
         if self.output not in _OUTPUT_KINDS:
             raise CardError(
                 f"{self.name}: output must be one of {_OUTPUT_KINDS}, got {self.output!r}"
@@ -125,10 +161,11 @@ class ModelCard:
             raise CardError(f"{self.name}: a scalar model takes no scalar_from_series")
         if not self.tolerance > 0:
             raise CardError(f"{self.name}: tolerance must be positive, got {self.tolerance!r}")
-        if self.in_samples < 16:
-            raise CardError(f"{self.name}: in_samples must be >= 16, got {self.in_samples}")
-        if self.sampling_rate <= 0:
-            raise CardError(f"{self.name}: sampling_rate must be positive")
+        if not 0 < self.sampling_rate <= MAX_SAMPLING_RATE:
+            raise CardError(
+                f"{self.name}: sampling_rate must be in (0, {MAX_SAMPLING_RATE:g}] Hz, "
+                f"got {self.sampling_rate!r}"
+            )
         if not 0 <= self.highpass_hz < self.sampling_rate / 2:
             raise CardError(f"{self.name}: highpass_hz must be in [0, Nyquist)")
         if ":" not in self.architecture:

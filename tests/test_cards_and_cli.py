@@ -36,6 +36,18 @@ def test_malformed_cards_are_rejected():
         ModelCard.from_dict({**good, "output": "series"})
     with pytest.raises(CardError, match="unknown model"):
         get_card("NoSuchNet")
+    # What a typed-in TOML or an edited ONNX file's metadata can hold (TOML's true is an int):
+    for field, value, says in (
+        ("in_samples", 3001.5, "in_samples must be an integer"),
+        ("in_samples", True, "in_samples must be an integer"),
+        ("sampling_rate", True, "sampling_rate must be a finite number"),
+        ("sampling_rate", 1e9, r"sampling_rate must be in \(0, 10000\]"),  # a memory bomb
+        ("label_offset", float("nan"), "label_offset must be a finite number"),
+        ("component_order", "ZZE", "distinct letters of ZNE"),
+        ("name", "", "needs a name"),
+    ):
+        with pytest.raises(CardError, match=says):
+            ModelCard.from_dict({**good, field: value})
 
 
 def test_models_json_lists_six_cards(capsys):

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+from seismag.models.card import MAX_SAMPLING_RATE
 from seismag.serving.errors import Cancelled, InvalidInput, Overloaded
 
 # -- sampling rates -------------------------------------------------------------------------------
@@ -24,8 +25,6 @@ MIN_SAMPLING_RATE = 20.0
 """Hz. Broadband BH channels (20-40 Hz) are the slowest the models can read: their band (P
 energy of local events, 1-20 Hz) is gone at LH (1 Hz) or VH (0.1 Hz) rates, and upsampling such
 data to the card's 100 Hz only multiplies the work (x100 at 1 Hz) for a meaningless answer."""
-MAX_SAMPLING_RATE = 10_000.0
-"""Hz. Above any seismometer's rate; a larger value is a unit mix-up (e.g. a period in us)."""
 
 # -- times ----------------------------------------------------------------------------------------
 
