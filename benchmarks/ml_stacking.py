@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from seismag.benchmarks.predictions_csv import named, read
+
 DEFAULT_CUTS = ("full", "1s", "3s", "10s")
 
 
@@ -135,26 +137,13 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _named(value: str) -> tuple[str, Path]:
-    name, sep, path = value.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=predictions.csv, got {value!r}")
-    return name, Path(path)
-
-
-def _read(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise SystemExit(f"error: {path} does not exist (write it with `seismag evaluate`)")
-    return pd.read_csv(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
         "--dev", type=Path, required=True, help="predictions.csv of the training dev split"
     )
     ap.add_argument(
-        "--test", type=_named, action="append", required=True, help="NAME=predictions.csv (repeat)"
+        "--test", type=named, action="append", required=True, help="NAME=predictions.csv (repeat)"
     )
     ap.add_argument(
         "--cuts",
@@ -164,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
-    tests = {name: _read(path) for name, path in args.test}
+    tests = {name: read(path) for name, path in args.test}
     try:
-        results = run(_read(args.dev), tests, args.cuts)
+        results = run(read(args.dev), tests, args.cuts)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from seismag.benchmarks.predictions_csv import named, read
 from seismag.training.evaluate import REGIME_COLUMN
 
 ONE_SIGMA = math.erf(1 / math.sqrt(2))
@@ -137,19 +138,6 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _named(value: str) -> tuple[str, Path]:
-    name, sep, path = value.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=predictions.csv, got {value!r}")
-    return name, Path(path)
-
-
-def _read(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise SystemExit(f"error: {path} does not exist (write it with `seismag evaluate`)")
-    return pd.read_csv(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
@@ -160,13 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         help="predictions.csv of training dev splits (pooled)",
     )
     ap.add_argument(
-        "--test", type=_named, action="append", required=True, help="NAME=predictions.csv (repeat)"
+        "--test", type=named, action="append", required=True, help="NAME=predictions.csv (repeat)"
     )
     ap.add_argument("--cut", default="full", help="window cut-off column (default %(default)s)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
-    dev = pd.concat([_read(p) for p in args.dev], ignore_index=True)
-    tests = {name: _read(path) for name, path in args.test}
+    dev = pd.concat([read(p) for p in args.dev], ignore_index=True)
+    tests = {name: read(path) for name, path in args.test}
     try:
         results = run(dev, tests, args.cut)
     except ValueError as exc:
