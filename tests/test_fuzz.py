@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import math
 import random
+import re
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -271,3 +273,55 @@ def test_mutated_model_infers_get_outputs_or_client_errors(server):
         for out, raw in zip(reply.outputs, reply.raw_output_contents, strict=True):
             assert np.all(np.isfinite(np.frombuffer(raw, "<f4"))), out.name
     assert codes.get("OK", 0) >= 15 and codes.get("INVALID_ARGUMENT", 0) >= 50, codes
+
+
+_NUMBERS = ["0.0", "-1.0", "NaN", "INF", "1e-30", "1e30", "abc", "", "1e308"]
+_UNITS = ["M/S", "M/S**2", "M", "COUNTS", "V", "NM/S", "", "M/S/S"]
+
+
+def _mutated_stationxml(r: random.Random, xml: str) -> str:
+    """RJOB's StationXML with one to three text edits: values, units, roots, stages, epochs."""
+    for _ in range(r.randrange(1, 4)):
+        op = r.randrange(8)
+        tag = ["Value", "Name", "Real", "Imaginary", "NormalizationFactor"][min(op, 4)]
+        spots = list(re.finditer(rf"<{tag}>[^<]*</{tag}>", xml))
+        if op <= 4 and spots:
+            m = r.choice(spots)
+            new = r.choice(_UNITS if tag == "Name" else _NUMBERS)
+            xml = xml[: m.start()] + f"<{tag}>{new}</{tag}>" + xml[m.end() :]
+        elif op == 5:
+            stages = list(re.finditer(r"<Stage number=\"\d+\">.*?</Stage>", xml, re.S))
+            if stages:
+                m = r.choice(stages)
+                xml = xml[: m.start()] + xml[m.end() :]
+        elif op == 6:
+            sens = r"<InstrumentSensitivity>.*?</InstrumentSensitivity>"
+            xml = re.sub(sens, "", xml, count=1, flags=re.S)
+        else:
+            xml = xml[: r.randrange(len(xml))]
+    return xml
+
+
+def test_mutated_stationxml_gets_magnitudes_or_client_errors(stub):
+    """Counts with edited responses (a typo in a pole, a unit, a cut file): a magnitude that could
+    be one, or a client error naming the problem. This found scipy's filter design failing on
+    unpaired or NaN poles as INTERNAL errors."""
+    st = obspy.read()  # RJOB in counts
+    miniseed = _mseed(st, None)
+    xml = (Path(__file__).parents[1] / "examples" / "event.xml").read_text()  # RJOB's alone
+    r = random.Random(20261130)
+    codes: dict[str, int] = {}
+    for _ in range(120):
+        request = pb.PredictRequest(
+            miniseed=miniseed, stationxml=_mutated_stationxml(r, xml).encode(), input_units=""
+        )
+        request.p_picks.add(station_id="BW.RJOB", time=st[0].stats.starttime.timestamp + 5.0)
+        try:
+            reply = stub.Predict(request, timeout=30)
+        except grpc.RpcError as exc:
+            assert exc.code() in CLIENT_ERRORS and exc.details(), (exc.code(), exc.details())
+            codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
+            continue
+        codes["OK"] = codes.get("OK", 0) + 1
+        _check_answer(reply)
+    assert codes.get("OK", 0) >= 10 and codes.get("INVALID_ARGUMENT", 0) >= 30, codes
