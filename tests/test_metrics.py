@@ -215,3 +215,25 @@ def test_unknown_method_without_token_is_counted_unauthenticated(registry):
         assert _get(values, requests, **listed) == 1
     finally:
         srv.stop(0)
+
+
+def test_a_stream_that_ends_quietly_after_its_client_cancelled_counts_as_cancelled():
+    """A StreamPredict whose reader saw the requests end before the cancel reached the handler
+    returns without an exception: it was counted OK, which made a CI run's check for CANCELLED
+    fail. The call's state decides; an explicit status still wins."""
+    from seismag.serving.protocols.interceptor import _code_name
+
+    class Call:  # the two questions the interceptor asks a grpc.aio ServicerContext
+        def __init__(self, code, cancelled):
+            self._code, self._cancelled = code, cancelled
+
+        def code(self):
+            return self._code
+
+        def cancelled(self):
+            return self._cancelled
+
+    assert _code_name(Call(None, True), None) == "CANCELLED"
+    assert _code_name(Call(None, False), None) == "OK"
+    assert _code_name(Call(grpc.StatusCode.DEADLINE_EXCEEDED, True), None) == "DEADLINE_EXCEEDED"
+    assert _code_name(Call(None, False), ValueError()) == "UNKNOWN"

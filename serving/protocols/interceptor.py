@@ -75,7 +75,16 @@ def _code_name(context: grpc.aio.ServicerContext, exc: BaseException | None) -> 
     code = context.code()
     if code is not None and code != grpc.StatusCode.OK:
         return code.name if isinstance(code, grpc.StatusCode) else str(code)
-    return "UNKNOWN" if exc is not None else "OK"
+    if exc is not None:
+        return "UNKNOWN"
+    # A stream's handler can also end without an exception after its client cancelled (the
+    # reader saw the requests end first and the session finished): the call says CANCELLED.
+    return "CANCELLED" if _cancelled(context) else "OK"
+
+
+def _cancelled(context) -> bool:
+    cancelled = getattr(context, "cancelled", None)
+    return bool(cancelled()) if cancelled is not None else False
 
 
 def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
