@@ -110,14 +110,14 @@ def _target(args: argparse.Namespace):
     from seismag.benchmarks.target import open_target
     from seismag.serving.client_cli import CliError
 
-    context = open_target(_mode(args), server=args.server, options=_options(args))
-    try:
-        target = context.__enter__()
-    except TimeoutError as exc:  # only the wait for the server; the benchmark's own pass through
-        hint = "; is `seismag serve` running there?" if args.server else ""
-        raise CliError(f"{exc}{hint}") from None
     with contextlib.ExitStack() as stack:
-        stack.push(context)
+        try:
+            target = stack.enter_context(
+                open_target(_mode(args), server=args.server, options=_options(args))
+            )
+        except TimeoutError as exc:  # only the wait for the server; the benchmark's own pass
+            hint = "; is `seismag serve` running there?" if args.server else ""
+            raise CliError(f"{exc}{hint}") from None
         yield target
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,9 +35,9 @@ import numpy as np
 import pandas as pd
 
 from seismag.benchmarks.predictions_csv import named, read
-from seismag.training.evaluate import REGIME_COLUMN
+from seismag.training.calibrate import fit_factor
+from seismag.training.evaluate import REGIME_COLUMN, calibration
 
-ONE_SIGMA = math.erf(1 / math.sqrt(2))
 MIN_PER_REGIME = 30
 """Fewer dev traces than this in a regime give no usable mean error for it."""
 
@@ -56,21 +55,26 @@ class Terms:
         return np.sqrt(np.square(self.s * sigma) + self.tau**2)
 
 
-def _columns(table: pd.DataFrame, cut: str) -> tuple[np.ndarray, np.ndarray]:
+def _columns(table: pd.DataFrame, cut: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True magnitudes, predictions and sigmas of one window cut-off."""
     missing = [c for c in (f"pred_{cut}", f"sigma_{cut}") if c not in table]
     if missing:
         raise ValueError(
             f"no column(s) {', '.join(missing)}: a model with a sigma output, evaluated with "
             "this cut-off, writes them"
         )
-    err = table[f"pred_{cut}"].to_numpy(float) - table["source_magnitude"].to_numpy(float)
-    return err, table[f"sigma_{cut}"].to_numpy(float)
+    return (
+        table["source_magnitude"].to_numpy(float),
+        table[f"pred_{cut}"].to_numpy(float),
+        table[f"sigma_{cut}"].to_numpy(float),
+    )
 
 
 def fit(dev: pd.DataFrame, cut: str = "full") -> Terms:
     if REGIME_COLUMN not in dev:
         raise ValueError(f"the dev predictions have no {REGIME_COLUMN} column")
-    err, sigma = _columns(dev, cut)
+    true, pred, sigma = _columns(dev, cut)
+    err = pred - true
     regime = dev[REGIME_COLUMN].astype(str).to_numpy()
     ok = np.isfinite(err) & np.isfinite(sigma) & (sigma > 0)
     bias: dict[str, float] = {}
@@ -84,33 +88,22 @@ def fit(dev: pd.DataFrame, cut: str = "full") -> Terms:
     if len(bias) < 2:
         raise ValueError("one regime on dev: a between-regime term needs two or more")
     within = err[ok] - np.array([bias[r] for r in regime[ok]])
-    s = float(np.quantile(np.abs(within) / sigma[ok], ONE_SIGMA))
+    s = fit_factor(within, sigma[ok])  # the shipped calibration's rule, within regimes
     tau = float(np.sqrt(np.mean(np.square(list(bias.values())))))
     return Terms(s=s, tau=tau, regime_bias=bias, n=int(ok.sum()))
-
-
-def coverage(err: np.ndarray, sigma: np.ndarray) -> dict[str, float]:
-    ok = np.isfinite(err) & np.isfinite(sigma) & (sigma > 0)
-    ratio = np.abs(err[ok]) / sigma[ok]
-    return {
-        "n": int(ok.sum()),
-        "within_1_sigma": float(np.mean(ratio <= 1)),
-        "within_2_sigma": float(np.mean(ratio <= 2)),
-        "median_sigma": float(np.median(sigma[ok])),
-    }
 
 
 def run(dev: pd.DataFrame, tests: dict[str, pd.DataFrame], cut: str = "full") -> dict:
     terms = fit(dev, cut)
     scores = []
     for name, table in tests.items():
-        err, sigma = _columns(table, cut)
+        true, pred, sigma = _columns(table, cut)
         scores.append(
             {
                 "set": name,
-                "bias": float(np.nanmean(err)),
-                "shipped": coverage(err, sigma),
-                "terms": coverage(err, terms.sigma(sigma)),
+                "bias": float(np.nanmean(pred - true)),
+                "shipped": calibration(true, pred, sigma),
+                "terms": calibration(true, pred, terms.sigma(sigma)),
             }
         )
     return {"cut": cut, "terms": asdict(terms), "scores": scores}

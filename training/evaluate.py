@@ -166,9 +166,7 @@ def by_regime(
             "mae": float(np.abs(err).mean()) if err.size else None,
         }
         if s is not None:
-            with_sigma = keep & np.isfinite(s) & (s > 0)
-            e = np.abs(p[with_sigma] - t[with_sigma]) / s[with_sigma]
-            row["within_1_sigma"] = float(np.mean(e <= 1.0)) if e.size else None
+            row["within_1_sigma"] = calibration(t[keep], p[keep], s[keep])["within_1_sigma"]
         rows.append(row)
     return rows
 
