@@ -672,3 +672,42 @@ def test_sigterm_drains_and_exits_zero(rjob, inventory):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_a_deadline_that_passes_while_a_handler_blocks_is_not_a_server_error(caplog):
+    """A handler that reaches its deadline check after the client's deadline passed, without
+    having yielded to the loop, cannot send DEADLINE_EXCEEDED any more (the core has ended the
+    call): that was logged as a failed Predict plus a second-abort UsageError in a CI run."""
+    import asyncio
+    import logging
+
+    from seismag.serving.protocols.rpc import check_deadline, rpc
+
+    class Slow(health_pb2_grpc.HealthServicer):
+        @rpc
+        async def Check(self, request, context):
+            time.sleep(0.3)  # blocks the loop past the 50 ms deadline, as a busy machine does
+            await check_deadline(context)
+            return health_pb2.HealthCheckResponse(status=1)
+
+    async def scenario() -> grpc.StatusCode:
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(Slow(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                try:
+                    await health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=0.05
+                    )
+                except grpc.RpcError as exc:
+                    code = exc.code()
+            await asyncio.sleep(0.5)  # the handler's end, logged or not
+            return code
+        finally:
+            await server.stop(0)
+
+    with caplog.at_level(logging.ERROR):
+        assert asyncio.run(scenario()) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text[-2000:]

@@ -41,7 +41,19 @@ class Undecodable:
         return f"the request ({self.size} bytes) is not a valid message: {self.error[:200]}"
 
     async def abort(self, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self.details)
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, self.details)
+
+
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+    """``context.abort``; when the call has already ended on the wire (its deadline passed while
+    the handler ran without yielding, or the client left), no status can be sent: CancelledError,
+    as for any client that went away, instead of the core's error and a second abort."""
+    try:
+        await context.abort(code, details)
+    except AbortError:
+        raise
+    except Exception as exc:  # grpc's ExecuteBatchError: the status could not be sent
+        raise asyncio.CancelledError(f"{code.name} not sent: the call had ended") from exc
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -60,7 +72,7 @@ async def _fail(context: grpc.aio.ServicerContext, name: str, exc: Exception) ->
         log.error("%s failed", name, exc_info=exc)
     else:
         log.debug("%s: %s: %s", name, code.name, details)
-    await context.abort(code, details)
+    await abort(context, code, details)
 
 
 def rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,7 +124,7 @@ async def check_deadline(context: grpc.aio.ServicerContext) -> float | None:
     """
     remaining = time_left(context)
     if remaining is not None and remaining <= 0:
-        await context.abort(
-            grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the model ran"
+        await abort(
+            context, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the model ran"
         )
     return remaining
