@@ -15,6 +15,8 @@ from seismag.training.regimes import (
     piecewise_linear,
     piecewise_power,
     regime_names,
+    site_kappa0,
+    site_vs30,
 )
 from seismag.training.synthetic import (
     geometric_spreading,
@@ -111,3 +113,23 @@ def test_wide_regime_spans_the_published_ranges_of_single_parameters():
         for hinge, _ in segs[:-1]:
             lo, hi = piecewise_power(np.array([hinge - 1e-9, hinge + 1e-9]), segs)
             assert lo == pytest.approx(hi, rel=1e-6)
+
+
+def test_site_kappa_ties_kappa_to_the_sites_amplification():
+    """Hard-rock sites (no amplification) get low kappa and soft ones high, on Van Houtte et
+    al. (2011)'s Vs30 relation, so a record's high-frequency decay carries the site."""
+    assert site_kappa0(620.0) == pytest.approx(0.035, abs=0.001)  # Boore & Joyner's generic rock
+    assert site_kappa0(site_vs30(0.0)) == pytest.approx(0.0056, abs=0.0005)
+    assert site_vs30(1.0) == pytest.approx(620.0)
+    rng = np.random.default_rng(3)
+    drawn = [draw_event_physics(rng, "site_kappa") for _ in range(600)]
+    at_6hz = np.log([dict(d.physics.crust_amplification)[6.05] for d in drawn])
+    kappa = np.log([d.kappa_median_s for d in drawn])
+    assert np.corrcoef(at_6hz, kappa)[0, 1] > 0.85
+    hard = kappa[at_6hz < 0.1 * np.log(2.58)]
+    soft = kappa[at_6hz > 1.3 * np.log(2.58)]
+    assert np.exp(np.median(hard)) < 0.009 and np.exp(np.median(soft)) > 0.05
+    # site_range keeps its kappa independent of the site (the weights trained on it say so)
+    other = [draw_event_physics(rng, "site_range") for _ in range(600)]
+    amp = np.log([dict(d.physics.crust_amplification)[6.05] for d in other])
+    assert abs(np.corrcoef(amp, np.log([d.kappa_median_s for d in other]))[0, 1]) < 0.15
