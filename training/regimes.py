@@ -318,8 +318,8 @@ def site_vs30(u: float) -> float:
 def site_kappa0(vs30_ms: float) -> float:
     """Site kappa (s) from Vs30: ln kappa0 = 3.490 - 1.062 ln Vs30, the KiK-net and NGA
     correlation of Van Houtte, Drouet & Cotton (2011, BSSA 101:2926). It gives 0.035 s at
-    generic rock (Boore & Joyner 1997's kappa for it) and 0.006 s at 3,500 m/s (the ENA hard
-    rock of Atkinson & Boore 2006)."""
+    generic rock (Boore & Joyner 1997's kappa for it) and 0.006 s at 3,500 m/s (Atkinson &
+    Boore 2006 use 0.005 s for hard rock)."""
     return math.exp(3.490 - 1.062 * math.log(vs30_ms))
 
 
