@@ -397,6 +397,28 @@ def test_breakdown_reports_each_regime_of_a_mixed_set():
     assert "within_1_sigma" not in breakdown(true, pred, meta)["by_regime"][0]
 
 
+def test_breakdown_reports_bias_by_the_synthetic_kappa():
+    from seismag.training.evaluate import breakdown, markdown_table
+
+    true = np.full(5, 3.0)
+    pred = true + np.array([-0.3, -0.1, 0.0, 0.1, 0.2])
+    meta = pd.DataFrame({"station_kappa_s": [0.005, 0.012, 0.02, 0.04, 0.09]})
+    rows = breakdown(true, pred, meta)["by_kappa_s"]
+    assert [r["bin"][0] for r in rows] == [0.0, 0.008, 0.015, 0.03, 0.06]
+    assert [r["n"] for r in rows] == [1] * 5
+    assert [r["bias"] for r in rows] == pytest.approx([-0.3, -0.1, 0.0, 0.1, 0.2])
+    assert "by_kappa_s" not in breakdown(true, pred, pd.DataFrame(index=range(5)))
+    results = {
+        "model": "M",
+        "split": "dev",
+        "n_waveforms": 5,
+        "source": "w",
+        "metrics": {},
+        "breakdown": {"by_kappa_s": rows},
+    }
+    assert "| 0-0.008 | 1 | -0.300 | 0.300 |" in markdown_table(results)
+
+
 def test_results_markdown_has_the_regime_table_of_a_mixed_set():
     from seismag.training.evaluate import breakdown, markdown_table
 

@@ -46,6 +46,10 @@ DISTANCE_BINS_KM = (0.0, 20.0, 50.0, 100.0, 200.0, 300.0, 1000.0)
 MAGNITUDE_BINS = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 10.0)
 REGIME_COLUMN = "source_regime"
 """Metadata column naming each trace's physics regime (``seismag synth`` writes it)."""
+KAPPA_COLUMN = "station_kappa_s"
+"""Metadata column with the kappa a synthetic trace was made with (``seismag synth``)."""
+KAPPA_BINS_S = (0.0, 0.008, 0.015, 0.03, 0.06, 1.0)
+"""Hard rock (under 0.008 s) to soft soil (over 0.06 s): Van Houtte et al. (2011)'s range."""
 SLOPE_RANGE = (2.0, 6.0)
 """Magnitudes over which the slope of predicted vs true is fitted (the issue's target range)."""
 
@@ -175,7 +179,8 @@ def breakdown(
     y_true: np.ndarray, y_pred: np.ndarray, meta, sigma: np.ndarray | None = None
 ) -> dict:
     """Slope, and bias by distance and magnitude bin (and by physics regime where the metadata
-    names more than one), of one set of per-waveform estimates."""
+    names more than one, by kappa where it has the synthetic kappa), of one set of per-waveform
+    estimates."""
     t, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
     err = (p - t)[np.isfinite(p) & np.isfinite(t)]
     out: dict = {
@@ -192,6 +197,11 @@ def breakdown(
     out["by_magnitude"] = binned_bias(y_true, y_pred, y_true, MAGNITUDE_BINS)
     if REGIME_COLUMN in meta and meta[REGIME_COLUMN].nunique() > 1:
         out["by_regime"] = by_regime(y_true, y_pred, meta[REGIME_COLUMN].to_numpy(), sigma)
+    if KAPPA_COLUMN in meta:
+        # Kappa is the record's site where it follows the site (the site_kappa regime): a bias
+        # that follows it is a site level the model did not read from the record.
+        kappa = meta[KAPPA_COLUMN].to_numpy(dtype=np.float64)
+        out["by_kappa_s"] = binned_bias(y_true, y_pred, kappa, KAPPA_BINS_S)
     return out
 
 
@@ -570,6 +580,18 @@ def markdown_table(results: dict) -> str:
                 share = r.get("within_1_sigma")
                 row += " - |" if share is None else f" {share:.0%} |"
             lines.append(row)
+    kappa = [r for r in (results.get("breakdown") or {}).get("by_kappa_s") or [] if r["n"]]
+    if kappa:
+        lines += [
+            "",
+            f"Full window by the synthetic kappa (`{KAPPA_COLUMN}`):",
+            "",
+            "| kappa (s) | n | bias | MAE |",
+            "|---|---|---|---|",
+        ]
+        for r in kappa:
+            lo, hi = r["bin"]
+            lines.append(f"| {lo:g}-{hi:g} | {r['n']} | {_fmt(r['bias'])} | {_fmt(r['mae'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -585,6 +607,7 @@ def _write_outputs(out: Path, results: dict, sub, got, ks, only_baseline: bool) 
             "path_ep_distance_km",
             "trace_snr_db",
             REGIME_COLUMN,
+            KAPPA_COLUMN,
         )
         if c in meta
     ]
