@@ -408,6 +408,9 @@ def test_breakdown_reports_bias_by_the_synthetic_kappa():
     assert [r["n"] for r in rows] == [1] * 5
     assert [r["bias"] for r in rows] == pytest.approx([-0.3, -0.1, 0.0, 0.1, 0.2])
     assert "by_kappa_s" not in breakdown(true, pred, pd.DataFrame(index=range(5)))
+    # a dataset of someone else's with text in that column: those rows fall in no bin
+    odd = pd.DataFrame({"station_kappa_s": ["n/a", "0.012", None, 0.04, 0.09]})
+    assert [r["n"] for r in breakdown(true, pred, odd)["by_kappa_s"]] == [0, 1, 0, 1, 1]
     results = {
         "model": "M",
         "split": "dev",

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from seismag.models.aggregate import series_to_scalar, to_magnitude
 from seismag.models.card import OUTPUT_NAME, SIGMA_NAME, ModelCard, get_card
@@ -200,7 +201,7 @@ def breakdown(
     if KAPPA_COLUMN in meta:
         # Kappa is the record's site where it follows the site (the site_kappa regime): a bias
         # that follows it is a site level the model did not read from the record.
-        kappa = meta[KAPPA_COLUMN].to_numpy(dtype=np.float64)
+        kappa = pd.to_numeric(meta[KAPPA_COLUMN], errors="coerce").to_numpy(dtype=np.float64)
         out["by_kappa_s"] = binned_bias(y_true, y_pred, kappa, KAPPA_BINS_S)
     return out
 
