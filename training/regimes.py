@@ -283,6 +283,11 @@ def _empirical(rng: np.random.Generator) -> EventPhysics:
     return replace(drawn, physics=physics)
 
 
+SITE_U_RANGE = (0.0, 1.4)
+"""Sites of ``site_range`` and ``site_kappa``: hard rock (0) to about Vs30 300 m/s (1.4), as
+multiples of the logarithm of generic rock's amplification."""
+
+
 def _site_range(rng: np.random.Generator) -> EventPhysics:
     """``empirical`` with the crust between hard rock and stiff soil instead of generic rock:
     the logarithm of Boore & Joyner (1997)'s generic-rock amplification times u ~ U(0, 1.4).
@@ -295,7 +300,7 @@ def _site_range(rng: np.random.Generator) -> EventPhysics:
     size scale the same spectrum: a model that only ever saw generic rock reads hard-rock records
     low and soil records high."""
     drawn = _empirical(rng)
-    return _at_site(drawn, float(rng.uniform(0.0, 1.4)))
+    return _at_site(drawn, float(rng.uniform(*SITE_U_RANGE)))
 
 
 def _at_site(drawn: EventPhysics, u: float) -> EventPhysics:
@@ -333,7 +338,7 @@ def _site_kappa(rng: np.random.Generator) -> EventPhysics:
     shallow low-velocity layers that amplify also absorb high frequencies. Here the event's
     kappa median is :func:`site_kappa0` of the site's Vs30 times a log-normal scatter (log10 sd
     0.15; stations add their own factor, log10 sd 0.12)."""
-    u = float(rng.uniform(0.0, 1.4))
+    u = float(rng.uniform(*SITE_U_RANGE))
     drawn = _at_site(_empirical(rng), u)
     kappa = site_kappa0(site_vs30(u)) * 10 ** float(rng.normal(0.0, 0.15))
     return replace(drawn, kappa_median_s=float(np.clip(kappa, 0.004, 0.1)))
