@@ -10,7 +10,8 @@ on (1), a held-out seed (2), a held-out seed (3) with other noise, kappa, stress
 distances, ``--fresh-seeds``: more sets of seed 2's configuration under seeds nothing was
 chosen on, ``--heldout``: the test split of a SeisBench-format dataset (the unseen regimes of
 docs/evaluation.md) cut so that 2-10 s of noise precede P, and ``--stead``: the 50 real STEAD
-traces of TA.109C cut so that 2-7 s of noise precede the analyst's P (validation only). The picker
+traces of TA.109C cut so that 2-7 s of noise precede the analyst's P (validation only). Held-out
+sets and STEAD also get rows with the horizontals zeroed (a Z-only station). The picker
 network was trained on ``seismag synth --regimes wna,two_corner,broad --seed 1`` (other events,
 other physics than seeds 2 and 3 of the plain generator, none of the unseen regimes).
 ``--obspy`` adds ObsPy's ``ar_pick`` and ``pk_baer`` with their documentation's parameters.
@@ -416,7 +417,7 @@ def main() -> None:
     if args.heldout is not None:
         sets.append((heldout_set(args.heldout), True))
     if args.stead is not None:
-        sets.append((stead_set(args.stead), False))
+        sets.append((stead_set(args.stead), True))
     if args.sweep:
         sweep(network, args.sweep, [ts for ts, _ in sets])
         return
