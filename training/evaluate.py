@@ -565,7 +565,8 @@ def markdown_table(results: dict) -> str:
             b = base[name]
             row += f" {_fmt(b['mae'])} | {_fmt(b['rmse'])} | {_fmt(b['bias'])} |"
         lines.append(row)
-    regimes = (results.get("breakdown") or {}).get("by_regime")
+    found = results.get("breakdown") or {}
+    regimes = found.get("by_regime")
     if regimes:
         sigma = any(r.get("within_1_sigma") is not None for r in regimes)
         lines += [
@@ -581,7 +582,7 @@ def markdown_table(results: dict) -> str:
                 share = r.get("within_1_sigma")
                 row += " - |" if share is None else f" {share:.0%} |"
             lines.append(row)
-    kappa = [r for r in (results.get("breakdown") or {}).get("by_kappa_s") or [] if r["n"]]
+    kappa = [r for r in found.get("by_kappa_s") or [] if r["n"]]
     if kappa:
         lines += [
             "",
